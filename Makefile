@@ -1,0 +1,45 @@
+# The README's commands. Everything runs from the project's own .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-unit lint bench infra-up infra-down infra-status clean
+
+install: $(STAMP)  ## create .venv and install agegate with its dev extras (idempotent)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+infra-up:  ## start the local Kafka and Redis (deploy/local)
+	bash deploy/local/infra.sh up
+
+infra-down:
+	bash deploy/local/infra.sh down
+
+infra-status:
+	bash deploy/local/infra.sh status
+
+demo: install  ## the main job end to end on local defaults
+	$(BIN)/agegate demo
+
+test: install  ## every test; integration tests use the real Kafka and Redis
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	@if [ -x deploy/tools/lint-dockerfile.sh ]; then bash deploy/tools/lint-dockerfile.sh; fi
+
+bench: install  ## benchmarks (never part of `make test`); JSON lands in bench/results/
+	@set -e; for b in bench/inference.py bench/belief.py bench/worker.py bench/replay.py; do \
+	  if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b $(BENCH_ARGS); fi; done
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

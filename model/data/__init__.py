@@ -1,0 +1,1 @@
+"""Datasets: the synthetic face generator, loaders for real formats, manifests and splits."""

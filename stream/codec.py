@@ -1,0 +1,157 @@
+"""Confluent wire format: magic byte 0, a 4-byte big-endian schema id, then the Avro body.
+
+Decoding never raises anything but `DecodeError`, whose `reason` names what was wrong, so a worker
+can dead-letter the bytes and keep going. The body is read through a strict buffer that refuses a
+short read: a truncated body, or a length prefix larger than what is left (a "huge declared
+length"), fails without allocating anything.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+from fastavro.read import SchemaResolutionError
+
+from stream.errors import DecodeError
+from stream.registry import LocalRegistry, RegisteredSchema, SchemaRegistry
+
+MAGIC = 0
+HEADER = struct.Struct(">bI")
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _StrictReader(io.RawIOBase):
+    """A read-only view that raises instead of returning fewer bytes than asked for."""
+
+    def __init__(self, data: bytes, start: int) -> None:
+        self._data = data
+        self.pos = start
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise _Truncated("unbounded or negative read")
+        end = self.pos + size
+        if end > len(self._data):
+            raise _Truncated(f"needed {size} bytes at offset {self.pos}, only {len(self._data) - self.pos} left")
+        chunk = self._data[self.pos : end]
+        self.pos = end
+        return chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    subject: str
+    schema_id: int
+    record: dict[str, Any]
+
+
+class AvroCodec:
+    def __init__(
+        self, registry: SchemaRegistry | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self.registry = registry or LocalRegistry()
+        self._local = LocalRegistry()
+        self.max_message_bytes = max_message_bytes
+        self._readers: dict[str, RegisteredSchema] = {}
+
+    def _reader(self, subject: str) -> RegisteredSchema:
+        if subject not in self._readers:
+            self._readers[subject] = self._local.writer_for(subject)
+        return self._readers[subject]
+
+    def encode(self, subject: str, record: Mapping[str, Any]) -> bytes:
+        """Frame and serialise a record with the subject's newest schema.
+
+        Raises ValueError (fastavro's validation) when the record does not fit the schema: that is
+        a bug in the producer, not bad input, so it is not a DecodeError.
+        """
+        schema = self.registry.writer_for(subject)
+        out = io.BytesIO()
+        out.write(HEADER.pack(MAGIC, schema.schema_id))
+        fastavro.schemaless_writer(out, schema.parsed, dict(record), strict_allow_default=True)
+        return out.getvalue()
+
+    def decode(self, data: bytes | None, expected: Collection[str] | str | None = None) -> Decoded:
+        """Decode one framed message; `expected` lists the subjects this caller accepts."""
+        try:
+            return self._decode(data, expected)
+        except DecodeError:
+            raise
+        except Exception as exc:  # the promise: nothing but DecodeError leaves this function
+            raise DecodeError(
+                f"unexpected {type(exc).__name__} while decoding: {exc}", reason="body_mismatch", raw=data
+            ) from exc
+
+    def _decode(self, data: bytes | None, expected: Collection[str] | str | None) -> Decoded:
+        if not data:
+            raise DecodeError("empty message (no bytes)", reason="empty", raw=data or b"")
+        if len(data) > self.max_message_bytes:
+            raise DecodeError(
+                f"message of {len(data)} bytes exceeds the {self.max_message_bytes}-byte limit",
+                reason="too_large",
+                raw=data,
+            )
+        if len(data) < HEADER.size:
+            raise DecodeError(
+                f"{len(data)} bytes is shorter than the 5-byte Confluent header", reason="truncated_header", raw=data
+            )
+        magic, schema_id = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise DecodeError(f"magic byte is {magic}, expected 0", reason="bad_magic", raw=data, schema_id=None)
+        writer = self.registry.by_id(schema_id)
+        if writer is None:
+            raise DecodeError(
+                f"schema id {schema_id} is not registered", reason="unknown_schema_id", raw=data, schema_id=schema_id
+            )
+        accepted = {expected} if isinstance(expected, str) else set(expected or ())
+        if accepted and writer.subject not in accepted:
+            raise DecodeError(
+                f"schema id {schema_id} is {writer.subject}; this topic expects {', '.join(sorted(accepted))}",
+                reason="unexpected_schema",
+                raw=data,
+                schema_id=schema_id,
+            )
+        reader = self._reader(writer.subject)
+        buf = _StrictReader(data, HEADER.size)
+        try:
+            record = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)  # type: ignore[arg-type]
+        except _Truncated as exc:
+            raise DecodeError(
+                f"body is truncated: {exc}", reason="truncated_body", raw=data, schema_id=schema_id
+            ) from None
+        except SchemaResolutionError as exc:
+            raise DecodeError(
+                f"writer schema cannot be read as {reader.subject} v{reader.version}: {exc}",
+                reason="incompatible_schema",
+                raw=data,
+                schema_id=schema_id,
+            ) from None
+        except Exception as exc:
+            raise DecodeError(
+                f"body does not match schema id {schema_id}: {type(exc).__name__}: {exc}",
+                reason="body_mismatch",
+                raw=data,
+                schema_id=schema_id,
+            ) from None
+        if buf.pos != len(data):
+            raise DecodeError(
+                f"{len(data) - buf.pos} trailing bytes after the record",
+                reason="trailing_bytes",
+                raw=data,
+                schema_id=schema_id,
+            )
+        if not isinstance(record, dict):
+            raise DecodeError("body is not a record", reason="body_mismatch", raw=data, schema_id=schema_id)
+        return Decoded(writer.subject, schema_id, record)

@@ -1,0 +1,308 @@
+"""Every setting of the worker and tools, in one validated place.
+
+Each setting has a type, an environment variable, a default and a doc line; the reference table in
+docs/configuration.md is generated from this module (`agegate config reference`), so it cannot
+drift. Values come from, in increasing precedence: defaults, a TOML file named by `AGEGATE_CONFIG`
+(keys are the field names), and environment variables. All problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
+
+from stream.errors import ConfigError
+
+
+def setting(default: Any, env: str, doc: str, *, secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret, "choices": choices})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- Kafka -----------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = setting(
+        "127.0.0.1:39092", "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, comma separated."
+    )
+    kafka_security_protocol: str = setting(
+        "PLAINTEXT",
+        "KAFKA_SECURITY_PROTOCOL",
+        "Kafka security protocol.",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    kafka_sasl_mechanism: str = setting(
+        "",
+        "KAFKA_SASL_MECHANISM",
+        "SASL mechanism when SASL is used (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).",
+        choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    kafka_sasl_username: str = setting("", "KAFKA_SASL_USERNAME", "SASL user name.")
+    kafka_sasl_password: str = setting("", "KAFKA_SASL_PASSWORD", "SASL password.", secret=True)
+    kafka_ssl_cafile: str = setting("", "KAFKA_SSL_CAFILE", "CA bundle for TLS to the brokers (empty: system CAs).")
+    schema_registry_url: str = setting(
+        "",
+        "SCHEMA_REGISTRY_URL",
+        "Confluent Schema Registry URL; empty uses the local registry in schemas/.",
+        secret=True,
+    )
+    topic_prefix: str = setting("agegate.", "AGEGATE_TOPIC_PREFIX", "Prefix of every topic name (per environment).")
+    topic_replication_factor: int = setting(
+        1, "AGEGATE_TOPIC_REPLICATION", "Replication factor `agegate topics create` uses (3 in production)."
+    )
+    consumer_group: str = setting("agegate-worker", "AGEGATE_CONSUMER_GROUP", "Consumer group of the worker.")
+    delivery: str = setting(
+        "at_least_once",
+        "AGEGATE_DELIVERY",
+        "Delivery guarantee of the worker.",
+        choices=("at_least_once", "exactly_once"),
+    )
+    # --- Redis -----------------------------------------------------------------------------------
+    redis_url: str = setting("redis://127.0.0.1:36379/0", "REDIS_URL", "Redis holding the age beliefs.", secret=True)
+    redis_key_prefix: str = setting("agegate", "AGEGATE_REDIS_PREFIX", "Key namespace; replays use their own.")
+    belief_half_life_days: float = setting(
+        365.0, "AGEGATE_BELIEF_HALF_LIFE_DAYS", "Half-life of the precision of estimated evidence, in days."
+    )
+    belief_ttl_days: float = setting(
+        400.0, "AGEGATE_BELIEF_TTL_DAYS", "A belief not updated for this long is deleted (data minimisation)."
+    )
+    # --- Model and inference ---------------------------------------------------------------------
+    model_checkpoint: str = setting(
+        "", "AGEGATE_MODEL", "Checkpoint directory or .safetensors file of the scoring model."
+    )
+    shadow_model_checkpoint: str = setting(
+        "", "AGEGATE_SHADOW_MODEL", "Optional shadow model scored on the same batches, never acted on."
+    )
+    inference_device: str = setting(
+        "auto", "AGEGATE_DEVICE", "Where inference runs: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
+    )
+    inference_threads: int = setting(0, "AGEGATE_INFERENCE_THREADS", "CPU threads for inference (0: all cores).")
+    batch_max_frames: int = setting(64, "AGEGATE_BATCH_MAX_FRAMES", "A micro-batch closes at this many frames...")
+    batch_max_wait_ms: float = setting(
+        25.0, "AGEGATE_BATCH_MAX_WAIT_MS", "...or when its oldest frame waited this long."
+    )
+    queue_max_events: int = setting(
+        512, "AGEGATE_QUEUE_MAX_EVENTS", "Events in flight before consumption pauses (backpressure)."
+    )
+    # --- Frames ----------------------------------------------------------------------------------
+    frame_max_bytes: int = setting(8_000_000, "AGEGATE_FRAME_MAX_BYTES", "Largest encoded frame accepted.")
+    frame_max_pixels: int = setting(
+        25_000_000, "AGEGATE_FRAME_MAX_PIXELS", "Largest decoded frame (width x height); larger is a bomb."
+    )
+    frame_uri_roots: str = setting(
+        "",
+        "AGEGATE_FRAME_URI_ROOTS",
+        "Stores frames may be fetched from, comma separated: file:///dir/ or https://host/prefix/. Empty: none.",
+    )
+    frame_fetch_timeout_s: float = setting(5.0, "AGEGATE_FRAME_FETCH_TIMEOUT_S", "Time limit of one frame fetch.")
+    # --- Policy and safety -----------------------------------------------------------------------
+    policy_file: str = setting("", "AGEGATE_POLICY", "Policy TOML file; empty uses the packaged default policy.")
+    invalid_share_limit: float = setting(
+        0.5,
+        "AGEGATE_INVALID_SHARE_LIMIT",
+        "The worker stops loudly when more than this share of recent events is invalid (a deployment mistake).",
+    )
+    invalid_share_window: int = setting(
+        200, "AGEGATE_INVALID_SHARE_WINDOW", "How many recent events the invalid share is computed over."
+    )
+    # --- Process ---------------------------------------------------------------------------------
+    web_port: int = setting(6066, "AGEGATE_WEB_PORT", "Port of /metrics, /healthz and /readyz.")
+    shutdown_grace_s: float = setting(
+        25.0, "AGEGATE_SHUTDOWN_GRACE_S", "SIGTERM: time to finish the in-flight batch, flush and commit."
+    )
+    log_format: str = setting(
+        "auto",
+        "AGEGATE_LOG_FORMAT",
+        "auto: console on a terminal, JSON otherwise.",
+        choices=("auto", "json", "console"),
+    )
+    log_level: str = setting("INFO", "AGEGATE_LOG_LEVEL", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def kafka_client_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka settings shared by every confluent-kafka client we create."""
+        conf: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf |= {
+                "sasl.mechanism": self.kafka_sasl_mechanism,
+                "sasl.username": self.kafka_sasl_username,
+                "sasl.password": self.kafka_sasl_password,
+            }
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = self.kafka_ssl_cafile
+        return conf
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings with secrets hidden, safe to print or log."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"] and value:
+                value = _redact_url(value) if "://" in str(value) else "***"
+            out[f.name] = value
+        return out
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _convert(name: str, raw: Any, typ: Any) -> Any:
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if typ is int:
+        if isinstance(raw, bool):
+            raise ValueError(f"{name}: expected an integer, got {raw!r}")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+    if typ is float:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+    if get_args(typ) and typ.__origin__ is Literal:  # pragma: no cover - not used yet
+        return str(raw)
+    return str(raw)
+
+
+def _validate(s: Settings) -> list[str]:
+    problems = []
+    positive = (
+        "topic_replication_factor",
+        "batch_max_frames",
+        "queue_max_events",
+        "frame_max_bytes",
+        "frame_max_pixels",
+        "web_port",
+        "invalid_share_window",
+    )
+    for name in positive:
+        if getattr(s, name) <= 0:
+            problems.append(f"{name}: must be > 0, got {getattr(s, name)}")
+    for name in (
+        "batch_max_wait_ms",
+        "belief_half_life_days",
+        "belief_ttl_days",
+        "frame_fetch_timeout_s",
+        "shutdown_grace_s",
+    ):
+        if getattr(s, name) <= 0:
+            problems.append(f"{name}: must be > 0, got {getattr(s, name)}")
+    if not 0 < s.invalid_share_limit <= 1:
+        problems.append(f"invalid_share_limit: must be in (0, 1], got {s.invalid_share_limit}")
+    if s.inference_threads < 0:
+        problems.append(f"inference_threads: must be >= 0, got {s.inference_threads}")
+    if s.kafka_security_protocol.startswith("SASL") and not s.kafka_sasl_mechanism:
+        problems.append("kafka_sasl_mechanism: required when kafka_security_protocol uses SASL")
+    if not urlsplit(s.redis_url).scheme.startswith(("redis", "rediss", "unix")):
+        problems.append(
+            f"redis_url: expected redis://, rediss:// or unix://, got scheme {urlsplit(s.redis_url).scheme!r}"
+        )
+    for root in filter(None, (r.strip() for r in s.frame_uri_roots.split(","))):
+        scheme = urlsplit(root).scheme
+        if scheme not in {"file", "http", "https"} or not root.endswith("/"):
+            problems.append(f"frame_uri_roots: {root!r} must be file://, http:// or https:// and end with '/'")
+    return problems
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None, **overrides: Any
+) -> Settings:
+    """Resolve settings from defaults, an optional TOML file, the environment and explicit overrides."""
+    env = os.environ if environ is None else environ
+    path = config_file if config_file is not None else env.get("AGEGATE_CONFIG") or None
+    from_file: dict[str, Any] = {}
+    problems: list[str] = []
+    if path:
+        try:
+            from_file = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError([f"AGEGATE_CONFIG: file {path} does not exist"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    hints = get_type_hints(Settings)
+    known = {f.name: f for f in dataclasses.fields(Settings)}
+    for key in from_file:
+        if key not in known:
+            problems.append(f"{path}: unknown setting {key!r}")
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        env_name = f.metadata["env"]
+        source, raw = None, None
+        if name in overrides:
+            source, raw = "argument", overrides[name]
+        elif env_name in env:
+            source, raw = env_name, env[env_name]
+        elif name in from_file:
+            source, raw = f"{path}:{name}", from_file[name]
+        if source is None:
+            continue
+        try:
+            value = _convert(name, raw, hints[name])
+        except ValueError as exc:
+            problems.append(f"{exc} (from {source})")
+            continue
+        choices = f.metadata["choices"]
+        if choices and value not in choices:
+            problems.append(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))} (from {source})")
+            continue
+        values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(**values)
+    problems = _validate(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def reference_table() -> str:
+    """Markdown table of every setting, generated from the dataclass (docs/configuration.md)."""
+    rows = ["| setting | environment variable | default | description |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default != "" else "(empty)"
+        doc = f.metadata["doc"]
+        if f.metadata["choices"]:
+            doc += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"] if c) + "."
+        rows.append(f"| `{f.name}` | `{f.metadata['env']}` | `{default}` | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=("show", "reference"), help="show: resolved settings; reference: table")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.what == "reference":
+        print(reference_table(), end="")
+        return 0
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    print(json.dumps(settings.redacted(), indent=2))
+    return 0

@@ -1,0 +1,45 @@
+"""agegate's error hierarchy: few classes, each carrying what the caller needs to act on it."""
+
+from __future__ import annotations
+
+
+class AgegateError(Exception):
+    """Base of every error agegate raises on purpose."""
+
+
+class ConfigError(AgegateError):
+    """Configuration is invalid; lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+class InvalidEvent(AgegateError):
+    """An event that can never be processed; it goes to dead letters with its bytes and this reason.
+
+    `reason` is a short stable code (for metrics and dead-letter headers); `detail` is for humans.
+    """
+
+    reason: str = "invalid_event"
+
+    def __init__(self, detail: str, *, reason: str | None = None, raw: bytes | None = None) -> None:
+        if reason is not None:
+            self.reason = reason
+        self.detail = detail
+        self.raw = raw
+        super().__init__(f"{self.reason}: {detail}")
+
+
+class DecodeError(InvalidEvent):
+    """The bytes are not a valid Confluent-framed Avro record of an expected schema."""
+
+    reason = "decode_error"
+
+    def __init__(self, detail: str, *, reason: str, raw: bytes | None = None, schema_id: int | None = None) -> None:
+        super().__init__(detail, reason=reason, raw=raw)
+        self.schema_id = schema_id
+
+
+class DependencyUnavailable(AgegateError):
+    """A dependency (Redis, Kafka) is down; the caller retries with backoff, never skips."""

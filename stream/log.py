@@ -1,0 +1,80 @@
+"""Structured logging: JSON in deployments, readable console output on a terminal.
+
+A redaction processor runs last before rendering, so user ids, secrets and image bytes never reach
+logs even when a caller passes them by mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Keys whose values are replaced before rendering. User ids are hashed so one user's lines can
+# still be correlated in a log search without exposing the id.
+_HASHED_KEYS = frozenset({"user_id", "user", "subject_id"})
+_DROPPED_KEYS = frozenset(
+    {
+        "password",
+        "secret",
+        "token",
+        "sasl_password",
+        "kafka_sasl_password",
+        "image",
+        "frame",
+        "data",
+        "raw",
+        "frame_bytes",
+        "value",
+        "key",
+        "api_key",
+        "authorization",
+    }
+)
+
+
+def _fingerprint(value: object) -> str:
+    return "u:" + hashlib.sha256(str(value).encode()).hexdigest()[:12]
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        lowered = key.lower()
+        if lowered in _HASHED_KEYS:
+            event_dict[key] = _fingerprint(event_dict[key])
+        elif lowered in _DROPPED_KEYS or isinstance(event_dict[key], bytes | bytearray | memoryview):
+            event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
+    fmt = fmt or os.environ.get("AGEGATE_LOG_FORMAT", "auto")
+    level_name = (level or os.environ.get("AGEGATE_LOG_LEVEL", "INFO")).upper()
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    logging.basicConfig(stream=sys.stderr, level=level_name, format="%(message)s", force=True)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level_name)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,69 @@
+"""Every Prometheus metric agegate exports, defined once.
+
+Names are stable API (dashboards and alerts in deploy/observability use them); a comment says what
+each one is for. Label values are bounded sets (topics, actions, reason codes), never user ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# Events taken from a source topic, before decoding.
+EVENTS_CONSUMED = Counter("agegate_events_consumed_total", "Events consumed", ["topic"], registry=REGISTRY)
+# Decisions emitted (acknowledged by Kafka), by action.
+DECISIONS = Counter("agegate_decisions_total", "Decisions emitted", ["action", "surface"], registry=REGISTRY)
+# Dead letters emitted, by reason code.
+DEAD_LETTERS = Counter("agegate_dead_letters_total", "Dead letters emitted", ["reason"], registry=REGISTRY)
+# Frames that failed alone (the event was decided on its other frames), by reason.
+FRAME_ERRORS = Counter("agegate_frame_errors_total", "Frames that could not be scored", ["reason"], registry=REGISTRY)
+# Frames per inference micro-batch.
+BATCH_SIZE = Histogram("agegate_batch_frames", "Frames per micro-batch", buckets=_BATCH_BUCKETS, registry=REGISTRY)
+# Wall time of one batch's forward pass (decode excluded).
+INFERENCE_SECONDS = Histogram(
+    "agegate_inference_seconds", "Inference time per micro-batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+# Event time (Kafka timestamp) to decision acknowledged.
+END_TO_END_SECONDS = Histogram(
+    "agegate_event_to_decision_seconds", "Event to decision latency", buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+# One pipelined belief round trip to Redis for a micro-batch.
+BELIEF_UPDATE_SECONDS = Histogram(
+    "agegate_belief_update_seconds", "Redis belief update per batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+# Events accepted but not yet committed (bounded by queue_max_events).
+IN_FLIGHT_EVENTS = Gauge("agegate_in_flight_events", "Events in flight", registry=REGISTRY)
+# Consumer lag per partition as the worker sees it (high watermark - position).
+CONSUMER_LAG = Gauge("agegate_consumer_lag", "Consumer lag", ["topic", "partition"], registry=REGISTRY)
+# 1 while a dependency is unreachable and consumption is paused.
+DEPENDENCY_DOWN = Gauge("agegate_dependency_down", "Dependency unreachable", ["dependency"], registry=REGISTRY)
+# Retries of transient faults, by dependency.
+RETRIES = Counter("agegate_retries_total", "Retried transient faults", ["dependency"], registry=REGISTRY)
+# 1 when the worker is ready (assigned, model loaded, Redis reachable).
+READY = Gauge("agegate_ready", "Worker readiness", registry=REGISTRY)
+# Online accuracy: absolute error of the belief at the time a verified age arrives.
+ONLINE_ABS_ERROR_YEARS = Histogram(
+    "agegate_online_abs_error_years",
+    "Belief error against verified ages",
+    buckets=(0.5, 1, 2, 3, 4, 5, 7, 10, 15),
+    registry=REGISTRY,
+)
+# Mean predicted age of recent frames (drift signal).
+PREDICTED_AGE_MEAN = Gauge("agegate_predicted_age_mean", "Mean predicted age, recent frames", registry=REGISTRY)
+# Shadow scoring: actions that would differ (from -> to), and absolute difference of estimates.
+SHADOW_ACTION_CHANGES = Counter(
+    "agegate_shadow_action_changes_total",
+    "Shadow decisions differing from live",
+    ["from_action", "to_action"],
+    registry=REGISTRY,
+)
+SHADOW_ABS_DIFF_YEARS = Histogram(
+    "agegate_shadow_abs_diff_years",
+    "Shadow vs live estimate difference",
+    buckets=(0.25, 0.5, 1, 2, 4, 8),
+    registry=REGISTRY,
+)

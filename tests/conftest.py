@@ -1,0 +1,40 @@
+"""Shared fixtures: the real Kafka broker and Redis (see tests/infra.py), and per-test namespaces."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+
+from stream.config import Settings, load_settings
+from tests.infra import kafka_service, redis_service
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    with ExitStack() as stack, kafka_service(stack) as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with ExitStack() as stack, redis_service(stack) as url:
+        yield url
+
+
+@pytest.fixture
+def unique_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str, unique_id: str) -> Settings:
+    """Settings whose topics (prefix) and consumer group belong to this test alone."""
+    return load_settings(
+        environ={},
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"t{unique_id}.",
+        consumer_group=f"g{unique_id}",
+    )

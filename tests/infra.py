@@ -1,0 +1,105 @@
+"""Finding the real Kafka and Redis for tests: the environment, testcontainers, or deploy/local.
+
+Order: KAFKA_BOOTSTRAP_SERVERS / REDIS_URL when set; testcontainers when a Docker daemon answers;
+otherwise deploy/local/infra.sh, which this module stops again at the end only if it started it.
+When CI is set, a service that cannot be reached fails the run; it never becomes a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "deploy" / "local" / "infra.sh"
+LOCAL_KAFKA = f"127.0.0.1:{os.environ.get('AGEGATE_KAFKA_PORT', '39092')}"
+LOCAL_REDIS = f"redis://127.0.0.1:{os.environ.get('AGEGATE_REDIS_PORT', '36379')}/0"
+
+
+def unavailable(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: integration tests must run, not skip)", pytrace=False)
+    pytest.skip(message)
+
+
+def kafka_reachable(bootstrap: str, timeout: float = 5.0) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3).ping())
+    except Exception:
+        return False
+
+
+def docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextmanager
+def _local(service: str, address: str, reachable: Callable[[str], bool]) -> Iterator[str]:
+    if reachable(address):  # already up (a previous `make infra-up`): use it, leave it running
+        yield address
+        return
+    env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}}
+    proc = subprocess.run(["bash", str(INFRA), "up", service], capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not reachable(address):
+        unavailable(f"local {service} could not be started by {INFRA}:\n{proc.stdout}{proc.stderr}")
+    try:
+        yield address
+    finally:
+        subprocess.run(["bash", str(INFRA), "down", service], capture_output=True, env=env)
+
+
+@contextmanager
+def kafka_service(stack: ExitStack) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        if not kafka_reachable(bootstrap, timeout=15):
+            unavailable(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer a metadata request")
+        yield bootstrap
+    elif docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        container = stack.enter_context(KafkaContainer().with_kraft())
+        yield container.get_bootstrap_server()
+    else:
+        with _local("kafka", LOCAL_KAFKA, kafka_reachable) as bootstrap:
+            yield bootstrap
+
+
+@contextmanager
+def redis_service(stack: ExitStack) -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        url = os.environ["REDIS_URL"]
+        if not redis_reachable(url):
+            unavailable("REDIS_URL does not answer PING")
+        yield url
+    elif docker_answers():
+        from testcontainers.redis import RedisContainer
+
+        container = stack.enter_context(RedisContainer())
+        yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+    else:
+        with _local("redis", LOCAL_REDIS, redis_reachable) as url:
+            yield url

@@ -1,0 +1,144 @@
+-- Atomic belief update for one user: decay + fuse + TTL refresh + event-id record.
+-- Mirrors stream/belief.py (fuse, apply_verified) operation for operation; keep them in step.
+--
+-- KEYS[1] belief hash   {prefix}:{user}:b  fields B, P, t, n, v, mv, and a:<jurisdiction>/<surface>
+-- KEYS[2] event-id zset {prefix}:{user}:e  member event id, score its observed_at (processing time
+--                                          for verified ages); trimmed to the max_past window
+-- ARGV: mode ("e" estimates | "v" verified), now, half_life_s, ttl_ms, future_tol_s, max_past_s,
+--       model_version, then
+--   mode e: (event_id, observed_at, mean_age, std_age) repeated
+--   mode v: event_id, verified_at, verified_age
+-- Returns (all strings; Redis would truncate Lua numbers to integers):
+--   codes (one char per input: A applied, D duplicate, I ignored, X invalid, F future, O too old),
+--   exists, B, P, t, n, v, mv, then action field/value pairs.
+
+local YEAR_S = 365.25 * 86400.0
+local VERIFIED_PRECISION = 1.0 / (0.01 * 0.01)
+local MIN_AGE, MAX_AGE, MIN_STD = 0.0, 130.0, 0.05
+
+local bkey, ekey = KEYS[1], KEYS[2]
+local mode = ARGV[1]
+local now = tonumber(ARGV[2])
+local half_life = tonumber(ARGV[3])
+local ttl_ms = ARGV[4]
+local future_tol = tonumber(ARGV[5])
+local max_past = tonumber(ARGV[6])
+local model_version = ARGV[7]
+
+local function fmt(x) return string.format('%.17g', x) end
+local function finite(x) return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge end
+local function decay_factor(dt)
+  if dt <= 0.0 then return 1.0 end
+  return 2.0 ^ (-dt / half_life)
+end
+
+redis.call('ZREMRANGEBYSCORE', ekey, '-inf', '(' .. fmt(now - max_past))
+
+local cur = redis.call('HMGET', bkey, 'B', 'P', 't', 'n', 'v', 'mv')
+local exists = cur[1] ~= false
+local B, P, T, N, V, MV
+if exists then
+  B, P, T, N = tonumber(cur[1]), tonumber(cur[2]), tonumber(cur[3]), tonumber(cur[4])
+  V, MV = cur[5] == '1', cur[6] or ''
+end
+
+local codes = {}
+local wrote = false
+
+if mode == 'e' then
+  local pts_t, pts_b, pts_p = {}, {}, {}
+  local i = 8
+  while i <= #ARGV do
+    local id = ARGV[i]
+    local obs, mean, std = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    i = i + 4
+    if redis.call('ZSCORE', ekey, id) then
+      codes[#codes + 1] = 'D'
+    elseif not (finite(obs) and finite(mean) and finite(std) and mean >= MIN_AGE and mean <= MAX_AGE
+                and std >= MIN_STD) then
+      codes[#codes + 1] = 'X'
+    elseif obs > now + future_tol then
+      codes[#codes + 1] = 'F'
+    elseif obs < now - max_past then
+      codes[#codes + 1] = 'O'
+    else
+      redis.call('ZADD', ekey, fmt(obs), id)
+      wrote = true
+      if exists and V then
+        codes[#codes + 1] = 'I'
+      else
+        local t = math.min(obs, now)
+        pts_t[#pts_t + 1] = t
+        pts_b[#pts_b + 1] = t - mean * YEAR_S
+        pts_p[#pts_p + 1] = 1.0 / (std * std)
+        codes[#codes + 1] = 'A'
+      end
+    end
+  end
+  if #pts_t > 0 then
+    local ref_t = pts_t[1]
+    for k = 2, #pts_t do ref_t = math.max(ref_t, pts_t[k]) end
+    if exists then ref_t = math.max(ref_t, T) end
+    local anchor = pts_b[1]
+    if exists then anchor = B end
+    local total_p, weighted = 0.0, 0.0
+    if exists then total_p = total_p + P * decay_factor(ref_t - T) end
+    for k = 1, #pts_t do
+      local w = pts_p[k] * decay_factor(ref_t - pts_t[k])
+      total_p = total_p + w
+      weighted = weighted + w * (pts_b[k] - anchor)
+    end
+    B = anchor + weighted / total_p
+    P = total_p
+    T = ref_t
+    N = (exists and N or 0) + #pts_t
+    V = false
+    MV = model_version
+    exists = true
+  end
+elseif mode == 'v' then
+  local id, vat, vage = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+  if redis.call('ZSCORE', ekey, id) then
+    codes[1] = 'D'
+  elseif not (finite(vage) and finite(vat) and vage >= MIN_AGE and vage <= MAX_AGE) then
+    codes[1] = 'X'
+  elseif vat > now + future_tol then
+    codes[1] = 'F'
+  else
+    redis.call('ZADD', ekey, fmt(now), id)
+    wrote = true
+    local t = math.min(vat, now)
+    B = t - vage * YEAR_S
+    P = VERIFIED_PRECISION
+    if exists then T = math.max(t, T) else T = t end
+    N = (exists and N or 0) + 1
+    V = true
+    MV = exists and MV or ''
+    exists = true
+    codes[1] = 'A'
+  end
+else
+  return redis.error_reply('unknown mode ' .. tostring(mode))
+end
+
+if wrote then
+  redis.call('HSET', bkey, 'B', fmt(B), 'P', fmt(P), 't', fmt(T), 'n', tostring(N), 'v', V and '1' or '0',
+             'mv', MV)
+  redis.call('PEXPIRE', bkey, ttl_ms)
+  redis.call('PEXPIRE', ekey, ttl_ms)
+end
+
+local out = {table.concat(codes), '0', '', '', '', '', '', ''}
+if exists then
+  out[2] = '1'
+  out[3], out[4], out[5], out[6] = fmt(B), fmt(P), fmt(T), tostring(N)
+  out[7], out[8] = V and '1' or '0', MV
+end
+local all = redis.call('HGETALL', bkey)
+for k = 1, #all, 2 do
+  if string.sub(all[k], 1, 2) == 'a:' then
+    out[#out + 1] = all[k]
+    out[#out + 1] = all[k + 1]
+  end
+end
+return out

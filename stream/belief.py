@@ -1,0 +1,245 @@
+"""A user's age belief: pure fusion math, no I/O.
+
+We estimate the *birth time*, not the age: a birth time does not drift as the user grows older, so
+old evidence stays meaningful and only its confidence decays (design.md, "The user's age belief").
+
+Units, used everywhere (Python and stream/belief.lua):
+- times (birth_time, observed_at, updated_at, now, half-life, tolerances): unix seconds;
+- ages and standard deviations: years of YEAR_S seconds (Julian year);
+- precision: 1/years^2, so std = 1/sqrt(precision) is in years.
+
+Fusion is done at a common reference time T = the latest evidence time seen. Every contribution
+(the old belief and each new observation) is decayed from its own time to T, then combined by
+precision weighting. Because decay is a common multiplicative factor, the result does not depend on
+the order observations arrive in, with or without decay, and late (out-of-order) events are
+weighted as if they had arrived in order. stream/belief.lua performs the same operations in the same
+order so that Redis and Python agree to floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+YEAR_S = 365.25 * 86400.0
+# An ID check or reviewer gives a birth date to within days; 0.01 years is ~3.7 days.
+VERIFIED_STD_YEARS = 0.01
+VERIFIED_PRECISION = 1.0 / (VERIFIED_STD_YEARS * VERIFIED_STD_YEARS)
+# Estimates outside this range are model failures, not ages.
+MIN_AGE_YEARS = 0.0
+MAX_AGE_YEARS = 130.0
+MIN_STD_YEARS = 0.05  # a model claiming more certainty than this is not believed (one frame ~ 18 days)
+
+
+class RefusalReason(StrEnum):
+    FUTURE = "future"      # observed_at > now + future_tolerance_s
+    TOO_OLD = "too_old"    # observed_at < now - max_past_s
+    INVALID = "invalid"    # non-finite or out-of-range mean/std
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSkewRule:
+    """How far event time may disagree with processing time before evidence is refused.
+
+    Evidence from up to `future_tolerance_s` in the future is clamped to `now` (producer clocks
+    drift a little); further in the future is refused: trusting it would move `updated_at` ahead of
+    real time and make every later event look late. Evidence older than `max_past_s` is refused:
+    its event id would no longer be remembered for deduplication (the id log is trimmed to that
+    window), so accepting it could double-count a redelivery.
+    """
+
+    future_tolerance_s: float = 300.0
+    max_past_s: float = 400 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    event_id: str
+    observed_at: float
+    mean_age: float
+    std_age: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    event_id: str
+    reason: RefusalReason
+    observed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Belief:
+    birth_time: float
+    precision: float
+    updated_at: float
+    observations: int
+    verified: bool
+    model_version: str
+
+    def age_at(self, t: float) -> float:
+        return (t - self.birth_time) / YEAR_S
+
+    def std_at(self, t: float, half_life_s: float) -> float:
+        return 1.0 / math.sqrt(decay(self, t, half_life_s).precision)
+
+    def p_age_at_least(self, threshold_years: float, t: float, half_life_s: float) -> float:
+        return p_at_least(self.age_at(t), self.std_at(t, half_life_s), threshold_years)
+
+
+def p_at_least(mean: float, std: float, threshold: float) -> float:
+    """P(age >= threshold) for a Gaussian belief."""
+    return 0.5 * math.erfc((threshold - mean) / (std * math.sqrt(2.0)))
+
+
+def evidence_point(ev: Evidence) -> tuple[float, float]:
+    """A frame estimate as (birth time, precision)."""
+    return ev.observed_at - ev.mean_age * YEAR_S, 1.0 / (ev.std_age * ev.std_age)
+
+
+def decay_factor(dt: float, half_life_s: float) -> float:
+    if dt <= 0.0:
+        return 1.0
+    return float(2.0 ** (-dt / half_life_s))
+
+
+def decay(belief: Belief, t: float, half_life_s: float) -> Belief:
+    """The belief as of time t: precision decayed and `updated_at` moved to t, so decaying twice
+    never double-counts. A verified belief does not decay (see apply_verified); t in the past of
+    the belief changes nothing (confidence never grows back)."""
+    if t <= belief.updated_at:
+        return belief
+    if belief.verified:
+        return replace(belief, updated_at=t)
+    return replace(
+        belief, precision=belief.precision * decay_factor(t - belief.updated_at, half_life_s), updated_at=t
+    )
+
+
+def is_valid(ev: Evidence) -> bool:
+    return (
+        math.isfinite(ev.observed_at)
+        and math.isfinite(ev.mean_age)
+        and math.isfinite(ev.std_age)
+        and MIN_AGE_YEARS <= ev.mean_age <= MAX_AGE_YEARS
+        and ev.std_age >= MIN_STD_YEARS
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FuseResult:
+    """What happened to each evidence: applied, duplicate, ignored (belief is verified), refused."""
+
+    belief: Belief | None
+    applied: tuple[str, ...]
+    duplicates: tuple[str, ...]
+    ignored: tuple[str, ...]
+    refused: tuple[Refusal, ...]
+    seen: frozenset[str]  # event ids remembered after this update (input seen + applied + ignored)
+
+
+def fuse(
+    belief: Belief | None,
+    evidences: Sequence[Evidence],
+    *,
+    now: float,
+    half_life_s: float,
+    model_version: str,
+    seen: Iterable[str] = (),
+    skew: ClockSkewRule = ClockSkewRule(),
+) -> FuseResult:
+    """Fuse a batch of evidence into a belief; idempotent per event id via `seen`.
+
+    Order of checks per evidence (the Lua script keeps the same order): duplicate id, invalid,
+    too far in the future, too old, then clamp small future skew to `now`.
+    """
+    seen_now = set(seen)
+    applied: list[str] = []
+    duplicates: list[str] = []
+    ignored: list[str] = []
+    refused: list[Refusal] = []
+    points: list[tuple[float, float, float]] = []  # (t, birth_time, precision)
+    for ev in evidences:
+        if ev.event_id in seen_now:
+            duplicates.append(ev.event_id)
+            continue
+        if not is_valid(ev):
+            refused.append(Refusal(ev.event_id, RefusalReason.INVALID, ev.observed_at))
+            continue
+        if ev.observed_at > now + skew.future_tolerance_s:
+            refused.append(Refusal(ev.event_id, RefusalReason.FUTURE, ev.observed_at))
+            continue
+        if ev.observed_at < now - skew.max_past_s:
+            refused.append(Refusal(ev.event_id, RefusalReason.TOO_OLD, ev.observed_at))
+            continue
+        seen_now.add(ev.event_id)
+        if belief is not None and belief.verified:
+            ignored.append(ev.event_id)
+            continue
+        t = min(ev.observed_at, now)
+        b, p = evidence_point(Evidence(ev.event_id, t, ev.mean_age, ev.std_age))
+        points.append((t, b, p))
+        applied.append(ev.event_id)
+    result = _combine(belief, points, half_life_s=half_life_s, model_version=model_version)
+    return FuseResult(result, tuple(applied), tuple(duplicates), tuple(ignored), tuple(refused),
+                      frozenset(seen_now))
+
+
+def _combine(
+    belief: Belief | None, points: list[tuple[float, float, float]], *, half_life_s: float, model_version: str
+) -> Belief | None:
+    if not points:
+        return belief
+    ref_t = max(t for t, _, _ in points)
+    if belief is not None:
+        ref_t = max(ref_t, belief.updated_at)
+    # Accumulate offsets from an anchor birth time: products of precision and ~1e9 s would lose digits.
+    anchor = belief.birth_time if belief is not None else points[0][1]
+    total_p = 0.0
+    weighted = 0.0
+    if belief is not None:
+        w = belief.precision * decay_factor(ref_t - belief.updated_at, half_life_s)
+        total_p += w
+    for t, b, p in points:
+        w = p * decay_factor(ref_t - t, half_life_s)
+        total_p += w
+        weighted += w * (b - anchor)
+    return Belief(
+        birth_time=anchor + weighted / total_p,
+        precision=total_p,
+        updated_at=ref_t,
+        observations=(belief.observations if belief is not None else 0) + len(points),
+        verified=False,
+        model_version=model_version,
+    )
+
+
+def apply_verified(belief: Belief | None, *, verified_age: float, verified_at: float, now: float) -> Belief:
+    """A verified age replaces the belief: authoritative, very high precision, no decay.
+
+    It does not decay because an ID-checked birth date does not become less true with time
+    (only model estimates get stale as the face changes); the TTL still bounds how long it is kept.
+    `verified_at` slightly in the future is clamped to `now` like any evidence.
+    """
+    t = min(verified_at, now)
+    return Belief(
+        birth_time=t - verified_age * YEAR_S,
+        precision=VERIFIED_PRECISION,
+        updated_at=max(t, belief.updated_at) if belief is not None else t,
+        observations=(belief.observations if belief is not None else 0) + 1,
+        verified=True,
+        model_version=belief.model_version if belief is not None else "",
+    )
+
+
+def verified_refusal(
+    event_id: str, verified_age: float, verified_at: float, now: float, skew: ClockSkewRule
+) -> Refusal | None:
+    """Why a verified age cannot be applied, or None. Old verifications stay valid (no TOO_OLD)."""
+    if not (math.isfinite(verified_age) and math.isfinite(verified_at)
+            and MIN_AGE_YEARS <= verified_age <= MAX_AGE_YEARS):
+        return Refusal(event_id, RefusalReason.INVALID, verified_at)
+    if verified_at > now + skew.future_tolerance_s:
+        return Refusal(event_id, RefusalReason.FUTURE, verified_at)
+    return None

@@ -1,0 +1,301 @@
+"""Per-user age beliefs in Redis, updated by one Lua script (stream/belief.lua) per user.
+
+Keys (hash tag `{user_id}` so both keys of a user live in one Redis Cluster slot):
+- `{prefix}:{user_id}:b` hash: the belief (B, P, t, n, v, mv) and the hysteresis state, one field
+  `a:<jurisdiction>/<surface>` per surface holding the last action emitted there;
+- `{prefix}:{user_id}:e` sorted set: event ids already applied, scored by event time and trimmed to
+  the clock-skew window (older evidence is refused anyway, so forgetting its id is safe).
+Both expire `ttl_s` after the last accepted evidence (data minimisation).
+
+A micro-batch is one pipelined round trip of EVALSHA calls, not a MULTI: each user's update is
+atomic inside its script, and users are independent. Because updates are idempotent per event id, a
+batch that failed half way (NOSCRIPT after a SCRIPT FLUSH or failover, a dropped connection) can
+simply be sent again.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_exc
+
+from stream.belief import Belief, ClockSkewRule, Evidence, Refusal, RefusalReason
+from stream.errors import AgegateError, DependencyUnavailable, InvalidEvent
+from stream.policy import Action
+
+LUA_SOURCE = importlib.resources.files("stream").joinpath("belief.lua").read_text()
+
+_REFUSAL_CODES = {"X": RefusalReason.INVALID, "F": RefusalReason.FUTURE, "O": RefusalReason.TOO_OLD}
+
+T = TypeVar("T")
+
+
+class BeliefStoreError(AgegateError):
+    """Redis answered, but not as the script promises (a bug or a foreign value in our keys)."""
+
+
+class VerifiedAgeRefused(InvalidEvent):
+    """A verified age that can never be applied (invalid, or dated too far in the future)."""
+
+    reason = "verified_age_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class SurfaceKey:
+    """Where hysteresis state is kept: one last action per user, jurisdiction and surface."""
+
+    user_id: str
+    jurisdiction: str
+    surface: str
+
+    @property
+    def field(self) -> str:
+        return f"a:{self.jurisdiction}/{self.surface}"
+
+
+class ApplyResult(dict[str, Belief]):
+    """Beliefs after a batch (users left without any belief are absent) plus per-event outcomes.
+
+    It is a plain `dict[str, Belief]` for callers that only need beliefs; refusals are never dropped
+    silently: `refused[user_id]` lists them with their reason.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: dict[str, tuple[str, ...]] = {}
+        self.duplicates: dict[str, tuple[str, ...]] = {}
+        self.ignored: dict[str, tuple[str, ...]] = {}
+        self.refused: dict[str, tuple[Refusal, ...]] = {}
+        # Last action per "jurisdiction/surface", read in the same round trip (hysteresis input).
+        self.previous_actions: dict[str, dict[str, Action]] = {}
+
+
+@dataclass(slots=True)
+class _Script:
+    source: str
+    sha: str = field(default="")
+
+
+def _num(x: float) -> str:
+    # repr is the shortest string that round-trips exactly; Lua's tonumber parses it back exactly.
+    return repr(float(x))
+
+
+class BeliefStore:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        half_life_s: float,
+        ttl_s: float,
+        skew: ClockSkewRule | None = None,
+    ) -> None:
+        if half_life_s <= 0 or ttl_s <= 0:
+            raise ValueError("half_life_s and ttl_s must be > 0")
+        self._redis = redis
+        self._prefix = prefix
+        self.half_life_s = half_life_s
+        self.ttl_s = ttl_s
+        self.skew = skew if skew is not None else ClockSkewRule(max_past_s=ttl_s)
+        self._script = _Script(LUA_SOURCE)
+        self._ttl_ms = str(max(1, math.ceil(ttl_s * 1000)))
+
+    def belief_key(self, user_id: str) -> str:
+        return f"{self._prefix}:{{{user_id}}}:b"
+
+    def events_key(self, user_id: str) -> str:
+        return f"{self._prefix}:{{{user_id}}}:e"
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    async def apply(
+        self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str
+    ) -> ApplyResult:
+        """Fuse a micro-batch of evidence for many users in one pipelined round trip."""
+        calls: list[tuple[str, list[str]]] = []
+        for user_id, evidences in updates.items():
+            args = self._common_args("e", now, model_version)
+            for ev in evidences:
+                args += [ev.event_id, _num(ev.observed_at), _num(ev.mean_age), _num(ev.std_age)]
+            calls.append((user_id, args))
+        replies = await self._eval_many(calls)
+        result = ApplyResult()
+        for (user_id, _), reply in zip(calls, replies, strict=True):
+            evidences = updates[user_id]
+            codes, belief, actions = self._parse_reply(reply)
+            if len(codes) != len(evidences):
+                raise BeliefStoreError(f"script returned {len(codes)} codes for {len(evidences)} evidences")
+            if belief is not None:
+                result[user_id] = belief
+            result.previous_actions[user_id] = actions
+            pairs = list(zip(evidences, codes, strict=True))
+            result.applied[user_id] = tuple(e.event_id for e, c in pairs if c == "A")
+            result.duplicates[user_id] = tuple(e.event_id for e, c in pairs if c == "D")
+            result.ignored[user_id] = tuple(e.event_id for e, c in pairs if c == "I")
+            result.refused[user_id] = tuple(
+                Refusal(e.event_id, _REFUSAL_CODES[c], e.observed_at)
+                for e, c in pairs
+                if c in _REFUSAL_CODES
+            )
+        return result
+
+    async def apply_verified(
+        self, user_id: str, *, event_id: str, verified_age: float, verified_at: float, now: float
+    ) -> Belief:
+        """Replace the user's belief by a verified age; a redelivered event id changes nothing.
+
+        Raises VerifiedAgeRefused (dead-letter it) for a non-finite or out-of-range age or a
+        verification dated beyond the future tolerance.
+        """
+        args = [*self._common_args("v", now, ""), event_id, _num(verified_at), _num(verified_age)]
+        (reply,) = await self._eval_many([(user_id, args)])
+        codes, belief, _ = self._parse_reply(reply)
+        if codes in _REFUSAL_CODES:
+            raise VerifiedAgeRefused(f"verified age refused: {_REFUSAL_CODES[codes].value}",
+                                     reason=f"verified_age_{_REFUSAL_CODES[codes].value}")
+        if belief is None:  # pragma: no cover - the script always leaves a belief after 'A' or 'D'
+            raise BeliefStoreError("verified age left no belief")
+        return belief
+
+    async def record_actions(self, actions: Mapping[SurfaceKey, Action]) -> None:
+        """Remember the last action per user and surface (hysteresis state), one round trip.
+
+        A TTL is set only if the key has none (a user with no belief yet), so this never extends
+        retention beyond what the belief itself has.
+        """
+        if not actions:
+            return
+        ttl = int(self._ttl_ms)
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, action in actions.items():
+                    bkey = self.belief_key(key.user_id)
+                    pipe.hset(bkey, key.field, action.value)
+                    pipe.pexpire(bkey, ttl, nx=True)
+                await pipe.execute()
+
+        await self._guard(run)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def get_many(self, user_ids: Sequence[str], *, now: float) -> dict[str, Belief | None]:
+        """Beliefs as seen at `now`: precision decayed (verified ones do not decay)."""
+        from stream.belief import decay
+
+        raw = await self._hgetall_many(user_ids)
+        out: dict[str, Belief | None] = {}
+        for user_id, fields in zip(user_ids, raw, strict=True):
+            belief = _belief_from_hash(fields)
+            out[user_id] = decay(belief, now, self.half_life_s) if belief is not None else None
+        return out
+
+    async def get_previous_actions(self, keys: Sequence[SurfaceKey]) -> dict[SurfaceKey, Action | None]:
+        async def run() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(self.belief_key(key.user_id), key.field)
+                return list(await pipe.execute())
+
+        values = await self._guard(run)
+        return {k: (Action(_text(v)) if v is not None else None) for k, v in zip(keys, values, strict=True)}
+
+    async def delete(self, user_ids: Sequence[str]) -> None:
+        """Erase users (a deletion request); both keys."""
+        keys = [k for u in user_ids for k in (self.belief_key(u), self.events_key(u))]
+        if keys:
+            await self._guard(lambda: self._redis.delete(*keys))
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _common_args(self, mode: str, now: float, model_version: str) -> list[str]:
+        return [mode, _num(now), _num(self.half_life_s), self._ttl_ms, _num(self.skew.future_tolerance_s),
+                _num(self.skew.max_past_s), model_version]
+
+    async def _hgetall_many(self, user_ids: Sequence[str]) -> list[dict[Any, Any]]:
+        async def run() -> list[dict[Any, Any]]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in user_ids:
+                    pipe.hgetall(self.belief_key(user_id))
+                return list(await pipe.execute())
+
+        return await self._guard(run)
+
+    async def _eval_many(self, calls: Sequence[tuple[str, list[str]]]) -> list[Any]:
+        """EVALSHA every call in one pipeline; on NOSCRIPT load the script and resend only those.
+
+        redis-py's Script in a pipeline would add a SCRIPT EXISTS round trip to every batch; this
+        costs nothing until the cache is actually empty.
+        """
+        if not calls:
+            return []
+        if not self._script.sha:
+            self._script.sha = await self._guard(lambda: self._redis.script_load(self._script.source))
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(3):
+            sha = self._script.sha
+
+            async def run(idx: list[int] = pending, sha: str = sha) -> list[Any]:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for i in idx:
+                        user_id, args = calls[i]
+                        pipe.evalsha(sha, 2, self.belief_key(user_id), self.events_key(user_id), *args)
+                    return list(await pipe.execute(raise_on_error=False))
+
+            results = await self._guard(run)
+            missing: list[int] = []
+            for i, r in zip(pending, results, strict=True):
+                if isinstance(r, redis_exc.NoScriptError):
+                    missing.append(i)
+                elif isinstance(r, redis_exc.ConnectionError | redis_exc.TimeoutError):
+                    raise DependencyUnavailable(f"redis: {r}") from r
+                elif isinstance(r, Exception):
+                    raise BeliefStoreError(f"belief script failed: {r}") from r
+                else:
+                    replies[i] = r
+            if not missing:
+                return replies
+            self._script.sha = await self._guard(lambda: self._redis.script_load(self._script.source))
+            pending = missing
+        raise DependencyUnavailable("redis keeps losing the belief script (NOSCRIPT three times)")
+
+    async def _guard(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+            raise DependencyUnavailable(f"redis: {exc}") from exc
+
+    def _parse_reply(self, reply: Any) -> tuple[str, Belief | None, dict[str, Action]]:
+        parts = [_text(p) for p in reply]
+        if len(parts) < 8:
+            raise BeliefStoreError(f"unexpected script reply {parts!r}")
+        codes = parts[0]
+        belief = None
+        if parts[1] == "1":
+            belief = Belief(
+                birth_time=float(parts[2]), precision=float(parts[3]), updated_at=float(parts[4]),
+                observations=int(parts[5]), verified=parts[6] == "1", model_version=parts[7],
+            )
+        actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(8, len(parts) - 1, 2)}
+        return codes, belief, actions
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _belief_from_hash(fields: Mapping[Any, Any]) -> Belief | None:
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    if "B" not in f:
+        return None
+    return Belief(
+        birth_time=float(f["B"]), precision=float(f["P"]), updated_at=float(f["t"]), observations=int(f["n"]),
+        verified=f["v"] == "1", model_version=f.get("mv", ""),
+    )

@@ -248,6 +248,9 @@ def load_settings(
     for key in from_file:
         if key not in known:
             problems.append(f"{path}: unknown setting {key!r}")
+    for key in overrides:
+        if key not in known:
+            problems.append(f"unknown setting {key!r} (from argument)")
     values: dict[str, Any] = {}
     for name, f in known.items():
         env_name = f.metadata["env"]
@@ -270,10 +273,9 @@ def load_settings(
             problems.append(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))} (from {source})")
             continue
         values[name] = value
-    if problems:
-        raise ConfigError(problems)
+    # Range checks run on the values that did convert, so every problem is reported in one go.
     settings = Settings(**values)
-    problems = _validate(settings)
+    problems += _validate(settings)
     if problems:
         raise ConfigError(problems)
     return settings

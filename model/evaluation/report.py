@@ -1,0 +1,356 @@
+"""metrics.json (versioned schema, docs/evaluation.md) and a self-contained report.html.
+
+Every model evaluated in one run sits side by side in one file, against one dataset identified by
+its manifest hash, so a comparison across different data cannot be produced by accident.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.evaluation.calibration import (
+    COVERAGE_LEVELS,
+    coverage,
+    coverage_by_band,
+    gaussian_nll,
+    threshold_calibration,
+)
+from model.evaluation.fairness import DEFAULT_BOOTSTRAP, DEFAULT_MIN_CELL_SIZE, fairness_report, significant_gaps
+from model.evaluation.metrics import (
+    BUFFERS,
+    DEFAULT_CONFIDENCE,
+    THRESHOLDS,
+    Estimates,
+    accuracy_summary,
+    by_age_band,
+    by_single_year,
+    nist_metrics,
+    prob_at_least,
+    threshold_metrics,
+)
+
+SCHEMA_VERSION = 1
+CALIBRATION_THRESHOLDS: tuple[int, ...] = (13, 16, 18, 21, 25)
+
+
+class DatasetMismatchError(ValueError):
+    """Two sets of numbers come from different data and must not be compared."""
+
+
+def model_metrics(
+    est: Estimates,
+    *,
+    name: str,
+    checkpoint: str = "",
+    model_version: str = "",
+    thresholds: Sequence[int] = THRESHOLDS,
+    buffers: Sequence[int] = BUFFERS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    min_cell_size: int = DEFAULT_MIN_CELL_SIZE,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    t, m, s = est.true_age, est.mean, est.std
+    has_std = bool(len(est)) and bool(np.all(np.isfinite(s)))
+    uncertainty: dict[str, Any] = {"available": has_std}
+    if has_std:
+        uncertainty.update({
+            "gaussian_nll": gaussian_nll(t, m, s),
+            "coverage": {"overall": coverage(t, m, s, COVERAGE_LEVELS), "by_age_band": coverage_by_band(t, m, s)},
+        })
+    uncertainty["calibration"] = {
+        str(T): threshold_calibration(t, prob_at_least(est, T), T) for T in CALIBRATION_THRESHOLDS
+    }
+    by_group = {
+        a: {
+            g: {"accuracy": accuracy_summary(t[sel], m[sel], ks=(5,)), "nist": nist_metrics(t[sel], m[sel])}
+            for g in sorted({str(x) for x in est.attributes[a]})
+            for sel in [est.attributes[a] == g]
+        }
+        for a in est.attributes
+    }
+    fairness = fairness_report(est, min_cell_size=min_cell_size, n_boot=n_boot, seed=seed, confidence=confidence)
+    return {
+        "name": name,
+        "checkpoint": checkpoint,
+        "model_version": model_version,
+        "n_scored": len(est),
+        "n_errors": est.n_errors,
+        "accuracy": {
+            "overall": accuracy_summary(t, m),
+            "by_age_year": by_single_year(t, m),
+            "by_age_band": by_age_band(t, m),
+        },
+        "thresholds": threshold_metrics(est, thresholds, buffers, confidence),
+        "nist": nist_metrics(t, m),
+        "uncertainty": uncertainty,
+        "by_group": by_group,
+        "fairness": fairness,
+        "significant_gaps": significant_gaps(fairness),
+        "policy_replay": None,
+    }
+
+
+def headline(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers a release note quotes: one row per model."""
+    thr = model["thresholds"].get("18", {})
+    buffers = thr.get("buffers", {})
+    largest: dict[str, Any] | None = None
+    for attribute, per in model["fairness"].items():
+        r = per.get("mae", {})
+        if r.get("gap") is not None and (largest is None or r["gap"] > largest["gap"]):
+            largest = {"attribute": attribute, "metric": "mae", "gap": r["gap"], "gap_ci": r["gap_ci"],
+                       "max_group": r["max_group"], "min_group": r["min_group"], "significant": r["significant"]}
+    return {
+        "model": model["name"],
+        "mae": model["accuracy"]["overall"]["mae"],
+        "cs_5": model["accuracy"]["overall"]["cs_5"],
+        "under_18_pass_rate_at_18": buffers.get("0", {}).get("under_age_pass_rate"),
+        "under_18_pass_rate_at_21": buffers.get("3", {}).get("under_age_pass_rate"),
+        "under_18_pass_rate_at_25": buffers.get("7", {}).get("under_age_pass_rate"),
+        "false_rejection_18_20_at_18": buffers.get("0", {}).get("false_rejection_rate"),
+        "false_rejection_18_20_at_21": buffers.get("3", {}).get("false_rejection_rate"),
+        "false_rejection_18_20_at_25": buffers.get("7", {}).get("false_rejection_rate"),
+        "fallback_rate_at_18": thr.get("uncertainty_rule", {}).get("fallback_rate"),
+        "under_18_pass_rate_uncertainty_rule": thr.get("uncertainty_rule", {}).get("under_age_pass_rate"),
+        "largest_mae_gap": largest,
+    }
+
+
+def build_metrics(
+    models: Sequence[dict[str, Any]], *, dataset: Mapping[str, Any], config: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dataset": dict(dataset),
+        "config": dict(config),
+        "models": list(models),
+        "headline": [headline(m) for m in models],
+    }
+
+
+def _clean(x: Any) -> Any:
+    """JSON has no NaN: undefined metrics (empty groups) become null."""
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, Mapping):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_metrics_json(metrics: Mapping[str, Any], path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(metrics), indent=1, sort_keys=False, allow_nan=False))
+    tmp.replace(p)
+    return p
+
+
+def load_metrics_json(path: str | Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(Path(path).read_text())
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: metrics schema {doc.get('schema_version')!r}, this build reads {SCHEMA_VERSION}")
+    return doc
+
+
+def require_same_dataset(claimed_hash: str, actual_hash: str, what: str = "the baseline report") -> None:
+    if claimed_hash != actual_hash:
+        raise DatasetMismatchError(
+            f"manifest hash {actual_hash} does not match {claimed_hash} recorded in {what}; "
+            "numbers from different data cannot be compared: re-run the baseline on this manifest"
+        )
+
+
+# --- HTML ------------------------------------------------------------------------------------------
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _plots(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: CI and pods have no display
+    import matplotlib.pyplot as plt
+
+    models = metrics["models"]
+    out: list[tuple[str, str]] = []
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    for m in models:
+        years = m["accuracy"]["by_age_year"]
+        xs = sorted(int(y) for y in years)
+        ax[0].plot(xs, [_nan(years[str(y)]["mae"]) for y in xs], marker=".", label=m["name"])
+        ax[1].plot(xs, [_nan(years[str(y)]["mean_signed_error"]) for y in xs], marker=".", label=m["name"])
+    ax[0].set(title="MAE by true age", xlabel="true age (years)", ylabel="MAE (years)")
+    ax[1].set(title="Mean signed error by true age", xlabel="true age (years)", ylabel="estimate - true (years)")
+    ax[1].axhline(0, color="grey", lw=0.5)
+    ax[0].legend()
+    out.append(("Error by age", _png(fig)))
+
+    thresholds = list(models[0]["thresholds"]) if models else []
+    if thresholds:
+        fig, axes = plt.subplots(1, len(thresholds), figsize=(4.2 * len(thresholds), 3.6), squeeze=False)
+        for ax_, T in zip(axes[0], thresholds, strict=True):
+            for m in models:
+                bufs = m["thresholds"][T]["buffers"]
+                bs = sorted(int(b) for b in bufs)
+                line = ax_.plot(bs, [_nan(bufs[str(b)]["under_age_pass_rate"]) for b in bs], marker="o",
+                                label=f"{m['name']} under-{T} pass")
+                ax_.plot(bs, [_nan(bufs[str(b)]["false_rejection_rate"]) for b in bs], ls="--", marker="x",
+                         color=line[0].get_color(), label=f"{m['name']} {T}-{int(T) + 2} rejected")
+            ax_.set(title=f"T={T}: pass if estimate >= T+buffer", xlabel="buffer (years)", ylabel="rate",
+                    ylim=(-0.02, 1.02))
+            ax_.legend(fontsize=7)
+        out.append(("Threshold error rates with buffers", _png(fig)))
+
+    fig, axes = plt.subplots(1, len(CALIBRATION_THRESHOLDS), figsize=(3.3 * len(CALIBRATION_THRESHOLDS), 3.3),
+                             squeeze=False)
+    for ax_, T in zip(axes[0], CALIBRATION_THRESHOLDS, strict=True):
+        ax_.plot([0, 1], [0, 1], color="grey", lw=0.5)
+        for m in models:
+            cal = m["uncertainty"]["calibration"].get(str(T))
+            if not cal:
+                continue
+            bins = [b for b in cal["bins"] if b["n"]]
+            ax_.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
+                     label=f"{m['name']} ECE {_nan(cal['ece']):.3f}")
+        ax_.set(title=f"P(age >= {T})", xlabel="predicted", ylabel="observed", xlim=(0, 1), ylim=(0, 1))
+        ax_.legend(fontsize=7)
+    out.append(("Calibration (reliability curves)", _png(fig)))
+
+    fair_metrics = ("mae", "under_18_pass_rate_b3", "false_rejection_18_20_b3")
+    attributes = list(models[0]["fairness"]) if models else []
+    for attribute in attributes:
+        fig, axes = plt.subplots(1, len(fair_metrics), figsize=(4.2 * len(fair_metrics), 3.4), squeeze=False)
+        for ax_, metric in zip(axes[0], fair_metrics, strict=True):
+            width = 0.8 / max(len(models), 1)
+            for i, m in enumerate(models):
+                cells = m["fairness"][attribute][metric]["groups"]
+                names = list(cells)
+                vals = [_nan(cells[g]["value"]) for g in names]
+                lo = [v - _nan(cells[g]["ci"][0]) if cells[g]["ci"] else 0 for g, v in zip(names, vals, strict=True)]
+                hi = [_nan(cells[g]["ci"][1]) - v if cells[g]["ci"] else 0 for g, v in zip(names, vals, strict=True)]
+                pos = np.arange(len(names)) + i * width
+                ax_.bar(pos, vals, width=width, yerr=[lo, hi], capsize=2, label=m["name"])
+                ax_.set_xticks(np.arange(len(names)) + width * (len(models) - 1) / 2, names, fontsize=7)
+            ax_.set(title=f"{metric} by {attribute}")
+            ax_.legend(fontsize=7)
+        out.append((f"By {attribute} (95% bootstrap intervals)", _png(fig)))
+    return out
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return "—" if not math.isfinite(x) else f"{x:.4g}"
+    return html.escape(str(x))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
+    metrics = _clean(metrics)
+    models = metrics["models"]
+    ds = metrics["dataset"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>agegate evaluation</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#eee}"
+        ".bad{color:#b00}img{max-width:100%}</style></head><body>",
+        "<h1>agegate evaluation</h1>",
+        f"<p>Dataset <code>{html.escape(str(ds.get('manifest')))}</code>"
+        f" split <b>{html.escape(str(ds.get('split')))}</b>,"
+        f" {ds.get('n_rows')} rows, hash <code>{html.escape(str(ds.get('content_hash')))}</code>."
+        f" Generated {html.escape(metrics['generated_at'])}, schema v{metrics['schema_version']}.</p>",
+        "<h2>Headline</h2>",
+    ]
+    rows = []
+    for h in metrics["headline"]:
+        g = h["largest_mae_gap"]
+        gap = "—" if not g else (f"{g['attribute']}: {g['gap']:.3g} [{g['gap_ci'][0]:.3g}, {g['gap_ci'][1]:.3g}]"
+                                 f" ({g['max_group']} vs {g['min_group']}){' significant' if g['significant'] else ''}"
+                                 if g.get("gap_ci") else f"{g['attribute']}: {g['gap']:.3g}")
+        rows.append([h["model"], h["mae"], h["cs_5"], h["under_18_pass_rate_at_18"], h["under_18_pass_rate_at_21"],
+                     h["under_18_pass_rate_at_25"], h["false_rejection_18_20_at_18"], h["false_rejection_18_20_at_21"],
+                     h["false_rejection_18_20_at_25"], h["fallback_rate_at_18"], gap])
+    parts.append(_table(["model", "MAE", "CS@5", "u18 pass @18", "u18 pass @21", "u18 pass @25", "18-20 rej @18",
+                         "18-20 rej @21", "18-20 rej @25", "fallback @18", "largest MAE gap [95% CI]"], rows))
+    if gate_text:
+        parts.append(f"<h2>Release gate</h2><pre>{html.escape(gate_text)}</pre>")
+    parts.append("<h2>Models</h2>")
+    parts.append(_table(["model", "version", "checkpoint", "scored", "errors", "NLL", "cov50", "cov80", "cov95",
+                         "Challenge-25", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [
+        [m["name"], m["model_version"], m["checkpoint"], m["n_scored"], m["n_errors"],
+         m["uncertainty"].get("gaussian_nll"),
+         *(m["uncertainty"].get("coverage", {}).get("overall", {}).get(k) for k in ("p50", "p80", "p95")),
+         m["nist"]["challenge_25_rate"], m["nist"]["cos_tpr_13_16"], m["nist"]["cos_fpr_8_12"],
+         m["nist"]["cos_fpr_17_22"]] for m in models]))
+    parts.append("<h2>Accuracy by age band</h2>")
+    bands = list(models[0]["accuracy"]["by_age_band"]) if models else []
+    parts.append(_table(["model", *bands], [
+        [m["name"], *(f"{_fmt(m['accuracy']['by_age_band'][b]['mae'])} (n={int(m['accuracy']['by_age_band'][b]['n'])})"
+                      for b in bands)] for m in models]))
+    parts.append("<h2>Uncertainty-aware rule (pass when P(age ≥ T) ≥ confidence)</h2>")
+    parts.append(_table(["model", "T", "confidence", "under-age pass", "T..T+2 rejected", "fallback"], [
+        [m["name"], T, r["confidence"], r["under_age_pass_rate"], r["false_rejection_rate"], r["fallback_rate"]]
+        for m in models for T, thr in m["thresholds"].items() for r in [thr["uncertainty_rule"]]]))
+    parts.append("<h2>Significant group gaps</h2>")
+    flagged = [[m["name"], f["attribute"], f["metric"], f["gap"], f"[{_fmt(f['gap_ci'][0])}, {_fmt(f['gap_ci'][1])}]"
+                if f.get("gap_ci") else "—", f"{f['max_group']} vs {f['min_group']}", f["z"]]
+               for m in models for f in m["significant_gaps"]]
+    parts.append(_table(["model", "attribute", "metric", "gap", "95% CI", "groups", "z"], flagged)
+                 if flagged else "<p>None (Bonferroni-corrected over every group pair and metric).</p>")
+    for m in models:
+        if m.get("policy_replay"):
+            pr = m["policy_replay"]
+            actions = pr["actions"]
+            parts.append(f"<h2>Policy replay: {html.escape(m['name'])} ({html.escape(str(pr.get('policy_version')))},"
+                         f" {html.escape(str(pr.get('jurisdiction')))}/{html.escape(str(pr.get('surface')))})</h2>")
+            parts.append(_table(["true age band", "n", *actions], [
+                [band, cell["n"], *(cell["rates"].get(a) for a in actions)]
+                for band, cell in pr["by_age_band"].items()]))
+    for title, uri in _plots(metrics):
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>")
+    parts.append("<p>Full numbers: metrics.json next to this file (schema: docs/evaluation.md).</p></body></html>")
+    return "".join(parts)
+
+
+def write_report_html(metrics: Mapping[str, Any], path: str | Path, gate_text: str = "") -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(render_html(metrics, gate_text), encoding="utf-8")
+    return p

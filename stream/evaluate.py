@@ -1,0 +1,289 @@
+"""`agegate eval`: score models side by side on one dataset, write metrics.json and report.html,
+optionally replay a policy over the estimates and apply a release gate.
+
+    agegate eval --model REF_CKPT --model CANDIDATE_CKPT --data MANIFEST --out DIR \
+        [--split test] [--policy FILE] [--gate FILE] [--baseline OLD/metrics.json] [--expect-hash H]
+
+With --gate, the first --model (or the first model of --baseline) is the reference and every other
+model is a candidate; the exit status is 1 when any candidate violates a rule, each violation named on
+stderr, so the command is a CI step. Exit 2: unusable input (manifest hash mismatch, bad gate file).
+
+`agegate eval --online ...` runs the online-metrics consumer instead (stream/online_metrics.py).
+
+This module lives in `stream` because the policy replay needs the policy engine; the metric code
+itself is `model.evaluation` (which never imports `stream`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from model.evaluation.metrics import AGE_BANDS, DEFAULT_CONFIDENCE, Estimates, band_label
+
+log = logging.getLogger(__name__)
+
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from model.evaluation.fairness import DEFAULT_BOOTSTRAP, DEFAULT_MIN_CELL_SIZE
+
+    parser.add_argument("--model", action="append", default=[], metavar="CKPT",
+                        help="checkpoint to evaluate; repeat for side by side (the first is the gate's reference)")
+    parser.add_argument("--name", action="append", default=[], help="display name per --model, in order")
+    parser.add_argument("--data", metavar="MANIFEST", help="dataset manifest (.csv/.jsonl)")
+    parser.add_argument("--split", default="test", help="manifest split to evaluate (default: test)")
+    parser.add_argument("--out", metavar="DIR", help="output folder for metrics.json and report.html")
+    parser.add_argument("--policy", metavar="FILE", help="policy file to replay over the estimates")
+    parser.add_argument("--jurisdiction", default="",
+                        help="jurisdiction for the policy replay (default: the policy's default jurisdiction)")
+    parser.add_argument("--surface", default="", help="surface for the policy replay (default: adult_content)")
+    parser.add_argument("--gate", metavar="FILE", nargs="?", const="default",
+                        help="release gate TOML (bare --gate: model/evaluation/default_gate.toml)")
+    parser.add_argument("--baseline", metavar="METRICS_JSON",
+                        help="earlier metrics.json to compare against; refused unless its dataset hash matches")
+    parser.add_argument("--expect-hash", default="", help="refuse to run unless the manifest's content hash is this")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                        help="inference device (default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: torch default)")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="confidence of the uncertainty-aware rule (pass when P(age>=T) >= this)")
+    parser.add_argument("--min-cell-size", type=int, default=DEFAULT_MIN_CELL_SIZE,
+                        help="groups smaller than this are marked insufficient")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples per cell")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows of the split (smoke runs)")
+    parser.add_argument("--online", action="store_true",
+                        help="run the online-metrics consumer instead (stream/online_metrics.py)")
+    from stream.online_metrics import add_arguments as add_online
+
+    add_online(parser.add_argument_group("online metrics (with --online)"))
+
+
+def _default_name(ckpt: str, version: str, used: set[str]) -> str:
+    base = version or Path(ckpt).stem
+    name, i = base, 2
+    while name in used:
+        name, i = f"{base}#{i}", i + 1
+    return name
+
+
+DEFAULT_REPLAY_SURFACE = "adult_content"  # the 18+ surface: the threshold the headline table is about
+
+
+def replay_policy(
+    est: Estimates, policy_path: str | None, *, jurisdiction: str = "", surface: str = "",
+    model_version: str = "", now: float = 1.7e9,
+) -> dict[str, Any]:
+    """Run the real policy engine over the estimates; action rates by true-age band.
+
+    Each subject is a user: their frames are fused into one belief with the belief module's own
+    `fuse` (one minute apart, so they are distinct evidence) and the policy decides once, as the
+    worker would after seeing those photos. Rows without a subject id are users of one frame (which
+    the policy's `min_observations` may keep from ALLOW). The user's true age is the mean of their
+    rows' ages. `now` is fixed so a replay is reproducible.
+    """
+    from stream import belief as bl
+    from stream import policy as pol
+
+    policy = pol.load_policy(policy_path)
+    event = pol.PolicyEvent(
+        jurisdiction=jurisdiction or policy.default_jurisdiction,
+        surface=surface or DEFAULT_REPLAY_SURFACE,
+        event_time=now,
+    )
+    users: dict[str, list[int]] = {}
+    for i in range(len(est)):
+        key = str(est.subject_id[i]) if est.subject_id is not None else f"row-{i}"
+        users.setdefault(key, []).append(i)
+    actions = [a.value for a in pol.Action]
+    bands = [band_label(lo, hi) for lo, hi in AGE_BANDS]
+    counts: dict[str, dict[str, int]] = {b: dict.fromkeys(actions, 0) for b in bands}
+    reasons: dict[str, int] = {}
+    for user, idx in users.items():
+        evidences = [
+            bl.Evidence(f"{user}/{k}", now - 60.0 * (len(idx) - k), float(est.mean[i]),
+                        float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)
+            for k, i in enumerate(idx)
+        ]
+        fused = bl.fuse(None, evidences, now=now, half_life_s=policy.half_life_s, model_version=model_version)
+        decision = pol.decide(fused.belief, event, policy, now=now)
+        for r in decision.reason_codes:
+            reasons[r] = reasons.get(r, 0) + 1
+        age = float(sum(est.true_age[i] for i in idx) / len(idx))
+        for (lo, hi), band in zip(AGE_BANDS, bands, strict=True):
+            if lo <= age < hi:
+                counts[band][decision.action.value] += 1
+    by_band = {}
+    for band, c in counts.items():
+        n = sum(c.values())
+        by_band[band] = {"n": n, "rates": {a: (v / n if n else None) for a, v in c.items()}}
+    totals = {a: sum(c[a] for c in counts.values()) for a in actions}
+    n_users = sum(totals.values())
+    return {
+        "policy_file": str(policy_path) if policy_path else "(built-in default)",
+        "policy_version": policy.version,
+        "jurisdiction": event.jurisdiction,
+        "surface": event.surface,
+        "users": n_users,
+        "actions": actions,
+        "overall": {a: (v / n_users if n_users else None) for a, v in totals.items()},
+        "reason_codes": dict(sorted(reasons.items())),
+        "by_age_band": by_band,
+    }
+
+
+def _load_engine(ckpt: str, device: str, threads: int) -> Any:
+    from model.engine import InferenceEngine
+
+    return InferenceEngine.from_checkpoint(ckpt, device=device, threads=threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.online:
+        from stream.online_metrics import run as run_online
+
+        return run_online(args)
+    if not args.model or not args.data or not args.out:
+        print("agegate eval: --model, --data and --out are required (or --online)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from model.data.manifest import load_manifest
+    from model.evaluation.gate import DEFAULT_GATE, GateFileError, format_result, load_gate
+    from model.evaluation.report import (
+        DatasetMismatchError,
+        build_metrics,
+        load_metrics_json,
+        model_metrics,
+        require_same_dataset,
+        write_metrics_json,
+        write_report_html,
+    )
+    from model.evaluation.scoring import score_rows
+
+    manifest = load_manifest(args.data)
+    data_hash = manifest.content_hash
+    baseline = load_metrics_json(args.baseline) if args.baseline else None
+    gate = None
+    try:
+        if args.expect_hash:
+            require_same_dataset(args.expect_hash, data_hash, "--expect-hash")
+        if baseline is not None:
+            require_same_dataset(baseline["dataset"]["content_hash"], data_hash, args.baseline)
+            if baseline["dataset"].get("split") != args.split:
+                raise DatasetMismatchError(
+                    f"{args.baseline} was computed on split {baseline['dataset'].get('split')!r}, not {args.split!r}")
+        if args.gate:
+            gate = load_gate(DEFAULT_GATE if args.gate == "default" else args.gate)
+    except (DatasetMismatchError, GateFileError) as exc:
+        print(f"agegate eval: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    rows = manifest.split(args.split)
+    if args.limit:
+        rows = rows[: args.limit]
+    if not rows:
+        print(f"agegate eval: split {args.split!r} of {args.data} has no rows", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    config = {
+        "split": args.split, "confidence": args.confidence, "min_cell_size": args.min_cell_size,
+        "bootstrap": args.bootstrap, "seed": args.seed, "limit": args.limit,
+        "policy": args.policy, "gate": args.gate,
+    }
+    models: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for i, ckpt in enumerate(args.model):
+        engine = _load_engine(ckpt, args.device, args.threads)
+        try:
+            started = time.perf_counter()
+            est = score_rows(engine, manifest, rows)
+            elapsed = time.perf_counter() - started
+        finally:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+        name = args.name[i] if i < len(args.name) else _default_name(ckpt, engine.model_version, used)
+        used.add(name)
+        log.info("scored %s: %d rows, %d errors, %.1fs", name, len(est), est.n_errors, elapsed)
+        entry = model_metrics(
+            est, name=name, checkpoint=str(ckpt), model_version=engine.model_version, confidence=args.confidence,
+            min_cell_size=args.min_cell_size, n_boot=args.bootstrap, seed=args.seed,
+        )
+        entry["scoring_seconds"] = elapsed
+        if args.policy is not None:
+            # `--policy default` replays the built-in policy file.
+            entry["policy_replay"] = replay_policy(
+                est, None if args.policy == "default" else args.policy,
+                jurisdiction=args.jurisdiction, surface=args.surface,
+                model_version=engine.model_version,
+            )
+        models.append(entry)
+    dataset = {
+        "manifest": str(args.data), "content_hash": data_hash, "split": args.split, "n_rows": len(rows),
+        "attributes": manifest.attribute_names(),
+    }
+    metrics = build_metrics(models, dataset=dataset, config=config)
+
+    gate_text, failed = "", False
+    if gate is not None:
+        results = run_gate(gate, metrics, baseline)
+        gate_text = "\n".join(format_result(r) for r in results)
+        gate_text = gate_text or "gate: nothing to compare (one model, no --baseline)"
+        metrics["gate"] = {
+            "file": str(gate.source),
+            "passed": all(r.passed for r in results),
+            "results": [
+                {"candidate": r.candidate, "reference": r.reference, "passed": r.passed,
+                 "violations": [{"rule": c.rule, "metric": c.metric, "reference": c.reference,
+                                 "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason}
+                                for c in r.violations]}
+                for r in results
+            ],
+        }
+        failed = not metrics["gate"]["passed"]
+    out = Path(args.out)
+    write_metrics_json(metrics, out / "metrics.json")
+    write_report_html(metrics, out / "report.html", gate_text)
+    print(_headline_text(metrics["headline"]))
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+    if gate_text:
+        print(gate_text, file=sys.stderr if failed else sys.stdout)
+    return EXIT_GATE_FAILED if failed else 0
+
+
+def run_gate(gate: Any, metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[Any]:
+    """Reference: the baseline report's first model when given, else this run's first model."""
+    from model.evaluation.gate import evaluate_gate
+
+    models = list(metrics["models"])
+    if baseline is not None:
+        reference, candidates = baseline["models"][0], models
+    else:
+        if len(models) < 2:
+            return []
+        reference, candidates = models[0], models[1:]
+    return [evaluate_gate(gate, reference, c, reference["name"], c["name"]) for c in candidates]
+
+
+def _headline_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    def f(x: Any) -> str:
+        return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
+
+    lines = ["model | MAE | CS@5 | u18 pass @18/@21/@25 | 18-20 rejected @18/@21/@25 | fallback @18 | largest MAE gap"]
+    for h in rows:
+        g = h["largest_mae_gap"]
+        gap = "-" if not g else f"{g['attribute']} {f(g['gap'])} CI {[round(x, 3) for x in g['gap_ci'] or []]}"
+        lines.append(
+            f"{h['model']} | {f(h['mae'])} | {f(h['cs_5'])} | {f(h['under_18_pass_rate_at_18'])}/"
+            f"{f(h['under_18_pass_rate_at_21'])}/{f(h['under_18_pass_rate_at_25'])} | "
+            f"{f(h['false_rejection_18_20_at_18'])}/{f(h['false_rejection_18_20_at_21'])}/"
+            f"{f(h['false_rejection_18_20_at_25'])} | {f(h['fallback_rate_at_18'])} | {gap}"
+        )
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,11 @@ def kafka_settings(kafka_bootstrap: str, unique_id: str) -> Settings:
         topic_prefix=f"t{unique_id}.",
         consumer_group=f"g{unique_id}",
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained in seconds on synthetic faces (children vs adults clearly apart)."""
+    from model.testing import train_tiny_checkpoint
+
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"))

@@ -1,0 +1,122 @@
+"""Micro-batching: frames from many events share one forward pass, bounded by size and by wait.
+
+`BatchPolicy` is the pure decision (flush now? how long may we still wait?), tested without
+clocks or threads. `MicroBatcher` applies it: callers `await score(frame)`; one background task
+forms batches and runs the scorer off the event loop, so consumers keep heartbeating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from stream import metrics
+
+F = TypeVar("F")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_frames: int
+    max_wait_s: float
+
+    def should_flush(self, pending: int, oldest_waited_s: float) -> bool:
+        return pending >= self.max_frames or (pending > 0 and oldest_waited_s >= self.max_wait_s)
+
+    def wait_left(self, oldest_waited_s: float) -> float:
+        return max(0.0, self.max_wait_s - oldest_waited_s)
+
+
+class MicroBatcher(Generic[F, R]):
+    """Batches items for `scorer` (a blocking function from a list of items to a list of results).
+
+    The scorer runs in one worker thread: one forward pass at a time, while the next batch forms.
+    """
+
+    def __init__(
+        self,
+        scorer: Callable[[Sequence[F]], Sequence[R]],
+        policy: BatchPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._scorer = scorer
+        self.policy = policy
+        self._clock = clock
+        self._pending: deque[tuple[F, asyncio.Future[R], float]] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task: asyncio.Task[None] | None = None
+        self._on_batch = on_batch
+        self.batches = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Finish what is pending, then stop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        await self._task
+        self._task = None
+        self._executor.shutdown(wait=True)
+
+    _closing = False
+
+    async def score(self, item: F) -> R:
+        if self._task is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future, self._clock()))
+        if len(self._pending) >= self.policy.max_frames or len(self._pending) == 1:
+            self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            waited = self._clock() - self._pending[0][2]
+            if not self._closing and not self.policy.should_flush(len(self._pending), waited):
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=self.policy.wait_left(waited))
+                continue
+            take = min(len(self._pending), self.policy.max_frames)
+            batch = [self._pending.popleft() for _ in range(take)]
+            items = [item for item, _, _ in batch]
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self._scorer, items)
+                if len(results) != len(items):
+                    raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
+            except Exception as exc:  # the whole batch failed (a bug, or the device): fail its callers
+                for _, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - started
+            self.batches += 1
+            metrics.BATCH_SIZE.observe(len(items))
+            metrics.INFERENCE_SECONDS.observe(elapsed)
+            if self._on_batch:
+                self._on_batch(len(items), elapsed)
+            for (_, future, _), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

@@ -1,0 +1,95 @@
+"""Assembling the pipeline from settings: model engine, micro-batcher, Redis store, policy, sink.
+
+Shared by the worker and the tools that run the same pipeline (replay, demo, benchmarks), so they
+score, fuse and decide exactly alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from model.decode import DecodeLimits
+from model.engine import EncodedFrame, FrameResult, InferenceEngine
+from stream.batching import BatchPolicy, MicroBatcher
+from stream.belief_store import BeliefStore
+from stream.codec import AvroCodec
+from stream.config import Settings
+from stream.frames import FrameResolver, FrameStores
+from stream.pipeline import InvalidShareGuard, Pipeline, Sink, SourceRecord
+from stream.policy import Policy, load_policy
+from stream.registry import registry_from_url
+from stream.topics import topic_names
+
+DAY_S = 86400.0
+
+
+def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceEngine:
+    path = checkpoint or settings.model_checkpoint
+    if not path:
+        raise FileNotFoundError("no model checkpoint configured: set AGEGATE_MODEL")
+    limits = DecodeLimits(max_bytes=settings.frame_max_bytes, max_pixels=settings.frame_max_pixels)
+    return InferenceEngine.from_checkpoint(
+        path, device=settings.inference_device, threads=settings.inference_threads, limits=limits
+    )
+
+
+def make_store(settings: Settings, client: aioredis.Redis, *, prefix: str | None = None) -> BeliefStore:
+    return BeliefStore(
+        client,
+        prefix=prefix or settings.redis_key_prefix,
+        half_life_s=settings.belief_half_life_days * DAY_S,
+        ttl_s=settings.belief_ttl_days * DAY_S,
+    )
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+@dataclass
+class Assembled:
+    pipeline: Pipeline
+    batcher: MicroBatcher[EncodedFrame, FrameResult]
+    resolver: FrameResolver
+    policy: Policy
+
+
+def assemble(
+    settings: Settings,
+    *,
+    engine: InferenceEngine,
+    store: BeliefStore,
+    sink: Sink,
+    policy: Policy | None = None,
+    batch_max_frames: int | None = None,
+    clock: Callable[[], float] = time.time,
+    decided_at: Callable[[SourceRecord, float], float] | None = None,
+) -> Assembled:
+    """A ready pipeline; call `batcher.start()` inside the running loop before processing."""
+    policy = policy or load_policy(settings.policy_file or None)
+    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
+        engine.score, BatchPolicy(batch_max_frames or settings.batch_max_frames, settings.batch_max_wait_ms / 1000)
+    )
+    resolver = FrameResolver(
+        FrameStores.parse(
+            settings.frame_uri_roots, max_bytes=settings.frame_max_bytes, timeout_s=settings.frame_fetch_timeout_s
+        )
+    )
+    pipeline = Pipeline(
+        codec=AvroCodec(registry_from_url(settings.schema_registry_url)),
+        score=batcher.score,
+        model_version=engine.model_version,
+        store=store,
+        policy=policy,
+        sink=sink,
+        resolver=resolver,
+        topics=topic_names(settings),
+        guard=InvalidShareGuard(settings.invalid_share_limit, settings.invalid_share_window),
+        clock=clock,
+        decided_at=decided_at,
+    )
+    return Assembled(pipeline, batcher, resolver, policy)

@@ -1,0 +1,267 @@
+"""`agegate worker`: the faust app that runs the enforcement pipeline in deployed pods.
+
+faust (aiokafka transport) owns group membership, fetching, heartbeats and the web server. The
+guarantees are ours, because faust's do not hold on their own:
+- acks are manual (`noack` stream) and released in offset order per partition by an
+  `OffsetTracker`, so faust never commits past an event still in flight (its gap check is skipped
+  while the committed offset is 0 or None; see tests/unit/test_faust_traps.py);
+- `take()` is not used: it acks a whole batch even when the batch body raises;
+- decisions and dead letters are produced with confluent-kafka and awaited until acknowledged
+  (faust's send future does not tell us the broker has the message); the confluent *transport* is
+  not used since it drops headers;
+- `exactly_once` is not offered through faust (open duplicate bugs); at-least-once plus idempotent
+  Redis updates and decision idempotency keys is the guarantee.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from stream import metrics
+from stream.config import Settings, load_settings
+from stream.log import get_logger
+from stream.offsets import OffsetTracker
+from stream.pipeline import InvalidInputShareExceeded, SourceRecord
+from stream.topics import topic_name
+
+log = get_logger("agegate.worker")
+EXIT_FATAL = 3
+
+
+class WorkerRuntime:
+    """Everything the faust agent needs, created once the model is loaded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tracker: OffsetTracker[tuple[Any, Any]] = OffsetTracker()
+        self.slots = asyncio.Semaphore(settings.queue_max_events)
+        self.model_loaded = asyncio.Event()
+        self.redis_ok_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.assembled: Any = None
+        self.sink: Any = None
+        self.redis: Any = None
+        self.engine: Any = None
+
+    async def start(self) -> None:
+        """Load the model (retrying while it is missing: events wait), connect Redis and Kafka."""
+        from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+        from stream.kafka_sink import KafkaSink
+        from stream.runtime import assemble, load_engine, make_store, redis_client
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((FileNotFoundError, OSError)),
+            wait=wait_exponential_jitter(initial=1, max=30),
+            before_sleep=lambda s: log.error(
+                "model not loadable; no event is processed until it is",
+                error=str(s.outcome.exception()) if s.outcome else "",
+                attempt=s.attempt_number,
+            ),
+        ):
+            with attempt:
+                self.engine = await asyncio.to_thread(load_engine, self.settings)
+        self.redis = redis_client(self.settings)
+        self.sink = KafkaSink(self.settings)
+        self.assembled = assemble(
+            self.settings, engine=self.engine, store=make_store(self.settings, self.redis), sink=self.sink
+        )
+        self.assembled.batcher.start()
+        self.model_loaded.set()
+        log.info(
+            "model loaded",
+            model_version=self.engine.model_version,
+            device=str(self.engine.device),
+            policy_version=self.assembled.policy.version,
+        )
+
+    async def admit(self, stream: Any, event: Any) -> None:
+        """Take one event in; blocks while `queue_max_events` are in flight (backpressure)."""
+        await self.model_loaded.wait()
+        await self.slots.acquire()
+        message = event.message
+        rec = SourceRecord(
+            message.topic,
+            message.partition,
+            message.offset,
+            message.key,
+            message.value,
+            int(message.timestamp * 1000) if message.timestamp else 0,
+        )
+        self.tracker.start(rec.topic, rec.partition, rec.offset, (stream, event))
+        metrics.IN_FLIGHT_EVENTS.set(self.tracker.in_flight())
+        task = asyncio.get_running_loop().create_task(self._run(rec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, rec: SourceRecord) -> None:
+        try:
+            await self.assembled.pipeline.process(rec)
+        except InvalidInputShareExceeded as exc:
+            self.fatal(exc)
+            return
+        except Exception as exc:  # a bug: never ack what was not handled; stop loudly
+            log.exception("event processing failed", topic=rec.topic, partition=rec.partition, offset=rec.offset)
+            self.fatal(exc)
+            return
+        finally:
+            self.slots.release()
+        for stream, event in self.tracker.finish(rec.topic, rec.partition, rec.offset):
+            await stream.ack(event)
+        metrics.IN_FLIGHT_EVENTS.set(self.tracker.in_flight())
+
+    def fatal(self, exc: BaseException) -> None:
+        """Stop loudly without committing anything not finished: redelivery covers the rest."""
+        log.critical("worker stopping on a fatal error", error=f"{type(exc).__name__}: {exc}")
+        if self.sink is not None:
+            self.sink.flush(5)
+        sys.stderr.flush()
+        os._exit(EXIT_FATAL)
+
+    async def ready(self, app: Any) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {"model_loaded": self.model_loaded.is_set()}
+        try:
+            checks["partitions_assigned"] = len(app.consumer.assignment()) > 0
+        except Exception:
+            checks["partitions_assigned"] = False
+        if self.redis is not None and time.monotonic() - self.redis_ok_at > 2:
+            try:
+                await asyncio.wait_for(self.redis.ping(), timeout=1)
+                self.redis_ok_at = time.monotonic()
+            except Exception:
+                self.redis_ok_at = 0.0
+        checks["redis_reachable"] = self.redis_ok_at > 0
+        ok = all(checks.values())
+        metrics.READY.set(1 if ok else 0)
+        return ok, checks
+
+    async def stop(self) -> None:
+        if self.assembled is not None:
+            await self.assembled.batcher.stop()
+            await self.assembled.resolver.close()
+        if self.sink is not None:
+            self.sink.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
+    import faust
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    broker = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(","))
+    app = faust.App(
+        settings.consumer_group,
+        broker=broker,
+        broker_credentials=_credentials(settings),
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=True,
+        stream_buffer_maxsize=settings.queue_max_events,
+        broker_commit_every=200,
+        broker_commit_interval=1.0,
+        datadir=os.environ.get("AGEGATE_FAUST_DATADIR", tempfile.mkdtemp(prefix="agegate-faust-")),
+        producer_acks=-1,
+    )
+    runtime = WorkerRuntime(settings)
+    sources = app.topic(
+        *(topic_name(role, settings) for role in ("signups", "uploads", "feedback")),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @app.agent(sources, concurrency=1)
+    async def enforce(stream: Any) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            await runtime.admit(manual, event)
+
+    @app.task
+    async def load_model() -> None:
+        await runtime.start()
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ok, checks = await runtime.ready(app)
+        return web.json({"ready": ok, **checks}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants a keyword `signal`
+    async def forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            runtime.tracker.forget(tp.topic, tp.partition)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_runtime(app_: Any, **kwargs: Any) -> None:
+        await runtime.stop()
+
+    return app, runtime
+
+
+def _credentials(settings: Settings) -> Any:
+    import faust
+
+    if not settings.kafka_security_protocol.startswith("SASL") and settings.kafka_security_protocol != "SSL":
+        return None
+    ssl_context = None
+    if settings.kafka_security_protocol.endswith("SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=ssl_context,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loglevel", default=None, help="faust's log level (default: AGEGATE_LOG_LEVEL)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+
+    settings = load_settings()
+    app, _ = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=(args.loglevel or settings.log_level).lower(),
+        quiet=True,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
+    # mode's worker handles SIGTERM/SIGINT: stop fetching, wait for in-flight events, commit, exit.
+    worker.execute_from_commandline()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - entry for `python -m`
+    from stream.cli import main as cli_main
+
+    return cli_main(["worker", *(argv or [])])

@@ -1,0 +1,324 @@
+"""The worker end to end against the real Kafka and Redis: nothing lost, nothing counted twice.
+
+Each test runs `agegate worker` as a subprocess on its own topics, consumer group and Redis key
+prefix. Fault tests replay the same deterministic stream as an uninterrupted reference run and
+compare every user's Redis belief with the reference's.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream.config import Settings, load_settings
+from stream.loadgen import synthetic_stream
+from stream.produce import Produced, produce
+from stream.topics import TopicAdmin, topic_name
+from tests.worker_harness import (
+    OutputReader,
+    Outputs,
+    WorkerProcess,
+    assert_beliefs_equal,
+    beliefs,
+    committed_offsets,
+    free_port,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+N_EVENTS = 120
+SEED = 11
+BAD_SHARE = 0.15
+DECODE_REASONS = {
+    "empty",
+    "truncated_header",
+    "bad_magic",
+    "unknown_schema_id",
+    "unexpected_schema",
+    "truncated_body",
+    "trailing_bytes",
+    "body_mismatch",
+    "incompatible_schema",
+}
+
+
+def fresh_settings(kafka_bootstrap: str) -> Settings:
+    unique = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        environ={}, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"w{unique}.", consumer_group=f"wg{unique}"
+    )
+    TopicAdmin(settings).create()
+    return settings
+
+
+def stream_events() -> list:
+    return list(synthetic_stream(N_EVENTS, seed=SEED, bad_share=BAD_SHARE, events_per_user=4))
+
+
+@dataclass
+class Run:
+    settings: Settings
+    produced: list[Produced]
+    outputs: Outputs
+    beliefs: dict
+    prefix: str
+
+
+def run_uninterrupted(kafka_bootstrap: str, redis_url: str, model: Path, tmp: Path) -> Run:
+    settings = fresh_settings(kafka_bootstrap)
+    produced = produce(settings, stream_events())
+    prefix = f"ref{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(
+        worker_env(settings, model=model, redis_url=redis_url, redis_prefix=prefix), tmp / "reference.log"
+    ).start()
+    reader = OutputReader(settings)
+    try:
+        worker.wait_ready()
+        outputs = reader.poll_until({p.idempotency_key for p in produced}, timeout=180)
+    finally:
+        worker.stop()
+        reader.close()
+    users = {p.event.user_id for p in produced}
+    return Run(settings, produced, outputs, beliefs(redis_url, prefix, users), prefix)
+
+
+@pytest.fixture(scope="module")
+def reference(kafka_bootstrap: str, redis_url: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return run_uninterrupted(kafka_bootstrap, redis_url, tiny_model, tmp_path_factory.mktemp("reference"))
+
+
+def test_every_event_gets_one_decision_or_dead_letter(reference: Run) -> None:
+    keys = {p.idempotency_key for p in reference.produced}
+    assert reference.outputs.accounted() == keys
+    assert not set(reference.outputs.decisions) & set(reference.outputs.dead_letters)
+    good = [p for p in reference.produced if not p.event.bad]
+    assert {p.idempotency_key for p in good} == set(reference.outputs.decisions)
+    for p in good:
+        (decision,) = reference.outputs.decisions[p.idempotency_key]  # exactly one, no duplicates
+        assert decision["user_id"] == p.event.user_id
+        assert decision["reason_codes"]
+        assert decision["policy_version"]
+    # The offsets were committed past every event: a restart would redeliver nothing.
+    topics = [topic_name(r, reference.settings) for r in ("signups", "uploads", "feedback")]
+    committed = committed_offsets(reference.settings, topics)
+    for p in reference.produced:
+        assert committed[(p.topic, p.partition)] > p.offset
+
+
+def test_bad_events_go_to_dead_letters_with_their_reason_and_bytes(reference: Run) -> None:
+    bad = [p for p in reference.produced if p.event.bad]
+    assert len(bad) >= 8
+    for p in bad:
+        (headers,) = reference.outputs.dead_letters[p.idempotency_key]
+        if p.event.bad in {"corrupt_frames", "zero_byte_frame"} and p.event.role != "feedback":
+            assert headers["reason"] == "all_frames_failed", headers
+        else:
+            assert headers["reason"] in DECODE_REASONS, headers
+        assert headers["error_class"] in {"DecodeError", "InvalidEvent"}
+        assert headers["source_topic"] == p.topic
+        assert int(headers["_value_len"]) == len(p.event.value)  # the original bytes
+        assert headers["_key"] == p.event.user_id
+        assert int(headers["first_seen_ms"]) > 0
+
+
+def test_actions_are_right_for_clearly_under_age_and_clearly_adult_users(reference: Run) -> None:
+    under, adult_right, adult_total = 0, 0, 0
+    for p in reference.produced:
+        if p.event.bad or p.idempotency_key not in reference.outputs.decisions:
+            continue
+        decision = reference.outputs.decisions[p.idempotency_key][0]
+        age = p.event.true_age
+        if age < 12:
+            under += 1
+            assert decision["action"] != "ALLOW", decision  # a child is never allowed anywhere
+        elif age >= 25 and decision["evidence"]["observations"] >= 4 and not decision["evidence"]["verified"]:
+            adult_total += 1
+            adult_right += decision["action"] == "ALLOW"
+    assert under > 10
+    assert adult_total > 10
+    assert adult_right / adult_total >= 0.8, (adult_right, adult_total)
+
+
+def produce_in_background(settings: Settings, rate: float) -> tuple[threading.Thread, list[list[Produced]]]:
+    box: list[list[Produced]] = []
+    thread = threading.Thread(target=lambda: box.append(produce(settings, stream_events(), rate=rate)))
+    thread.start()
+    return thread, box
+
+
+def wait_for_progress(reader: OutputReader, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(reader.outputs.accounted()) < count and time.monotonic() < deadline:
+        reader.poll_until(["?"], timeout=0.5)  # reads whatever arrived; "?" is never accounted
+    assert len(reader.outputs.accounted()) >= count, "the worker made no progress"
+
+
+@pytest.fixture
+def fault_run(kafka_bootstrap: str, redis_url: str, tiny_model: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    settings = fresh_settings(kafka_bootstrap)
+    prefix = f"f{uuid.uuid4().hex[:6]}"
+    reader = OutputReader(settings)
+    state: dict[str, Any] = {
+        "settings": settings,
+        "prefix": prefix,
+        "reader": reader,
+        "model": tiny_model,
+        "tmp": tmp_path,
+        "redis_url": redis_url,
+        "workers": [],
+    }
+    yield state
+    for worker in state["workers"]:
+        worker.stop()
+    reader.close()
+
+
+def start_worker(state: dict, name: str, **extra: str) -> WorkerProcess:
+    env = worker_env(
+        state["settings"],
+        model=state["model"],
+        redis_url=extra.pop("redis_url", state["redis_url"]),
+        redis_prefix=state["prefix"],
+        **extra,
+    )
+    worker = WorkerProcess(env, state["tmp"] / f"{name}.log").start()
+    state["workers"].append(worker)
+    worker.wait_ready()
+    return worker
+
+
+def finish_and_compare(state: dict, produced: list[Produced], reference: Run, redis_url: str) -> Outputs:
+    outputs = state["reader"].poll_until({p.idempotency_key for p in produced}, timeout=180)
+    assert outputs.accounted() == {p.idempotency_key for p in produced}
+    users = {p.event.user_id for p in produced}
+    assert_beliefs_equal(beliefs(redis_url, state["prefix"], users), reference.beliefs)
+    return outputs
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(reference: Run, fault_run: dict) -> None:
+    worker = start_worker(fault_run, "first")
+    thread, box = produce_in_background(fault_run["settings"], rate=40)
+    wait_for_progress(fault_run["reader"], N_EVENTS // 3)  # mid-stream: more is still arriving
+    worker.signal(signal.SIGKILL)
+    assert worker.wait(30) == -signal.SIGKILL
+    thread.join()
+    start_worker(fault_run, "restarted")
+    finish_and_compare(fault_run, box[0], reference, fault_run["redis_url"])
+
+
+def test_sigterm_mid_stream_exits_cleanly_and_counts_nothing_twice(reference: Run, fault_run: dict) -> None:
+    worker = start_worker(fault_run, "first")
+    thread, box = produce_in_background(fault_run["settings"], rate=40)
+    wait_for_progress(fault_run["reader"], N_EVENTS // 3)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.tail()
+    thread.join()
+    # Everything decided before the exit was committed: the next worker does not redo it.
+    before = set(fault_run["reader"].poll_until(["?"], timeout=2).accounted())
+    start_worker(fault_run, "restarted")
+    outputs = finish_and_compare(fault_run, box[0], reference, fault_run["redis_url"])
+    duplicated = [k for k in before if len(outputs.decisions.get(k, [])) > 1]
+    assert duplicated == []
+
+
+class PrivateRedis:
+    """A redis-server this test may stop and restart; append-only file so data survives restarts."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp / "redis"
+        self.dir.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.1)  # waiting for a server we just started, bounded by the deadline
+        raise AssertionError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis-server syncs the append-only file, then exits
+            self.proc.wait(timeout=20)
+
+
+def test_redis_down_for_ten_seconds_pauses_then_resumes_losing_nothing(reference: Run, fault_run: dict) -> None:
+    redis_server = PrivateRedis(fault_run["tmp"])
+    redis_server.start()
+    try:
+        worker = start_worker(fault_run, "worker", redis_url=redis_server.url)
+        thread, box = produce_in_background(fault_run["settings"], rate=40)
+        wait_for_progress(fault_run["reader"], N_EVENTS // 4)
+        redis_server.stop()
+        outage_started = time.monotonic()
+        # The worker notices and retries with backoff while consumption pauses.
+        while worker.metric("agegate_retries_total") == 0 and time.monotonic() - outage_started < 30:
+            time.sleep(0.2)  # polling the worker's metrics, bounded
+        assert worker.metric("agegate_retries_total") > 0
+        assert worker.metric("agegate_dependency_down") == 1
+        # Decisions stop (dead letters need no Redis, so they may still flow).
+        decided_early = len(fault_run["reader"].poll_until(["?"], timeout=1).decisions)
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))  # the outage lasts 10 seconds
+        assert len(fault_run["reader"].poll_until(["?"], timeout=0.5).decisions) == decided_early
+        redis_server.start()
+        thread.join()
+        finish_and_compare(fault_run, box[0], reference, redis_server.url)
+        assert worker.metric("agegate_dependency_down") == 0
+        assert worker.proc is not None
+        assert worker.proc.poll() is None  # it never crashed
+    finally:
+        for w in fault_run["workers"]:
+            w.stop()
+        redis_server.stop()
+
+
+def test_mostly_invalid_input_stops_the_worker_loudly(fault_run: dict) -> None:
+    from stream.loadgen import SyntheticEvent
+
+    garbage = [
+        SyntheticEvent("uploads", f"u{i}".encode(), b"\x07not avro at all", f"u{i}", 30.0, "random_bytes")
+        for i in range(40)
+    ]
+    worker = start_worker(fault_run, "worker", AGEGATE_INVALID_SHARE_WINDOW="20")
+    produce(fault_run["settings"], garbage)
+    assert worker.wait(60) == 3, worker.tail()
+    assert "worker stopping on a fatal error" in worker.tail(200)

@@ -1,0 +1,81 @@
+"""Micro-batching: the pure flush decision, and the batcher closing batches on size or on wait."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.batching import BatchPolicy, MicroBatcher
+
+
+@given(st.integers(1, 256), st.floats(0.001, 1.0), st.integers(0, 600), st.floats(0.0, 2.0))
+def test_policy_flushes_exactly_on_size_or_wait(max_frames: int, max_wait: float, pending: int, waited: float) -> None:
+    policy = BatchPolicy(max_frames, max_wait)
+    expected = pending >= max_frames or (pending > 0 and waited >= max_wait)
+    assert policy.should_flush(pending, waited) is expected
+    assert 0 <= policy.wait_left(waited) <= max_wait
+
+
+class Recorder:
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = gate
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        self.batches.append(list(items))
+        return [i * 10 for i in items]
+
+
+async def test_full_batches_close_on_size_and_results_map_back() -> None:
+    gate = threading.Event()
+    scorer = Recorder(gate)
+    batcher: MicroBatcher[int, int] = MicroBatcher(scorer, BatchPolicy(max_frames=4, max_wait_s=60))
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.score(i)) for i in range(8)]
+    await asyncio.sleep(0)  # let the tasks enqueue
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    await batcher.stop()
+    assert results == [i * 10 for i in range(8)]
+    assert [len(b) for b in scorer.batches] == [4, 4]  # closed by size, long before the 60 s wait
+
+
+async def test_a_partial_batch_closes_on_the_wait_bound() -> None:
+    scorer = Recorder()
+    now = [0.0]
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        scorer, BatchPolicy(max_frames=64, max_wait_s=0.02), clock=lambda: now[0]
+    )
+    batcher.start()
+    task = asyncio.create_task(batcher.score(7))
+    await asyncio.sleep(0)
+    now[0] = 1.0  # the injected clock says the oldest frame waited past the bound
+    assert await asyncio.wait_for(task, timeout=5) == 70
+    await batcher.stop()
+    assert scorer.batches == [[7]]
+
+
+async def test_a_failing_scorer_fails_only_its_batch() -> None:
+    calls = []
+
+    def flaky(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise RuntimeError("device error")
+        return list(items)
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(flaky, BatchPolicy(max_frames=2, max_wait_s=60))
+    batcher.start()
+    first = [asyncio.create_task(batcher.score(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    second = [asyncio.create_task(batcher.score(i)) for i in (3, 4)]
+    failed = await asyncio.gather(*first, return_exceptions=True)
+    assert all(isinstance(f, RuntimeError) for f in failed)
+    assert await asyncio.gather(*second) == [3, 4]
+    await batcher.stop()

@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
@@ -29,6 +29,9 @@ from stream.frames import TRANSIENT_REASONS, FrameResolver
 from stream.log import get_logger
 from stream.policy import Action, Decision, Policy, PolicyEvent, decide
 from stream.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
+
+if TYPE_CHECKING:
+    from stream.shadow import ShadowScorer
 
 log = get_logger("agegate.pipeline")
 
@@ -227,8 +230,10 @@ class Pipeline:
         guard: InvalidShareGuard,
         clock: Callable[[], float] = time.time,
         decided_at: Callable[[SourceRecord, float], float] | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.codec = codec
+        self.shadow = shadow
         self._score = score
         self.model_version = model_version
         self.store = store
@@ -260,10 +265,10 @@ class Pipeline:
         my_tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._user_tail[user_id] = my_tail
         try:
-            results = await self._score_frames(record.get("frames", []))
+            results, shadow_results = await self._score_frames(record.get("frames", []))
             if previous_tail is not None:
                 await previous_tail
-            outcome = await self._decide(rec, decoded.subject, record, results)
+            outcome = await self._decide(rec, decoded.subject, record, results, shadow_results)
         except InvalidEvent as exc:
             outcome = await self._dead_letter(rec, exc)
         finally:
@@ -272,16 +277,28 @@ class Pipeline:
                 del self._user_tail[user_id]
         return outcome
 
-    async def _score_frames(self, frames: Sequence[dict[str, Any]]) -> list[FrameResult]:
+    async def _score_frames(
+        self, frames: Sequence[dict[str, Any]]
+    ) -> tuple[list[FrameResult], list[FrameResult] | None]:
+        """Live results per frame, and the shadow model's for the same frames when one is configured."""
         resolved = await self.resolver.resolve_all(frames)
 
         async def one(item: EncodedFrame | FrameError) -> FrameResult:
             return item if isinstance(item, FrameError) else await self._score(item)
 
-        return list(await asyncio.gather(*(one(item) for item in resolved)))
+        live = asyncio.gather(*(one(item) for item in resolved))
+        if self.shadow is None or not resolved:
+            return list(await live), None
+        live_results, shadow_results = await asyncio.gather(live, self.shadow.score_resolved(resolved))
+        return list(live_results), list(shadow_results)
 
     async def _decide(
-        self, rec: SourceRecord, subject: str, record: dict[str, Any], results: list[FrameResult]
+        self,
+        rec: SourceRecord,
+        subject: str,
+        record: dict[str, Any],
+        results: list[FrameResult],
+        shadow_results: list[FrameResult] | None = None,
     ) -> Outcome:
         user_id = str(record["user_id"])
         event_id = str(record["event_id"])
@@ -319,14 +336,23 @@ class Pipeline:
         ]
         surface_key = SurfaceKey(user_id, jurisdiction, surface)
         belief, previous, refused = await self.beliefs.submit(user_id, evidences, surface_key, verified)
+        policy_event = PolicyEvent(
+            jurisdiction, surface, event_time, declared_age=declared_age, previous_action=previous
+        )
         decision = decide(
             belief,
-            PolicyEvent(jurisdiction, surface, event_time, declared_age=declared_age, previous_action=previous),
+            policy_event,
             self.policy,
             dependency_down=dependency_down,
             now=event_time,
             half_life_s=self.store.half_life_s,
         )
+        if self.shadow is not None and shadow_results is not None:
+            await self.shadow.observe(
+                rec, record=record, event=policy_event, live=decision, live_results=results,
+                shadow_results=shadow_results, belief_after=belief, dependency_down=dependency_down,
+                live_applied=refused == 0,
+            )
         reasons = list(decision.reason_codes)
         if errors and estimates:
             reasons.append("some_frames_failed")

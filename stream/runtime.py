@@ -22,6 +22,7 @@ from stream.frames import FrameResolver, FrameStores
 from stream.pipeline import InvalidShareGuard, Pipeline, Sink, SourceRecord
 from stream.policy import Policy, load_policy
 from stream.registry import registry_from_url
+from stream.shadow import ShadowScorer
 from stream.topics import topic_names
 
 DAY_S = 86400.0
@@ -56,6 +57,20 @@ class Assembled:
     batcher: MicroBatcher[EncodedFrame, FrameResult]
     resolver: FrameResolver
     policy: Policy
+    shadow: ShadowScorer | None = None
+
+    def start(self) -> None:
+        """Start the batchers; inside the running event loop."""
+        self.batcher.start()
+        if self.shadow is not None:
+            self.shadow.start()
+
+    async def stop(self) -> None:
+        """Finish pending inference, then release resources."""
+        await self.batcher.stop()
+        if self.shadow is not None:
+            await self.shadow.stop()
+        await self.resolver.close()
 
 
 def assemble(
@@ -68,8 +83,13 @@ def assemble(
     batch_max_frames: int | None = None,
     clock: Callable[[], float] = time.time,
     decided_at: Callable[[SourceRecord, float], float] | None = None,
+    with_shadow: bool = False,
 ) -> Assembled:
-    """A ready pipeline; call `batcher.start()` inside the running loop before processing."""
+    """A ready pipeline; call `start()` inside the running loop before processing.
+
+    `with_shadow`: score the configured shadow model too (the worker; never a replay, which must
+    not publish anything but its own output).
+    """
     policy = policy or load_policy(settings.policy_file or None)
     batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
         engine.score, BatchPolicy(batch_max_frames or settings.batch_max_frames, settings.batch_max_wait_ms / 1000)
@@ -79,6 +99,7 @@ def assemble(
             settings.frame_uri_roots, max_bytes=settings.frame_max_bytes, timeout_s=settings.frame_fetch_timeout_s
         )
     )
+    shadow = ShadowScorer.from_settings(settings, policy=policy, sink=sink) if with_shadow else None
     pipeline = Pipeline(
         codec=AvroCodec(registry_from_url(settings.schema_registry_url)),
         score=batcher.score,
@@ -91,5 +112,6 @@ def assemble(
         guard=InvalidShareGuard(settings.invalid_share_limit, settings.invalid_share_window),
         clock=clock,
         decided_at=decided_at,
+        shadow=shadow,
     )
-    return Assembled(pipeline, batcher, resolver, policy)
+    return Assembled(pipeline, batcher, resolver, policy, shadow)

@@ -71,9 +71,14 @@ class WorkerRuntime:
         self.redis = redis_client(self.settings)
         self.sink = KafkaSink(self.settings)
         self.assembled = assemble(
-            self.settings, engine=self.engine, store=make_store(self.settings, self.redis), sink=self.sink
+            self.settings, engine=self.engine, store=make_store(self.settings, self.redis), sink=self.sink,
+            with_shadow=True,  # scores the shadow model too, when AGEGATE_SHADOW_MODEL is set
         )
-        self.assembled.batcher.start()
+        if self.assembled.shadow is not None:
+            from stream.shadow import ensure_shadow_topic
+
+            await asyncio.to_thread(ensure_shadow_topic, self.settings)
+        self.assembled.start()
         self.model_loaded.set()
         log.info(
             "model loaded",
@@ -144,8 +149,7 @@ class WorkerRuntime:
 
     async def stop(self) -> None:
         if self.assembled is not None:
-            await self.assembled.batcher.stop()
-            await self.assembled.resolver.close()
+            await self.assembled.stop()
         if self.sink is not None:
             self.sink.close()
         if self.redis is not None:

@@ -47,3 +47,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model.testing import train_tiny_checkpoint
 
     return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second small model (another seed): a shadow candidate that disagrees a little."""
+    from model.testing import train_tiny_checkpoint
+
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model-b"), seed=1)

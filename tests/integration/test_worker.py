@@ -322,3 +322,41 @@ def test_mostly_invalid_input_stops_the_worker_loudly(fault_run: dict) -> None:
     produce(fault_run["settings"], garbage)
     assert worker.wait(60) == 3, worker.tail()
     assert "worker stopping on a fatal error" in worker.tail(200)
+
+
+def test_shadow_model_publishes_one_record_per_scored_event(
+    fault_run: dict[str, Any], tiny_model_b: Path
+) -> None:
+    import json
+
+    from confluent_kafka import Consumer
+
+    from stream.shadow import shadow_topic
+
+    settings = fault_run["settings"]
+    worker = start_worker(fault_run, "worker", AGEGATE_SHADOW_MODEL=str(tiny_model_b))
+    produced = produce(settings, stream_events())
+    fault_run["reader"].poll_until({p.idempotency_key for p in produced}, timeout=180)
+    decisions = fault_run["reader"].outputs.decisions
+    scored = {k for k, ds in decisions.items() if ds[0]["evidence"]["frames_scored"] > 0}
+    consumer = Consumer(settings.kafka_client_config() | {
+        "group.id": f"shadow-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest"})
+    consumer.subscribe([shadow_topic(settings)])
+    records: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 60
+    while not scored <= set(records) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            record = json.loads(msg.value())
+            assert record["idempotency_key"] not in records  # one record per event
+            records[record["idempotency_key"]] = record
+    consumer.close()
+    assert set(records) == scored
+    for key, record in records.items():
+        live = decisions[key][0]
+        assert record["live"]["action"] == live["action"]  # the shadow never changes what was decided
+        assert record["shadow"]["model_version"] != record["live"]["model_version"]
+    # The disagreement metrics moved: one estimate difference observed per frame both models scored.
+    frames = sum(decisions[k][0]["evidence"]["frames_scored"] for k in records)
+    assert worker.metric("agegate_shadow_abs_diff_years_count") == frames
+    assert worker.metric("agegate_shadow_abs_diff_years_sum") > 0

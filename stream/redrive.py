@@ -1,0 +1,223 @@
+"""`agegate dead-letters list|redrive [--reason R] [--since T]`.
+
+After a bug fix, dead letters are put back on their source topic so the worker decides them: the
+original key and bytes, the original headers, plus `agegate-redrive` (JSON: where the copy came
+from, its reason, when) so a redriven event can be told apart and traced back. At-least-once: every
+copy is awaited until Kafka acknowledges it (idempotent producer, acks=all); the command fails
+(exit 1) naming what did not go, and running it again is safe: beliefs are idempotent per event id,
+so a copy redriven twice only yields a second decision with the same evidence.
+
+Dead letters are read by assignment (no consumer group, nothing committed) up to the topic's end
+as of the start, so `list` and `redrive` see the same set for the same filters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from stream.config import Settings, load_settings
+from stream.errors import AgegateError
+from stream.topics import topic_names
+
+REDRIVE_HEADER = "agegate-redrive"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str:
+        for k, v in self.headers:
+            if k == name:
+                return v.decode(errors="replace")
+        return ""
+
+    @property
+    def reason(self) -> str:
+        return self.header("reason") or "unknown"
+
+    @property
+    def source_topic(self) -> str:
+        return self.header("source_topic")
+
+    @property
+    def first_seen_ms(self) -> int:
+        raw = self.header("first_seen_ms")
+        return int(raw) if raw.isdigit() else self.timestamp_ms
+
+
+def parse_since(text: str | None) -> int:
+    """ISO-8601 time or @epoch-ms -> epoch ms (0: no bound)."""
+    if not text:
+        return 0
+    if text.startswith("@"):
+        return int(text[1:])
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def read_dead_letters(settings: Settings, *, reason: str | None = None, since_ms: int = 0,
+                      timeout_s: float = 30.0) -> Iterator[DeadLetter]:
+    topic = topic_names(settings)["dead_letters"]
+    consumer = Consumer(settings.kafka_client_config() | {
+        "group.id": "agegate-dead-letter-reader", "enable.auto.commit": False, "enable.partition.eof": False,
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise AgegateError(f"dead-letter topic {topic} does not exist")
+        ends: dict[int, int] = {}
+        assign = []
+        for p in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, low))
+        if assign:
+            consumer.assign(assign)
+        while ends:
+            msgs: list[Message] = consumer.consume(500, 1.0)
+            for m in msgs:
+                part, offset, key, value = m.partition(), m.offset(), m.key(), m.value()
+                if m.error() is not None or part is None or offset is None or part not in ends:
+                    continue
+                raw_headers: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
+                headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in raw_headers)
+                dl = DeadLetter(part, offset, m.timestamp()[1], key if isinstance(key, bytes) else None,
+                                value if isinstance(value, bytes) else None, headers)
+                if offset + 1 >= ends[part]:
+                    del ends[part]
+                if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms:
+                    yield dl
+            if not msgs:
+                for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
+                    if tp.partition is not None and (tp.offset or 0) >= ends[tp.partition]:
+                        del ends[tp.partition]
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    selected: int
+    redriven: int
+    failed: tuple[str, ...]  # "partition/offset: error"
+    skipped: tuple[str, ...]  # no usable source topic
+
+
+def redrive(settings: Settings, letters: Sequence[DeadLetter] | Iterator[DeadLetter], *,
+            now: float | None = None) -> RedriveResult:
+    """Re-inject dead letters into their source topics; returns once every copy is acknowledged."""
+    names = topic_names(settings)
+    sources = {names[r] for r in ("signups", "uploads", "feedback")}
+    dead_topic = names["dead_letters"]
+    producer = Producer(settings.kafka_client_config() | {"enable.idempotence": True, "acks": "all",
+                                                          "linger.ms": 5})
+    at_ms = int((time.time() if now is None else now) * 1000)
+    failed: list[str] = []
+    skipped: list[str] = []
+    acked = 0
+    selected = 0
+
+    def on_delivery(ref: str) -> Callable[[KafkaError | None, Message], None]:
+        def cb(err: KafkaError | None, _msg: Message) -> None:
+            nonlocal acked
+            if err is not None:
+                failed.append(f"{ref}: {err.str()}")
+            else:
+                acked += 1
+        return cb
+
+    for dl in letters:
+        selected += 1
+        ref = f"{dead_topic}/{dl.partition}/{dl.offset}"
+        if dl.source_topic not in sources:  # never re-inject into a topic the worker does not consume
+            skipped.append(f"{dl.partition}/{dl.offset}: source topic {dl.source_topic!r} is not a source topic")
+            continue
+        marker = json.dumps({"from": ref, "reason": dl.reason, "at_ms": at_ms,
+                             "source": f"{dl.source_topic}/{dl.header('source_partition')}/"
+                                       f"{dl.header('source_offset')}"}, sort_keys=True).encode()
+        headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in dl.headers if k != REDRIVE_HEADER]
+        headers.append((REDRIVE_HEADER, marker))
+        while True:
+            try:
+                producer.produce(dl.source_topic, key=dl.key, value=dl.value, headers=headers,
+                                 on_delivery=on_delivery(f"{dl.partition}/{dl.offset}"))
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(60.0)
+    if remaining:
+        failed.append(f"{remaining} messages not acknowledged within 60 s")
+    return RedriveResult(selected, acked, tuple(failed), tuple(skipped))
+
+
+def summarize(letters: Iterator[DeadLetter]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for dl in letters:
+        row = out.setdefault(dl.reason, {"count": 0, "first_ms": dl.first_seen_ms, "last_ms": dl.first_seen_ms,
+                                         "sources": set(), "example": f"{dl.partition}/{dl.offset}"})
+        row["count"] = int(str(row["count"])) + 1
+        row["first_ms"] = min(int(str(row["first_ms"])), dl.first_seen_ms)
+        row["last_ms"] = max(int(str(row["last_ms"])), dl.first_seen_ms)
+        sources = row["sources"]
+        assert isinstance(sources, set)
+        sources.add(dl.source_topic)
+    for row in out.values():
+        row["sources"] = sorted(row["sources"])  # type: ignore[call-overload]
+    return out
+
+
+def _iso(ms: object) -> str:
+    return dt.datetime.fromtimestamp(int(str(ms)) / 1000, tz=dt.UTC).isoformat(timespec="seconds")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "redrive"))
+    parser.add_argument("--reason", default=None, help="only dead letters with this reason code")
+    parser.add_argument("--since", default=None, help="only those first seen at or after (ISO time or @epoch-ms)")
+    parser.add_argument("--json", action="store_true", help="list: print JSON")
+    parser.add_argument("--dry-run", action="store_true", help="redrive: show what would be redriven")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        letters = read_dead_letters(settings, reason=args.reason, since_ms=parse_since(args.since))
+        if args.action == "list":
+            summary = summarize(letters)
+            if args.json:
+                print(json.dumps(summary, indent=1, sort_keys=True))
+                return 0
+            print(f"{'reason':28} {'count':>7}  {'first seen':25} {'last seen':25} sources (example)")
+            for reason, row in sorted(summary.items()):
+                print(f"{reason:28} {row['count']:>7}  {_iso(row['first_ms']):25} {_iso(row['last_ms']):25} "
+                      f"{','.join(row['sources'])} ({row['example']})")  # type: ignore[arg-type]
+            return 0
+        if args.dry_run:
+            n = sum(1 for _ in letters)
+            print(f"would redrive {n} dead letters")
+            return 0
+        result = redrive(settings, letters)
+    except AgegateError as exc:
+        print(f"dead-letters: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"selected": result.selected, "redriven": result.redriven, "failed": list(result.failed),
+                      "skipped": list(result.skipped)}, indent=1))
+    return 1 if result.failed else 0

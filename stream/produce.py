@@ -33,6 +33,7 @@ class Produced:
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int
 
     @property
     def idempotency_key(self) -> str:
@@ -64,7 +65,7 @@ def produce(
         if err is not None:
             failures.append(str(err))
         else:
-            landed[i] = Produced(sent[i], msg.topic(), msg.partition(), msg.offset())
+            landed[i] = Produced(sent[i], msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
 
     for i, ev in enumerate(sent):
         if rate > 0:

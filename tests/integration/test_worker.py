@@ -347,7 +347,7 @@ def test_shadow_model_publishes_one_record_per_scored_event(
     while not scored <= set(records) and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
         if msg is not None and not msg.error():
-            record = json.loads(msg.value())
+            record = json.loads(msg.value() or b"{}")
             assert record["idempotency_key"] not in records  # one record per event
             records[record["idempotency_key"]] = record
     consumer.close()

@@ -1,0 +1,173 @@
+"""Running the real worker locally as a subprocess and reading what it emits.
+
+Used by `agegate demo`, the benchmarks and the integration tests. Synchronisation is by observable
+state, never by sleeping: /readyz answering 200, and every expected source offset having a
+decision or a dead letter on the output topics.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from stream.codec import AvroCodec
+from stream.config import Settings
+from stream.registry import DECISION
+from stream.topics import topic_name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_env(settings: Settings, *, model: Path, redis_url: str, redis_prefix: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGEGATE_")}
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "REDIS_URL": redis_url,
+        "AGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+        "AGEGATE_CONSUMER_GROUP": settings.consumer_group,
+        "AGEGATE_REDIS_PREFIX": redis_prefix,
+        "AGEGATE_MODEL": str(model),
+        "AGEGATE_WEB_PORT": str(free_port()),
+        "AGEGATE_LOG_FORMAT": "json",
+        "AGEGATE_INFERENCE_THREADS": "1",
+        "AGEGATE_BATCH_MAX_WAIT_MS": "10",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env | extra
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['AGEGATE_WEB_PORT']}"
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                status, _ = self.get("/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)  # polling an external process's readiness, bounded by the deadline
+        raise AssertionError(f"worker not ready within {timeout}s:\n{self.tail()}")
+
+    def metric(self, name: str) -> float:
+        _, text = self.get("/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(line[:400] for line in text.splitlines()[-lines:])
+
+
+@dataclass
+class Outputs:
+    decisions: dict[str, list[dict[str, Any]]]  # idempotency key -> decisions (duplicates possible)
+    dead_letters: dict[str, list[dict[str, str]]]  # source key -> dead-letter headers
+
+    def accounted(self) -> set[str]:
+        return set(self.decisions) | set(self.dead_letters)
+
+
+class OutputReader:
+    """Reads decisions and dead letters from the beginning, incrementally."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.codec = AvroCodec()
+        self.decisions_topic = topic_name("decisions", settings)
+        self.dead_topic = topic_name("dead_letters", settings)
+        self.consumer = Consumer(
+            settings.kafka_client_config()
+            | {
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.subscribe([self.decisions_topic, self.dead_topic])
+        self.outputs = Outputs({}, {})
+
+    def poll_until(self, expected: Iterable[str], timeout: float, *, at_least: int | None = None) -> Outputs:
+        wanted = set(expected)
+        target = len(wanted) if at_least is None else at_least
+        deadline = time.monotonic() + timeout
+        while len(self.outputs.accounted() & wanted) < target and time.monotonic() < deadline:
+            msg = self.consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.topic() == self.decisions_topic:
+                record = self.codec.decode(msg.value(), DECISION).record
+                self.outputs.decisions.setdefault(record["idempotency_key"], []).append(record)
+            else:
+                raw_headers: list[tuple[str, bytes]] = msg.headers() or []  # type: ignore[assignment]
+                headers = {k: v.decode() for k, v in raw_headers}
+                headers["_key"] = (msg.key() or b"").decode(errors="replace")
+                headers["_value_len"] = str(len(msg.value() or b""))
+                source = f"{headers['source_topic']}/{headers['source_partition']}/{headers['source_offset']}"
+                self.outputs.dead_letters.setdefault(source, []).append(headers)
+        return self.outputs
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,196 @@
+"""InferenceEngine: the one way the stream, the replay tool and evaluation score frames.
+
+Two steps, usable separately (the benchmark times them apart): `decode` turns encoded frames into
+a uint8 batch plus per-frame errors; `infer` runs the model on a batch. `score` chains them with a
+bad frame failing alone, and on larger inputs overlaps decoding the next chunk with inferring the
+current one (Pillow and torch both release the GIL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import CheckpointMeta, load_checkpoint
+from model.config import ModelConfig
+from model.decode import DecodeError, DecodeLimits, decode_rgb
+from model.models import AgeModel, Prediction, fuse_for_inference
+
+log = logging.getLogger(__name__)
+
+# CUDA batches are padded up to one of these sizes so kernels and cudnn plans are reused.
+BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    data: bytes
+    content_type: str  # e.g. "image/jpeg", "image/png", "image/webp"
+
+    def __repr__(self) -> str:  # never print image bytes
+        return f"EncodedFrame(<{len(self.data)} bytes>, {self.content_type!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameEstimate:
+    mean: float  # age in years
+    std: float  # standard deviation in years (>0)
+    bucket_probs: tuple[float, ...] | None = None  # only for BucketClassifier models
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    reason: str  # stable code: empty, too_large, decompression_bomb, corrupt, unsupported_format, ...
+    detail: str  # human text, never the image bytes
+
+
+FrameResult = FrameEstimate | FrameError
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """Frames that decoded, stacked, plus the errors of those that did not, by input position."""
+
+    pixels: torch.Tensor  # (n_ok, 3, S, S) uint8, channels_last memory layout
+    indices: tuple[int, ...]  # input position of each row of `pixels`
+    errors: dict[int, FrameError]
+    total: int
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    return resolved
+
+
+def bucket_size(n: int) -> int:
+    return next((b for b in BATCH_BUCKETS if b >= n), n)
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        model: AgeModel,
+        *,
+        meta: CheckpointMeta | None = None,
+        device: str = "auto",
+        threads: int = 0,
+        limits: DecodeLimits | None = None,
+        max_batch: int = 64,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
+        """Takes ownership of `model`: it is fused (BN folded into convs) and moved in place."""
+        if threads > 0:
+            # Process-wide in torch; the worker owns the process, so this is its inference budget.
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.config: ModelConfig = model.config
+        self.meta = meta
+        self.limits = limits or DecodeLimits()
+        self.max_batch = max_batch
+        self.model = fuse_for_inference(model).to(self.device).eval()
+        self._cuda = self.device.type == "cuda"
+        if self._cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            if amp_dtype is None:
+                amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="agegate-decode")
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str = "auto", threads: int = 0, limits: DecodeLimits | None = None
+    ) -> InferenceEngine:
+        loaded = load_checkpoint(path)
+        return cls(loaded.model, meta=loaded.meta, device=device, threads=threads, limits=limits)
+
+    @property
+    def model_version(self) -> str:
+        return self.config.model_version
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False)
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def decode(self, frames: Sequence[EncodedFrame]) -> DecodedBatch:
+        size = self.config.input_size
+        arrays: list[np.ndarray] = []
+        indices: list[int] = []
+        errors: dict[int, FrameError] = {}
+        for i, frame in enumerate(frames):
+            try:
+                arrays.append(decode_rgb(frame.data, frame.content_type, size, self.limits))
+                indices.append(i)
+            except DecodeError as exc:
+                errors[i] = FrameError(exc.reason, exc.detail)
+            except Exception as exc:  # a decoder bug must still fail only its own frame
+                log.exception("unexpected decode failure")
+                errors[i] = FrameError("decode_failed", f"{type(exc).__name__}: {str(exc)[:200]}")
+        if arrays:
+            # NHWC -> NCHW view: the memory stays NHWC, i.e. channels_last, with no copy.
+            pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        else:
+            pixels = torch.zeros(0, 3, size, size, dtype=torch.uint8)
+        return DecodedBatch(pixels, tuple(indices), errors, len(frames))
+
+    def infer(self, pixels: torch.Tensor) -> Prediction:
+        """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors."""
+        n = pixels.shape[0]
+        if n == 0:
+            empty = torch.zeros(0)
+            return Prediction(empty, empty, None)
+        with torch.inference_mode():
+            if self._cuda:
+                padded = bucket_size(n)
+                if padded != n:
+                    pad = pixels.new_zeros((padded - n, *pixels.shape[1:]))
+                    pixels = torch.cat([pixels, pad])
+                host = pixels.contiguous(memory_format=torch.channels_last).pin_memory()
+                x = host.to(self.device, non_blocking=True)
+                with torch.autocast("cuda", dtype=self.amp_dtype or torch.float16):
+                    out = self.model(x)
+                pred = self.model.predict(out.float()[:n])
+                return Prediction(
+                    pred.mean.cpu(), pred.std.cpu(), pred.probs.cpu() if pred.probs is not None else None
+                )
+            out = self.model(pixels)
+            return self.model.predict(out)
+
+    # -- both --------------------------------------------------------------------------------------
+
+    def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
+        """One result per frame, in input order; a bad frame is a FrameError, never an exception."""
+        chunks = [frames[i : i + self.max_batch] for i in range(0, len(frames), self.max_batch)]
+        if len(chunks) == 1:  # nothing to overlap with: skip the thread hand-off
+            batch = self.decode(chunks[0])
+            return self._assemble(batch, self.infer(batch.pixels))
+        results: list[FrameResult] = []
+        pending: Future[DecodedBatch] | None = self._decoder.submit(self.decode, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            assert pending is not None
+            batch = pending.result()
+            pending = self._decoder.submit(self.decode, chunks[k + 1]) if k + 1 < len(chunks) else None
+            results.extend(self._assemble(batch, self.infer(batch.pixels)))
+        return results
+
+    def _assemble(self, batch: DecodedBatch, pred: Prediction) -> list[FrameResult]:
+        out: list[FrameResult | None] = [None] * batch.total
+        for i, err in batch.errors.items():
+            out[i] = err
+        means, stds = pred.mean.tolist(), pred.std.tolist()
+        probs = pred.probs.tolist() if pred.probs is not None else None
+        for row, i in enumerate(batch.indices):
+            out[i] = FrameEstimate(
+                mean=float(means[row]), std=float(stds[row]), bucket_probs=tuple(probs[row]) if probs else None
+            )
+        return [r for r in out if r is not None]

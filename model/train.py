@@ -1,0 +1,321 @@
+"""`agegate train`: fit an age model on a manifest, keeping the best few checkpoints.
+
+Seeded and resumable: the recovery checkpoint holds weights, optimizer state, the shuffling
+generator's state and the epoch, so a resumed run continues the same sequence of batches. The
+learning rate is a pure function of the global step (warmup + cosine), so nothing else needs saving.
+Regression and bucket models go through this same loop, so their comparison is fair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import code_version as package_version
+from model.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from model.config import ModelConfig
+from model.data.loaders import SplitTensors, load_split_tensors
+from model.data.manifest import content_hash, load_manifest
+from model.engine import resolve_device
+from model.models import AgeModel, BucketClassifier, create_model
+
+THRESHOLDS: tuple[float, ...] = (13.0, 16.0, 18.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSettings:
+    data: str
+    out: str
+    model: str = "age_regressor"
+    head: str = "dldl"
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    seed: int = 0
+    input_size: int = 64
+    width: int = 16
+    depth: int = 2
+    device: str = "auto"
+    threads: int = 0
+    keep: int = 3
+    max_train: int = 0  # 0 = all training rows
+    stop_after: int = 0  # run at most this many epochs in this invocation (time-sliced runs); 0 = all
+    version: str = ""
+    workers: int = 2
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Horizontal flips and small shifts: cheap on uint8, and the synthetic faces are symmetric."""
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    dx, dy = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=gen)
+    for i in range(0, n - batch_size + 1 if n >= batch_size else n, batch_size):
+        yield order[i : i + batch_size]
+
+
+@torch.inference_mode()
+def predict_split(
+    model: AgeModel, split: SplitTensors, device: torch.device, batch: int = 512
+) -> dict[str, torch.Tensor]:
+    model.eval()
+    means, stds, probs = [], [], []
+    for i in range(0, len(split.ages), batch):
+        out = model(split.images[i : i + batch].to(device))
+        pred = model.predict(out)
+        means.append(pred.mean.cpu())
+        stds.append(pred.std.cpu())
+        if pred.probs is not None:
+            probs.append(pred.probs.cpu())
+    result = {"mean": torch.cat(means), "std": torch.cat(stds), "age": split.ages}
+    if probs:
+        result["probs"] = torch.cat(probs)
+    return result
+
+
+def summarize(model: AgeModel, pred: dict[str, torch.Tensor]) -> dict[str, float]:
+    """MAE, CS@5, uncertainty calibration and threshold error rates at 13/16/18.
+
+    Decisions: the regressor says "at least T" when its mean is >= T (P(age >= T) >= 0.5); the
+    bucket model when the mass of buckets at or above T is >= 0.5, i.e. what the old system did.
+    """
+    age, mean, std = pred["age"], pred["mean"], pred["std"]
+    err = (mean - age).abs()
+    metrics: dict[str, float] = {
+        "n": float(len(age)),
+        "mae": float(err.mean()),
+        "cs5": float((err <= 5).float().mean()),
+        "within_1std": float((err <= std).float().mean()),  # ~0.683 when calibrated
+        "nll": float((0.5 * torch.log(2 * math.pi * std**2) + (mean - age) ** 2 / (2 * std**2)).mean()),
+    }
+    for t in THRESHOLDS:
+        says_adult = model.prob_at_least(pred["probs"], t) >= 0.5 if isinstance(model, BucketClassifier) else mean >= t
+        is_adult = age >= t
+        minors, adults = ~is_adult, is_adult
+        tag = int(t)
+        metrics[f"t{tag}_error"] = float((says_adult != is_adult).float().mean())
+        metrics[f"t{tag}_minor_as_adult"] = float((says_adult & minors).sum() / minors.sum().clamp_min(1))
+        metrics[f"t{tag}_adult_as_minor"] = float((~says_adult & adults).sum() / adults.sum().clamp_min(1))
+    return metrics
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    state = opt.state_dict()
+    tensors = {
+        f"optim.{idx}.{key}": (val if isinstance(val, torch.Tensor) else torch.tensor(val))
+        for idx, st in state["state"].items()
+        for key, val in st.items()
+    }
+    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, groups
+
+
+def _restore_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _progress(total: int, desc: str) -> Any:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty())
+    except ImportError:
+        return None
+
+
+def train(s: TrainSettings) -> dict[str, Any]:
+    torch.manual_seed(s.seed)
+    if s.threads > 0:
+        torch.set_num_threads(s.threads)
+    device = resolve_device(s.device)
+    out = Path(s.out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(s.data)
+    data_hash = content_hash(manifest)
+    train_rows = manifest.split("train")
+    if s.max_train:
+        train_rows = train_rows[: s.max_train]
+    t0 = time.perf_counter()
+    tr = load_split_tensors(manifest, train_rows, s.input_size, workers=s.workers)
+    va = load_split_tensors(manifest, manifest.split("val"), s.input_size, workers=s.workers)
+    if len(tr.ages) == 0 or len(va.ages) == 0:
+        raise SystemExit(f"{s.data}: need images in both train and val splits (got {len(tr.ages)}, {len(va.ages)})")
+    print(f"loaded train={len(tr.ages)} val={len(va.ages)} in {time.perf_counter() - t0:.1f}s; data {data_hash[:19]}")
+
+    config = ModelConfig(name=s.model, version=s.version or time.strftime("%Y%m%d-%H%M%S"), input_size=s.input_size,
+                         width=s.width, depth=s.depth, head=s.head)  # type: ignore[arg-type]
+    if s.model == "bucket_classifier":
+        # Representative age per bucket from the training labels: the fairest mean the baseline can give.
+        probe = create_model(config)
+        assert isinstance(probe, BucketClassifier)
+        idx = probe.bucket_of(tr.ages)
+        defaults = config.bucket_centres
+        centres = tuple(
+            float(tr.ages[idx == b].mean()) if (idx == b).any() else defaults[b] for b in range(config.num_buckets)
+        )
+        config = dataclasses.replace(config, bucket_centres=centres)
+    model = create_model(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    gen = torch.Generator().manual_seed(s.seed)
+    steps_per_epoch = max(1, len(tr.ages) // s.batch_size)
+    total_steps = steps_per_epoch * s.epochs
+    start_epoch, best = 0, []  # best: list of (val_mae, path)
+    recovery = out / "recovery.safetensors"
+    resolved = {**dataclasses.asdict(s), "dataset_hash": data_hash, "config": config.to_dict(), "device": str(device),
+                "torch": torch.__version__, "code_version": f"{package_version()}+{git_commit() or 'nogit'}"}
+    if recovery.exists():
+        loaded = load_checkpoint(recovery, expect={"name": s.model, "input_size": s.input_size})
+        if loaded.meta.dataset_hash != data_hash:
+            raise SystemExit(f"{recovery}: was trained on {loaded.meta.dataset_hash}, not {data_hash}; use a new --out")
+        config = loaded.config
+        model = loaded.model.to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        _restore_optimizer(opt, loaded.extra_tensors, loaded.meta.extra["param_groups"])
+        gen.set_state(loaded.extra_tensors["rng"])
+        start_epoch = int(loaded.meta.extra["epoch"]) + 1
+        best = [(float(m), str(p)) for m, p in loaded.meta.extra["best"]]
+        print(f"resumed from {recovery} at epoch {start_epoch}")
+    (out / "run_config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    history = []
+    last_epoch = s.epochs if not s.stop_after else min(s.epochs, start_epoch + s.stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        model.train()
+        t_epoch, running, seen = time.perf_counter(), 0.0, 0
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{s.epochs}")
+        for step_in_epoch, idx in enumerate(batches(len(tr.ages), s.batch_size, gen)):
+            step = epoch * steps_per_epoch + step_in_epoch
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total_steps, s.lr, s.warmup_steps)
+            x = augment(tr.images[idx], gen).to(device, non_blocking=True)
+            y = tr.ages[idx].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss = model.loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{running / seen:.3f}")
+        if bar is not None:
+            bar.close()
+        val = summarize(model, predict_split(model, va, device))
+        val["train_loss"] = running / max(1, seen)
+        history.append({"epoch": epoch + 1, **val})
+        ckpt = out / "checkpoints" / f"epoch{epoch + 1:03d}-mae{val['mae']:.3f}.safetensors"
+        save_checkpoint(ckpt, model, dataset_hash=data_hash, metrics=val, code_version_=resolved["code_version"],
+                        extra={"epoch": epoch, "settings": dataclasses.asdict(s)})
+        best = sorted([*best, (val["mae"], str(ckpt))])
+        for _, dropped in best[s.keep :]:
+            Path(dropped).unlink(missing_ok=True)
+        best = best[: s.keep]
+        opt_tensors, groups = _optimizer_tensors(opt)
+        save_checkpoint(recovery, model, dataset_hash=data_hash, metrics=val, code_version_=resolved["code_version"],
+                        kind="recovery", extra={"epoch": epoch, "best": best, "param_groups": groups},
+                        extra_tensors={**opt_tensors, "rng": gen.get_state()})
+        print(f"epoch {epoch + 1}/{s.epochs} loss {val['train_loss']:.3f} val MAE {val['mae']:.2f} "
+              f"CS@5 {val['cs5']:.3f} "
+              f"({time.perf_counter() - t_epoch:.0f}s, {seen / (time.perf_counter() - t_epoch):.0f} img/s)")
+
+    best_path = Path(best[0][1])
+    tmp = out / "best.safetensors.tmp"
+    shutil.copyfile(best_path, tmp)
+    os.replace(tmp, out / "best.safetensors")  # readers (tests sharing a cache) never see half a file
+    result: dict[str, Any] = {
+        "best": str(out / "best.safetensors"), "val": read_meta(best_path).metrics, "history": history
+    }
+    te_rows = manifest.split("test")
+    if te_rows:
+        te = load_split_tensors(manifest, te_rows, s.input_size, workers=s.workers)
+        best_model = load_checkpoint(out / "best.safetensors").model.to(device)
+        result["test"] = summarize(best_model, predict_split(best_model, te, device))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def format_metrics(name: str, m: dict[str, float]) -> str:
+    parts = [f"{name}: n={int(m['n'])} MAE {m['mae']:.2f} CS@5 {m['cs5']:.3f} within1std {m['within_1std']:.3f}"]
+    for t in THRESHOLDS:
+        k = int(t)
+        parts.append(f"@{k} err {m[f't{k}_error']:.3f} (minor->adult {m[f't{k}_minor_as_adult']:.3f}, "
+                     f"adult->minor {m[f't{k}_adult_as_minor']:.3f})")
+    return "\n  ".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainSettings(data="", out="")
+    parser.add_argument("--data", required=True, help="manifest (CSV or JSONL)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, recovery, run_config.json, metrics.json")
+    parser.add_argument("--model", default=d.model, choices=["age_regressor", "bucket_classifier"])
+    parser.add_argument("--head", default=d.head, choices=["gaussian", "dldl"], help="age_regressor uncertainty head")
+    for name in ("epochs", "batch_size", "seed", "input_size", "width", "depth", "threads", "keep", "max_train",
+                 "warmup_steps", "workers", "stop_after"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--version", default="", help="model version recorded in the checkpoint (default: timestamp)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/recovery.safetensors (also done automatically when it exists)")
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in fields})
+    if not args.resume and (Path(settings.out) / "recovery.safetensors").exists():
+        print(f"{settings.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
+              file=sys.stderr)
+        return 2
+    result = train(settings)
+    print(format_metrics("val (best)", result["val"]))
+    if "test" in result:
+        print(format_metrics("test", result["test"]))
+    print(f"best checkpoint: {result['best']}")
+    return 0

@@ -1,0 +1,68 @@
+"""Training: the CLI contract, best-k retention, recovery, and resume reproducing a straight run."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import train as train_mod
+from model.checkpoint import load_checkpoint
+from model.data.synthetic import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("data"), images=400, seed=1, size=32)
+
+
+def _args(manifest: Path, out: Path, **over: object) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train_mod.add_arguments(parser)
+    argv = ["--data", str(manifest), "--out", str(out), "--input-size", "32", "--width", "4", "--depth", "1",
+            "--batch-size", "32", "--warmup-steps", "5", "--keep", "2", "--version", "t"]
+    for key, value in over.items():
+        argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("model", ["age_regressor", "bucket_classifier"])
+def test_train_cli_writes_best_checkpoints_recovery_and_metrics(
+    manifest: Path, tmp_path: Path, model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train_mod.run(_args(manifest, tmp_path, epochs=3, model=model)) == 0
+    assert len(list((tmp_path / "checkpoints").glob("*.safetensors"))) == 2  # --keep 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"mae", "cs5", "t13_error", "t16_error", "t18_error"} <= set(metrics["test"])
+    resolved = json.loads((tmp_path / "run_config.json").read_text())
+    assert resolved["dataset_hash"].startswith("sha256:")
+    assert resolved["config"]["name"] == model
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    assert best.meta.dataset_hash == resolved["dataset_hash"]
+    assert best.config.name == model
+    assert "test:" in capsys.readouterr().out
+    # A second run into the same folder must be an explicit resume.
+    assert train_mod.run(_args(manifest, tmp_path, epochs=3, model=model)) == 2
+
+
+def test_resume_reproduces_an_uninterrupted_run(manifest: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # identical kernels in both runs
+    train_mod.run(_args(manifest, tmp_path / "straight", epochs=2, threads=1))
+    train_mod.run(_args(manifest, tmp_path / "split", epochs=2, stop_after=1, threads=1))  # "interrupted"
+    train_mod.run(_args(manifest, tmp_path / "split", epochs=2, threads=1, resume=True))
+    a = load_checkpoint(tmp_path / "straight" / "recovery.safetensors").model.state_dict()
+    b = load_checkpoint(tmp_path / "split" / "recovery.safetensors").model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    lrs = [train_mod.lr_at(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[-1] < 0.01

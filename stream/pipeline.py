@@ -116,6 +116,7 @@ class BeliefStage:
         self._pending: list[_BeliefRequest] = []
         self._flush_scheduled = False
         self._flush_task: asyncio.Task[None] | None = None
+        self._pending_actions: dict[SurfaceKey, tuple[Action, list[asyncio.Future[None]]]] = {}
         self._retry_wait = wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.2)
 
     def submit(
@@ -128,16 +129,45 @@ class BeliefStage:
         loop = asyncio.get_running_loop()
         request = _BeliefRequest(user_id, evidences, verified, surface_key, loop.create_future())
         self._pending.append(request)
+        self._schedule_flush()
+        return request.future
+
+    def record_action(self, key: SurfaceKey, action: Action) -> asyncio.Future[None]:
+        """Queue the hysteresis state write; it rides with the next flush instead of its own round trip.
+
+        A user's next event waits for this event to finish (per-user order), and a flush writes
+        queued actions before its belief rounds, so the next decision always sees this action.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _, waiting = self._pending_actions.get(key, (action, []))
+        self._pending_actions[key] = (action, [*waiting, future])
+        self._schedule_flush()
+        return future
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._flush_task = loop.create_task(self._flush())
-        return request.future
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         # Let every task woken by the same inference batch submit before this round trip.
         for _ in range(3):
             await asyncio.sleep(0)
         batch, self._pending, self._flush_scheduled = self._pending, [], False
+        actions, self._pending_actions = self._pending_actions, {}
+        if actions:
+            try:
+                await self.retrying(
+                    functools.partial(self.store.record_actions, {k: a for k, (a, _) in actions.items()})
+                )
+            except Exception as exc:
+                for _, futures in actions.values():
+                    for f in futures:
+                        f.set_exception(exc)
+            else:
+                for _, futures in actions.values():
+                    for f in futures:
+                        f.set_result(None)
         rounds: list[list[_BeliefRequest]] = []
         depth: dict[str, int] = defaultdict(int)
         for request in batch:
@@ -358,19 +388,20 @@ class Pipeline:
             reasons.append("some_frames_failed")
         if refused:
             reasons.append("evidence_refused_clock_skew")
-        await self._retry_redis(
-            lambda: self.store.record_actions({SurfaceKey(user_id, decision.jurisdiction, surface): decision.action})
+        action_written = self.beliefs.record_action(
+            SurfaceKey(user_id, decision.jurisdiction, surface), decision.action
         )
         value = self._decision_record(rec, subject, record, decision, reasons, len(estimates), len(errors))
-        await self.sink.send(self.topics["decisions"], user_id.encode(), self.codec.encode(DECISION, value))
+        # The offset may be committed only when both the decision and the hysteresis state are stored.
+        await asyncio.gather(
+            self.sink.send(self.topics["decisions"], user_id.encode(), self.codec.encode(DECISION, value)),
+            action_written,
+        )
         metrics.DECISIONS.labels(decision.action.value, surface).inc()
         if rec.timestamp_ms > 0:
             metrics.END_TO_END_SECONDS.observe(max(0.0, time.time() - rec.timestamp_ms / 1000))
         self.guard.record(False)
         return Outcome("decision", action=decision.action.value, decision=value)
-
-    async def _retry_redis(self, fn: Callable[[], Awaitable[None]]) -> None:
-        await self.beliefs.retrying(fn)
 
     def _decision_record(
         self,

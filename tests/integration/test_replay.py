@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,10 @@ import pytest
 from model.engine import InferenceEngine
 from stream import events
 from stream.config import Settings, load_settings
-from stream.policy import load_policy
+from stream.localrun import OutputReader, WorkerProcess, worker_env
 from stream.replay import ReplayConfig, parse_bound, replay
 from stream.topics import TopicAdmin
-from tests.integration.replay_support import at, face, produce, run_live, snapshot, tiny_checkpoint
+from tests.integration.replay_support import at, face, produce, snapshot, tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,6 @@ def history() -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def env(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    import asyncio
 
     uid = uuid.uuid4().hex[:10]
     settings = load_settings(environ={}, kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url,
@@ -90,8 +90,24 @@ def env(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathF
     ckpt = tiny_checkpoint(tmp, seed=0)
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", threads=1)
     produce(settings, history())
-    outcomes = asyncio.run(run_live(settings, engine, load_policy(None)))
-    assert [o.kind for o in outcomes] == ["decision"] * len(history())
+    # The recorded decisions come from the real worker (`agegate worker`), run over the history.
+    worker = WorkerProcess(
+        worker_env(settings, model=ckpt, redis_url=redis_url, redis_prefix=settings.redis_key_prefix,
+                   AGEGATE_BATCH_MAX_FRAMES="8"),
+        tmp / "worker.log",
+    ).start()
+    reader = OutputReader(settings)
+    try:
+        worker.wait_ready()
+        deadline = time.monotonic() + 120
+        outputs = reader.outputs
+        while len(outputs.decisions) < len(history()) and time.monotonic() < deadline:
+            outputs = reader.poll_until(["?"], timeout=0.5)  # reads what arrived; "?" is never a key
+    finally:
+        worker.stop()
+        reader.close()
+    assert len(outputs.decisions) == len(history())
+    assert outputs.dead_letters == {}
     stricter = tmp / "stricter.toml"
     stricter.write_text(STRICTER)
     yield {"settings": settings, "engine": engine, "ckpt": ckpt, "tmp": tmp, "stricter": stricter}

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, TopicPartition
-
 from stream.codec import AvroCodec
 from stream.config import Settings
 from stream.errors import DecodeError
 from stream.registry import DECISION
+from stream.topic_reader import UnknownTopic, read_to_end
 
 EXAMPLES_PER_TRANSITION = 5
 
@@ -174,37 +173,10 @@ def window_filter(windows: Sequence[_Window]) -> Callable[[Mapping[str, Any]], b
 def read_decision_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0) -> Iterator[dict[str, Any]]:
     """Every decision on `topic` up to its end as of now (assigned, no group, nothing committed)."""
     codec = AvroCodec()
-    consumer = Consumer(settings.kafka_client_config() | {
-        "group.id": "agegate-diff-reader", "enable.auto.commit": False, "enable.partition.eof": False,
-    })
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return
-        ends: dict[int, int] = {}
-        assign = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
-            if high > low:
-                ends[p] = high
-                assign.append(TopicPartition(topic, p, low))
-        if not assign:
-            return
-        consumer.assign(assign)
-        while ends:
-            msgs = consumer.consume(500, 1.0)
-            for m in msgs:
-                part, offset = m.partition(), m.offset()
-                if m.error() is not None or part is None or offset is None or part not in ends:
-                    continue
-                value = m.value()
-                with contextlib.suppress(DecodeError):  # not a decision: nothing to compare
-                    yield codec.decode(value if isinstance(value, bytes) else None, DECISION).record
-                if offset + 1 >= ends[part]:
-                    del ends[part]
-            if not msgs:
-                for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
-                    if tp.partition is not None and (tp.offset or 0) >= ends[tp.partition]:
-                        del ends[tp.partition]
-    finally:
-        consumer.close()
+        for m in read_to_end(settings, topic, group="agegate-diff-reader", timeout_s=timeout_s):
+            value = m.value()
+            with contextlib.suppress(DecodeError):  # not a decision: nothing to compare
+                yield codec.decode(value if isinstance(value, bytes) else None, DECISION).record
+    except UnknownTopic:
+        return

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
 from stream.config import Settings, load_settings
 from stream.errors import AgegateError
+from stream.topic_reader import UnknownTopic, read_to_end
 from stream.topics import topic_names
 
 REDRIVE_HEADER = "agegate-redrive"
@@ -74,42 +75,18 @@ def parse_since(text: str | None) -> int:
 def read_dead_letters(settings: Settings, *, reason: str | None = None, since_ms: int = 0,
                       timeout_s: float = 30.0) -> Iterator[DeadLetter]:
     topic = topic_names(settings)["dead_letters"]
-    consumer = Consumer(settings.kafka_client_config() | {
-        "group.id": "agegate-dead-letter-reader", "enable.auto.commit": False, "enable.partition.eof": False,
-    })
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise AgegateError(f"dead-letter topic {topic} does not exist")
-        ends: dict[int, int] = {}
-        assign = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
-            if high > low:
-                ends[p] = high
-                assign.append(TopicPartition(topic, p, low))
-        if assign:
-            consumer.assign(assign)
-        while ends:
-            msgs: list[Message] = consumer.consume(500, 1.0)
-            for m in msgs:
-                part, offset, key, value = m.partition(), m.offset(), m.key(), m.value()
-                if m.error() is not None or part is None or offset is None or part not in ends:
-                    continue
-                raw_headers: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
-                headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in raw_headers)
-                dl = DeadLetter(part, offset, m.timestamp()[1], key if isinstance(key, bytes) else None,
-                                value if isinstance(value, bytes) else None, headers)
-                if offset + 1 >= ends[part]:
-                    del ends[part]
-                if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms:
-                    yield dl
-            if not msgs:
-                for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
-                    if tp.partition is not None and (tp.offset or 0) >= ends[tp.partition]:
-                        del ends[tp.partition]
-    finally:
-        consumer.close()
+        messages = read_to_end(settings, topic, group="agegate-dead-letter-reader", timeout_s=timeout_s)
+        for m in messages:
+            part, offset, key, value = m.partition(), m.offset(), m.key(), m.value()
+            raw_headers: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
+            headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in raw_headers)
+            dl = DeadLetter(part or 0, offset or 0, m.timestamp()[1], key if isinstance(key, bytes) else None,
+                            value if isinstance(value, bytes) else None, headers)
+            if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms:
+                yield dl
+    except UnknownTopic:
+        raise AgegateError(f"dead-letter topic {topic} does not exist") from None
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class BeliefStage:
         self._flush_scheduled = False
         self._flush_task: asyncio.Task[None] | None = None
         self._pending_actions: dict[SurfaceKey, tuple[Action, list[asyncio.Future[None]]]] = {}
-        self._retry_wait = wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.2)
+        self._retry_wait = wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2)
 
     def submit(
         self,

@@ -59,7 +59,7 @@ class WorkerRuntime:
 
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((FileNotFoundError, OSError)),
-            wait=wait_exponential_jitter(initial=1, max=30),
+            wait=wait_exponential_jitter(multiplier=1, max=30),
             before_sleep=lambda s: log.error(
                 "model not loadable; no event is processed until it is",
                 error=str(s.outcome.exception()) if s.outcome else "",

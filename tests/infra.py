@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -22,7 +23,7 @@ LOCAL_KAFKA = f"127.0.0.1:{os.environ.get('AGEGATE_KAFKA_PORT', '39092')}"
 LOCAL_REDIS = f"redis://127.0.0.1:{os.environ.get('AGEGATE_REDIS_PORT', '36379')}/0"
 
 
-def unavailable(message: str) -> None:
+def unavailable(message: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI is set: integration tests must run, not skip)", pytrace=False)
     pytest.skip(message)

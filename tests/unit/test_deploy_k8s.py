@@ -21,6 +21,7 @@ import yaml
 
 from stream.config import Settings, load_settings
 from stream.errors import ConfigError
+from tests.infra import unavailable
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the dev extras")
 
@@ -51,10 +52,7 @@ def find_kustomize() -> str | None:
 def kustomize() -> str:
     path = find_kustomize()
     if path is None:
-        reason = "kustomize not found: run deploy/tools/install-kustomize.sh (or set AGEGATE_KUSTOMIZE)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("kustomize not found: run deploy/tools/install-kustomize.sh (or set AGEGATE_KUSTOMIZE)")
     return path
 
 

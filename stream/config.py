@@ -61,8 +61,9 @@ class Settings:
     delivery: str = setting(
         "at_least_once",
         "AGEGATE_DELIVERY",
-        "Delivery guarantee of the worker.",
-        choices=("at_least_once", "exactly_once"),
+        "Delivery guarantee of the worker. Only at-least-once (idempotent belief updates, decision idempotency "
+        "keys) is offered: faust's exactly_once has open duplicate bugs (faust issues 323, 517).",
+        choices=("at_least_once",),
     )
     # --- Redis -----------------------------------------------------------------------------------
     redis_url: str = setting("redis://127.0.0.1:36379/0", "REDIS_URL", "Redis holding the age beliefs.", secret=True)

@@ -19,7 +19,7 @@ from stream.errors import DependencyUnavailable
 
 
 class KafkaSink:
-    def __init__(self, settings: Settings, *, transactional_id: str | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         conf: dict[str, Any] = settings.kafka_client_config() | {
             "enable.idempotence": True,
             "acks": "all",

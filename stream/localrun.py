@@ -92,13 +92,21 @@ class WorkerProcess:
             time.sleep(0.2)  # polling an external process's readiness, bounded by the deadline
         raise AssertionError(f"worker not ready within {timeout}s:\n{self.tail()}")
 
-    def metric(self, name: str) -> float:
+    def metric_samples(self, name: str) -> list[tuple[str, float]]:
+        """(labels, value) for every sample of a metric name (exact name, any labels)."""
         _, text = self.get("/metrics")
-        total = 0.0
+        samples = []
         for line in text.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            if series == name or series.startswith(name + "{"):
+                samples.append((series[len(name) :], float(value)))
+        return samples
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric over all its label sets (0 when absent)."""
+        return sum(value for _, value in self.metric_samples(name))
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -212,6 +212,8 @@ class BeliefStage:
         estimated = [r for r in round_ if r.verified is None]
         beliefs: dict[str, Belief | None] = {}
         previous: dict[str, Mapping[str, Action]] = {}
+        # Online accuracy: what the estimated belief said when the verified age arrived.
+        priors = await self.store.get_many([r.user_id for r in verified], now=now) if verified else {}
         for r in verified:
             assert r.verified is not None
             event_id, age, at = r.verified
@@ -233,6 +235,11 @@ class BeliefStage:
             refused = {}
         prev_actions = await self.store.get_previous_actions([r.surface_key for r in verified]) if verified else {}
         metrics.BELIEF_UPDATE_SECONDS.observe(time.perf_counter() - started)
+        for r in verified:  # observed once the round succeeded, so a retried round counts once
+            prior = priors.get(r.user_id)
+            if r.verified is not None and prior is not None and not prior.verified and not r.future.done():
+                _, age, at = r.verified
+                metrics.ONLINE_ABS_ERROR_YEARS.observe(abs(prior.age_at(at) - age))
         for r in round_:
             if r.future.done():
                 continue

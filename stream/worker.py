@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +35,7 @@ from stream.topics import topic_name
 
 log = get_logger("agegate.worker")
 EXIT_FATAL = 3
+EXIT_GRACE_EXCEEDED = 4
 
 
 class WorkerRuntime:
@@ -199,6 +202,18 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
     async def load_model() -> None:
         await runtime.start()
 
+    @app.timer(interval=5.0)
+    async def report_lag() -> None:
+        """Consumer lag per assigned partition (high watermark - position), for dashboards and alerts."""
+        assigned = sorted(app.consumer.assignment())
+        if not assigned:
+            return
+        highwaters = await app.consumer.highwaters(*assigned)
+        for tp in assigned:
+            position = await app.consumer.position(tp)
+            if position is not None and tp in highwaters:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwaters[tp] - position))
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "alive"})
@@ -216,6 +231,8 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
     async def forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
         for tp in revoked:
             runtime.tracker.forget(tp.topic, tp.partition)
+            with contextlib.suppress(KeyError):  # no lag reported for it yet
+                metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_runtime(app_: Any, **kwargs: Any) -> None:
@@ -248,19 +265,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loglevel", default=None, help="faust's log level (default: AGEGATE_LOG_LEVEL)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _worker_class() -> Any:
     import faust
 
+    class GracefulWorker(faust.Worker):
+        """SIGTERM starts the graceful stop and a watchdog: past `shutdown_grace_s` the process exits
+        (code 4) without committing anything unfinished, before Kubernetes' SIGKILL would."""
+
+        grace_s: float = 25.0
+
+        def _on_sigterm(self) -> None:
+            if not self._signal_stop_time:
+                timer = threading.Timer(self.grace_s, _grace_exceeded, args=(self.grace_s,))
+                timer.daemon = True
+                timer.start()
+            super()._on_sigterm()
+
+    return GracefulWorker
+
+
+def _grace_exceeded(grace_s: float) -> None:
+    log.critical("shutdown grace exceeded; exiting without committing unfinished events", grace_s=grace_s)
+    sys.stderr.flush()
+    os._exit(EXIT_GRACE_EXCEEDED)
+
+
+def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     app, _ = create_app(settings)
-    worker = faust.Worker(
+    worker_class = _worker_class()
+    worker_class.grace_s = settings.shutdown_grace_s
+    worker = worker_class(
         app,
         loglevel=(args.loglevel or settings.log_level).lower(),
         quiet=True,
         override_logging=False,
         redirect_stdouts=False,
     )
-    # mode's worker handles SIGTERM/SIGINT: stop fetching, wait for in-flight events, commit, exit.
+    # SIGTERM/SIGINT: stop fetching, wait for in-flight events, commit, exit (within the grace).
     worker.execute_from_commandline()
     return 0
 

@@ -360,3 +360,39 @@ def test_shadow_model_publishes_one_record_per_scored_event(
     frames = sum(decisions[k][0]["evidence"]["frames_scored"] for k in records)
     assert worker.metric("agegate_shadow_abs_diff_years_count") == frames
     assert worker.metric("agegate_shadow_abs_diff_years_sum") > 0
+
+
+def test_worker_reports_consumer_lag_and_online_accuracy(fault_run: dict[str, Any]) -> None:
+    worker = start_worker(fault_run, "worker")
+    # Paced as in production, so a user's verified age arrives after their estimated frames.
+    thread, box = produce_in_background(fault_run["settings"], rate=40)
+    thread.join()
+    produced = box[0]
+    fault_run["reader"].poll_until({p.idempotency_key for p in produced}, timeout=180)
+    # Lag is reported per assigned partition and reaches 0 once the stream is drained (5 s timer).
+    deadline = time.monotonic() + 30
+    lag = worker.metric_samples("agegate_consumer_lag")
+    while (not lag or any(v for _, v in lag)) and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling the worker's metrics, bounded
+        lag = worker.metric_samples("agegate_consumer_lag")
+    assert len(lag) == 12 + 12 + 6  # signups, uploads, age-feedback partitions
+    assert all(value == 0 for _, value in lag)
+    # Every verified age that met an estimated belief was scored against it, once.
+    feedback = [p for p in produced if p.event.role == "feedback" and not p.event.bad]
+    scored = worker.metric("agegate_online_abs_error_years_count")
+    assert 0 < scored <= len(feedback)
+    assert worker.metric("agegate_online_abs_error_years_sum") / scored < 15  # years; a real model, not noise
+
+
+def test_sigterm_past_the_grace_exits_without_committing_unfinished_work(
+    reference: Run, fault_run: dict[str, Any]
+) -> None:
+    worker = start_worker(fault_run, "first", AGEGATE_SHUTDOWN_GRACE_S="0.001")
+    thread, box = produce_in_background(fault_run["settings"], rate=40)
+    wait_for_progress(fault_run["reader"], N_EVENTS // 4)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 4, worker.tail()
+    assert "shutdown grace exceeded" in worker.tail(200)
+    thread.join()
+    start_worker(fault_run, "restarted")
+    finish_and_compare(fault_run, box[0], reference, fault_run["redis_url"])

@@ -173,3 +173,8 @@ def test_every_setting_is_documented_with_a_unique_environment_variable() -> Non
             assert f.default in f.metadata["choices"], f"{f.name}: default is not one of its choices"
     # The defaults themselves pass validation.
     assert config._validate(Settings()) == []
+
+
+def test_exactly_once_is_refused_not_silently_ignored() -> None:
+    with pytest.raises(ConfigError, match="delivery: 'exactly_once' is not one of 'at_least_once'"):
+        load_settings(environ={"AGEGATE_DELIVERY": "exactly_once"})

@@ -1,16 +1,16 @@
 -- Atomic belief update for one user: decay + fuse + TTL refresh + event-id record.
 -- Mirrors stream/belief.py (fuse, apply_verified) operation for operation; keep them in step.
 --
--- KEYS[1] belief hash   {prefix}:{user}:b  fields B, P, t, n, v, mv, and a:<jurisdiction>/<surface>
+-- KEYS[1] belief hash   {prefix}:{user}:b  fields B, P, t, n, v, mv, f, and a:<jurisdiction>/<surface>
 -- KEYS[2] event-id zset {prefix}:{user}:e  member event id, score its observed_at (processing time
 --                                          for verified ages); trimmed to the max_past window
 -- ARGV: mode ("e" estimates | "v" verified), now, half_life_s, ttl_ms, future_tol_s, max_past_s,
---       model_version, then
+--       model_version, floor (the model version's error floor in years; the belief keeps the largest), then
 --   mode e: (event_id, observed_at, mean_age, std_age) repeated
 --   mode v: event_id, verified_at, verified_age
 -- Returns (all strings; Redis would truncate Lua numbers to integers):
 --   codes (one char per input: A applied, D duplicate, I ignored, X invalid, F future, O too old),
---   exists, B, P, t, n, v, mv, then action field/value pairs.
+--   exists, B, P, t, n, v, mv, f, then action field/value pairs.
 
 local YEAR_S = 365.25 * 86400.0
 local VERIFIED_PRECISION = 1.0 / (0.01 * 0.01)
@@ -24,6 +24,7 @@ local ttl_ms = ARGV[4]
 local future_tol = tonumber(ARGV[5])
 local max_past = tonumber(ARGV[6])
 local model_version = ARGV[7]
+local floor = tonumber(ARGV[8])
 
 local function fmt(x) return string.format('%.17g', x) end
 local function finite(x) return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge end
@@ -34,12 +35,12 @@ end
 
 redis.call('ZREMRANGEBYSCORE', ekey, '-inf', '(' .. fmt(now - max_past))
 
-local cur = redis.call('HMGET', bkey, 'B', 'P', 't', 'n', 'v', 'mv')
+local cur = redis.call('HMGET', bkey, 'B', 'P', 't', 'n', 'v', 'mv', 'f')
 local exists = cur[1] ~= false
-local B, P, T, N, V, MV
+local B, P, T, N, V, MV, F
 if exists then
   B, P, T, N = tonumber(cur[1]), tonumber(cur[2]), tonumber(cur[3]), tonumber(cur[4])
-  V, MV = cur[5] == '1', cur[6] or ''
+  V, MV, F = cur[5] == '1', cur[6] or '', tonumber(cur[7] or '0')
 end
 
 local codes = {}
@@ -47,7 +48,7 @@ local wrote = false
 
 if mode == 'e' then
   local pts_t, pts_b, pts_p = {}, {}, {}
-  local i = 8
+  local i = 9
   while i <= #ARGV do
     local id = ARGV[i]
     local obs, mean, std = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -94,10 +95,11 @@ if mode == 'e' then
     N = (exists and N or 0) + #pts_t
     V = false
     MV = model_version
+    if exists then F = math.max(F, floor) else F = floor end
     exists = true
   end
 elseif mode == 'v' then
-  local id, vat, vage = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+  local id, vat, vage = ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
   if redis.call('ZSCORE', ekey, id) then
     codes[1] = 'D'
   elseif not (finite(vage) and finite(vat) and vage >= MIN_AGE and vage <= MAX_AGE) then
@@ -114,6 +116,7 @@ elseif mode == 'v' then
     N = (exists and N or 0) + 1
     V = true
     MV = exists and MV or ''
+    F = 0.0
     exists = true
     codes[1] = 'A'
   end
@@ -123,16 +126,16 @@ end
 
 if wrote then
   redis.call('HSET', bkey, 'B', fmt(B), 'P', fmt(P), 't', fmt(T), 'n', tostring(N), 'v', V and '1' or '0',
-             'mv', MV)
+             'mv', MV, 'f', fmt(F))
   redis.call('PEXPIRE', bkey, ttl_ms)
   redis.call('PEXPIRE', ekey, ttl_ms)
 end
 
-local out = {table.concat(codes), '0', '', '', '', '', '', ''}
+local out = {table.concat(codes), '0', '', '', '', '', '', '', ''}
 if exists then
   out[2] = '1'
   out[3], out[4], out[5], out[6] = fmt(B), fmt(P), fmt(T), tostring(N)
-  out[7], out[8] = V and '1' or '0', MV
+  out[7], out[8], out[9] = V and '1' or '0', MV, fmt(F)
 end
 local all = redis.call('HGETALL', bkey)
 for k = 1, #all, 2 do

@@ -8,6 +8,14 @@ Units, used everywhere (Python and stream/belief.lua):
 - ages and standard deviations: years of YEAR_S seconds (Julian year);
 - precision: 1/years^2, so std = 1/sqrt(precision) is in years.
 
+One person's photos share that person's error (someone who looks older looks older in every photo),
+so only the independent part of each estimate's error averages out. The belief therefore keeps two
+things apart (design.md): the precision P of the *independent* (within-subject) part, which fusion
+adds up and decay shrinks, and the model version's error *floor* (its between-subject error,
+measured by subject on a validation split and stored with the checkpoint). The belief's spread is
+std = sqrt(1/P + floor^2): a thousand selfies never make it more certain than the model can be about
+one person. `event_evidence` turns one event's calibrated frame estimates into one observation.
+
 Fusion is done at a common reference time T = the latest evidence time seen. Every contribution
 (the old belief and each new observation) is decayed from its own time to T, then combined by
 precision weighting. Because decay is a common multiplicative factor, the result does not depend on
@@ -31,6 +39,13 @@ VERIFIED_PRECISION = 1.0 / (VERIFIED_STD_YEARS * VERIFIED_STD_YEARS)
 MIN_AGE_YEARS = 0.0
 MAX_AGE_YEARS = 130.0
 MIN_STD_YEARS = 0.05  # a model claiming more certainty than this is not believed (one frame ~ 18 days)
+# Frames of one event share pose, light and camera: their independent errors are correlated too. With
+# correlation rho the mean of k frames has variance w * (rho + (1 - rho) / k), so one event adds at most
+# 1/rho times the precision of its frames (twice, here) however many frames it carries.
+FRAME_CORRELATION_IN_EVENT = 0.5
+# However a frame's calibrated std compares with the floor, at least this share of its variance is
+# counted as independent: a frame claiming less error than the floor cannot pin the belief.
+MIN_INDEPENDENT_VARIANCE_SHARE = 0.25
 
 
 class RefusalReason(StrEnum):
@@ -74,15 +89,17 @@ class Belief:
     birth_time: float
     precision: float
     updated_at: float
-    observations: int
+    observations: int  # events fused (an event's frames are one observation)
     verified: bool
     model_version: str
+    floor: float = 0.0  # years; the largest error floor of the model versions fused (0 once verified)
 
     def age_at(self, t: float) -> float:
         return (t - self.birth_time) / YEAR_S
 
     def std_at(self, t: float, half_life_s: float) -> float:
-        return 1.0 / math.sqrt(decay(self, t, half_life_s).precision)
+        """sqrt(1/P + floor^2) after decay to t: the floor never averages out."""
+        return belief_std(decay(self, t, half_life_s).precision, self.floor)
 
     def p_age_at_least(self, threshold_years: float, t: float, half_life_s: float) -> float:
         return p_at_least(self.age_at(t), self.std_at(t, half_life_s), threshold_years)
@@ -91,6 +108,35 @@ class Belief:
 def p_at_least(mean: float, std: float, threshold: float) -> float:
     """P(age >= threshold) for a Gaussian belief."""
     return 0.5 * math.erfc((threshold - mean) / (std * math.sqrt(2.0)))
+
+
+def belief_std(precision: float, floor: float) -> float:
+    """The spread of a belief whose independent evidence has precision P, given the error floor."""
+    return math.sqrt(1.0 / precision + floor * floor)
+
+
+def independent_variance(std: float, floor: float) -> float:
+    """The part of a calibrated frame variance that averages out over one person's photos."""
+    var = std * std
+    return max(var - floor * floor, MIN_INDEPENDENT_VARIANCE_SHARE * var)
+
+
+def event_evidence(
+    event_id: str, observed_at: float, frames: Sequence[tuple[float, float]], floor: float
+) -> Evidence | None:
+    """One event's frame estimates (mean, calibrated std) as one observation of independent error.
+
+    Frames are weighted by their independent precision; the event's variance is inflated by the
+    within-event correlation so that many frames of one event cannot stand in for many events.
+    None when the event has no frame estimate.
+    """
+    if not frames:
+        return None
+    precisions = [1.0 / independent_variance(std, floor) for _, std in frames]
+    total = sum(precisions)
+    mean = sum(p * m for p, (m, _) in zip(precisions, frames, strict=True)) / total
+    inflation = 1.0 + FRAME_CORRELATION_IN_EVENT * (len(frames) - 1)
+    return Evidence(event_id, observed_at, mean, math.sqrt(inflation / total))
 
 
 def evidence_point(ev: Evidence) -> tuple[float, float]:
@@ -146,10 +192,14 @@ def fuse(
     now: float,
     half_life_s: float,
     model_version: str,
+    floor: float,
     seen: Iterable[str] = (),
     skew: ClockSkewRule = ClockSkewRule(),
 ) -> FuseResult:
     """Fuse a batch of evidence into a belief; idempotent per event id via `seen`.
+
+    Each evidence's `std_age` is the std of its *independent* error (see `event_evidence`);
+    `floor` is the error floor of `model_version`. A belief that mixes versions keeps the larger one.
 
     Order of checks per evidence (the Lua script keeps the same order): duplicate id, invalid,
     too far in the future, too old, then clamp small future skew to `now`.
@@ -181,13 +231,18 @@ def fuse(
         b, p = evidence_point(Evidence(ev.event_id, t, ev.mean_age, ev.std_age))
         points.append((t, b, p))
         applied.append(ev.event_id)
-    result = _combine(belief, points, half_life_s=half_life_s, model_version=model_version)
+    result = _combine(belief, points, half_life_s=half_life_s, model_version=model_version, floor=floor)
     return FuseResult(result, tuple(applied), tuple(duplicates), tuple(ignored), tuple(refused),
                       frozenset(seen_now))
 
 
 def _combine(
-    belief: Belief | None, points: list[tuple[float, float, float]], *, half_life_s: float, model_version: str
+    belief: Belief | None,
+    points: list[tuple[float, float, float]],
+    *,
+    half_life_s: float,
+    model_version: str,
+    floor: float,
 ) -> Belief | None:
     if not points:
         return belief
@@ -212,6 +267,7 @@ def _combine(
         observations=(belief.observations if belief is not None else 0) + len(points),
         verified=False,
         model_version=model_version,
+        floor=max(floor, belief.floor) if belief is not None else floor,
     )
 
 

@@ -115,12 +115,15 @@ class BeliefStore:
     # --- writes ----------------------------------------------------------------------------------
 
     async def apply(
-        self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str
+        self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str, floor: float
     ) -> ApplyResult:
-        """Fuse a micro-batch of evidence for many users in one pipelined round trip."""
+        """Fuse a micro-batch of evidence for many users in one pipelined round trip.
+
+        `floor` is `model_version`'s error floor (years); see stream/belief.py.
+        """
         calls: list[tuple[str, list[str]]] = []
         for user_id, evidences in updates.items():
-            args = self._common_args("e", now, model_version)
+            args = self._common_args("e", now, model_version, floor)
             for ev in evidences:
                 args += [ev.event_id, _num(ev.observed_at), _num(ev.mean_age), _num(ev.std_age)]
             calls.append((user_id, args))
@@ -153,7 +156,7 @@ class BeliefStore:
         Raises VerifiedAgeRefused (dead-letter it) for a non-finite or out-of-range age or a
         verification dated beyond the future tolerance.
         """
-        args = [*self._common_args("v", now, ""), event_id, _num(verified_at), _num(verified_age)]
+        args = [*self._common_args("v", now, "", 0.0), event_id, _num(verified_at), _num(verified_age)]
         (reply,) = await self._eval_many([(user_id, args)])
         codes, belief, _ = self._parse_reply(reply)
         if codes in _REFUSAL_CODES:
@@ -214,9 +217,9 @@ class BeliefStore:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _common_args(self, mode: str, now: float, model_version: str) -> list[str]:
+    def _common_args(self, mode: str, now: float, model_version: str, floor: float) -> list[str]:
         return [mode, _num(now), _num(self.half_life_s), self._ttl_ms, _num(self.skew.future_tolerance_s),
-                _num(self.skew.max_past_s), model_version]
+                _num(self.skew.max_past_s), model_version, _num(floor)]
 
     async def _hgetall_many(self, user_ids: Sequence[str]) -> list[dict[Any, Any]]:
         async def run() -> list[dict[Any, Any]]:
@@ -274,7 +277,7 @@ class BeliefStore:
 
     def _parse_reply(self, reply: Any) -> tuple[str, Belief | None, dict[str, Action]]:
         parts = [_text(p) for p in reply]
-        if len(parts) < 8:
+        if len(parts) < 9:
             raise BeliefStoreError(f"unexpected script reply {parts!r}")
         codes = parts[0]
         belief = None
@@ -282,8 +285,9 @@ class BeliefStore:
             belief = Belief(
                 birth_time=float(parts[2]), precision=float(parts[3]), updated_at=float(parts[4]),
                 observations=int(parts[5]), verified=parts[6] == "1", model_version=parts[7],
+                floor=float(parts[8]),
             )
-        actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(8, len(parts) - 1, 2)}
+        actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(9, len(parts) - 1, 2)}
         return codes, belief, actions
 
 
@@ -297,5 +301,5 @@ def _belief_from_hash(fields: Mapping[Any, Any]) -> Belief | None:
         return None
     return Belief(
         birth_time=float(f["B"]), precision=float(f["P"]), updated_at=float(f["t"]), observations=int(f["n"]),
-        verified=f["v"] == "1", model_version=f.get("mv", ""),
+        verified=f["v"] == "1", model_version=f.get("mv", ""), floor=float(f.get("f", "0")),
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from model.evaluation.metrics import AGE_BANDS, DEFAULT_CONFIDENCE, Estimates, band_label
+from stream.belief_coverage import belief_coverage
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,14 @@ DEFAULT_REPLAY_SURFACE = "adult_content"  # the 18+ surface: the threshold the h
 
 
 def replay_policy(
-    est: Estimates, policy_path: str | None, *, jurisdiction: str = "", surface: str = "",
+    est: Estimates, policy_path: str | None, *, floor: float, jurisdiction: str = "", surface: str = "",
     model_version: str = "", now: float = 1.7e9,
 ) -> dict[str, Any]:
     """Run the real policy engine over the estimates; action rates by true-age band.
 
     Each subject is a user: their frames are fused into one belief with the belief module's own
-    `fuse` (one minute apart, so they are distinct evidence) and the policy decides once, as the
-    worker would after seeing those photos. Rows without a subject id are users of one frame (which
+    `fuse` (each image its own event, one minute apart, with the model's error `floor`) and the
+    policy decides once, as the worker would after seeing those photos. Rows without a subject id are users of one frame (which
     the policy's `min_observations` may keep from ALLOW). The user's true age is the mean of their
     rows' ages. `now` is fixed so a replay is reproducible.
     """
@@ -110,11 +111,12 @@ def replay_policy(
     reasons: dict[str, int] = {}
     for user, idx in users.items():
         evidences = [
-            bl.Evidence(f"{user}/{k}", now - 60.0 * (len(idx) - k), float(est.mean[i]),
-                        float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)
+            bl.event_evidence(f"{user}/{k}", now - 60.0 * (len(idx) - k),
+                              [(float(est.mean[i]), float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)], floor)
             for k, i in enumerate(idx)
         ]
-        fused = bl.fuse(None, evidences, now=now, half_life_s=policy.half_life_s, model_version=model_version)
+        fused = bl.fuse(None, [e for e in evidences if e is not None], now=now, half_life_s=policy.half_life_s,
+                        model_version=model_version, floor=floor)
         decision = pol.decide(fused.belief, event, policy, now=now)
         for r in decision.reason_codes:
             reasons[r] = reasons.get(r, 0) + 1
@@ -139,6 +141,19 @@ def replay_policy(
         "reason_codes": dict(sorted(reasons.items())),
         "by_age_band": by_band,
     }
+
+
+def subject_images(est: Estimates) -> dict[str, list[tuple[float, float, float]]]:
+    """Each subject's scored images as (true age, mean, std), in manifest order (rows without a
+    subject id or without a finite estimate are left out)."""
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    if est.subject_id is None:
+        return out
+    for i in range(len(est)):
+        m, s = float(est.mean[i]), float(est.std[i])
+        if math.isfinite(m) and math.isfinite(s) and s > 0:
+            out.setdefault(str(est.subject_id[i]), []).append((float(est.true_age[i]), m, s))
+    return out
 
 
 def _load_engine(ckpt: str, device: str, threads: int) -> Any:
@@ -219,11 +234,13 @@ def run(args: argparse.Namespace) -> int:
         entry["scoring_seconds"] = elapsed
         if args.policy is not None:
             # `--policy default` replays the built-in policy file.
+            floor = engine.uncertainty.floor_years
             entry["policy_replay"] = replay_policy(
-                est, None if args.policy == "default" else args.policy,
+                est, None if args.policy == "default" else args.policy, floor=floor,
                 jurisdiction=args.jurisdiction, surface=args.surface,
                 model_version=engine.model_version,
             )
+            entry["policy_replay"]["belief_coverage"] = belief_coverage(subject_images(est), floor=floor)
         models.append(entry)
     dataset = {
         "manifest": str(args.data), "content_hash": data_hash, "split": args.split, "n_rows": len(rows),

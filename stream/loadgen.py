@@ -1,7 +1,11 @@
 """Synthetic event streams with known true ages, for the demo, the tests and the benchmarks.
 
 Deterministic from a seed. Frames come from the model's synthetic face generator, so a model
-trained on synthetic data sees the same kind of faces. Bad events (a chosen share) cover what
+trained on synthetic data sees the same kind of faces. The stream holds the hard cases, not only
+easy ones: most users are aged near the 13/16/18 thresholds and their buffers, every user has a
+persistent look-older/younger offset of the generator's spread (someone who looks 21 at 16 looks 21
+in every photo) plus per-photo noise, and a share of users upload tens of times, which is where
+fusion that believed one person's photos to be independent would grow overconfident. Bad events (a chosen share) cover what
 producers get wrong: random bytes, truncated Avro, an unknown schema id, frames that are all
 corrupt or empty.
 """
@@ -15,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model.data.synthetic import encode_jpeg, render_face, sample_attributes
+from model.data.synthetic import IMAGE_NOISE_SD, SUBJECT_OFFSET_SD, encode_jpeg, render_face, sample_attributes
 from stream import events
 from stream.codec import AvroCodec
 from stream.registry import FEEDBACK, SIGNUP, UPLOAD
@@ -25,10 +29,15 @@ SURFACES = ("profile_photo", "messaging_unknown_adults", "adult_content", "live_
 BAD_KINDS = ("random_bytes", "truncated_avro", "unknown_schema_id", "corrupt_frames", "zero_byte_frame")
 
 
+HEAVY_USER_SHARE = 0.2  # users who upload tens of times
+HEAVY_USER_WEIGHT = 8.0  # how many times more events a heavy user sends than a light one
+
+
 @dataclass(slots=True)
 class _User:
     id: str
     age: float
+    look: float  # persistent apparent-age offset, years
     attrs: dict[str, str]
     jurisdiction: str
     seen: int = 0
@@ -42,16 +51,20 @@ class SyntheticEvent:
     user_id: str
     true_age: float
     bad: str | None  # which kind of bad input, or None
+    look: float = 0.0  # the user's persistent apparent-age offset (years; > 0 looks older)
 
 
 def true_age_for(rng: np.random.Generator) -> float:
-    """A mix where decisions are clear: children, adults, and some teenagers near thresholds."""
+    """Every threshold's neighbourhood: 10-30 with most mass at 12-25 (13, 16, 18 and the buffers
+    above them), plus older adults."""
     band = rng.random()
-    if band < 0.35:
-        return float(rng.uniform(7, 11.5))
-    if band < 0.5:
-        return float(rng.uniform(13, 17.5))
-    return float(rng.uniform(25, 55))
+    if band < 0.12:
+        return float(rng.uniform(10, 12))
+    if band < 0.72:
+        return float(rng.uniform(12, 25))
+    if band < 0.85:
+        return float(rng.uniform(25, 30))
+    return float(rng.uniform(30, 60))
 
 
 def synthetic_stream(
@@ -73,21 +86,27 @@ def synthetic_stream(
         _User(
             f"{user_prefix}-{seed}-{i}",
             true_age_for(rng),
+            float(rng.normal(0.0, SUBJECT_OFFSET_SD)),
             sample_attributes(rng),
             JURISDICTIONS[int(rng.integers(len(JURISDICTIONS)))],
         )
         for i in range(n_users)
     ]
-    for k in range(n_events):
-        user = users[k % n_users]
+    weights = np.where(rng.random(n_users) < HEAVY_USER_SHARE, HEAVY_USER_WEIGHT, 1.0)
+    # Every user appears at least once (a signup), the rest of the events follow the weights.
+    order = list(range(min(n_users, n_events)))
+    order += list(rng.choice(n_users, size=n_events - len(order), p=weights / weights.sum()))
+    for k, index in enumerate(order):
+        user = users[int(index)]
         at = start + k * 0.5
         uid, age = user.id, user.age
         first = user.seen == 0
         user.seen += 1
 
-        def frames(n: int, u: _User = user, a: float = age) -> list[dict[str, Any]]:
+        def frames(n: int, u: _User = user) -> list[dict[str, Any]]:
             return [
-                events.inline_frame(f"f{j}", encode_jpeg(render_face(a, u.attrs, rng, size=image_size), rng))
+                events.inline_frame(f"f{j}", encode_jpeg(render_face(u.age + u.look + rng.normal(0.0, IMAGE_NOISE_SD),
+                                                                     u.attrs, rng, size=image_size), rng))
                 for j in range(n)
             ]
 
@@ -116,7 +135,7 @@ def synthetic_stream(
             value = _corrupt(bad, codec, subject, record, rng)
         else:
             value = codec.encode(subject, record)
-        yield SyntheticEvent(role, uid.encode(), value, uid, age, bad)
+        yield SyntheticEvent(role, uid.encode(), value, uid, age, bad, user.look)
 
 
 def _uuid(rng: np.random.Generator) -> str:

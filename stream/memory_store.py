@@ -56,9 +56,11 @@ class JournaledBeliefStore(BeliefStore):
         await self._guard(run)
         self._touched.update(new)
 
-    async def apply(self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str) -> ApplyResult:
+    async def apply(
+        self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str, floor: float
+    ) -> ApplyResult:
         await self._before_write(list(updates))
-        return await super().apply(updates, now=now, model_version=model_version)
+        return await super().apply(updates, now=now, model_version=model_version, floor=floor)
 
     async def apply_verified(self, user_id: str, *, event_id: str, verified_age: float, verified_at: float,
                              now: float) -> Belief:

@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
-from stream.belief import Belief, Evidence
+from stream.belief import YEAR_S, Belief, ClockSkewRule, Evidence, event_evidence
 from stream.belief_store import ApplyResult, BeliefStore, SurfaceKey
 from stream.codec import AvroCodec
 from stream.errors import AgegateError, DecodeError, DependencyUnavailable, InvalidEvent
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = get_logger("agegate.pipeline")
 
 SURFACE_FOR_ACCOUNT = "account_creation"
-YEAR_S = 365.25 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +108,13 @@ class BeliefStage:
     backoff and jitter, forever: nothing is skipped, and the in-flight limit pauses consumption.
     """
 
-    def __init__(self, store: BeliefStore, *, clock: Callable[[], float], model_version: str) -> None:
+    def __init__(
+        self, store: BeliefStore, *, clock: Callable[[], float], model_version: str, error_floor: float
+    ) -> None:
         self.store = store
         self._clock = clock
         self.model_version = model_version
+        self.error_floor = error_floor
         self._pending: list[_BeliefRequest] = []
         self._flush_scheduled = False
         self._flush_task: asyncio.Task[None] | None = None
@@ -225,7 +227,8 @@ class BeliefStage:
                 r.future.set_exception(exc)
         if estimated:
             result: ApplyResult = await self.store.apply(
-                {r.user_id: r.evidences for r in estimated}, now=now, model_version=self.model_version
+                {r.user_id: r.evidences for r in estimated}, now=now, model_version=self.model_version,
+                floor=self.error_floor,
             )
             for r in estimated:
                 beliefs[r.user_id] = result.get(r.user_id)
@@ -259,6 +262,7 @@ class Pipeline:
         codec: AvroCodec,
         score: Callable[[EncodedFrame], Awaitable[FrameResult]],
         model_version: str,
+        error_floor: float,
         store: BeliefStore,
         policy: Policy,
         sink: Sink,
@@ -266,13 +270,16 @@ class Pipeline:
         topics: Mapping[str, str],
         guard: InvalidShareGuard,
         clock: Callable[[], float] = time.time,
-        decided_at: Callable[[SourceRecord, float], float] | None = None,
+        processed_at: Callable[[SourceRecord], float] | None = None,
         shadow: ShadowScorer | None = None,
     ) -> None:
+        """`processed_at(record)` is when an event counts as processed (default: `clock()`): every age
+        claim of the event is taken as of then, and its decision is judged then (see `_decide`)."""
         self.codec = codec
         self.shadow = shadow
         self._score = score
         self.model_version = model_version
+        self.error_floor = error_floor
         self.store = store
         self.policy = policy
         self.sink = sink
@@ -280,8 +287,8 @@ class Pipeline:
         self.topics = topics
         self.guard = guard
         self.clock = clock
-        self._decided_at = decided_at or (lambda _rec, _event_time: clock())
-        self.beliefs = BeliefStage(store, clock=clock, model_version=model_version)
+        self._processed_at = processed_at or (lambda _rec: clock())
+        self.beliefs = BeliefStage(store, clock=clock, model_version=model_version, error_floor=error_floor)
         self._user_tail: dict[str, asyncio.Future[None]] = {}
         self._expected = {
             topics["signups"]: (SIGNUP,),
@@ -337,9 +344,18 @@ class Pipeline:
         results: list[FrameResult],
         shadow_results: list[FrameResult] | None = None,
     ) -> Outcome:
+        """Fuse the event's evidence and decide.
+
+        Time rule (one for every event type): the producer's clock never makes anyone older. Every age
+        claim of the event (frame estimates, a verified age, a declared age or birth date) is taken as
+        of processing time, and the decision is judged at processing time; `occurred_at` is recorded
+        for audit only. So an event dated in the future or far in the past decides exactly as the
+        same event dated now, and a forged or delayed timestamp can never buy an ALLOW.
+        """
         user_id = str(record["user_id"])
         event_id = str(record["event_id"])
         event_time = record["occurred_at"].timestamp()
+        judged_at = self._processed_at(rec)
         jurisdiction = str(record.get("jurisdiction") or "")
         estimates = [r for r in results if isinstance(r, FrameEstimate)]
         errors = [r for r in results if isinstance(r, FrameError)]
@@ -360,45 +376,47 @@ class Pipeline:
         if subject == FEEDBACK:
             surface = SURFACE_FOR_ACCOUNT
             jurisdiction = jurisdiction or self.policy.default_jurisdiction
-            verified = (event_id, float(record["verified_age"]), event_time)
+            verified = (event_id, float(record["verified_age"]), judged_at)
         elif subject == SIGNUP:
             surface = SURFACE_FOR_ACCOUNT
-            declared_age = _declared_age(record, event_time)
+            declared_age = _declared_age(record, judged_at)
         else:
             surface = str(record["surface"])
-        evidences = [
-            Evidence(f"{event_id}/{frame['frame_id']}", event_time, est.mean, est.std)
-            for frame, est in zip(record.get("frames", []), results, strict=True)
-            if isinstance(est, FrameEstimate)
-        ]
+        # An event's frames share pose, light and camera: together they are one observation.
+        evidence = event_evidence(event_id, judged_at, [(e.mean, e.std) for e in estimates], self.error_floor)
         surface_key = SurfaceKey(user_id, jurisdiction, surface)
-        belief, previous, refused = await self.beliefs.submit(user_id, evidences, surface_key, verified)
+        belief, previous, refused = await self.beliefs.submit(
+            user_id, [evidence] if evidence is not None else [], surface_key, verified
+        )
         policy_event = PolicyEvent(
-            jurisdiction, surface, event_time, declared_age=declared_age, previous_action=previous
+            jurisdiction, surface, judged_at, declared_age=declared_age, previous_action=previous
         )
         decision = decide(
             belief,
             policy_event,
             self.policy,
             dependency_down=dependency_down,
-            now=event_time,
+            now=judged_at,
             half_life_s=self.store.half_life_s,
         )
         if self.shadow is not None and shadow_results is not None:
             await self.shadow.observe(
                 rec, record=record, event=policy_event, live=decision, live_results=results,
-                shadow_results=shadow_results, belief_after=belief, dependency_down=dependency_down,
-                live_applied=refused == 0,
+                shadow_results=shadow_results, belief_after=belief, live_floor=self.error_floor,
+                dependency_down=dependency_down, live_applied=refused == 0,
             )
         reasons = list(decision.reason_codes)
         if errors and estimates:
             reasons.append("some_frames_failed")
         if refused:
             reasons.append("evidence_refused_clock_skew")
+        reasons.extend(_time_reasons(event_time, judged_at, self.store.skew))
         action_written = self.beliefs.record_action(
             SurfaceKey(user_id, decision.jurisdiction, surface), decision.action
         )
-        value = self._decision_record(rec, subject, record, decision, reasons, len(estimates), len(errors))
+        value = self._decision_record(
+            rec, subject, record, decision, reasons, len(estimates), len(errors), judged_at
+        )
         # The offset may be committed only when both the decision and the hysteresis state are stored.
         await asyncio.gather(
             self.sink.send(self.topics["decisions"], user_id.encode(), self.codec.encode(DECISION, value)),
@@ -419,10 +437,10 @@ class Pipeline:
         reasons: list[str],
         scored: int,
         failed: int,
+        judged_at: float,
     ) -> dict[str, Any]:
         ev = decision.evidence
         event_time = record["occurred_at"]
-        decided_at = self._decided_at(rec, event_time.timestamp())
         return {
             # Derived from the idempotency key, so a redelivered event yields the same decision id.
             "decision_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "agegate:" + rec.idempotency_key)),
@@ -452,7 +470,7 @@ class Pipeline:
             "model_version": self.model_version if scored else None,
             "policy_version": decision.policy_version,
             "event_time": event_time,
-            "decided_at": _utc(decided_at),
+            "decided_at": _utc(judged_at),
         }
 
     async def _dead_letter(self, rec: SourceRecord, exc: InvalidEvent) -> Outcome:
@@ -472,7 +490,8 @@ class Pipeline:
         return Outcome("dead_letter", reason=exc.reason)
 
 
-def _declared_age(record: dict[str, Any], event_time: float) -> float | None:
+def _declared_age(record: dict[str, Any], judged_at: float) -> float | None:
+    """The declared age as of processing time: a declared age as stated, a birth date aged to then."""
     if record.get("declared_age") is not None:
         return float(record["declared_age"])
     birth = record.get("declared_birth_date")
@@ -480,8 +499,17 @@ def _declared_age(record: dict[str, Any], event_time: float) -> float | None:
         import datetime as dt
 
         born = dt.datetime.combine(birth, dt.time(), tzinfo=dt.UTC).timestamp()
-        return (event_time - born) / YEAR_S
+        return (judged_at - born) / YEAR_S
     return None
+
+
+def _time_reasons(event_time: float, judged_at: float, skew: ClockSkewRule) -> list[str]:
+    """Audit codes for an event whose own timestamp disagrees with processing time (it changes nothing)."""
+    if event_time > judged_at + skew.future_tolerance_s:
+        return ["event_time_in_future"]
+    if event_time < judged_at - skew.max_past_s:
+        return ["event_time_too_old"]
+    return []
 
 
 def _utc(ts: float) -> Any:

@@ -8,7 +8,8 @@ Why it is built the way it is:
 - Determinism. Three things vary between runs of a live worker and are pinned here:
   1. order: partitions are merged into one sequence by (timestamp, topic, partition, offset), so
      one user's events across topics reach the pipeline in the same order every time;
-  2. time: the belief clock is the window's end (`as_of`) and `decided_at` is the event time;
+  2. time: the belief clock is the window's end (`as_of`); an event counts as processed at its
+     Kafka record timestamp (when the live worker saw it, to within its lag), capped at `as_of`;
   3. arithmetic: CPU kernels give a frame slightly different results in batches of different
      sizes, so the replay pads every forward pass to the same batch size (`FixedShapeScorer`).
   Output lines are written in the merged order, so the same window, model and policy give a
@@ -195,6 +196,11 @@ def message_record(m: Message) -> SourceRecord:
                         value if isinstance(value, bytes) else None, m.timestamp()[1])
 
 
+def _processed_at(rec: SourceRecord, as_of: float) -> float:
+    """When the live worker would have processed `rec`: its record timestamp, never after the window."""
+    return min(rec.timestamp_ms / 1000.0, as_of) if rec.timestamp_ms > 0 else as_of
+
+
 def window_as_of(consumer: Consumer, windows: Sequence[PartitionWindow], timeout_s: float = 30.0) -> float:
     """The latest timestamp inside the window: the replay's fixed "now" (see the module doc)."""
     todo = [w for w in windows if w.end > w.start]
@@ -310,6 +316,7 @@ class FixedShapeScorer:
         self.engine = engine
         self.size = size
         self.model_version = engine.model_version
+        self.uncertainty = engine.uncertainty
 
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
         out: list[FrameResult] = []
@@ -558,7 +565,7 @@ async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) ->
     as_of = state.as_of
     assembled = assemble(
         settings, engine=cast(InferenceEngine, scorer), store=store, sink=sink, policy=policy,
-        clock=lambda: as_of, decided_at=lambda _rec, event_time: event_time,
+        clock=lambda: as_of, processed_at=lambda rec: _processed_at(rec, as_of),
     )
     pipeline = assembled.pipeline
     # A replay reports invalid input in its output; stopping on it (the worker's guard) helps nobody.

@@ -82,7 +82,7 @@ def assemble(
     policy: Policy | None = None,
     batch_max_frames: int | None = None,
     clock: Callable[[], float] = time.time,
-    decided_at: Callable[[SourceRecord, float], float] | None = None,
+    processed_at: Callable[[SourceRecord], float] | None = None,
     with_shadow: bool = False,
 ) -> Assembled:
     """A ready pipeline; call `start()` inside the running loop before processing.
@@ -104,6 +104,7 @@ def assemble(
         codec=AvroCodec(registry_from_url(settings.schema_registry_url)),
         score=batcher.score,
         model_version=engine.model_version,
+        error_floor=engine.uncertainty.floor_years,
         store=store,
         policy=policy,
         sink=sink,
@@ -111,7 +112,7 @@ def assemble(
         topics=topic_names(settings),
         guard=InvalidShareGuard(settings.invalid_share_limit, settings.invalid_share_window),
         clock=clock,
-        decided_at=decided_at,
+        processed_at=processed_at,
         shadow=shadow,
     )
     return Assembled(pipeline, batcher, resolver, policy, shadow)

@@ -21,8 +21,8 @@ Wiring in the pipeline (stream/pipeline.py), when `settings.shadow_model_checkpo
   - in `_decide`, right after `decision = decide(...)`:
         await shadow.observe(rec, record=record, event=<the PolicyEvent passed to decide>,
                              live=decision, live_results=results, shadow_results=shadow_results,
-                             belief_after=belief, dependency_down=dependency_down,
-                             live_applied=not refused)
+                             belief_after=belief, live_floor=<the live model's floor>,
+                             dependency_down=dependency_down, live_applied=not refused)
   - on shutdown: await shadow.stop().
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
 from stream.batching import BatchPolicy, MicroBatcher
-from stream.belief import Belief, decay_factor
+from stream.belief import Belief, decay_factor, event_evidence, evidence_point
 from stream.config import Settings
 from stream.log import get_logger
 from stream.pipeline import Sink, SourceRecord
@@ -46,7 +46,6 @@ from stream.policy import Decision, Policy, PolicyEvent, decide
 
 log = get_logger("agegate.shadow")
 
-YEAR_S = 365.25 * 86400.0
 SHADOW_TOPIC_SUFFIX = "shadow-decisions"
 
 
@@ -56,28 +55,43 @@ def shadow_topic(settings: Settings) -> str:
 
 
 def swap_evidence(
-    after: Belief | None, at: float, live: Sequence[FrameResult], shadow: Sequence[FrameResult], *, half_life_s: float,
+    after: Belief | None,
+    at: float,
+    live: Sequence[FrameResult],
+    shadow: Sequence[FrameResult],
+    *,
+    half_life_s: float,
     model_version: str,
+    live_floor: float,
+    shadow_floor: float,
 ) -> Belief | None:
-    """The belief had this event's frames (all observed at `at`) been scored by the shadow model."""
-    live_est = [r for r in live if isinstance(r, FrameEstimate)]
-    shadow_est = [r for r in shadow if isinstance(r, FrameEstimate)]
+    """The belief had this event (judged at `at`) been scored by the shadow model.
+
+    Each model's frames form one observation (`event_evidence`, with that model's error floor), as
+    the pipeline fused them; the live one is subtracted and the shadow's added.
+    """
     if after is None or after.verified:
         return after  # no evidence was fused (or it was ignored: a verified age is authoritative)
+    live_ev = event_evidence("live", at, [(e.mean, e.std) for e in live if isinstance(e, FrameEstimate)], live_floor)
+    shadow_ev = event_evidence(
+        "shadow", at, [(e.mean, e.std) for e in shadow if isinstance(e, FrameEstimate)], shadow_floor
+    )
     d = decay_factor(after.updated_at - min(at, after.updated_at), half_life_s)
     anchor = after.birth_time
     precision = after.precision
     weighted = 0.0
-    for sign, ests in ((-1.0, live_est), (1.0, shadow_est)):
-        for e in ests:
-            p = d / (e.std * e.std)
-            precision += sign * p
-            weighted += sign * p * ((at - e.mean * YEAR_S) - anchor)
-    observations = after.observations - len(live_est) + len(shadow_est)
+    for sign, ev in ((-1.0, live_ev), (1.0, shadow_ev)):
+        if ev is None:
+            continue
+        b, p = evidence_point(ev)
+        precision += sign * p * d
+        weighted += sign * p * d * (b - anchor)
+    observations = after.observations - (live_ev is not None) + (shadow_ev is not None)
     if observations <= 0 or precision <= after.precision * 1e-12:
         return None
     return replace(after, birth_time=anchor + weighted / precision, precision=precision,
-                   observations=observations, model_version=model_version)
+                   observations=observations, model_version=model_version,
+                   floor=max(after.floor, shadow_floor))
 
 
 def _pairs(results: Sequence[FrameResult]) -> list[list[float] | None]:
@@ -91,10 +105,12 @@ def _finite(x: float | None) -> float | None:
 class ShadowScorer:
     def __init__(
         self, *, score: Callable[[EncodedFrame], Awaitable[FrameResult]], model_version: str, policy: Policy,
-        sink: Sink, topic: str, half_life_s: float, batcher: MicroBatcher[EncodedFrame, FrameResult] | None = None,
+        sink: Sink, topic: str, half_life_s: float, error_floor: float,
+        batcher: MicroBatcher[EncodedFrame, FrameResult] | None = None,
     ) -> None:
         self._score = score
         self.model_version = model_version
+        self.error_floor = error_floor
         self.policy = policy
         self.sink = sink
         self.topic = topic
@@ -114,7 +130,8 @@ class ShadowScorer:
             engine.score, BatchPolicy(settings.batch_max_frames, settings.batch_max_wait_ms / 1000)
         )
         return cls(score=batcher.score, model_version=engine.model_version, policy=policy, sink=sink,
-                   topic=shadow_topic(settings), half_life_s=settings.belief_half_life_days * DAY_S, batcher=batcher)
+                   topic=shadow_topic(settings), half_life_s=settings.belief_half_life_days * DAY_S,
+                   error_floor=engine.uncertainty.floor_years, batcher=batcher)
 
     def start(self) -> None:
         if self._batcher is not None:
@@ -135,7 +152,7 @@ class ShadowScorer:
     async def observe(
         self, rec: SourceRecord, *, record: dict[str, Any], event: PolicyEvent, live: Decision,
         live_results: Sequence[FrameResult], shadow_results: Sequence[FrameResult], belief_after: Belief | None,
-        dependency_down: bool = False, live_applied: bool = True,
+        live_floor: float, dependency_down: bool = False, live_applied: bool = True,
     ) -> dict[str, Any] | None:
         """Publish the shadow record for one event and update the disagreement metrics.
 
@@ -145,7 +162,7 @@ class ShadowScorer:
             return None
         try:
             return await self._observe(rec, record, event, live, live_results, shadow_results, belief_after,
-                                       dependency_down, live_applied)
+                                       live_floor, dependency_down, live_applied)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -155,11 +172,12 @@ class ShadowScorer:
     async def _observe(
         self, rec: SourceRecord, record: dict[str, Any], event: PolicyEvent, live: Decision,
         live_results: Sequence[FrameResult], shadow_results: Sequence[FrameResult], belief_after: Belief | None,
-        dependency_down: bool, live_applied: bool,
+        live_floor: float, dependency_down: bool, live_applied: bool,
     ) -> dict[str, Any]:
         belief = (
             swap_evidence(belief_after, event.event_time, live_results, shadow_results,
-                          half_life_s=self.half_life_s, model_version=self.model_version)
+                          half_life_s=self.half_life_s, model_version=self.model_version,
+                          live_floor=live_floor, shadow_floor=self.error_floor)
             if live_applied else belief_after
         )
         shadow = decide(belief, event, self.policy, dependency_down=dependency_down, now=event.event_time,

@@ -55,6 +55,12 @@ class Bias:
             raise ValueError(f"bias {text!r} must look like 'skin_tone=dark:+5'") from None
 
 
+# Apparent age = true age + a persistent per-person offset + per-image noise (years). The offset is the
+# error no number of photos averages away; the stream's load generator draws people the same way.
+SUBJECT_OFFSET_SD = 2.0
+IMAGE_NOISE_SD = 1.0
+
+
 def render_face(age: float, attrs: dict[str, str], rng: np.random.Generator, *, size: int = 64) -> Image.Image:
     """Draw one face whose cues follow `age` (apparent age: callers add subject offsets and bias)."""
     s = float(size)
@@ -146,13 +152,13 @@ def subject_rows(
     subject_id = f"s{seed}-{index:06d}"
     attrs = sample_attributes(rng)
     base = sample_base_age(rng)
-    offset = rng.normal(0, 2.0)  # this person looks older/younger than they are
+    offset = rng.normal(0, SUBJECT_OFFSET_SD)  # this person looks older/younger than they are
     shift = bias.years if bias and attrs.get(bias.attribute) == bias.value else 0.0
     split = split_for_subject(subject_id)
     # Labels first, rendering from its own stream per image: labels then do not depend on the bias
     # or on how many random draws a rendering happened to use.
     ages = [round(base + rng.uniform(0, 3), 2) for _ in range(images_per_subject)]
-    noise = rng.normal(0, 1.0, images_per_subject)
+    noise = rng.normal(0, IMAGE_NOISE_SD, images_per_subject)
     out = []
     for k, age in enumerate(ages):
         apparent = age + offset + shift + noise[k]

@@ -19,6 +19,7 @@ from stream.policy import Action, PolicyEvent, decide, load_policy
 
 pytestmark = pytest.mark.integration
 
+FLOOR = 1.5
 NOW = 1_750_000_000.0
 DAY = 86400.0
 HALF_LIFE = 365 * DAY
@@ -52,8 +53,8 @@ def same(a: Belief | None, b: Belief | None) -> None:
     assert b is not None
     assert a.birth_time == pytest.approx(b.birth_time, rel=0, abs=1e-3)  # seconds
     assert a.precision == pytest.approx(b.precision, rel=1e-12)
-    assert (a.updated_at, a.observations, a.verified, a.model_version) == (
-        b.updated_at, b.observations, b.verified, b.model_version)
+    assert (a.updated_at, a.observations, a.verified, a.model_version, a.floor) == (
+        b.updated_at, b.observations, b.verified, b.model_version, b.floor)
 
 
 def random_evidence(rnd: random.Random, ids: list[str], now: float) -> Evidence:
@@ -83,11 +84,12 @@ async def test_lua_equals_python_on_random_histories(store: BeliefStore) -> None
     for round_no in range(6):
         now = NOW + round_no * 20 * DAY
         batch = {u: [random_evidence(rnd, ids[u], now) for _ in range(rnd.randint(1, 5))] for u in users}
-        result = await store.apply(batch, now=now, model_version=f"m{round_no}")
+        floor = FLOOR * (round_no % 3)  # versions with different floors: the belief keeps the largest
+        result = await store.apply(batch, now=now, model_version=f"m{round_no}", floor=floor)
         for u in users:
             belief, seen = model[u]
-            r = fuse(belief, batch[u], now=now, half_life_s=HALF_LIFE, model_version=f"m{round_no}", seen=seen,
-                     skew=skew)
+            r = fuse(belief, batch[u], now=now, half_life_s=HALF_LIFE, model_version=f"m{round_no}", floor=floor,
+                     seen=seen, skew=skew)
             model[u] = (r.belief, r.seen)
             assert result.applied[u] == r.applied
             assert result.duplicates[u] == r.duplicates
@@ -116,11 +118,11 @@ async def test_concurrent_updates_of_one_user_lose_nothing(redis_url: str, prefi
             [Evidence(f"t{k}-{j}", NOW - (k * 5 + j) * 3600.0, 10.0 + k + j / 5, 1.0 + j / 4) for j in range(5)]
             for k in range(20)
         ]
-        await asyncio.gather(*(s.apply({"alice": b}, now=NOW, model_version="m") for s, b in
+        await asyncio.gather(*(s.apply({"alice": b}, now=NOW, model_version="m", floor=FLOOR) for s, b in
                                zip(stores, batches, strict=True)))
         got = (await stores[0].get_many(["alice"], now=NOW))["alice"]
         everything = [e for b in batches for e in b]
-        expected = fuse(None, everything, now=NOW, half_life_s=HALF_LIFE, model_version="m").belief
+        expected = fuse(None, everything, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR).belief
         assert got is not None
         assert expected is not None
         assert got.observations == 100
@@ -134,13 +136,13 @@ async def test_concurrent_updates_of_one_user_lose_nothing(redis_url: str, prefi
 
 async def test_redelivered_events_change_nothing(store: BeliefStore, client: aioredis.Redis) -> None:
     evs = [Evidence("a", NOW - DAY, 20.0, 2.0), Evidence("b", NOW, 22.0, 3.0)]
-    first = await store.apply({"bob": evs}, now=NOW, model_version="m")
+    first = await store.apply({"bob": evs}, now=NOW, model_version="m", floor=FLOOR)
     raw_before = await client.hgetall(store.belief_key("bob"))
-    again = await store.apply({"bob": [*evs, Evidence("c", NOW, 21.0, 2.0)]}, now=NOW + 60, model_version="m")
+    again = await store.apply({"bob": [*evs, Evidence("c", NOW, 21.0, 2.0)]}, now=NOW + 60, model_version="m", floor=FLOOR)
     assert again.duplicates["bob"] == ("a", "b")
     assert again.applied["bob"] == ("c",)
     assert again["bob"].observations == 3
-    once_more = await store.apply({"bob": evs}, now=NOW + 120, model_version="m")
+    once_more = await store.apply({"bob": evs}, now=NOW + 120, model_version="m", floor=FLOOR)
     assert once_more.applied["bob"] == ()
     assert once_more["bob"] == again["bob"]
     assert first["bob"].observations == 2
@@ -153,13 +155,13 @@ async def test_redelivered_events_change_nothing(store: BeliefStore, client: aio
 
 
 async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client: aioredis.Redis) -> None:
-    await store.apply({"carol": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
+    await store.apply({"carol": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     ttl_ms = TTL * 1000
     for key in (store.belief_key("carol"), store.events_key("carol")):
         pttl = await client.pttl(key)
         assert ttl_ms - 60_000 < pttl <= ttl_ms
     await client.pexpire(store.belief_key("carol"), 5_000)
-    await store.apply({"carol": [Evidence("b", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
+    await store.apply({"carol": [Evidence("b", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     assert await client.pttl(store.belief_key("carol")) > ttl_ms - 60_000
     # Hysteresis state on a user with no belief yet gets a TTL too, and never extends an existing one.
     await store.record_actions({SurfaceKey("dave", "DEFAULT", "adult_content"): Action.BLOCK})
@@ -170,12 +172,12 @@ async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client:
 
 
 async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, client: aioredis.Redis) -> None:
-    await store.apply({"erin": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
+    await store.apply({"erin": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     sha = store._script.sha
     await client.script_flush()
     assert await client.script_exists(sha) == [False]
     r = await store.apply({"erin": [Evidence("b", NOW, 24.0, 2.0)], "frank": [Evidence("c", NOW, 30.0, 3.0)]},
-                          now=NOW, model_version="m")
+                          now=NOW, model_version="m", floor=FLOOR)
     assert r["erin"].observations == 2
     assert r["frank"].observations == 1
     assert await client.script_exists(sha) == [True]
@@ -186,7 +188,7 @@ async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, clie
 
 async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, client: aioredis.Redis,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")  # loads script
+    await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)  # loads script
     pipelines = 0
     real_pipeline = client.pipeline
 
@@ -198,18 +200,18 @@ async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, clien
     monkeypatch.setattr(client, "pipeline", counting_pipeline)
     batch = {f"user{i}": [Evidence(f"e{i}", NOW, 10 + i % 50, 2.0), Evidence(f"f{i}", NOW - DAY, 11 + i % 50, 3.0)]
              for i in range(1000)}
-    result = await store.apply(batch, now=NOW, model_version="m")
+    result = await store.apply(batch, now=NOW, model_version="m", floor=FLOOR)
     assert pipelines == 1
     assert len(result) == 1000
     for i in (0, 499, 999):
-        expected = fuse(None, batch[f"user{i}"], now=NOW, half_life_s=HALF_LIFE, model_version="m").belief
+        expected = fuse(None, batch[f"user{i}"], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR).belief
         same(result[f"user{i}"], expected)
     read = await store.get_many(list(batch), now=NOW)
     assert all(b is not None and b.observations == 2 for b in read.values())
 
 
 async def test_get_many_decays_to_now_and_reports_missing(store: BeliefStore) -> None:
-    await store.apply({"gina": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
+    await store.apply({"gina": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     got = await store.get_many(["gina", "nobody"], now=NOW + HALF_LIFE)
     assert got["nobody"] is None
     gina = got["gina"]
@@ -219,7 +221,7 @@ async def test_get_many_decays_to_now_and_reports_missing(store: BeliefStore) ->
 
 
 async def test_refused_evidence_is_reported_and_verified_refusal_raises(store: BeliefStore) -> None:
-    r = await store.apply({"hank": [Evidence("future", NOW + 3600, 20.0, 2.0)]}, now=NOW, model_version="m")
+    r = await store.apply({"hank": [Evidence("future", NOW + 3600, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     assert "hank" not in r
     assert [x.event_id for x in r.refused["hank"]] == ["future"]
     with pytest.raises(VerifiedAgeRefused):
@@ -231,7 +233,7 @@ async def test_previous_actions_round_trip(store: BeliefStore) -> None:
     assert await store.get_previous_actions([key]) == {key: None}
     await store.record_actions({key: Action.RESTRICT})
     assert await store.get_previous_actions([key]) == {key: Action.RESTRICT}
-    r = await store.apply({"ivy": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
+    r = await store.apply({"ivy": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     assert r.previous_actions["ivy"] == {"GB/adult_content": Action.RESTRICT}
 
 
@@ -239,7 +241,7 @@ async def test_redis_down_is_dependency_unavailable() -> None:
     dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
     store = BeliefStore(dead, prefix="x", half_life_s=HALF_LIFE, ttl_s=TTL)
     with pytest.raises(DependencyUnavailable):
-        await store.apply({"u": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
+        await store.apply({"u": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     with pytest.raises(DependencyUnavailable):
         await store.get_many(["u"], now=NOW)
     await dead.aclose()
@@ -278,7 +280,7 @@ async def test_worked_example_signup_three_uploads_verified_age(store: BeliefSto
           "adult_content": (BLOCK, ("estimated_under_age", "declared_age_contradicted"))}),
     ]
     for ev, age, std, expected in steps:
-        r = await store.apply({user: [ev]}, now=ev.observed_at, model_version="m1")
+        r = await store.apply({user: [ev]}, now=ev.observed_at, model_version="m1", floor=FLOOR)
         b = r[user]
         assert b.age_at(ev.observed_at) == pytest.approx(age, abs=0.01)
         assert b.std_at(ev.observed_at, HALF_LIFE) == pytest.approx(std, abs=0.01)
@@ -294,6 +296,6 @@ async def test_worked_example_signup_three_uploads_verified_age(store: BeliefSto
     }
     # A later upload that looks 25 changes nothing: the verified belief ignores estimates.
     r = await store.apply({user: [Evidence("up4", NOW + 11 * DAY, 25.0, 2.0)]}, now=NOW + 11 * DAY,
-                          model_version="m1")
+                          model_version="m1", floor=FLOOR)
     assert r.ignored[user] == ("up4",)
     assert r[user] == v

@@ -23,6 +23,7 @@ from stream.belief import (
     verified_refusal,
 )
 
+FLOOR = 0.0  # the pure fusion arithmetic; the floor has its own tests
 NOW = 1_750_000_000.0
 DAY = 86400.0
 HALF_LIFE = 365 * DAY
@@ -49,7 +50,7 @@ def beliefs(draw: st.DrawFn) -> Belief:
         updated_at=NOW - draw(offsets),
         observations=draw(st.integers(1, 50)),
         verified=False,
-        model_version="m",
+        model_version="m", floor=FLOOR,
     )
 
 
@@ -89,11 +90,11 @@ def test_half_life_halves_precision() -> None:
 
 @given(st.one_of(st.none(), beliefs()), evidences())
 def test_same_event_twice_equals_once(belief: Belief | None, evs: list[Evidence]) -> None:
-    once = fuse(belief, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m")
-    in_one_batch = fuse(belief, evs + evs, now=NOW, half_life_s=HALF_LIFE, model_version="m")
+    once = fuse(belief, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR)
+    in_one_batch = fuse(belief, evs + evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR)
     assert in_one_batch.belief == once.belief
     assert in_one_batch.duplicates == tuple(e.event_id for e in evs)
-    redelivered = fuse(once.belief, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", seen=once.seen)
+    redelivered = fuse(once.belief, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR, seen=once.seen)
     assert redelivered.belief == once.belief
     assert redelivered.applied == ()
 
@@ -102,13 +103,13 @@ def test_same_event_twice_equals_once(belief: Belief | None, evs: list[Evidence]
 def test_order_does_not_matter_without_decay(belief: Belief | None, evs: list[Evidence], rnd: random.Random) -> None:
     shuffled = list(evs)
     rnd.shuffle(shuffled)
-    a = fuse(belief, evs, now=NOW, half_life_s=NO_DECAY, model_version="m").belief
-    b = fuse(belief, shuffled, now=NOW, half_life_s=NO_DECAY, model_version="m").belief
+    a = fuse(belief, evs, now=NOW, half_life_s=NO_DECAY, model_version="m", floor=FLOOR).belief
+    b = fuse(belief, shuffled, now=NOW, half_life_s=NO_DECAY, model_version="m", floor=FLOOR).belief
     assert close(a, b)
     # ...nor how the evidence is split into batches.
     cut = rnd.randrange(1, len(evs))
-    first = fuse(belief, shuffled[:cut], now=NOW, half_life_s=NO_DECAY, model_version="m")
-    c = fuse(first.belief, shuffled[cut:], now=NOW, half_life_s=NO_DECAY, model_version="m",
+    first = fuse(belief, shuffled[:cut], now=NOW, half_life_s=NO_DECAY, model_version="m", floor=FLOOR)
+    c = fuse(first.belief, shuffled[cut:], now=NOW, half_life_s=NO_DECAY, model_version="m", floor=FLOOR,
              seen=first.seen).belief
     assert close(a, c)
 
@@ -118,10 +119,10 @@ def test_order_does_not_matter_with_decay_either(evs: list[Evidence], rnd: rando
     """Every contribution is decayed to the same reference time, so late events are not favoured."""
     shuffled = list(evs)
     rnd.shuffle(shuffled)
-    a = fuse(None, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m").belief
+    a = fuse(None, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR).belief
     cut = rnd.randrange(1, len(evs))
-    first = fuse(None, shuffled[:cut], now=NOW, half_life_s=HALF_LIFE, model_version="m")
-    b = fuse(first.belief, shuffled[cut:], now=NOW, half_life_s=HALF_LIFE, model_version="m",
+    first = fuse(None, shuffled[:cut], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR)
+    b = fuse(first.belief, shuffled[cut:], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR,
              seen=first.seen).belief
     assert close(a, b, rel=1e-9)
 
@@ -141,7 +142,7 @@ def test_many_noisy_observations_converge(true_age: float, noise: float, seed: i
     for i in range(n):
         t = NOW - rnd.uniform(0, 60 * DAY)
         evs.append(Evidence(f"e{i}", t, (t - birth) / YEAR_S + rnd.gauss(0, noise), noise))
-    result = fuse(None, evs, now=NOW, half_life_s=half_life, model_version="m")
+    result = fuse(None, evs, now=NOW, half_life_s=half_life, model_version="m", floor=FLOOR)
     b = result.belief
     assert b is not None
     # Draws below age 0 are refused as invalid, so the bound counts what was applied. The standard
@@ -156,7 +157,7 @@ def test_many_noisy_observations_converge(true_age: float, noise: float, seed: i
 
 def test_fuse_is_precision_weighted() -> None:
     evs = [Evidence("a", NOW, 10.0, 1.0), Evidence("b", NOW, 20.0, 2.0)]  # precisions 1 and 1/4
-    b = fuse(None, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m2").belief
+    b = fuse(None, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m2", floor=FLOOR).belief
     assert b is not None
     assert b.age_at(NOW) == pytest.approx((10 * 1 + 20 * 0.25) / 1.25)
     assert b.precision == pytest.approx(1.25)
@@ -173,7 +174,7 @@ def test_clock_skew_rule_clamps_small_and_refuses_large() -> None:
         Evidence("overconfident", NOW, 20.0, MIN_STD_YEARS / 2),
         Evidence("fine", NOW - DAY, 20.0, 2.0),
     ]
-    r = fuse(None, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", skew=skew)
+    r = fuse(None, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR, skew=skew)
     assert r.applied == ("slightly_future", "fine")
     assert {(x.event_id, x.reason) for x in r.refused} == {
         ("far_future", RefusalReason.FUTURE),
@@ -187,14 +188,14 @@ def test_clock_skew_rule_clamps_small_and_refuses_large() -> None:
 
 
 def test_verified_age_replaces_is_authoritative_and_does_not_decay() -> None:
-    est = fuse(None, [Evidence("a", NOW, 25.0, 3.0)], now=NOW, half_life_s=HALF_LIFE, model_version="m")
+    est = fuse(None, [Evidence("a", NOW, 25.0, 3.0)], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR)
     v = apply_verified(est.belief, verified_age=16.0, verified_at=NOW, now=NOW)
     assert v.verified
     assert v.precision == VERIFIED_PRECISION
     assert v.age_at(NOW) == pytest.approx(16.0)
     assert v.std_at(NOW + 10 * HALF_LIFE, HALF_LIFE) == pytest.approx(0.01)
     later = fuse(v, [Evidence("b", NOW + DAY, 30.0, 1.0)], now=NOW + DAY, half_life_s=HALF_LIFE,
-                 model_version="m")
+                 model_version="m", floor=FLOOR)
     assert later.belief == v
     assert later.ignored == ("b",)
     assert verified_refusal("x", 16.0, NOW + 3600, NOW, ClockSkewRule()) is not None

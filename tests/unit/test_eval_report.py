@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ class FakeEngine:
     def __init__(self, shift: float, minors_shift: float = 0.0) -> None:
         self.shift, self.minors_shift = shift, minors_shift
         self.model_version = f"fake@{shift}/{minors_shift}"
+        self.uncertainty = SimpleNamespace(floor_years=1.0)  # MERGE: model.uncertainty.UncertaintyCalibration
 
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameEstimate | FrameError]:
         out: list[FrameEstimate | FrameError] = []

@@ -1,0 +1,211 @@
+"""Minors ALLOWed and adults burdened as uploads accumulate: the belief's honesty, measured.
+
+    python bench/belief_safety.py [--checkpoint PATH] [--users 400] [--uploads 40] [--quick]
+
+A population that holds the hard cases: users aged 12-25 (every threshold's neighbourhood) plus
+adults 25-40, each with a persistent look-older/younger offset of the synthetic generator's spread
+and per-photo noise, each uploading one 2-frame event a day to adult content under the DEFAULT
+policy. Every upload is scored by the real model (InferenceEngine), fused by the real `fuse` and
+decided by the real `decide`, with hysteresis as the worker keeps it.
+
+Variants, side by side on the same frames:
+- `independent-raw`: the fusion before issue 11 (each frame its own observation, the model's raw
+  std, no floor);
+- `independent-calibrated`: calibrated std, but frames still independent and no floor;
+- `floor` (what the worker does): calibrated std, an event's frames as one observation, and the
+  model's error floor: std = sqrt(1/P + floor^2).
+
+Reports at 1, 2, 5, 10, 20 and 40 uploads: minors (< 18) ALLOWed, adults 18-24 and 25+ ALLOWed, and
+the share of users whose true age lies inside the belief's 50/80/90/95% intervals. Writes
+bench/results/belief_safety.json. States the machine; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from bench.inference import cpu_model  # noqa: E402
+from model.data.synthetic import (  # noqa: E402
+    IMAGE_NOISE_SD,
+    SUBJECT_OFFSET_SD,
+    encode_jpeg,
+    render_face,
+    sample_attributes,
+)
+from model.engine import EncodedFrame, FrameEstimate, InferenceEngine  # noqa: E402
+from stream.belief import Belief, Evidence, event_evidence, fuse  # noqa: E402
+from stream.belief_coverage import interval_shares  # noqa: E402
+from stream.policy import Action, PolicyEvent, decide, load_policy  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "belief_safety.json"
+DAY = 86400.0
+START = 1.79e9
+REPORT_AT = (1, 2, 5, 10, 20, 40)
+FRAMES_PER_UPLOAD = 2
+SURFACE = "adult_content"
+VARIANTS = ("independent-raw", "independent-calibrated", "floor")
+
+
+@dataclass
+class User:
+    age: float  # at the first upload
+    look: float
+    attrs: dict[str, str]
+
+
+def population(rng: np.random.Generator, n_young: int, n_older: int) -> list[User]:
+    ages = list(rng.uniform(12, 25, n_young)) + list(rng.uniform(25, 40, n_older))
+    return [User(float(a), float(rng.normal(0, SUBJECT_OFFSET_SD)), sample_attributes(rng)) for a in ages]
+
+
+def render_uploads(users: list[User], uploads: int, seed: int) -> list[list[EncodedFrame]]:
+    """Per user, uploads x FRAMES_PER_UPLOAD frames, each at age + look + fresh per-photo noise."""
+    out = []
+    for i, u in enumerate(users):
+        rng = np.random.default_rng([seed, i])
+        frames = []
+        for k in range(uploads):
+            age = u.age + k * DAY / (365.25 * DAY)
+            for _ in range(FRAMES_PER_UPLOAD):
+                img = render_face(age + u.look + rng.normal(0, IMAGE_NOISE_SD), u.attrs, rng, size=64)
+                frames.append(EncodedFrame(encode_jpeg(img, rng), "image/jpeg"))
+        out.append(frames)
+    return out
+
+
+def evidence_for(variant: str, event_id: str, t: float, ests: list[FrameEstimate], scale: float,
+                 floor: float) -> tuple[list[Evidence], float]:
+    if variant == "floor":
+        ev = event_evidence(event_id, t, [(e.mean, e.std) for e in ests], floor)
+        return ([ev] if ev is not None else []), floor
+    raw = variant == "independent-raw"
+    return [Evidence(f"{event_id}/{j}", t, e.mean, e.std / scale if raw else e.std) for j, e in enumerate(ests)], 0.0
+
+
+def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: int, scale: float, floor: float,
+             variant: str) -> dict[str, Any]:
+    policy = load_policy(None)
+    rows: dict[int, dict[str, Any]] = {}
+    allowed = {n: {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0} for n in REPORT_AT if n <= uploads}
+    counts = {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0}
+    z: dict[int, list[float]] = {n: [] for n in allowed}
+    examples: list[dict[str, Any]] = []
+    for u, ests in zip(users, estimates, strict=True):
+        group = "minor" if u.age < 18 else ("adult_18_24" if u.age < 25 else "adult_25_plus")
+        counts[group] += 1
+        belief: Belief | None = None
+        prev: Action | None = None
+        for k in range(uploads):
+            t = START + k * DAY
+            frames = ests[k * FRAMES_PER_UPLOAD:(k + 1) * FRAMES_PER_UPLOAD]
+            evs, fl = evidence_for(variant, f"e{k}", t, frames, scale, floor)
+            belief = fuse(belief, evs, now=t, half_life_s=policy.half_life_s, model_version="m", floor=fl).belief
+            d = decide(belief, PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev), policy, now=t)
+            prev = d.action
+            n = k + 1
+            if n in allowed:
+                true_now = u.age + k / 365.25
+                if d.action is Action.ALLOW and true_now < 18:
+                    allowed[n]["minor"] += 1
+                    if len(examples) < 5:
+                        examples.append({"uploads": n, "true_age": round(true_now, 2), "look": round(u.look, 2),
+                                         "age_mean": round(d.evidence.age_mean or 0, 2),
+                                         "age_std": round(d.evidence.age_std or 0, 3)})
+                elif d.action is Action.ALLOW and group != "minor":  # (a minor who turned 18 counts nowhere)
+                    allowed[n][group] += 1
+                if belief is not None:
+                    z[n].append((belief.age_at(t) - true_now) / belief.std_at(t, policy.half_life_s))
+    for n in allowed:
+        rows[n] = {
+            **{f"{g}_allowed": allowed[n][g] / counts[g] if counts[g] else None for g in counts},
+            "minors_allowed_count": allowed[n]["minor"],
+            "coverage": interval_shares(z[n]),
+        }
+    return {"users": counts, "by_uploads": rows, "minor_allowed_examples": examples}
+
+
+def table(results: dict[str, dict[str, Any]], uploads: int) -> str:
+    lines = [f"{'variant':<24} {'uploads':>7} {'minors ALLOWed':>16} {'18-24 ALLOWed':>14} {'25+ ALLOWed':>12} "
+             f"{'cover50':>8} {'cover80':>8} {'cover90':>8} {'cover95':>8}"]
+    for variant, res in results.items():
+        minors = res["users"]["minor"]
+        for n, row in res["by_uploads"].items():
+            cov = row["coverage"]
+            lines.append(
+                f"{variant:<24} {n:>7} {row['minors_allowed_count']:>5}/{minors:<4} ({row['minor_allowed']:6.1%})"
+                f" {row['adult_18_24_allowed']:>14.1%} {row['adult_25_plus_allowed']:>12.1%} "
+                + " ".join(f"{cov[k]:>8.3f}" for k in ("0.50", "0.80", "0.90", "0.95"))
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", help="model (default: the demo model, trained and cached when missing)")
+    parser.add_argument("--users", type=int, default=400, help="users aged 12-25 (plus a quarter as many 25-40)")
+    parser.add_argument("--uploads", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="100 users, 10 uploads (a smoke run)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.users, args.uploads = 100, 10
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+    else:
+        from stream.demo import demo_model
+
+        ckpt = demo_model()
+    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", threads=args.threads)
+    cal = engine.uncertainty
+    rng = np.random.default_rng(args.seed)
+    users = population(rng, args.users, max(1, args.users // 4))
+    frames = render_uploads(users, args.uploads, args.seed)
+    estimates = []
+    for fs in frames:
+        scored = engine.score(fs)
+        if not all(isinstance(r, FrameEstimate) for r in scored):
+            raise SystemExit("a rendered frame failed to decode")
+        estimates.append([r for r in scored if isinstance(r, FrameEstimate)])
+    results = {v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v) for v in VARIANTS}
+    print(f"model {ckpt} (version {engine.model_version}): std_scale {cal.std_scale:.3f}, "
+          f"floor {cal.floor_years:.2f} y ({cal.floor_source})")
+    print(f"population: {len(users)} users ({results['floor']['users']}), one {FRAMES_PER_UPLOAD}-frame upload a "
+          f"day to {SURFACE} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
+          f"{IMAGE_NOISE_SD} y")
+    print(table(results, args.uploads))
+    worst = max(row["minor_allowed"] for row in results["floor"]["by_uploads"].values())
+    print(f"floor variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%)")
+    report = {
+        "benchmark": "belief_safety",
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "checkpoint": str(ckpt), "model_version": engine.model_version,
+        "uncertainty": {"std_scale": cal.std_scale, "floor_years": cal.floor_years, "floor_source": cal.floor_source},
+        "settings": {"users": len(users), "uploads": args.uploads, "seed": args.seed,
+                     "frames_per_upload": FRAMES_PER_UPLOAD, "surface": SURFACE, "policy": "DEFAULT"},
+        "variants": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=lambda x: None if isinstance(x, float)
+                                   and not math.isfinite(x) else x))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

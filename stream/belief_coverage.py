@@ -1,0 +1,70 @@
+"""How honest a fused belief's interval is: coverage of the true age by the number of events fused.
+
+Frame-level calibration (model/uncertainty.py) makes one photo's std honest. Whether a *belief* stays
+honest after many photos of one person depends on fusion: if errors of one person's photos were
+treated as independent, the reported std would shrink as 1/sqrt(n) while the person's real error
+(looking older or younger) does not. This measures it directly: for each subject with at least n
+images, fuse their first n images (each its own event, with the model's error floor) the way the
+worker does, and count how often the true age falls inside the belief's central 50/80/90/95%
+intervals. Calibrated means each share is close to its nominal level at every n.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from statistics import NormalDist
+from typing import Any
+
+from stream.belief import Evidence, event_evidence, fuse
+
+NOMINAL_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+FUSED_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16)
+_NOW = 1.7e9
+_Z = {level: NormalDist().inv_cdf(0.5 + level / 2) for level in NOMINAL_LEVELS}
+
+
+def interval_shares(z_scores: Sequence[float]) -> dict[str, float | None]:
+    """Share of |z| inside each nominal central interval (None without data)."""
+    n = len(z_scores)
+    return {f"{level:.2f}": (sum(abs(z) <= _Z[level] for z in z_scores) / n if n else None)
+            for level in NOMINAL_LEVELS}
+
+
+def belief_coverage(
+    subjects: Mapping[str, Sequence[tuple[float, float, float]]],
+    *,
+    floor: float,
+    counts: Sequence[int] = FUSED_COUNTS,
+) -> dict[str, Any]:
+    """`subjects`: per subject, its images as (true age, estimated mean, calibrated std), in order.
+
+    The target after fusing n images is the mean of their true ages (each estimate is of its own
+    image's age). Returns per n: subjects used and the share inside each nominal interval, plus the
+    frame-level figures (every image alone, its own std, no floor) beside them.
+    """
+    frame_z = [(m - age) / s for images in subjects.values() for age, m, s in images if s > 0]
+    by_count: dict[str, Any] = {}
+    for n in counts:
+        zs: list[float] = []
+        for sid, images in subjects.items():
+            if len(images) < n:
+                continue
+            used = images[:n]
+            evs: list[Evidence] = []
+            for k, (_, m, s) in enumerate(used):
+                ev = event_evidence(f"{sid}/{k}", _NOW - 60.0 * (n - k), [(m, s)], floor)
+                if ev is not None:
+                    evs.append(ev)
+            belief = fuse(None, evs, now=_NOW, half_life_s=math.inf, model_version="eval", floor=floor).belief
+            if belief is None:
+                continue
+            target = sum(age for age, _, _ in used) / n
+            zs.append((belief.age_at(_NOW) - target) / belief.std_at(_NOW, math.inf))
+        by_count[str(n)] = {"subjects": len(zs), "coverage": interval_shares(zs)}
+    return {
+        "floor_years": floor,
+        "nominal": [f"{level:.2f}" for level in NOMINAL_LEVELS],
+        "frame": {"images": len(frame_z), "coverage": interval_shares(frame_z)},
+        "by_fused_count": by_count,
+    }

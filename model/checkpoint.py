@@ -160,6 +160,30 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(path, f"metadata is invalid: {exc}") from None
 
 
+def update_extra(path: str | Path, updates: Mapping[str, Any]) -> Path:
+    """Rewrite a checkpoint with `updates` merged into its metadata's `extra`, atomically.
+
+    Tensors and every other metadata field are kept exactly as they were (the raw JSON is edited, so
+    fields this code does not know survive), and the weights hash stays valid: only the header changes.
+    Used to attach what is learned after training (the uncertainty calibration) to the promoted model.
+    """
+    path = Path(path)
+    read_meta(path)  # a clear CheckpointError for anything that is not a valid checkpoint
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(path, f"tensor data unreadable (truncated or corrupt?): {exc}") from None
+    raw = json.loads(header[_META_KEY])
+    raw["extra"] = {**raw.get("extra", {}), **updates}
+    header[_META_KEY] = json.dumps(raw, sort_keys=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return path
+
+
 def load_checkpoint(
     path: str | Path, *, expect: Mapping[str, Any] | None = None, map_location: str = "cpu"
 ) -> LoadedCheckpoint:

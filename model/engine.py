@@ -21,6 +21,7 @@ from model.checkpoint import CheckpointMeta, load_checkpoint
 from model.config import ModelConfig
 from model.decode import DecodeError, DecodeLimits, decode_rgb
 from model.models import AgeModel, Prediction, fuse_for_inference
+from model.uncertainty import UncertaintyCalibration
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,13 @@ class InferenceEngine:
         self.device = resolve_device(device)
         self.config: ModelConfig = model.config
         self.meta = meta
+        # Calibration fitted at training time: every std this engine returns is scaled by it, so all
+        # consumers (worker, replay, shadow, eval) see calibrated std. Without meta: scale 1, default floor.
+        self.uncertainty = (
+            UncertaintyCalibration.from_meta(meta)
+            if meta is not None
+            else UncertaintyCalibration(floor_source="default: engine built without checkpoint metadata")
+        )
         self.limits = limits or DecodeLimits()
         self.max_batch = max_batch
         self.model = fuse_for_inference(model).to(self.device).eval()
@@ -116,6 +124,11 @@ class InferenceEngine:
     @property
     def model_version(self) -> str:
         return self.config.model_version
+
+    @property
+    def error_floor_years(self) -> float:
+        """The model's persistent per-person error (sd, years) that fusing more frames cannot remove."""
+        return self.uncertainty.floor_years
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
@@ -144,7 +157,7 @@ class InferenceEngine:
         return DecodedBatch(pixels, tuple(indices), errors, len(frames))
 
     def infer(self, pixels: torch.Tensor) -> Prediction:
-        """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors."""
+        """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors, std calibrated (see `uncertainty`)."""
         n = pixels.shape[0]
         if n == 0:
             empty = torch.zeros(0)
@@ -161,10 +174,13 @@ class InferenceEngine:
                     out = self.model(x)
                 pred = self.model.predict(out.float()[:n])
                 return Prediction(
-                    pred.mean.cpu(), pred.std.cpu(), pred.probs.cpu() if pred.probs is not None else None
+                    pred.mean.cpu(),
+                    self.uncertainty.apply(pred.std.cpu()),
+                    pred.probs.cpu() if pred.probs is not None else None,
                 )
             out = self.model(pixels)
-            return self.model.predict(out)
+            pred = self.model.predict(out)
+            return Prediction(pred.mean, self.uncertainty.apply(pred.std), pred.probs)
 
     # -- both --------------------------------------------------------------------------------------
 

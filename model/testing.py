@@ -19,6 +19,7 @@ TINY_EPOCHS = 4
 def train_tiny_checkpoint(out_dir: Path, *, seed: int = 0, model: str = "age_regressor") -> Path:
     """A small model trained in seconds that separates children (8-12) from adults (30-50) clearly.
 
+    Calibrated like any trained model (train() stores the std scale and error floor in its metadata).
     Cached: a valid checkpoint for the same model and seed already in `out_dir` is returned as is.
     """
     from model.train import TrainSettings, train
@@ -28,7 +29,9 @@ def train_tiny_checkpoint(out_dir: Path, *, seed: int = 0, model: str = "age_reg
     if best.exists():
         try:
             meta = read_meta(best)
-            if meta.config.name == model and meta.extra.get("settings", {}).get("seed") == seed:
+            # Without "uncertainty" it was trained before calibration existed: retrain so it has one.
+            if (meta.config.name == model and meta.extra.get("settings", {}).get("seed") == seed
+                    and "uncertainty" in meta.extra):
                 return best
         except CheckpointError:
             pass  # stale or damaged cache: retrain below

@@ -25,12 +25,14 @@ from typing import Any
 import torch
 
 from model.checkpoint import code_version as package_version
-from model.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from model.checkpoint import load_checkpoint, read_meta, save_checkpoint, update_extra
 from model.config import ModelConfig
 from model.data.loaders import SplitTensors, load_split_tensors
 from model.data.manifest import content_hash, load_manifest
 from model.engine import resolve_device
+from model.evaluation.calibration import coverage
 from model.models import AgeModel, BucketClassifier, create_model
+from model.uncertainty import UncertaintyCalibration, fit_calibration
 
 THRESHOLDS: tuple[float, ...] = (13.0, 16.0, 18.0)
 
@@ -267,17 +269,68 @@ def train(s: TrainSettings) -> dict[str, Any]:
     best_path = Path(best[0][1])
     tmp = out / "best.safetensors.tmp"
     shutil.copyfile(best_path, tmp)
+    calibration, uncertainty = calibrate_uncertainty(tmp, va, device)  # before it becomes visible as best
     os.replace(tmp, out / "best.safetensors")  # readers (tests sharing a cache) never see half a file
     result: dict[str, Any] = {
-        "best": str(out / "best.safetensors"), "val": read_meta(best_path).metrics, "history": history
+        "best": str(out / "best.safetensors"), "val": read_meta(best_path).metrics, "history": history,
+        "uncertainty": uncertainty,
     }
     te_rows = manifest.split("test")
     if te_rows:
         te = load_split_tensors(manifest, te_rows, s.input_size, workers=s.workers)
         best_model = load_checkpoint(out / "best.safetensors").model.to(device)
-        result["test"] = summarize(best_model, predict_split(best_model, te, device))
+        te_pred = predict_split(best_model, te, device)
+        result["test"] = summarize(best_model, te_pred)
+        uncertainty["test_coverage"] = coverage_before_after(te_pred, calibration)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     return result
+
+
+# -- uncertainty calibration (one step after training; see model/uncertainty.py) ---------------------
+
+COVERAGE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+
+
+def coverage_before_after(
+    pred: dict[str, torch.Tensor], calibration: UncertaintyCalibration
+) -> dict[str, dict[str, float]]:
+    """Share of frames whose true age lies in the central 50/80/90/95% Gaussian intervals, raw and calibrated."""
+    age, mean, std = pred["age"].numpy(), pred["mean"].numpy(), pred["std"].numpy()
+    return {
+        "before": coverage(age, mean, std, COVERAGE_LEVELS),
+        "after": coverage(age, mean, calibration.apply(pred["std"]).numpy(), COVERAGE_LEVELS),
+    }
+
+
+def calibrate_uncertainty(
+    checkpoint: Path, va: SplitTensors, device: torch.device
+) -> tuple[UncertaintyCalibration, dict[str, Any]]:
+    """Fit the std scale and estimate the error floor on the validation split, by subject, and store them
+    in the checkpoint's metadata (extra["uncertainty"]), where the engine reads them.
+
+    Runs on the checkpoint about to be promoted to best.safetensors, so every promoted model carries
+    its calibration. Never the test split: that would grade the calibration on what it was fitted on.
+    """
+    loaded = load_checkpoint(checkpoint)
+    model = loaded.model.to(device)
+    pred = predict_split(model, va, device)
+    errors = (pred["mean"] - pred["age"]).numpy()
+    calibration = fit_calibration(errors, pred["std"].numpy(), [r.subject_id for r in va.rows])
+    update_extra(checkpoint, {"uncertainty": calibration.to_dict()})
+    summary = {**calibration.to_dict(), "val_coverage": coverage_before_after(pred, calibration)}
+    return calibration, summary
+
+
+def format_uncertainty(u: dict[str, Any]) -> str:
+    lines = [f"uncertainty: std scale {u['std_scale']:.3f} (fitted on {u['fitted_on']} val frames); error floor "
+             f"{u['floor_years']:.2f} years ({u['floor_source']}, {u['floor_subjects']} subjects)"]
+    for split in ("val", "test"):
+        cov = u.get(f"{split}_coverage")
+        if cov:
+            for when in ("before", "after"):
+                levels = "  ".join(f"{k} {v:.3f}" for k, v in cov[when].items())
+                lines.append(f"{split} frame coverage {when:<6} calibration: {levels}")
+    return "\n  ".join(lines)
 
 
 def format_metrics(name: str, m: dict[str, float]) -> str:
@@ -317,5 +370,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_metrics("val (best)", result["val"]))
     if "test" in result:
         print(format_metrics("test", result["test"]))
+    print(format_uncertainty(result["uncertainty"]))
     print(f"best checkpoint: {result['best']}")
     return 0

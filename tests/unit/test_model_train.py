@@ -13,6 +13,7 @@ import torch
 from model import train as train_mod
 from model.checkpoint import load_checkpoint
 from model.data.synthetic import generate_dataset
+from model.uncertainty import DEFAULT_ERROR_FLOOR_YEARS, UncertaintyCalibration
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,17 @@ def test_train_cli_writes_best_checkpoints_recovery_and_metrics(
     best = load_checkpoint(tmp_path / "best.safetensors")
     assert best.meta.dataset_hash == resolved["dataset_hash"]
     assert best.config.name == model
-    assert "test:" in capsys.readouterr().out
+    # The promoted checkpoint carries its calibration, fitted on val; this val split has too few
+    # multi-image subjects for a floor, so the documented default is used and says why.
+    uncertainty = UncertaintyCalibration.from_dict(best.meta.extra["uncertainty"])
+    assert uncertainty.std_scale > 0
+    assert uncertainty.fitted_on == metrics["uncertainty"]["fitted_on"] > 0
+    assert uncertainty.floor_years == DEFAULT_ERROR_FLOOR_YEARS
+    assert uncertainty.floor_source.startswith("default: only")
+    assert set(metrics["uncertainty"]["test_coverage"]["after"]) == {"p50", "p80", "p90", "p95"}
+    printed = capsys.readouterr().out
+    assert "test:" in printed
+    assert "test frame coverage after  calibration" in printed
     # A second run into the same folder must be an explicit resume.
     assert train_mod.run(_args(manifest, tmp_path, epochs=3, model=model)) == 2
 

@@ -88,9 +88,9 @@ def replay_policy(
 
     Each subject is a user: their frames are fused into one belief with the belief module's own
     `fuse` (each image its own event, one minute apart, with the model's error `floor`) and the
-    policy decides once, as the worker would after seeing those photos. Rows without a subject id are users of one frame (which
-    the policy's `min_observations` may keep from ALLOW). The user's true age is the mean of their
-    rows' ages. `now` is fixed so a replay is reproducible.
+    policy decides once, as the worker would after seeing those photos. Rows without a subject id
+    are users of one frame (which the policy's `min_observations` may keep from ALLOW). The
+    user's true age is the mean of their rows' ages. `now` is fixed so a replay is reproducible.
     """
     from stream import belief as bl
     from stream import policy as pol

@@ -5,8 +5,8 @@ trained on synthetic data sees the same kind of faces. The stream holds the hard
 easy ones: most users are aged near the 13/16/18 thresholds and their buffers, every user has a
 persistent look-older/younger offset of the generator's spread (someone who looks 21 at 16 looks 21
 in every photo) plus per-photo noise, and a share of users upload tens of times, which is where
-fusion that believed one person's photos to be independent would grow overconfident. Bad events (a chosen share) cover what
-producers get wrong: random bytes, truncated Avro, an unknown schema id, frames that are all
+fusion that believed one person's photos to be independent would grow overconfident. Bad events
+(a chosen share) cover what producers get wrong: random bytes, truncated Avro, an unknown schema id, frames that are all
 corrupt or empty.
 """
 

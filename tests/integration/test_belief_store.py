@@ -138,7 +138,8 @@ async def test_redelivered_events_change_nothing(store: BeliefStore, client: aio
     evs = [Evidence("a", NOW - DAY, 20.0, 2.0), Evidence("b", NOW, 22.0, 3.0)]
     first = await store.apply({"bob": evs}, now=NOW, model_version="m", floor=FLOOR)
     raw_before = await client.hgetall(store.belief_key("bob"))
-    again = await store.apply({"bob": [*evs, Evidence("c", NOW, 21.0, 2.0)]}, now=NOW + 60, model_version="m", floor=FLOOR)
+    again = await store.apply({"bob": [*evs, Evidence("c", NOW, 21.0, 2.0)]}, now=NOW + 60, model_version="m",
+                              floor=FLOOR)
     assert again.duplicates["bob"] == ("a", "b")
     assert again.applied["bob"] == ("c",)
     assert again["bob"].observations == 3
@@ -188,7 +189,8 @@ async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, clie
 
 async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, client: aioredis.Redis,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)  # loads script
+    # loads the script
+    await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     pipelines = 0
     real_pipeline = client.pipeline
 
@@ -221,7 +223,8 @@ async def test_get_many_decays_to_now_and_reports_missing(store: BeliefStore) ->
 
 
 async def test_refused_evidence_is_reported_and_verified_refusal_raises(store: BeliefStore) -> None:
-    r = await store.apply({"hank": [Evidence("future", NOW + 3600, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
+    r = await store.apply({"hank": [Evidence("future", NOW + 3600, 20.0, 2.0)]}, now=NOW, model_version="m",
+                          floor=FLOOR)
     assert "hank" not in r
     assert [x.event_id for x in r.refused["hank"]] == ["future"]
     with pytest.raises(VerifiedAgeRefused):

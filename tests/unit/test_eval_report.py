@@ -6,7 +6,6 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from model.evaluation.report import (
     require_same_dataset,
     write_metrics_json,
 )
+from model.uncertainty import UncertaintyCalibration
 from stream import evaluate
 from stream.cli import main
 
@@ -33,7 +33,7 @@ class FakeEngine:
     def __init__(self, shift: float, minors_shift: float = 0.0) -> None:
         self.shift, self.minors_shift = shift, minors_shift
         self.model_version = f"fake@{shift}/{minors_shift}"
-        self.uncertainty = SimpleNamespace(floor_years=1.0)  # MERGE: model.uncertainty.UncertaintyCalibration
+        self.uncertainty = UncertaintyCalibration(floor_years=1.0, floor_source="test")
 
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameEstimate | FrameError]:
         out: list[FrameEstimate | FrameError] = []

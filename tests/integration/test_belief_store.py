@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from stream.belief import YEAR_S, Belief, Evidence, apply_verified, fuse, verified_refusal
+from stream.belief import YEAR_S, Belief, Evidence, apply_verified, event_evidence, fuse, verified_refusal
 from stream.belief_store import BeliefStore, SurfaceKey, VerifiedAgeRefused
 from stream.errors import DependencyUnavailable
 from stream.policy import Action, PolicyEvent, decide, load_policy
@@ -271,23 +271,30 @@ async def test_worked_example_signup_three_uploads_verified_age(store: BeliefSto
     RV, RESTRICT, BLOCK, ALLOW = (Action.REQUIRE_VERIFICATION, Action.RESTRICT, Action.BLOCK, Action.ALLOW)
     # Day 0, signup with a declared age and no selfie: no belief, nothing allowed.
     assert await decide_all(NOW) == {s: (RV, ("no_belief",)) for s in surfaces}
+    # Each upload: one frame with calibrated std 2.33 from a model whose error floor is 1.2 years, so
+    # 2.0 years of it is independent: the belief's std is sqrt(4/n + 1.2^2), never below 1.2.
+    floor = 1.2
+    frame_std = math.sqrt(4.0 + floor**2)
+    contradicted = "declared_age_contradicted"
     steps = [
-        (Evidence("up1", NOW + 1 * DAY, 14.0, 2.0), 14.0, 2.0,
+        ("up1", NOW + 1 * DAY, 14.0, 14.0, frame_std,
          {"messaging_unknown_adults": (RV, ("insufficient_evidence",)),
           "adult_content": (BLOCK, ("estimated_under_age",))}),
-        (Evidence("up2", NOW + 2 * DAY, 13.5, 2.0), 13.75, 1.414,
-         {"messaging_unknown_adults": (RESTRICT, ("estimated_under_age", "declared_age_contradicted")),
-          "adult_content": (BLOCK, ("estimated_under_age", "declared_age_contradicted"))}),
-        (Evidence("up3", NOW + 3 * DAY, 14.2, 2.0), 13.9, 1.155,
-         {"messaging_unknown_adults": (RESTRICT, ("estimated_under_age", "declared_age_contradicted")),
-          "adult_content": (BLOCK, ("estimated_under_age", "declared_age_contradicted"))}),
+        ("up2", NOW + 2 * DAY, 13.5, 13.75, math.sqrt(2.0 + floor**2),
+         {"messaging_unknown_adults": (RV, ("uncertain", contradicted)),
+          "adult_content": (BLOCK, ("estimated_under_age", contradicted))}),
+        ("up3", NOW + 3 * DAY, 14.2, 13.9, math.sqrt(4.0 / 3 + floor**2),
+         {"messaging_unknown_adults": (RV, ("uncertain", contradicted)),
+          "adult_content": (BLOCK, ("estimated_under_age", contradicted))}),
     ]
-    for ev, age, std, expected in steps:
-        r = await store.apply({user: [ev]}, now=ev.observed_at, model_version="m1", floor=FLOOR)
+    for event_id, at, mean, age, std, expected in steps:
+        ev = event_evidence(event_id, at, [(mean, frame_std)], floor)
+        assert ev is not None
+        r = await store.apply({user: [ev]}, now=at, model_version="m1", floor=floor)
         b = r[user]
-        assert b.age_at(ev.observed_at) == pytest.approx(age, abs=0.01)
-        assert b.std_at(ev.observed_at, HALF_LIFE) == pytest.approx(std, abs=0.01)
-        assert await decide_all(ev.observed_at) == expected
+        assert b.age_at(at) == pytest.approx(age, abs=0.01)
+        assert b.std_at(at, HALF_LIFE) == pytest.approx(std, abs=0.001)
+        assert await decide_all(at) == expected
     # Day 10, an ID check says 17.0: authoritative, overriding the estimate and the held RESTRICT.
     v = await store.apply_verified(user, event_id="id-check", verified_age=17.0, verified_at=NOW + 10 * DAY,
                                    now=NOW + 10 * DAY)

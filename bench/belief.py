@@ -60,7 +60,7 @@ def batches(n_users: int, batch_size: int, rounds: int, per_user: int) -> list[d
 async def run_pipelined(store: BeliefStore, work: list[dict[str, list[Evidence]]]) -> float:
     t0 = time.perf_counter()
     for batch in work:
-        await store.apply(batch, now=NOW + 3600, model_version="bench")
+        await store.apply(batch, now=NOW + 3600, model_version="bench", floor=2.0)
     return time.perf_counter() - t0
 
 
@@ -68,7 +68,7 @@ async def run_per_user(store: BeliefStore, work: list[dict[str, list[Evidence]]]
     t0 = time.perf_counter()
     for batch in work:
         for user, evs in batch.items():
-            await store.apply({user: evs}, now=NOW + 3600, model_version="bench")
+            await store.apply({user: evs}, now=NOW + 3600, model_version="bench", floor=2.0)
     return time.perf_counter() - t0
 
 
@@ -103,7 +103,7 @@ async def main() -> None:
     try:
         work = batches(n_users, batch_size, rounds, per_user)
         updates = sum(len(b) for b in work)
-        await store.apply(work[0], now=NOW, model_version="warmup")  # load the script, warm connections
+        await store.apply(work[0], now=NOW, model_version="warmup", floor=2.0)  # load the script, warm connections
         store_p = BeliefStore(client, prefix=prefix + "p", half_life_s=365 * 86400.0, ttl_s=3600.0)
         store_s = BeliefStore(client, prefix=prefix + "s", half_life_s=365 * 86400.0, ttl_s=3600.0)
         t_pipe = await run_pipelined(store_p, work)

@@ -268,7 +268,7 @@ async def test_worked_example_signup_three_uploads_verified_age(store: BeliefSto
         await store.record_actions({k: out[k.surface][0] for k in keys})
         return out
 
-    RV, RESTRICT, BLOCK, ALLOW = (Action.REQUIRE_VERIFICATION, Action.RESTRICT, Action.BLOCK, Action.ALLOW)
+    RV, BLOCK, ALLOW = Action.REQUIRE_VERIFICATION, Action.BLOCK, Action.ALLOW
     # Day 0, signup with a declared age and no selfie: no belief, nothing allowed.
     assert await decide_all(NOW) == {s: (RV, ("no_belief",)) for s in surfaces}
     # Each upload: one frame with calibrated std 2.33 from a model whose error floor is 1.2 years, so

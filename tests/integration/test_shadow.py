@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from model.engine import EncodedFrame, FrameEstimate, FrameResult, InferenceEngine
 from stream import events, metrics
-from stream.belief import Evidence
+from stream.belief import event_evidence
 from stream.belief_store import BeliefStore
 from stream.config import Settings
 from stream.kafka_sink import KafkaSink
@@ -39,7 +39,8 @@ async def _run(settings: Settings, redis_url: str, live: InferenceEngine,
     store = BeliefStore(client, prefix=f"sh{uuid.uuid4().hex[:8]}", half_life_s=365 * 86400.0, ttl_s=400 * 86400.0)
     sink = KafkaSink(settings)
     shadow = ShadowScorer(score=shadow_score, model_version=shadow_version, policy=policy, sink=sink,  # type: ignore[arg-type]
-                          topic=shadow_topic(settings), half_life_s=store.half_life_s)
+                          topic=shadow_topic(settings), half_life_s=store.half_life_s,
+                          error_floor=live.uncertainty.floor_years)
     live_actions, bodies = [], []
     try:
         for i in range(n_events):
@@ -47,16 +48,19 @@ async def _run(settings: Settings, redis_url: str, live: InferenceEngine,
             frames = [EncodedFrame(face(30, seed=10 * i + k), "image/jpeg") for k in range(2)]
             record = events.upload(f"u{i}", at=t, surface="profile_photo", event_id=str(uuid.uuid4()))
             live_results: list[FrameResult] = live.score(frames)
-            evidence = [Evidence(f"{record['event_id']}/{k}", t, r.mean, r.std)
-                        for k, r in enumerate(live_results) if isinstance(r, FrameEstimate)]
-            belief = (await store.apply({f"u{i}": evidence}, now=t, model_version=live.model_version)).get(f"u{i}")
+            floor = live.uncertainty.floor_years
+            ev = event_evidence(str(record["event_id"]), t,
+                                [(r.mean, r.std) for r in live_results if isinstance(r, FrameEstimate)], floor)
+            evidence = [ev] if ev is not None else []
+            belief = (await store.apply({f"u{i}": evidence}, now=t, model_version=live.model_version,
+                                        floor=floor)).get(f"u{i}")
             event = PolicyEvent("DEFAULT", "profile_photo", t)
             decision = decide(belief, event, policy, now=t, half_life_s=store.half_life_s)
             live_actions.append(decision.action)
             shadow_results = await shadow.score_resolved(frames)
             body = await shadow.observe(SourceRecord("uploads", 0, i, None, None, 0), record=record, event=event,
                                         live=decision, live_results=live_results, shadow_results=shadow_results,
-                                        belief_after=belief)
+                                        belief_after=belief, live_floor=floor)
             assert body is not None
             bodies.append(body)
     finally:

@@ -160,8 +160,8 @@ async def test_same_window_twice_is_byte_identical(env: dict[str, Any]) -> None:
     scored = [x["decision"] for x in lines if x["decision"]["evidence"]["frames_scored"]]
     assert len(scored) == 6
     assert all(d["model_version"] == "age_regressor@s0" for d in scored)
-    # Second upload of each user saw the first: 4 observations (2 frames each).
-    assert sorted(d["evidence"]["observations"] for d in scored) == [2, 2, 2, 4, 4, 4]
+    # Second upload of each user saw the first: 2 observations (an event's 2 frames are one).
+    assert sorted(d["evidence"]["observations"] for d in scored) == [1, 1, 1, 2, 2, 2]
 
 
 def test_killed_replay_resumes_to_the_uninterrupted_output(env: dict[str, Any], redis_url: str) -> None:

@@ -34,7 +34,9 @@ def _value(name: str, labels: dict[str, str] | None = None) -> float:
 async def _run(settings: Settings, redis_url: str, live: InferenceEngine,
                shadow_score: object, shadow_version: str, n_events: int,
                ) -> tuple[list[Action], list[dict[str, Any]]]:
-    policy = load_policy(None)
+    # One event per user: let one observation suffice, so the live model can ALLOW (this tests the
+    # shadow's accounting, not min_observations).
+    policy = dataclasses.replace(load_policy(None), min_observations=1)
     client = aioredis.Redis.from_url(redis_url)
     store = BeliefStore(client, prefix=f"sh{uuid.uuid4().hex[:8]}", half_life_s=365 * 86400.0, ttl_s=400 * 86400.0)
     sink = KafkaSink(settings)

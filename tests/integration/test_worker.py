@@ -138,11 +138,15 @@ def test_actions_are_right_for_clearly_under_age_and_clearly_adult_users(referen
             continue
         decision = reference.outputs.decisions[p.idempotency_key][0]
         age = p.event.true_age
+        ev = decision["evidence"]
         if age < 12:
             under += 1
             assert decision["action"] != "ALLOW", decision  # a child is never allowed anywhere
-        elif age >= 25 and decision["evidence"]["observations"] >= 4 and not decision["evidence"]["verified"]:
-            adult_total += 1
+        if decision["surface"] == "adult_content" and age < 18:
+            assert decision["action"] != "ALLOW", decision  # nor is any minor allowed adult content
+        if (ev["threshold"] is not None and age >= ev["threshold"] + ev["buffer"] + 8
+                and ev["observations"] >= 2 and not ev["verified"]):
+            adult_total += 1  # clearly above the bar, with the evidence the policy asks for
             adult_right += decision["action"] == "ALLOW"
     assert under > 10
     assert adult_total > 10

@@ -228,6 +228,9 @@ class BeliefStage:
                 {r.user_id: r.evidences for r in estimated}, now=now, model_version=self.model_version
             )
             for r in estimated:
+                if r.user_id in result.errors:  # this user's data only: its event is dead-lettered
+                    r.future.set_exception(result.errors[r.user_id])
+                    continue
                 beliefs[r.user_id] = result.get(r.user_id)
                 previous[r.user_id] = result.previous_actions.get(r.user_id, {})
             refused = {r.user_id: len(result.refused.get(r.user_id, ())) for r in estimated}

@@ -307,7 +307,12 @@ class BeliefStore:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for i in idx:
                         user_id, args = calls[i]
-                        pipe.evalsha(sha, 2, self.belief_key(user_id), self.events_key(user_id), *args)
+                        # Not pipe.evalsha: redis-py blocks that method on cluster pipelines (it
+                        # cannot know a script's keys share a slot); the generic command is routed by
+                        # its declared keys, which share a slot by construction (user_key).
+                        pipe.execute_command(
+                            "EVALSHA", sha, 2, self.belief_key(user_id), self.events_key(user_id), *args
+                        )
                     return list(await pipe.execute(raise_on_error=False))
 
             results = await self._guard(run)
@@ -336,8 +341,14 @@ class BeliefStore:
     async def _guard(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
-        except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+        except (*_SERVER_STATE_ERRORS, OSError) as exc:
             raise DependencyUnavailable(f"redis: {exc}") from exc
+        except redis_exc.RedisClusterException as exc:
+            # The cluster client wraps "no node reachable" and "slot not covered" in its own class;
+            # its other uses are client-side misuse (a bug), which must not be retried forever.
+            if isinstance(exc, redis_exc.SlotNotCoveredError) or isinstance(exc.__cause__, _SERVER_STATE_ERRORS):
+                raise DependencyUnavailable(f"redis cluster: {exc}") from exc
+            raise
 
     def _parse_reply(self, reply: Any) -> tuple[str, Belief | None, dict[str, Action]]:
         parts = [_text(p) for p in reply]

@@ -1,4 +1,10 @@
-"""The Redis belief store against a real Redis: Lua == Python, atomicity, idempotency, TTL, NOSCRIPT."""
+"""The Redis belief store against a real Redis and a real Redis Cluster: one contract for both.
+
+Lua == Python, atomicity, idempotency, TTL, NOSCRIPT, and user ids of any content. Every test runs
+twice: `[redis]` against the plain server, `[cluster]` against the Redis Cluster (locally one node
+owning all 16384 slots, which enforces the same CROSSSLOT rule as a many-node cluster), each through
+`stream.runtime.redis_client`, the factory the worker and replay use.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,17 @@ import asyncio
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from stream.belief import YEAR_S, Belief, Evidence, apply_verified, fuse, verified_refusal
-from stream.belief_store import BeliefStore, SurfaceKey, VerifiedAgeRefused
+from stream.belief_store import BeliefStore, RedisClient, SurfaceKey, VerifiedAgeRefused
+from stream.config import load_settings
 from stream.errors import DependencyUnavailable
 from stream.policy import Action, PolicyEvent, decide, load_policy
+from stream.runtime import redis_client
 
 pytestmark = pytest.mark.integration
 
@@ -25,15 +32,31 @@ HALF_LIFE = 365 * DAY
 TTL = 400 * DAY
 
 
+Connect = Callable[[], RedisClient]
+
+
+def connector(url: str, *, cluster: bool) -> Connect:
+    settings = load_settings(environ={}, redis_url=url, redis_cluster=cluster)
+    return lambda: redis_client(settings)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def connect(request: pytest.FixtureRequest) -> Connect:
+    """A client factory for the plain Redis or the Redis Cluster (the fixture's parameter)."""
+    if request.param == "redis":
+        return connector(request.getfixturevalue("redis_url"), cluster=False)
+    return connector(request.getfixturevalue("redis_cluster_url"), cluster=True)
+
+
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
+async def client(connect: Connect) -> AsyncIterator[RedisClient]:
+    c = connect()
     yield c
     await c.aclose()
 
 
 @pytest.fixture
-async def prefix(client: aioredis.Redis) -> AsyncIterator[str]:
+async def prefix(client: RedisClient) -> AsyncIterator[str]:
     """A namespace of this test alone, removed afterwards so a shared Redis does not fill up."""
     p = f"t{uuid.uuid4().hex[:10]}"
     yield p
@@ -43,7 +66,7 @@ async def prefix(client: aioredis.Redis) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def store(client: aioredis.Redis, prefix: str) -> BeliefStore:
+def store(client: RedisClient, prefix: str) -> BeliefStore:
     return BeliefStore(client, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL)
 
 
@@ -107,9 +130,9 @@ async def test_lua_equals_python_on_random_histories(store: BeliefStore) -> None
             model[u] = (expected, model[u][1] | {eid})
 
 
-async def test_concurrent_updates_of_one_user_lose_nothing(redis_url: str, prefix: str) -> None:
+async def test_concurrent_updates_of_one_user_lose_nothing(connect: Connect, prefix: str) -> None:
     """Twenty tasks on twenty connections update one user at once; every observation survives."""
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(20)]
+    clients = [connect() for _ in range(20)]
     try:
         stores = [BeliefStore(c, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL) for c in clients]
         batches = [
@@ -132,7 +155,7 @@ async def test_concurrent_updates_of_one_user_lose_nothing(redis_url: str, prefi
             await c.aclose()
 
 
-async def test_redelivered_events_change_nothing(store: BeliefStore, client: aioredis.Redis) -> None:
+async def test_redelivered_events_change_nothing(store: BeliefStore, client: RedisClient) -> None:
     evs = [Evidence("a", NOW - DAY, 20.0, 2.0), Evidence("b", NOW, 22.0, 3.0)]
     first = await store.apply({"bob": evs}, now=NOW, model_version="m")
     raw_before = await client.hgetall(store.belief_key("bob"))
@@ -152,7 +175,7 @@ async def test_redelivered_events_change_nothing(store: BeliefStore, client: aio
     assert v1.observations == 4
 
 
-async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client: aioredis.Redis) -> None:
+async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client: RedisClient) -> None:
     await store.apply({"carol": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
     ttl_ms = TTL * 1000
     for key in (store.belief_key("carol"), store.events_key("carol")):
@@ -169,7 +192,7 @@ async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client:
     assert await client.pttl(store.belief_key("carol")) <= 5_000
 
 
-async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, client: aioredis.Redis) -> None:
+async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, client: RedisClient) -> None:
     await store.apply({"erin": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")
     sha = store._script.sha
     await client.script_flush()
@@ -184,7 +207,7 @@ async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, clie
     assert b.verified
 
 
-async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, client: aioredis.Redis,
+async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, client: RedisClient,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")  # loads script
     pipelines = 0
@@ -235,8 +258,10 @@ async def test_previous_actions_round_trip(store: BeliefStore) -> None:
     assert r.previous_actions["ivy"] == {"GB/adult_content": Action.RESTRICT}
 
 
-async def test_redis_down_is_dependency_unavailable() -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_redis_down_is_dependency_unavailable(cluster: bool) -> None:
+    settings = load_settings(environ={}, redis_url="redis://127.0.0.1:1/0", redis_cluster=cluster)
+    dead = redis_client(settings)
     store = BeliefStore(dead, prefix="x", half_life_s=HALF_LIFE, ttl_s=TTL)
     with pytest.raises(DependencyUnavailable):
         await store.apply({"u": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m")

@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from stream.belief import YEAR_S, Belief, Evidence, apply_verified, fuse, verified_refusal
-from stream.belief_store import BeliefStore, RedisClient, SurfaceKey, VerifiedAgeRefused
+from stream.belief_store import BeliefStore, BeliefUpdateFailed, RedisClient, SurfaceKey, VerifiedAgeRefused
 from stream.config import load_settings
 from stream.errors import DependencyUnavailable
 from stream.policy import Action, PolicyEvent, decide, load_policy
@@ -322,3 +324,72 @@ async def test_worked_example_signup_three_uploads_verified_age(store: BeliefSto
                           model_version="m1")
     assert r.ignored[user] == ("up4",)
     assert r[user] == v
+
+
+# Ids that broke the raw `{user_id}` hash tag (empty, braces) or that no key name should carry
+# (10 KB, control characters, text that is not valid UTF-8 on its own).
+ODD_IDS = ["", "}", "{", "}{", "{}", "{abc}", "abc", "x" * 10_240, "a\x00b", "line\nbreak", "\r\n", " ",
+           "\U0001f476\U0001f3fd emoji", "\udc80lone-surrogate", "\ud800", "caf\u00e9", "cafe\u0301"]
+
+
+async def server_slot(client: RedisClient, key: str) -> int:
+    """The slot the server itself assigns (CLUSTER KEYSLOT) or, on a plain Redis, redis-py's CRC16."""
+    if isinstance(client, aioredis.RedisCluster):
+        return int(await client.cluster_keyslot(key))
+    return int(key_slot(key.encode()))
+
+
+async def test_any_user_id_updates_in_one_slot_and_users_never_collide(store: BeliefStore, client: RedisClient,
+                                                                       prefix: str) -> None:
+    users = {u: i for i, u in enumerate(ODD_IDS)}
+    first = {u: [Evidence(f"a{i}", NOW - DAY, 10.0 + i, 2.0)] for u, i in users.items()}
+    second = {u: [Evidence(f"b{i}", NOW, 11.0 + i, 3.0)] for u, i in users.items()}
+    r1 = await store.apply(first, now=NOW, model_version="m")
+    assert r1.errors == {}
+    assert {u: r1.applied[u] for u in users} == {u: (f"a{i}",) for u, i in users.items()}
+    r2 = await store.apply(second, now=NOW, model_version="m")
+    assert r2.errors == {}
+    for u in users:  # a collision would fuse another user's evidence in: counts and ages would differ
+        expected = fuse(None, [*first[u], *second[u]], now=NOW, half_life_s=HALF_LIFE, model_version="m").belief
+        same(r2[u], expected)
+        assert r2[u].observations == 2
+    keys = {u: (store.belief_key(u), store.events_key(u)) for u in users}
+    assert len({b for b, _ in keys.values()} | {e for _, e in keys.values()}) == 2 * len(users)
+    for b, e in keys.values():
+        assert await server_slot(client, b) == await server_slot(client, e)
+        assert len(b) == len(e) == len(prefix) + len(":{}:b") + 32  # bounded, whatever the id's size
+        assert await client.exists(b) + await client.exists(e) == 2
+    assert b"abc" not in store.belief_key("{abc}").encode()  # the raw id is not in the key name
+    # The other commands of a user: hysteresis state, reads, verified ages, deletion.
+    surface = {u: SurfaceKey(u, "GB", "adult_content") for u in users}
+    await store.record_actions({k: Action.RESTRICT for k in surface.values()})
+    assert set((await store.get_previous_actions(list(surface.values()))).values()) == {Action.RESTRICT}
+    v = await store.apply_verified("", event_id="v", verified_age=30.0, verified_at=NOW, now=NOW)
+    assert v.verified
+    read = await store.get_many(list(users), now=NOW)
+    assert read[""] == v
+    assert all(b is not None and b.observations == 2 for u, b in read.items() if u != "")
+    await store.delete(list(users))
+    assert set((await store.get_many(list(users), now=NOW)).values()) == {None}
+    for b, e in keys.values():
+        assert await client.exists(b) + await client.exists(e) == 0
+
+
+async def test_a_script_error_for_one_user_spares_the_rest_of_the_batch(store: BeliefStore,
+                                                                       client: RedisClient) -> None:
+    """A foreign value in one user's key: that user's update fails alone, typed, with no user id in it."""
+    await client.set(store.belief_key("poisoned-user"), "not a hash")
+    batch = {u: [Evidence(f"e-{u}", NOW, 20.0, 2.0)] for u in ("before", "poisoned-user", "after")}
+    result = await store.apply(batch, now=NOW, model_version="m")
+    assert set(result.errors) == {"poisoned-user"}
+    error = result.errors["poisoned-user"]
+    assert isinstance(error, BeliefUpdateFailed)
+    assert error.reason == "belief_update_failed"
+    assert "WRONGTYPE" in error.detail
+    assert "poisoned-user" not in error.detail
+    assert "poisoned-user" not in result
+    assert result.applied["before"] == ("e-before",)
+    assert result.applied["after"] == ("e-after",)
+    assert await client.get(store.belief_key("poisoned-user")) == b"not a hash"  # nothing half applied
+    with pytest.raises(BeliefUpdateFailed):
+        await store.apply_verified("poisoned-user", event_id="v", verified_age=20.0, verified_at=NOW, now=NOW)

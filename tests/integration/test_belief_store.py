@@ -20,9 +20,17 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from stream.belief import YEAR_S, Belief, Evidence, apply_verified, fuse, verified_refusal
-from stream.belief_store import BeliefStore, BeliefUpdateFailed, RedisClient, SurfaceKey, VerifiedAgeRefused
+from stream.belief_store import (
+    BeliefStore,
+    BeliefUpdateFailed,
+    RedisClient,
+    SurfaceKey,
+    VerifiedAgeRefused,
+    user_tag,
+)
 from stream.config import load_settings
 from stream.errors import DependencyUnavailable
+from stream.memory_store import JournaledBeliefStore
 from stream.policy import Action, PolicyEvent, decide, load_policy
 from stream.runtime import redis_client
 
@@ -393,3 +401,24 @@ async def test_a_script_error_for_one_user_spares_the_rest_of_the_batch(store: B
     assert await client.get(store.belief_key("poisoned-user")) == b"not a hash"  # nothing half applied
     with pytest.raises(BeliefUpdateFailed):
         await store.apply_verified("poisoned-user", event_id="v", verified_age=20.0, verified_at=NOW, now=NOW)
+
+
+async def test_replay_journal_rolls_back_odd_ids_and_keeps_raw_ids_out_of_redis(client: RedisClient,
+                                                                                prefix: str) -> None:
+    """The replay's undo journal (stream/memory_store.py) on both backends, keyed by the user's tag."""
+    journal = JournaledBeliefStore(client, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL)
+    users = ["", "}", "{abc}"]
+    await journal.apply({u: [Evidence(f"a-{i}", NOW, 20.0, 2.0)] for i, u in enumerate(users)}, now=NOW,
+                        model_version="m")
+    await journal.commit(1)
+    await journal.apply({u: [Evidence(f"b-{i}", NOW, 30.0, 2.0)] for i, u in enumerate([*users, "new"])},
+                        now=NOW, model_version="m")
+    fields = await client.hkeys(journal.journal_key(1))
+    tags = sorted(f.decode() if isinstance(f, bytes) else f for f in fields)
+    assert tags == sorted(user_tag(u) for u in [*users, "new"])
+    assert await journal.rollback() == 4
+    after = await journal.get_many([*users, "new"], now=NOW)
+    assert after["new"] is None
+    assert all(b is not None and b.observations == 1 for u, b in after.items() if u != "new")
+    assert await journal.drop_namespace() > 0
+    assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []

@@ -38,6 +38,7 @@ from redis import exceptions as redis_exc
 
 from stream.belief import Belief, ClockSkewRule, Evidence, Refusal, RefusalReason
 from stream.errors import AgegateError, DependencyUnavailable, InvalidEvent
+from stream.log import get_logger
 from stream.policy import Action
 
 LUA_SOURCE = importlib.resources.files("stream").joinpath("belief.lua").read_text()
@@ -45,6 +46,8 @@ LUA_SOURCE = importlib.resources.files("stream").joinpath("belief.lua").read_tex
 _REFUSAL_CODES = {"X": RefusalReason.INVALID, "F": RefusalReason.FUTURE, "O": RefusalReason.TOO_OLD}
 
 T = TypeVar("T")
+R = TypeVar("R")
+log = get_logger("agegate.belief_store")
 
 RedisClient = aioredis.Redis | aioredis.RedisCluster
 """Either client: the store sends only single-user commands, which both route alike."""
@@ -244,19 +247,20 @@ class BeliefStore:
         raw = await self._hgetall_many(user_ids)
         out: dict[str, Belief | None] = {}
         for user_id, fields in zip(user_ids, raw, strict=True):
-            belief = _belief_from_hash(fields)
+            belief = _readable(_belief_from_hash, fields)
             out[user_id] = decay(belief, now, self.half_life_s) if belief is not None else None
         return out
 
     async def get_previous_actions(self, keys: Sequence[SurfaceKey]) -> dict[SurfaceKey, Action | None]:
+        """The last action per user and surface; None where there is none or it is unreadable."""
         async def run() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hget(self.belief_key(key.user_id), key.field)
-                return list(await pipe.execute())
+                return list(await pipe.execute(raise_on_error=False))
 
-        values = await self._guard(run)
-        return {k: (Action(_text(v)) if v is not None else None) for k, v in zip(keys, values, strict=True)}
+        values = _per_key_replies(await self._guard(run))
+        return {k: _readable(lambda v: Action(_text(v)), v) for k, v in zip(keys, values, strict=True)}
 
     async def delete(self, user_ids: Sequence[str]) -> None:
         """Erase users (a deletion request); both keys, one DEL per user (one slot each), one round trip."""
@@ -282,9 +286,9 @@ class BeliefStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id in user_ids:
                     pipe.hgetall(self.belief_key(user_id))
-                return list(await pipe.execute())
+                return list(await pipe.execute(raise_on_error=False))
 
-        return await self._guard(run)
+        return [r if r is not None else {} for r in _per_key_replies(await self._guard(run))]
 
     async def _eval_many(self, calls: Sequence[tuple[str, list[str]]]) -> list[Any]:
         """EVALSHA every call in one pipeline; on NOSCRIPT load the script and resend only those.
@@ -363,6 +367,35 @@ class BeliefStore:
             )
         actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(8, len(parts) - 1, 2)}
         return codes, belief, actions
+
+
+def _per_key_replies(replies: Sequence[Any]) -> list[Any]:
+    """Replies of a read pipeline: the server's trouble raises; a key Redis refuses to read (a foreign
+    type in one user's key) reads as absent (None), so one user's bad data never fails the others."""
+    out = []
+    for r in replies:
+        if isinstance(r, _SERVER_STATE_ERRORS) or _server_busy(r):
+            raise DependencyUnavailable(f"redis: {r}") from r
+        if isinstance(r, redis_exc.NoPermissionError) or (
+            isinstance(r, Exception) and not isinstance(r, redis_exc.ResponseError)
+        ):
+            raise BeliefStoreError(f"belief read failed: {r}") from r
+        if isinstance(r, redis_exc.ResponseError):
+            log.warning("unreadable belief key treated as absent", error=str(r)[:200])
+            r = None
+        out.append(r)
+    return out
+
+
+def _readable(parse: Callable[[Any], R], value: Any) -> R | None:
+    """A stored value parsed, or None (absent) when it is missing or not what we write there."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        log.warning("unparsable belief value treated as absent", error=type(exc).__name__)
+        return None
 
 
 def _server_busy(reply: Any) -> bool:

@@ -5,9 +5,10 @@ processed after the last checkpoint have already changed those beliefs when the 
 re-processing them on resume would then see "later" state and decide differently. So before the
 first write to a user in a checkpoint generation, the user's keys are DUMPed into a journal hash;
 on resume the open generation is rolled back (RESTORE or DEL) and the replay continues from the
-checkpoint's offsets as if it had never crashed. The journal is keyed by the user's hash tag
-(`user_tag`), so no raw user id is written to Redis here either. A checkpoint opens a new generation and drops
-the old journal. (The module name is historical: the state lives in Redis, isolated by prefix.)
+checkpoint's offsets as if it had never crashed. A checkpoint opens a new generation and drops
+the old journal. The journal's fields are the users' hash tags (`user_tag`), not raw user ids, for
+the same reasons as the key names. (The module name is historical: the state lives in Redis,
+isolated by prefix.)
 """
 
 from __future__ import annotations

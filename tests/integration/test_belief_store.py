@@ -401,6 +401,18 @@ async def test_a_script_error_for_one_user_spares_the_rest_of_the_batch(store: B
     assert await client.get(store.belief_key("poisoned-user")) == b"not a hash"  # nothing half applied
     with pytest.raises(BeliefUpdateFailed):
         await store.apply_verified("poisoned-user", event_id="v", verified_age=20.0, verified_at=NOW, now=NOW)
+    # Reads batched with other users (a verified age's prior, hysteresis state) read it as absent.
+    read = await store.get_many(["before", "poisoned-user"], now=NOW)
+    assert read["poisoned-user"] is None
+    assert read["before"] == result["before"]
+    keys = [SurfaceKey(u, "GB", "adult_content") for u in ("before", "poisoned-user")]
+    await store.record_actions({keys[0]: Action.RESTRICT})
+    assert await store.get_previous_actions(keys) == {keys[0]: Action.RESTRICT, keys[1]: None}
+    # A hash with values we never write there reads as absent too.
+    await client.hset(store.belief_key("garbled"), mapping={"B": "x", "a:GB/adult_content": "MAYBE"})
+    assert (await store.get_many(["garbled"], now=NOW))["garbled"] is None
+    garbled = SurfaceKey("garbled", "GB", "adult_content")
+    assert await store.get_previous_actions([garbled]) == {garbled: None}
 
 
 async def test_replay_journal_rolls_back_odd_ids_and_keeps_raw_ids_out_of_redis(client: RedisClient,

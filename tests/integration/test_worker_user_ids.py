@@ -4,8 +4,8 @@ Every event is produced with the same Kafka key, so all of them share one partit
 user with a foreign value in its belief key (Redis answers its script with WRONGTYPE), then later
 events. Before: an empty id or one starting with `}` broke the cluster's slot rule and any script
 error was fatal (exit 3, crash loop, the partition stuck). Now: every odd id is decided, the poisoned
-user's event is a `belief_update_failed` dead letter, the worker keeps running, and the events after
-it are decided. Runs against the plain Redis and the Redis Cluster (AGEGATE_REDIS_CLUSTER=true).
+user's upload and verified age are `belief_update_failed` dead letters, the worker keeps running,
+and the events after them are decided. Runs against the plain Redis and the Redis Cluster (AGEGATE_REDIS_CLUSTER=true).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from stream.codec import AvroCodec
 from stream.config import Settings
 from stream.loadgen import SyntheticEvent
 from stream.produce import Produced, produce
-from stream.registry import UPLOAD
+from stream.registry import FEEDBACK, UPLOAD
 from stream.topics import TopicAdmin
 from tests.worker_harness import OutputReader, WorkerProcess, beliefs, worker_env
 
@@ -35,6 +35,14 @@ START = 1_790_000_000.0
 ODD_IDS = ["", "}", "{", "}{", "{}", "{abc}", "x" * 10_240, "a\x00b", "line\nbreak", " ",
            "\U0001f476\U0001f3fd emoji", "caf\u00e9", "cafe\u0301"]
 POISONED = "poisoned-user"
+VERIFIED_ODD = "}verified{"
+
+
+def feedbacks(user_ids: list[str], t0: float) -> list[SyntheticEvent]:
+    codec = AvroCodec()
+    return [SyntheticEvent("feedback", b"one-partition",
+                           codec.encode(FEEDBACK, events.feedback(uid, at=t0, verified_age=25.0, jurisdiction="GB")),
+                           uid, 25.0, None) for uid in user_ids]
 
 
 def uploads(user_ids: list[str], rng: np.random.Generator, t0: float) -> list[SyntheticEvent]:
@@ -68,17 +76,22 @@ def test_odd_ids_are_decided_and_a_refused_update_is_one_dead_letter(
         worker.wait_ready()
         first: list[Produced] = produce(settings, uploads([*ODD_IDS, POISONED], rng, START))
         assert len({p.partition for p in first}) == 1
-        outputs = reader.poll_until({p.idempotency_key for p in first}, timeout=120)
+        # Verified ages take another path (a prior read batched with other users, then the script).
+        verified = produce(settings, feedbacks([VERIFIED_ODD, POISONED], START + 60))
+        outputs = reader.poll_until({p.idempotency_key for p in first + verified}, timeout=120)
         by_user = {p.event.user_id: p.idempotency_key for p in first}
-        assert outputs.accounted() >= set(by_user.values()), worker.tail()
+        assert outputs.accounted() >= {p.idempotency_key for p in first + verified}, worker.tail()
         for uid in ODD_IDS:
             (decision,) = outputs.decisions[by_user[uid]]
             assert decision["user_id"] == uid
-        (dead,) = outputs.dead_letters[by_user[POISONED]]
-        assert dead["reason"] == "belief_update_failed"
-        assert dead["error_class"] == "BeliefUpdateFailed"
-        assert POISONED not in dead["detail"]
-        assert by_user[POISONED] not in outputs.decisions
+        (verified_decision,) = outputs.decisions[verified[0].idempotency_key]
+        assert verified_decision["user_id"] == VERIFIED_ODD
+        for poisoned_key in (by_user[POISONED], verified[1].idempotency_key):
+            (dead,) = outputs.dead_letters[poisoned_key]
+            assert dead["reason"] == "belief_update_failed"
+            assert dead["error_class"] == "BeliefUpdateFailed"
+            assert POISONED not in dead["detail"]
+            assert poisoned_key not in outputs.decisions
         assert worker.proc is not None
         assert worker.proc.poll() is None, worker.tail()  # not fatal: the worker keeps consuming
         # Later events of the same partition, including the odd ids again: all decided.

@@ -222,7 +222,8 @@ class BeliefStore:
         """Remember the last action per user and surface (hysteresis state), one round trip.
 
         A TTL is set only if the key has none (a user with no belief yet), so this never extends
-        retention beyond what the belief itself has.
+        retention beyond what the belief itself has. A key Redis refuses to write (a foreign type in
+        one user's key) is skipped with a warning: that user's next update is dead-lettered anyway.
         """
         if not actions:
             return
@@ -234,7 +235,7 @@ class BeliefStore:
                     bkey = self.belief_key(key.user_id)
                     pipe.hset(bkey, key.field, action.value)
                     pipe.pexpire(bkey, ttl, nx=True)
-                await pipe.execute()
+                _per_key_replies(await pipe.execute(raise_on_error=False))
 
         await self._guard(run)
 
@@ -381,7 +382,7 @@ def _per_key_replies(replies: Sequence[Any]) -> list[Any]:
         ):
             raise BeliefStoreError(f"belief read failed: {r}") from r
         if isinstance(r, redis_exc.ResponseError):
-            log.warning("unreadable belief key treated as absent", error=str(r)[:200])
+            log.warning("belief key refused by redis: read as absent, write skipped", error=str(r)[:200])
             r = None
         out.append(r)
     return out

@@ -406,7 +406,7 @@ async def test_a_script_error_for_one_user_spares_the_rest_of_the_batch(store: B
     assert read["poisoned-user"] is None
     assert read["before"] == result["before"]
     keys = [SurfaceKey(u, "GB", "adult_content") for u in ("before", "poisoned-user")]
-    await store.record_actions({keys[0]: Action.RESTRICT})
+    await store.record_actions({keys[0]: Action.RESTRICT, keys[1]: Action.BLOCK})  # the poisoned one is skipped
     assert await store.get_previous_actions(keys) == {keys[0]: Action.RESTRICT, keys[1]: None}
     # A hash with values we never write there reads as absent too.
     await client.hset(store.belief_key("garbled"), mapping={"B": "x", "a:GB/adult_content": "MAYBE"})

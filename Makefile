@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-infra-up:  ## start the local Kafka and Redis (deploy/local)
+infra-up:  ## start the local Kafka, Redis and single-node Redis Cluster (deploy/local)
 	bash deploy/local/infra.sh up
 
 infra-down:

@@ -1,20 +1,32 @@
 """Per-user age beliefs in Redis, updated by one Lua script (stream/belief.lua) per user.
 
-Keys (hash tag `{user_id}` so both keys of a user live in one Redis Cluster slot):
-- `{prefix}:{user_id}:b` hash: the belief (B, P, t, n, v, mv) and the hysteresis state, one field
+Keys of a user (built by `user_key`, the only place a user id becomes a key name):
+- `{prefix}:{<tag>}:b` hash: the belief (B, P, t, n, v, mv) and the hysteresis state, one field
   `a:<jurisdiction>/<surface>` per surface holding the last action emitted there;
-- `{prefix}:{user_id}:e` sorted set: event ids already applied, scored by event time and trimmed to
+- `{prefix}:{<tag>}:e` sorted set: event ids already applied, scored by event time and trimmed to
   the clock-skew window (older evidence is refused anyway, so forgetting its id is safe).
+`<tag>` is `user_tag(user_id)`: the first 32 hex characters of the SHA-256 of the id's UTF-8 bytes
+(`surrogatepass`, so any Python str maps to one tag). Why not the raw id: a Redis Cluster hashes only
+the text between the first `{` and the next `}`, so an id that is empty, starts with `}` or holds
+braces put the two keys in different slots (CROSSSLOT on the script); a hex digest never does, keeps
+every key name 32 characters long whatever the id's size, and keeps raw user ids out of Redis key
+names (data minimisation). 128 bits make a collision between two users practically impossible.
+An operator finds a user's keys with `printf '%s' "$USER_ID" | sha256sum | cut -c1-32`.
 Both expire `ttl_s` after the last accepted evidence (data minimisation).
+
+The client is a plain `redis.asyncio.Redis` or a `redis.asyncio.RedisCluster` (AGEGATE_REDIS_CLUSTER):
+every command names the keys of one user only, so the cluster client routes each to its slot.
 
 A micro-batch is one pipelined round trip of EVALSHA calls, not a MULTI: each user's update is
 atomic inside its script, and users are independent. Because updates are idempotent per event id, a
 batch that failed half way (NOSCRIPT after a SCRIPT FLUSH or failover, a dropped connection) can
-simply be sent again.
+simply be sent again. A script error in one user's reply (a foreign value in that user's key, say) is
+that user's alone: `ApplyResult.errors` carries it and the other users of the batch are unaffected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,6 +38,7 @@ from redis import exceptions as redis_exc
 
 from stream.belief import Belief, ClockSkewRule, Evidence, Refusal, RefusalReason
 from stream.errors import AgegateError, DependencyUnavailable, InvalidEvent
+from stream.log import get_logger
 from stream.policy import Action
 
 LUA_SOURCE = importlib.resources.files("stream").joinpath("belief.lua").read_text()
@@ -33,10 +46,42 @@ LUA_SOURCE = importlib.resources.files("stream").joinpath("belief.lua").read_tex
 _REFUSAL_CODES = {"X": RefusalReason.INVALID, "F": RefusalReason.FUTURE, "O": RefusalReason.TOO_OLD}
 
 T = TypeVar("T")
+R = TypeVar("R")
+log = get_logger("agegate.belief_store")
+
+RedisClient = aioredis.Redis | aioredis.RedisCluster
+"""Either client: the store sends only single-user commands, which both route alike."""
+
+# Replies that say the server (not this user's data) is in trouble: retried like an outage.
+_SERVER_STATE_ERRORS = (
+    redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.OutOfMemoryError, redis_exc.ReadOnlyError,
+    redis_exc.ClusterDownError, redis_exc.TryAgainError, redis_exc.AskError,
+)
+
+
+def user_tag(user_id: str) -> str:
+    """The hash tag of a user's keys: 32 hex characters of SHA-256 over the id's UTF-8 bytes."""
+    return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def tag_key(prefix: str, tag: str, kind: str) -> str:
+    return f"{prefix}:{{{tag}}}:{kind}"
+
+
+def user_key(prefix: str, user_id: str, kind: str) -> str:
+    """The key of one of a user's structures (`b` belief hash, `e` event-id set): same slot for all."""
+    return tag_key(prefix, user_tag(user_id), kind)
 
 
 class BeliefStoreError(AgegateError):
     """Redis answered, but not as the script promises (a bug or a foreign value in our keys)."""
+
+
+class BeliefUpdateFailed(InvalidEvent):
+    """Redis refused the script for this user's keys (e.g. a foreign value in them): dead-letter the
+    event, keep the partition going. The detail holds the server's message, never the user id."""
+
+    reason = "belief_update_failed"
 
 
 class VerifiedAgeRefused(InvalidEvent):
@@ -73,6 +118,8 @@ class ApplyResult(dict[str, Belief]):
         self.refused: dict[str, tuple[Refusal, ...]] = {}
         # Last action per "jurisdiction/surface", read in the same round trip (hysteresis input).
         self.previous_actions: dict[str, dict[str, Action]] = {}
+        # Users whose update Redis refused (nothing of theirs was applied): dead-letter their events.
+        self.errors: dict[str, BeliefUpdateFailed] = {}
 
 
 @dataclass(slots=True)
@@ -89,7 +136,7 @@ def _num(x: float) -> str:
 class BeliefStore:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         prefix: str,
         half_life_s: float,
@@ -98,6 +145,8 @@ class BeliefStore:
     ) -> None:
         if half_life_s <= 0 or ttl_s <= 0:
             raise ValueError("half_life_s and ttl_s must be > 0")
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must not contain '{' or '}': the user's hash tag must decide the slot")
         self._redis = redis
         self._prefix = prefix
         self.half_life_s = half_life_s
@@ -107,10 +156,10 @@ class BeliefStore:
         self._ttl_ms = str(max(1, math.ceil(ttl_s * 1000)))
 
     def belief_key(self, user_id: str) -> str:
-        return f"{self._prefix}:{{{user_id}}}:b"
+        return user_key(self._prefix, user_id, "b")
 
     def events_key(self, user_id: str) -> str:
-        return f"{self._prefix}:{{{user_id}}}:e"
+        return user_key(self._prefix, user_id, "e")
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -130,6 +179,9 @@ class BeliefStore:
         replies = await self._eval_many(calls)
         result = ApplyResult()
         for (user_id, _), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BeliefUpdateFailed):
+                result.errors[user_id] = reply
+                continue
             evidences = updates[user_id]
             codes, belief, actions = self._parse_reply(reply)
             if len(codes) != len(evidences):
@@ -154,10 +206,13 @@ class BeliefStore:
         """Replace the user's belief by a verified age; a redelivered event id changes nothing.
 
         Raises VerifiedAgeRefused (dead-letter it) for a non-finite or out-of-range age or a
-        verification dated beyond the future tolerance.
+        verification dated beyond the future tolerance, BeliefUpdateFailed when Redis refuses the
+        script for this user's keys.
         """
         args = [*self._common_args("v", now, "", 0.0), event_id, _num(verified_at), _num(verified_age)]
         (reply,) = await self._eval_many([(user_id, args)])
+        if isinstance(reply, BeliefUpdateFailed):
+            raise reply
         codes, belief, _ = self._parse_reply(reply)
         if codes in _REFUSAL_CODES:
             raise VerifiedAgeRefused(f"verified age refused: {_REFUSAL_CODES[codes].value}",
@@ -170,7 +225,8 @@ class BeliefStore:
         """Remember the last action per user and surface (hysteresis state), one round trip.
 
         A TTL is set only if the key has none (a user with no belief yet), so this never extends
-        retention beyond what the belief itself has.
+        retention beyond what the belief itself has. A key Redis refuses to write (a foreign type in
+        one user's key) is skipped with a warning: that user's next update is dead-lettered anyway.
         """
         if not actions:
             return
@@ -182,7 +238,7 @@ class BeliefStore:
                     bkey = self.belief_key(key.user_id)
                     pipe.hset(bkey, key.field, action.value)
                     pipe.pexpire(bkey, ttl, nx=True)
-                await pipe.execute()
+                _per_key_replies(await pipe.execute(raise_on_error=False))
 
         await self._guard(run)
 
@@ -195,25 +251,33 @@ class BeliefStore:
         raw = await self._hgetall_many(user_ids)
         out: dict[str, Belief | None] = {}
         for user_id, fields in zip(user_ids, raw, strict=True):
-            belief = _belief_from_hash(fields)
+            belief = _readable(_belief_from_hash, fields)
             out[user_id] = decay(belief, now, self.half_life_s) if belief is not None else None
         return out
 
     async def get_previous_actions(self, keys: Sequence[SurfaceKey]) -> dict[SurfaceKey, Action | None]:
+        """The last action per user and surface; None where there is none or it is unreadable."""
         async def run() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hget(self.belief_key(key.user_id), key.field)
-                return list(await pipe.execute())
+                return list(await pipe.execute(raise_on_error=False))
 
-        values = await self._guard(run)
-        return {k: (Action(_text(v)) if v is not None else None) for k, v in zip(keys, values, strict=True)}
+        values = _per_key_replies(await self._guard(run))
+        return {k: _readable(lambda v: Action(_text(v)), v) for k, v in zip(keys, values, strict=True)}
 
     async def delete(self, user_ids: Sequence[str]) -> None:
-        """Erase users (a deletion request); both keys."""
-        keys = [k for u in user_ids for k in (self.belief_key(u), self.events_key(u))]
-        if keys:
-            await self._guard(lambda: self._redis.delete(*keys))
+        """Erase users (a deletion request); both keys, one DEL per user (one slot each), one round trip."""
+        if not user_ids:
+            return
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for u in user_ids:
+                    pipe.delete(self.belief_key(u), self.events_key(u))
+                await pipe.execute()
+
+        await self._guard(run)
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -226,15 +290,17 @@ class BeliefStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id in user_ids:
                     pipe.hgetall(self.belief_key(user_id))
-                return list(await pipe.execute())
+                return list(await pipe.execute(raise_on_error=False))
 
-        return await self._guard(run)
+        return [r if r is not None else {} for r in _per_key_replies(await self._guard(run))]
 
     async def _eval_many(self, calls: Sequence[tuple[str, list[str]]]) -> list[Any]:
         """EVALSHA every call in one pipeline; on NOSCRIPT load the script and resend only those.
 
         redis-py's Script in a pipeline would add a SCRIPT EXISTS round trip to every batch; this
-        costs nothing until the cache is actually empty.
+        costs nothing until the cache is actually empty. SCRIPT LOAD goes to every primary of a
+        cluster. A reply is the script's result, or BeliefUpdateFailed when Redis refused the
+        script for that call's keys; the server's own trouble raises DependencyUnavailable.
         """
         if not calls:
             return []
@@ -249,7 +315,12 @@ class BeliefStore:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for i in idx:
                         user_id, args = calls[i]
-                        pipe.evalsha(sha, 2, self.belief_key(user_id), self.events_key(user_id), *args)
+                        # Not pipe.evalsha: redis-py blocks that method on cluster pipelines (it
+                        # cannot know a script's keys share a slot); the generic command is routed by
+                        # its declared keys, which share a slot by construction (user_key).
+                        pipe.execute_command(
+                            "EVALSHA", sha, 2, self.belief_key(user_id), self.events_key(user_id), *args
+                        )
                     return list(await pipe.execute(raise_on_error=False))
 
             results = await self._guard(run)
@@ -257,8 +328,14 @@ class BeliefStore:
             for i, r in zip(pending, results, strict=True):
                 if isinstance(r, redis_exc.NoScriptError):
                     missing.append(i)
-                elif isinstance(r, redis_exc.ConnectionError | redis_exc.TimeoutError):
+                elif isinstance(r, _SERVER_STATE_ERRORS) or _server_busy(r):
                     raise DependencyUnavailable(f"redis: {r}") from r
+                elif isinstance(r, redis_exc.NoPermissionError):  # our ACL, not this user's data
+                    raise BeliefStoreError(f"belief script not permitted: {r}") from r
+                elif isinstance(r, redis_exc.ResponseError):
+                    failed = BeliefUpdateFailed(f"belief script failed: {str(r)[:300]}")
+                    failed.__cause__ = r
+                    replies[i] = failed
                 elif isinstance(r, Exception):
                     raise BeliefStoreError(f"belief script failed: {r}") from r
                 else:
@@ -272,8 +349,14 @@ class BeliefStore:
     async def _guard(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
-        except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+        except (*_SERVER_STATE_ERRORS, OSError) as exc:
             raise DependencyUnavailable(f"redis: {exc}") from exc
+        except redis_exc.RedisClusterException as exc:
+            # The cluster client wraps "no node reachable" and "slot not covered" in its own class;
+            # its other uses are client-side misuse (a bug), which must not be retried forever.
+            if isinstance(exc, redis_exc.SlotNotCoveredError) or isinstance(exc.__cause__, _SERVER_STATE_ERRORS):
+                raise DependencyUnavailable(f"redis cluster: {exc}") from exc
+            raise
 
     def _parse_reply(self, reply: Any) -> tuple[str, Belief | None, dict[str, Action]]:
         parts = [_text(p) for p in reply]
@@ -289,6 +372,40 @@ class BeliefStore:
             )
         actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(9, len(parts) - 1, 2)}
         return codes, belief, actions
+
+
+def _per_key_replies(replies: Sequence[Any]) -> list[Any]:
+    """Replies of a read pipeline: the server's trouble raises; a key Redis refuses to read (a foreign
+    type in one user's key) reads as absent (None), so one user's bad data never fails the others."""
+    out = []
+    for r in replies:
+        if isinstance(r, _SERVER_STATE_ERRORS) or _server_busy(r):
+            raise DependencyUnavailable(f"redis: {r}") from r
+        if isinstance(r, redis_exc.NoPermissionError) or (
+            isinstance(r, Exception) and not isinstance(r, redis_exc.ResponseError)
+        ):
+            raise BeliefStoreError(f"belief read failed: {r}") from r
+        if isinstance(r, redis_exc.ResponseError):
+            log.warning("belief key refused by redis: read as absent, write skipped", error=str(r)[:200])
+            r = None
+        out.append(r)
+    return out
+
+
+def _readable(parse: Callable[[Any], R], value: Any) -> R | None:
+    """A stored value parsed, or None (absent) when it is missing or not what we write there."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        log.warning("unparsable belief value treated as absent", error=type(exc).__name__)
+        return None
+
+
+def _server_busy(reply: Any) -> bool:
+    """BUSY (another script runs too long) comes as a plain ResponseError: not the user's data."""
+    return isinstance(reply, redis_exc.ResponseError) and str(reply).startswith("BUSY")
 
 
 def _text(v: Any) -> str:

@@ -67,7 +67,14 @@ class Settings:
     )
     # --- Redis -----------------------------------------------------------------------------------
     redis_url: str = setting("redis://127.0.0.1:36379/0", "REDIS_URL", "Redis holding the age beliefs.", secret=True)
-    redis_key_prefix: str = setting("agegate", "AGEGATE_REDIS_PREFIX", "Key namespace; replays use their own.")
+    redis_cluster: bool = setting(
+        False,
+        "AGEGATE_REDIS_CLUSTER",
+        "REDIS_URL names a node of a Redis Cluster: use the cluster client (routes each user's keys to its slot).",
+    )
+    redis_key_prefix: str = setting(
+        "agegate", "AGEGATE_REDIS_PREFIX", "Key namespace; replays use their own. No `{` or `}` (hash tags)."
+    )
     belief_half_life_days: float = setting(
         365.0, "AGEGATE_BELIEF_HALF_LIFE_DAYS", "Half-life of the precision of estimated evidence, in days."
     )
@@ -222,6 +229,10 @@ def _validate(s: Settings) -> list[str]:
         problems.append(
             f"redis_url: expected redis://, rediss:// or unix://, got scheme {urlsplit(s.redis_url).scheme!r}"
         )
+    if "{" in s.redis_key_prefix or "}" in s.redis_key_prefix:
+        problems.append("redis_key_prefix: must not contain '{' or '}' (the user's hash tag decides the cluster slot)")
+    if s.redis_cluster and urlsplit(s.redis_url).path not in {"", "/", "/0"}:
+        problems.append("redis_url: a Redis Cluster has only database 0")
     for root in filter(None, (r.strip() for r in s.frame_uri_roots.split(","))):
         scheme = urlsplit(root).scheme
         if scheme not in {"file", "http", "https"} or not root.endswith("/"):

@@ -6,7 +6,9 @@ re-processing them on resume would then see "later" state and decide differently
 first write to a user in a checkpoint generation, the user's keys are DUMPed into a journal hash;
 on resume the open generation is rolled back (RESTORE or DEL) and the replay continues from the
 checkpoint's offsets as if it had never crashed. A checkpoint opens a new generation and drops
-the old journal. (The module name is historical: the state lives in Redis, isolated by prefix.)
+the old journal. The journal's fields are the users' hash tags (`user_tag`), not raw user ids, for
+the same reasons as the key names. (The module name is historical: the state lives in Redis,
+isolated by prefix.)
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from stream.belief import Belief, Evidence
-from stream.belief_store import ApplyResult, BeliefStore, SurfaceKey
+from stream.belief_store import ApplyResult, BeliefStore, RedisClient, SurfaceKey, tag_key, user_tag
 from stream.policy import Action
 
 
 class JournaledBeliefStore(BeliefStore):
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, half_life_s: float, ttl_s: float,
+    def __init__(self, redis: RedisClient, *, prefix: str, half_life_s: float, ttl_s: float,
                  generation: int = 0) -> None:
         super().__init__(redis, prefix=prefix, half_life_s=half_life_s, ttl_s=ttl_s)
         self._client = redis
@@ -50,7 +50,7 @@ class JournaledBeliefStore(BeliefStore):
             entries: dict[str | bytes, str | bytes] = {}
             for i, u in enumerate(new):
                 b_dump, b_ttl, e_dump, e_ttl = raw[4 * i : 4 * i + 4]
-                entries[u] = json.dumps({"b": _enc(b_dump, b_ttl), "e": _enc(e_dump, e_ttl)})
+                entries[user_tag(u)] = json.dumps({"b": _enc(b_dump, b_ttl), "e": _enc(e_dump, e_ttl)})
             await self._client.hset(self.journal_key(self.generation), mapping=entries)  # type: ignore[arg-type]
 
         await self._guard(run)
@@ -88,10 +88,10 @@ class JournaledBeliefStore(BeliefStore):
         key = self.journal_key(self.generation)
         entries: dict[bytes, bytes] = await self._client.hgetall(key)  # type: ignore[assignment]
         async with self._client.pipeline(transaction=False) as pipe:
-            for user, blob in entries.items():
+            for tag, blob in entries.items():
                 saved = json.loads(blob)
-                u = user.decode()
-                for name, redis_key in (("b", self.belief_key(u)), ("e", self.events_key(u))):
+                for name in ("b", "e"):
+                    redis_key = tag_key(self.prefix, tag.decode(), name)
                     pipe.delete(redis_key)
                     if saved[name] is not None:
                         dump, ttl = saved[name]

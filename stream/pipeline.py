@@ -231,6 +231,9 @@ class BeliefStage:
                 floor=self.error_floor,
             )
             for r in estimated:
+                if r.user_id in result.errors:  # this user's data only: its event is dead-lettered
+                    r.future.set_exception(result.errors[r.user_id])
+                    continue
                 beliefs[r.user_id] = result.get(r.user_id)
                 previous[r.user_id] = result.previous_actions.get(r.user_id, {})
             refused = {r.user_id: len(result.refused.get(r.user_id, ())) for r in estimated}

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from model.decode import DecodeLimits
 from model.engine import EncodedFrame, FrameResult, InferenceEngine
 from stream.batching import BatchPolicy, MicroBatcher
-from stream.belief_store import BeliefStore
+from stream.belief_store import BeliefStore, RedisClient
 from stream.codec import AvroCodec
 from stream.config import Settings
 from stream.frames import FrameResolver, FrameStores
@@ -38,7 +38,7 @@ def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceE
     )
 
 
-def make_store(settings: Settings, client: aioredis.Redis, *, prefix: str | None = None) -> BeliefStore:
+def make_store(settings: Settings, client: RedisClient, *, prefix: str | None = None) -> BeliefStore:
     return BeliefStore(
         client,
         prefix=prefix or settings.redis_key_prefix,
@@ -47,7 +47,11 @@ def make_store(settings: Settings, client: aioredis.Redis, *, prefix: str | None
     )
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
+def redis_client(settings: Settings) -> RedisClient:
+    """A plain client, or with AGEGATE_REDIS_CLUSTER the cluster client (it discovers the nodes and
+    routes every command by its key's slot; scripts are loaded on every primary)."""
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     return aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
 
 

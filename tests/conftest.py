@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import Settings, load_settings
-from tests.infra import kafka_service, redis_service
+from tests.infra import kafka_service, redis_cluster_service, redis_service
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,13 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     with ExitStack() as stack, redis_service(stack) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A Redis Cluster (locally one node owning all 16384 slots: the same CROSSSLOT rules)."""
+    with redis_cluster_service() as url:
         yield url
 
 

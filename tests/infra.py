@@ -2,6 +2,8 @@
 
 Order: KAFKA_BOOTSTRAP_SERVERS / REDIS_URL when set; testcontainers when a Docker daemon answers;
 otherwise deploy/local/infra.sh, which this module stops again at the end only if it started it.
+The Redis Cluster (one node owning all slots) comes from REDIS_CLUSTER_URL or deploy/local only:
+testcontainers has no cluster module, and the local node needs nothing but redis-server.
 When CI is set, a service that cannot be reached fails the run; it never becomes a skip.
 """
 
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "deploy" / "local" / "infra.sh"
 LOCAL_KAFKA = f"127.0.0.1:{os.environ.get('AGEGATE_KAFKA_PORT', '39092')}"
 LOCAL_REDIS = f"redis://127.0.0.1:{os.environ.get('AGEGATE_REDIS_PORT', '36379')}/0"
+LOCAL_REDIS_CLUSTER = f"redis://127.0.0.1:{os.environ.get('AGEGATE_REDIS_CLUSTER_PORT', '36380')}/0"
 
 
 def unavailable(message: str) -> NoReturn:
@@ -48,6 +51,17 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def redis_cluster_ready(url: str) -> bool:
+    """The node answers and says every slot is served (`cluster_state:ok`)."""
+    import redis
+
+    try:
+        info = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3).cluster("INFO")
+    except Exception:
+        return False
+    return isinstance(info, dict) and info.get("cluster_state") == "ok"
+
+
 def docker_answers() -> bool:
     if not shutil.which("docker"):
         return False
@@ -62,7 +76,8 @@ def _local(service: str, address: str, reachable: Callable[[str], bool]) -> Iter
     if reachable(address):  # already up (a previous `make infra-up`): use it, leave it running
         yield address
         return
-    env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}}
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL"}}
     proc = subprocess.run(["bash", str(INFRA), "up", service], capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not reachable(address):
         unavailable(f"local {service} could not be started by {INFRA}:\n{proc.stdout}{proc.stderr}")
@@ -103,4 +118,16 @@ def redis_service(stack: ExitStack) -> Iterator[str]:
         yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
     else:
         with _local("redis", LOCAL_REDIS, redis_reachable) as url:
+            yield url
+
+
+@contextmanager
+def redis_cluster_service() -> Iterator[str]:
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        url = os.environ["REDIS_CLUSTER_URL"]
+        if not redis_cluster_ready(url):
+            unavailable("REDIS_CLUSTER_URL does not answer CLUSTER INFO with cluster_state:ok")
+        yield url
+    else:
+        with _local("redis-cluster", LOCAL_REDIS_CLUSTER, redis_cluster_ready) as url:
             yield url

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from confluent_kafka import Consumer, TopicPartition
 
+from stream.belief_store import user_key
 from stream.config import Settings
 from stream.localrun import OutputReader, Outputs, WorkerProcess, free_port, worker_env
 
@@ -28,7 +29,7 @@ def beliefs(redis_url: str, prefix: str, users: Iterable[str]) -> dict[str, Mapp
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     out: dict[str, Mapping[str, str]] = {}
     for user in sorted(set(users)):
-        fields: dict[str, str] = client.hgetall(f"{prefix}:{{{user}}}:b")  # type: ignore[assignment]
+        fields: dict[str, str] = client.hgetall(user_key(prefix, user, "b"))  # type: ignore[assignment]
         out[user] = {k: v for k, v in fields.items() if k in {"B", "P", "n", "v", "t"}}
     return out
 

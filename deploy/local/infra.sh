@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Local infrastructure for agegate: a single-node Apache Kafka (KRaft) and a Redis, on loopback.
+# Local infrastructure for agegate: a single-node Apache Kafka (KRaft), a Redis and a single-node
+# Redis Cluster (all 16384 slots on one node: the same key-to-slot rules as a real cluster), on loopback.
 #
-#   deploy/local/infra.sh up [kafka|redis]     start what is not running yet (idempotent)
-#   deploy/local/infra.sh down [kafka|redis]   stop exactly what `up` started (pid files)
-#   deploy/local/infra.sh status               what runs where
+#   deploy/local/infra.sh up [kafka|redis|redis-cluster]     start what is not running yet (idempotent)
+#   deploy/local/infra.sh down [kafka|redis|redis-cluster]   stop exactly what `up` started (pid files)
+#   deploy/local/infra.sh status                             what runs where
 #
-# When KAFKA_BOOTSTRAP_SERVERS or REDIS_URL is set, that service is external: nothing is started
-# or stopped for it. Ports and folders are configurable:
+# When KAFKA_BOOTSTRAP_SERVERS, REDIS_URL or REDIS_CLUSTER_URL is set, that service is external:
+# nothing is started or stopped for it. Ports and folders are configurable:
 #   AGEGATE_KAFKA_PORT (39092), AGEGATE_KAFKA_CONTROLLER_PORT (39093), AGEGATE_REDIS_PORT (36379),
+#   AGEGATE_REDIS_CLUSTER_PORT (36380), AGEGATE_REDIS_CLUSTER_BUS_PORT (46380: the cluster bus),
 #   AGEGATE_CACHE_DIR (~/.cache/agegate: resolved jars), AGEGATE_STATE_DIR ($AGEGATE_CACHE_DIR/local:
 #   data, logs, pid files), AGEGATE_KAFKA_START_TIMEOUT (seconds, 120), AGEGATE_KAFKA_HEAP (512m).
 set -euo pipefail
@@ -20,6 +22,8 @@ KAFKA_VERSION="${AGEGATE_KAFKA_VERSION:-$KAFKA_VERSION}"  # override only to try
 KAFKA_PORT="${AGEGATE_KAFKA_PORT:-39092}"
 CONTROLLER_PORT="${AGEGATE_KAFKA_CONTROLLER_PORT:-39093}"
 REDIS_PORT="${AGEGATE_REDIS_PORT:-36379}"
+CLUSTER_PORT="${AGEGATE_REDIS_CLUSTER_PORT:-36380}"
+CLUSTER_BUS_PORT="${AGEGATE_REDIS_CLUSTER_BUS_PORT:-46380}"
 CACHE_DIR="${AGEGATE_CACHE_DIR:-$HOME/.cache/agegate}"
 STATE_DIR="${AGEGATE_STATE_DIR:-$CACHE_DIR/local}"
 START_TIMEOUT="${AGEGATE_KAFKA_START_TIMEOUT:-120}"
@@ -32,6 +36,9 @@ KAFKA_LOG="$KAFKA_DIR/server.log"
 REDIS_DIR="$STATE_DIR/redis-$REDIS_PORT"
 REDIS_PID="$REDIS_DIR/redis.pid"
 REDIS_LOG="$REDIS_DIR/redis.log"
+CLUSTER_DIR="$STATE_DIR/redis-cluster-$CLUSTER_PORT"
+CLUSTER_PID="$CLUSTER_DIR/redis.pid"
+CLUSTER_LOG="$CLUSTER_DIR/redis.log"
 
 say() { printf 'infra: %s\n' "$*"; }
 die() { printf 'infra: error: %s\n' "$*" >&2; exit 1; }
@@ -164,6 +171,51 @@ redis_down() {
   stop_pid "$REDIS_PID" redis
 }
 
+# --- Redis Cluster (one node) -------------------------------------------------------------------
+
+cluster_cli() { redis-cli -h 127.0.0.1 -p "$CLUSTER_PORT" "$@" 2>/dev/null; }
+
+cluster_up() {
+  if [[ -n "${REDIS_CLUSTER_URL:-}" ]]; then say "redis-cluster: external, not started"; return 0; fi
+  if pid_alive "$CLUSTER_PID" && port_open "$CLUSTER_PORT"; then
+    say "redis-cluster: already running (pid $(cat "$CLUSTER_PID"), 127.0.0.1:$CLUSTER_PORT)"; return 0
+  fi
+  rm -f "$CLUSTER_PID"
+  for p in "$CLUSTER_PORT" "$CLUSTER_BUS_PORT"; do
+    port_open "$p" && die "port $p is already in use by a process this script did not start. Stop it, or choose other ports: AGEGATE_REDIS_CLUSTER_PORT / AGEGATE_REDIS_CLUSTER_BUS_PORT."
+  done
+  ensure_redis_server
+  # A fresh node every time: a stale nodes file would remember slots and an old node id.
+  rm -rf "$CLUSTER_DIR"; mkdir -p "$CLUSTER_DIR"
+  redis-server --port "$CLUSTER_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --cluster-enabled yes --cluster-port "$CLUSTER_BUS_PORT" --cluster-config-file "$CLUSTER_DIR/nodes.conf" \
+    --cluster-announce-ip 127.0.0.1 --pidfile "$CLUSTER_PID" --logfile "$CLUSTER_LOG" --dir "$CLUSTER_DIR" >/dev/null \
+    || die "redis-server (cluster mode) failed to start (log: $CLUSTER_LOG)"
+  local ok=0
+  for _ in $(seq 1 100); do
+    [[ "$(cluster_cli ping)" == PONG ]] && { ok=1; break; }
+    sleep 0.1
+  done
+  if [[ "$ok" == 1 ]]; then
+    cluster_cli cluster addslotsrange 0 16383 >/dev/null
+    ok=0
+    for _ in $(seq 1 100); do  # the node gossips its own slot ownership before it says ok
+      cluster_cli cluster info | tr -d '\r' | grep -qx 'cluster_state:ok' && { ok=1; break; }
+      sleep 0.1
+    done
+  fi
+  if [[ "$ok" != 1 ]]; then
+    tail -n 20 "$CLUSTER_LOG" >&2; cluster_down >/dev/null
+    die "the Redis Cluster node did not reach cluster_state:ok within 20 s (log above: $CLUSTER_LOG)"
+  fi
+  say "redis-cluster: ready on 127.0.0.1:$CLUSTER_PORT (one node, slots 0-16383)"
+}
+
+cluster_down() {
+  if [[ -n "${REDIS_CLUSTER_URL:-}" ]]; then say "redis-cluster: external, not stopped"; return 0; fi
+  stop_pid "$CLUSTER_PID" redis-cluster
+}
+
 # --- status ------------------------------------------------------------------------------------
 
 status() {
@@ -173,24 +225,30 @@ status() {
   if [[ -n "${REDIS_URL:-}" ]]; then echo "redis  external  (REDIS_URL)"
   elif pid_alive "$REDIS_PID"; then echo "redis  running   127.0.0.1:$REDIS_PORT  pid $(cat "$REDIS_PID")  log $REDIS_LOG"
   else echo "redis  stopped   (would use 127.0.0.1:$REDIS_PORT)"; fi
+  if [[ -n "${REDIS_CLUSTER_URL:-}" ]]; then echo "redis-cluster  external  (REDIS_CLUSTER_URL)"
+  elif pid_alive "$CLUSTER_PID"; then echo "redis-cluster  running   127.0.0.1:$CLUSTER_PORT  pid $(cat "$CLUSTER_PID")  log $CLUSTER_LOG"
+  else echo "redis-cluster  stopped   (would use 127.0.0.1:$CLUSTER_PORT)"; fi
 }
 
 cmd="${1:-status}"; what="${2:-all}"
-case "$what" in all|kafka|redis) ;; *) die "unknown service '$what' (kafka, redis or nothing for both)";; esac
+case "$what" in all|kafka|redis|redis-cluster) ;; *) die "unknown service '$what' (kafka, redis, redis-cluster or nothing for all)";; esac
+want() { [[ "$what" == all || "$what" == "$1" ]]; }
 case "$cmd" in
   up)
-    # Nothing half-started: if Kafka fails after Redis came up in this call, stop Redis again.
+    # Nothing half-started: if a later service fails in this call, stop what this call started.
     redis_was_running=0; pid_alive "$REDIS_PID" && redis_was_running=1
-    if [[ "$what" != kafka ]]; then redis_up; fi
-    if [[ "$what" != redis ]]; then
-      if ! (kafka_up); then
-        [[ "$redis_was_running" == 1 || "$what" == kafka ]] || redis_down >/dev/null
-        exit 1
-      fi
-    fi ;;
+    cluster_was_running=0; pid_alive "$CLUSTER_PID" && cluster_was_running=1
+    undo() {
+      [[ "$redis_was_running" == 1 ]] || ! want redis || redis_down >/dev/null
+      [[ "$cluster_was_running" == 1 ]] || ! want redis-cluster || cluster_down >/dev/null
+    }
+    if want redis; then redis_up; fi
+    if want redis-cluster; then (cluster_up) || { undo; exit 1; }; fi
+    if want kafka; then (kafka_up) || { undo; exit 1; }; fi ;;
   down)
-    if [[ "$what" != redis ]]; then kafka_down; fi
-    if [[ "$what" != kafka ]]; then redis_down; fi ;;
+    if want kafka; then kafka_down; fi
+    if want redis; then redis_down; fi
+    if want redis-cluster; then cluster_down; fi ;;
   status) status ;;
-  *) die "usage: $0 up|down|status [kafka|redis]" ;;
+  *) die "usage: $0 up|down|status [kafka|redis|redis-cluster]" ;;
 esac

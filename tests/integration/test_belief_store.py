@@ -1,4 +1,10 @@
-"""The Redis belief store against a real Redis: Lua == Python, atomicity, idempotency, TTL, NOSCRIPT."""
+"""The Redis belief store against a real Redis and a real Redis Cluster: one contract for both.
+
+Lua == Python, atomicity, idempotency, TTL, NOSCRIPT, and user ids of any content. Every test runs
+twice: `[redis]` against the plain server, `[cluster]` against the Redis Cluster (locally one node
+owning all 16384 slots, which enforces the same CROSSSLOT rule as a many-node cluster), each through
+`stream.runtime.redis_client`, the factory the worker and replay use.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,27 @@ import asyncio
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from stream.belief import YEAR_S, Belief, Evidence, apply_verified, event_evidence, fuse, verified_refusal
-from stream.belief_store import BeliefStore, SurfaceKey, VerifiedAgeRefused
+from stream.belief_store import (
+    BeliefStore,
+    BeliefUpdateFailed,
+    RedisClient,
+    SurfaceKey,
+    VerifiedAgeRefused,
+    user_tag,
+)
+from stream.config import load_settings
 from stream.errors import DependencyUnavailable
+from stream.memory_store import JournaledBeliefStore
 from stream.policy import Action, PolicyEvent, decide, load_policy
+from stream.runtime import redis_client
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +43,31 @@ HALF_LIFE = 365 * DAY
 TTL = 400 * DAY
 
 
+Connect = Callable[[], RedisClient]
+
+
+def connector(url: str, *, cluster: bool) -> Connect:
+    settings = load_settings(environ={}, redis_url=url, redis_cluster=cluster)
+    return lambda: redis_client(settings)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def connect(request: pytest.FixtureRequest) -> Connect:
+    """A client factory for the plain Redis or the Redis Cluster (the fixture's parameter)."""
+    if request.param == "redis":
+        return connector(request.getfixturevalue("redis_url"), cluster=False)
+    return connector(request.getfixturevalue("redis_cluster_url"), cluster=True)
+
+
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
+async def client(connect: Connect) -> AsyncIterator[RedisClient]:
+    c = connect()
     yield c
     await c.aclose()
 
 
 @pytest.fixture
-async def prefix(client: aioredis.Redis) -> AsyncIterator[str]:
+async def prefix(client: RedisClient) -> AsyncIterator[str]:
     """A namespace of this test alone, removed afterwards so a shared Redis does not fill up."""
     p = f"t{uuid.uuid4().hex[:10]}"
     yield p
@@ -44,7 +77,7 @@ async def prefix(client: aioredis.Redis) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def store(client: aioredis.Redis, prefix: str) -> BeliefStore:
+def store(client: RedisClient, prefix: str) -> BeliefStore:
     return BeliefStore(client, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL)
 
 
@@ -109,9 +142,9 @@ async def test_lua_equals_python_on_random_histories(store: BeliefStore) -> None
             model[u] = (expected, model[u][1] | {eid})
 
 
-async def test_concurrent_updates_of_one_user_lose_nothing(redis_url: str, prefix: str) -> None:
+async def test_concurrent_updates_of_one_user_lose_nothing(connect: Connect, prefix: str) -> None:
     """Twenty tasks on twenty connections update one user at once; every observation survives."""
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(20)]
+    clients = [connect() for _ in range(20)]
     try:
         stores = [BeliefStore(c, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL) for c in clients]
         batches = [
@@ -134,7 +167,7 @@ async def test_concurrent_updates_of_one_user_lose_nothing(redis_url: str, prefi
             await c.aclose()
 
 
-async def test_redelivered_events_change_nothing(store: BeliefStore, client: aioredis.Redis) -> None:
+async def test_redelivered_events_change_nothing(store: BeliefStore, client: RedisClient) -> None:
     evs = [Evidence("a", NOW - DAY, 20.0, 2.0), Evidence("b", NOW, 22.0, 3.0)]
     first = await store.apply({"bob": evs}, now=NOW, model_version="m", floor=FLOOR)
     raw_before = await client.hgetall(store.belief_key("bob"))
@@ -155,7 +188,7 @@ async def test_redelivered_events_change_nothing(store: BeliefStore, client: aio
     assert v1.observations == 4
 
 
-async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client: aioredis.Redis) -> None:
+async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client: RedisClient) -> None:
     await store.apply({"carol": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     ttl_ms = TTL * 1000
     for key in (store.belief_key("carol"), store.events_key("carol")):
@@ -172,7 +205,7 @@ async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client:
     assert await client.pttl(store.belief_key("carol")) <= 5_000
 
 
-async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, client: aioredis.Redis) -> None:
+async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, client: RedisClient) -> None:
     await store.apply({"erin": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     sha = store._script.sha
     await client.script_flush()
@@ -187,7 +220,7 @@ async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, clie
     assert b.verified
 
 
-async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, client: aioredis.Redis,
+async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, client: RedisClient,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # loads the script
     await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
@@ -240,8 +273,10 @@ async def test_previous_actions_round_trip(store: BeliefStore) -> None:
     assert r.previous_actions["ivy"] == {"GB/adult_content": Action.RESTRICT}
 
 
-async def test_redis_down_is_dependency_unavailable() -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_redis_down_is_dependency_unavailable(cluster: bool) -> None:
+    settings = load_settings(environ={}, redis_url="redis://127.0.0.1:1/0", redis_cluster=cluster)
+    dead = redis_client(settings)
     store = BeliefStore(dead, prefix="x", half_life_s=HALF_LIFE, ttl_s=TTL)
     with pytest.raises(DependencyUnavailable):
         await store.apply({"u": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
@@ -309,3 +344,106 @@ async def test_worked_example_signup_three_uploads_verified_age(store: BeliefSto
                           model_version="m1", floor=FLOOR)
     assert r.ignored[user] == ("up4",)
     assert r[user] == v
+
+
+# Ids that broke the raw `{user_id}` hash tag (empty, braces) or that no key name should carry
+# (10 KB, control characters, text that is not valid UTF-8 on its own).
+ODD_IDS = ["", "}", "{", "}{", "{}", "{abc}", "abc", "x" * 10_240, "a\x00b", "line\nbreak", "\r\n", " ",
+           "\U0001f476\U0001f3fd emoji", "\udc80lone-surrogate", "\ud800", "caf\u00e9", "cafe\u0301"]
+
+
+async def server_slot(client: RedisClient, key: str) -> int:
+    """The slot the server itself assigns (CLUSTER KEYSLOT) or, on a plain Redis, redis-py's CRC16."""
+    if isinstance(client, aioredis.RedisCluster):
+        return int(await client.cluster_keyslot(key))
+    return int(key_slot(key.encode()))
+
+
+async def test_any_user_id_updates_in_one_slot_and_users_never_collide(store: BeliefStore, client: RedisClient,
+                                                                       prefix: str) -> None:
+    users = {u: i for i, u in enumerate(ODD_IDS)}
+    first = {u: [Evidence(f"a{i}", NOW - DAY, 10.0 + i, 2.0)] for u, i in users.items()}
+    second = {u: [Evidence(f"b{i}", NOW, 11.0 + i, 3.0)] for u, i in users.items()}
+    r1 = await store.apply(first, now=NOW, model_version="m", floor=FLOOR)
+    assert r1.errors == {}
+    assert {u: r1.applied[u] for u in users} == {u: (f"a{i}",) for u, i in users.items()}
+    r2 = await store.apply(second, now=NOW, model_version="m", floor=FLOOR)
+    assert r2.errors == {}
+    for u in users:  # a collision would fuse another user's evidence in: counts and ages would differ
+        expected = fuse(None, [*first[u], *second[u]], now=NOW, half_life_s=HALF_LIFE, model_version="m",
+                        floor=FLOOR).belief
+        same(r2[u], expected)
+        assert r2[u].observations == 2
+    keys = {u: (store.belief_key(u), store.events_key(u)) for u in users}
+    assert len({b for b, _ in keys.values()} | {e for _, e in keys.values()}) == 2 * len(users)
+    for b, e in keys.values():
+        assert await server_slot(client, b) == await server_slot(client, e)
+        assert len(b) == len(e) == len(prefix) + len(":{}:b") + 32  # bounded, whatever the id's size
+        assert await client.exists(b) + await client.exists(e) == 2
+    assert b"abc" not in store.belief_key("{abc}").encode()  # the raw id is not in the key name
+    # The other commands of a user: hysteresis state, reads, verified ages, deletion.
+    surface = {u: SurfaceKey(u, "GB", "adult_content") for u in users}
+    await store.record_actions({k: Action.RESTRICT for k in surface.values()})
+    assert set((await store.get_previous_actions(list(surface.values()))).values()) == {Action.RESTRICT}
+    v = await store.apply_verified("", event_id="v", verified_age=30.0, verified_at=NOW, now=NOW)
+    assert v.verified
+    read = await store.get_many(list(users), now=NOW)
+    assert read[""] == v
+    assert all(b is not None and b.observations == 2 for u, b in read.items() if u != "")
+    await store.delete(list(users))
+    assert set((await store.get_many(list(users), now=NOW)).values()) == {None}
+    for b, e in keys.values():
+        assert await client.exists(b) + await client.exists(e) == 0
+
+
+async def test_a_script_error_for_one_user_spares_the_rest_of_the_batch(store: BeliefStore,
+                                                                       client: RedisClient) -> None:
+    """A foreign value in one user's key: that user's update fails alone, typed, with no user id in it."""
+    await client.set(store.belief_key("poisoned-user"), "not a hash")
+    batch = {u: [Evidence(f"e-{u}", NOW, 20.0, 2.0)] for u in ("before", "poisoned-user", "after")}
+    result = await store.apply(batch, now=NOW, model_version="m", floor=FLOOR)
+    assert set(result.errors) == {"poisoned-user"}
+    error = result.errors["poisoned-user"]
+    assert isinstance(error, BeliefUpdateFailed)
+    assert error.reason == "belief_update_failed"
+    assert "WRONGTYPE" in error.detail
+    assert "poisoned-user" not in error.detail
+    assert "poisoned-user" not in result
+    assert result.applied["before"] == ("e-before",)
+    assert result.applied["after"] == ("e-after",)
+    assert await client.get(store.belief_key("poisoned-user")) == b"not a hash"  # nothing half applied
+    with pytest.raises(BeliefUpdateFailed):
+        await store.apply_verified("poisoned-user", event_id="v", verified_age=20.0, verified_at=NOW, now=NOW)
+    # Reads batched with other users (a verified age's prior, hysteresis state) read it as absent.
+    read = await store.get_many(["before", "poisoned-user"], now=NOW)
+    assert read["poisoned-user"] is None
+    assert read["before"] == result["before"]
+    keys = [SurfaceKey(u, "GB", "adult_content") for u in ("before", "poisoned-user")]
+    await store.record_actions({keys[0]: Action.RESTRICT, keys[1]: Action.BLOCK})  # the poisoned one is skipped
+    assert await store.get_previous_actions(keys) == {keys[0]: Action.RESTRICT, keys[1]: None}
+    # A hash with values we never write there reads as absent too.
+    await client.hset(store.belief_key("garbled"), mapping={"B": "x", "a:GB/adult_content": "MAYBE"})
+    assert (await store.get_many(["garbled"], now=NOW))["garbled"] is None
+    garbled = SurfaceKey("garbled", "GB", "adult_content")
+    assert await store.get_previous_actions([garbled]) == {garbled: None}
+
+
+async def test_replay_journal_rolls_back_odd_ids_and_keeps_raw_ids_out_of_redis(client: RedisClient,
+                                                                                prefix: str) -> None:
+    """The replay's undo journal (stream/memory_store.py) on both backends, keyed by the user's tag."""
+    journal = JournaledBeliefStore(client, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL)
+    users = ["", "}", "{abc}"]
+    await journal.apply({u: [Evidence(f"a-{i}", NOW, 20.0, 2.0)] for i, u in enumerate(users)}, now=NOW,
+                        model_version="m", floor=FLOOR)
+    await journal.commit(1)
+    await journal.apply({u: [Evidence(f"b-{i}", NOW, 30.0, 2.0)] for i, u in enumerate([*users, "new"])},
+                        now=NOW, model_version="m", floor=FLOOR)
+    fields = await client.hkeys(journal.journal_key(1))
+    tags = sorted(f.decode() if isinstance(f, bytes) else f for f in fields)
+    assert tags == sorted(user_tag(u) for u in [*users, "new"])
+    assert await journal.rollback() == 4
+    after = await journal.get_many([*users, "new"], now=NOW)
+    assert after["new"] is None
+    assert all(b is not None and b.observations == 1 for u, b in after.items() if u != "new")
+    assert await journal.drop_namespace() > 0
+    assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []

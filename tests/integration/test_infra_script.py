@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.infra import INFRA
+from tests.infra import INFRA, redis_cluster_ready
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +31,14 @@ def port_open(port: int) -> bool:
 @pytest.fixture
 def isolated_env(tmp_path: Path) -> dict[str, str]:
     """Other ports and a private state folder; the resolved-jar cache is shared when present."""
-    env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}}
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL"}}
     env |= {
         "AGEGATE_KAFKA_PORT": str(free_port()),
         "AGEGATE_KAFKA_CONTROLLER_PORT": str(free_port()),
         "AGEGATE_REDIS_PORT": str(free_port()),
+        "AGEGATE_REDIS_CLUSTER_PORT": str(free_port()),
+        "AGEGATE_REDIS_CLUSTER_BUS_PORT": str(free_port()),
         "AGEGATE_STATE_DIR": str(tmp_path / "state"),
     }
     return env
@@ -65,9 +69,12 @@ def test_kafka_port_taken_leaves_nothing_started(isolated_env: dict[str, str], o
     result = infra(isolated_env, "up")
     assert result.returncode != 0
     assert "already in use" in result.stderr
-    # Redis came up first in this call; the failed Kafka start must take it down again.
+    # Redis and the Redis Cluster came up first in this call; the failed Kafka start takes them down again.
     assert not port_open(int(isolated_env["AGEGATE_REDIS_PORT"]))
-    assert "redis  stopped" in infra(isolated_env, "status").stdout
+    assert not port_open(int(isolated_env["AGEGATE_REDIS_CLUSTER_PORT"]))
+    status = infra(isolated_env, "status").stdout
+    assert "redis  stopped" in status
+    assert "redis-cluster  stopped" in status
 
 
 def test_java_missing(isolated_env: dict[str, str], tmp_path: Path) -> None:
@@ -114,9 +121,36 @@ def test_up_twice_then_down_stops_exactly_what_up_started(isolated_env: dict[str
 
 
 def test_external_services_are_never_started(isolated_env: dict[str, str]) -> None:
-    isolated_env |= {"KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9092", "REDIS_URL": "redis://redis.example:6379/0"}
+    isolated_env |= {"KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9092", "REDIS_URL": "redis://redis.example:6379/0",
+                     "REDIS_CLUSTER_URL": "redis://redis-cluster.example:6379/0"}
     result = infra(isolated_env, "up")
     assert result.returncode == 0
     assert "kafka: external" in result.stdout
     assert "redis: external, not started" in result.stdout
+    assert "redis-cluster: external, not started" in result.stdout
     assert not port_open(int(isolated_env["AGEGATE_REDIS_PORT"]))
+    assert not port_open(int(isolated_env["AGEGATE_REDIS_CLUSTER_PORT"]))
+
+
+def test_redis_cluster_up_serves_every_slot_then_down(isolated_env: dict[str, str]) -> None:
+    first = infra(isolated_env, "up", "redis-cluster")
+    assert first.returncode == 0, first.stderr
+    port = int(isolated_env["AGEGATE_REDIS_CLUSTER_PORT"])
+    url = f"redis://127.0.0.1:{port}/0"
+    assert redis_cluster_ready(url)
+    info = redis.Redis.from_url(url).cluster("INFO")
+    assert int(info["cluster_slots_assigned"]) == 16384
+    again = infra(isolated_env, "up", "redis-cluster")
+    assert again.returncode == 0
+    assert "already running" in again.stdout
+    assert "redis-cluster  running" in infra(isolated_env, "status").stdout
+    assert "stopped" in infra(isolated_env, "down", "redis-cluster").stdout
+    assert not port_open(port)
+
+
+def test_redis_cluster_port_taken_by_someone_else(isolated_env: dict[str, str], occupied_port: int) -> None:
+    isolated_env["AGEGATE_REDIS_CLUSTER_PORT"] = str(occupied_port)
+    result = infra(isolated_env, "up", "redis-cluster")
+    assert result.returncode != 0
+    assert f"port {occupied_port} is already in use" in result.stderr
+    assert "AGEGATE_REDIS_CLUSTER_PORT" in result.stderr

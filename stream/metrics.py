@@ -43,6 +43,10 @@ CONSUMER_LAG = Gauge("agegate_consumer_lag", "Consumer lag", ["topic", "partitio
 DEPENDENCY_DOWN = Gauge("agegate_dependency_down", "Dependency unreachable", ["dependency"], registry=REGISTRY)
 # Retries of transient faults, by dependency.
 RETRIES = Counter("agegate_retries_total", "Retried transient faults", ["dependency"], registry=REGISTRY)
+# A belief this worker stored is gone (FLUSHALL, failover without persistence): those users start over.
+BELIEFS_LOST = Counter(
+    "agegate_beliefs_lost_total", "Users whose belief this worker had stored was gone from Redis", registry=REGISTRY
+)
 # 1 when the worker is ready (assigned, model loaded, Redis reachable).
 READY = Gauge("agegate_ready", "Worker readiness", registry=REGISTRY)
 # Online accuracy: absolute error of the belief at the time a verified age arrives.

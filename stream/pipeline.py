@@ -12,7 +12,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -100,6 +100,27 @@ class _BeliefRequest:
     future: asyncio.Future[tuple[Belief | None, Action | None, int]] = field(repr=False)
 
 
+class RecentBeliefs:
+    """Users this process recently stored a belief for (bounded, least recently used dropped first).
+
+    A belief Redis no longer has for one of them was lost (FLUSHALL, a failover without persistence,
+    an operator's DEL), not never made: the user is judged as new, so the loss must be seen.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._users: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._users
+
+    def add(self, user_id: str) -> None:
+        self._users[user_id] = None
+        self._users.move_to_end(user_id)
+        if len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+
+
 class BeliefStage:
     """Coalesces the belief updates of events that became ready together into pipelined round trips.
 
@@ -120,6 +141,7 @@ class BeliefStage:
         self._flush_task: asyncio.Task[None] | None = None
         self._pending_actions: dict[SurfaceKey, tuple[Action, list[asyncio.Future[None]]]] = {}
         self._retry_wait = wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2)
+        self.recent = RecentBeliefs()
 
     def submit(
         self,
@@ -213,6 +235,7 @@ class BeliefStage:
         verified = [r for r in round_ if r.verified is not None]
         estimated = [r for r in round_ if r.verified is None]
         beliefs: dict[str, Belief | None] = {}
+        existed: dict[str, bool] = {}  # whether the user had a belief before this round
         previous: dict[str, Mapping[str, Action]] = {}
         # Online accuracy: what the estimated belief said when the verified age arrived.
         priors = await self.store.get_many([r.user_id for r in verified], now=now) if verified else {}
@@ -234,13 +257,18 @@ class BeliefStage:
                 if r.user_id in result.errors:  # this user's data only: its event is dead-lettered
                     r.future.set_exception(result.errors[r.user_id])
                     continue
-                beliefs[r.user_id] = result.get(r.user_id)
+                belief = beliefs[r.user_id] = result.get(r.user_id)
+                applied_now = len(result.applied.get(r.user_id, ()))
+                existed[r.user_id] = belief is not None and belief.observations > applied_now
                 previous[r.user_id] = result.previous_actions.get(r.user_id, {})
             refused = {r.user_id: len(result.refused.get(r.user_id, ())) for r in estimated}
         else:
             refused = {}
         prev_actions = await self.store.get_previous_actions([r.surface_key for r in verified]) if verified else {}
         metrics.BELIEF_UPDATE_SECONDS.observe(time.perf_counter() - started)
+        for r in verified:
+            existed[r.user_id] = priors.get(r.user_id) is not None
+        self._notice_lost(existed, beliefs)
         for r in verified:  # observed once the round succeeded, so a retried round counts once
             prior = priors.get(r.user_id)
             if r.verified is not None and prior is not None and not prior.verified and not r.future.done():
@@ -254,6 +282,16 @@ class BeliefStage:
             else:  # previous_actions is keyed "jurisdiction/surface"
                 prev = previous.get(r.user_id, {}).get(r.surface_key.field.removeprefix("a:"))
             r.future.set_result((beliefs.get(r.user_id), prev, refused.get(r.user_id, 0)))
+
+    def _notice_lost(self, existed: Mapping[str, bool], beliefs: Mapping[str, Belief | None]) -> None:
+        lost = [u for u, was in existed.items() if not was and u in self.recent]
+        if lost:
+            metrics.BELIEFS_LOST.inc(len(lost))
+            log.error("beliefs this worker stored are gone from redis; those users are judged as new "
+                      "(check for FLUSHALL, a failover without persistence, or eviction)", users=len(lost))
+        for u, belief in beliefs.items():
+            if belief is not None:
+                self.recent.add(u)
 
 
 class Pipeline:

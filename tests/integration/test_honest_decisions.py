@@ -22,6 +22,7 @@ import pytest
 
 from model.testing import synthetic_face_jpeg
 from stream import events
+from stream.belief_store import user_key
 from stream.codec import AvroCodec
 from stream.config import Settings, load_settings
 from stream.loadgen import SyntheticEvent
@@ -40,6 +41,7 @@ DATINGS = {"now": 0.0, "future": 10 * YEAR, "past": -10 * YEAR}
 
 @dataclass
 class Scenario:
+    redis_url: str
     worker: WorkerProcess
     reader: OutputReader
     settings: Settings
@@ -84,10 +86,11 @@ def scenario(kafka_bootstrap: str, redis_url: str, tiny_model: Path,
     log = tmp_path_factory.mktemp("honest") / "worker.log"
     worker = WorkerProcess(worker_env(settings, model=tiny_model, redis_url=redis_url, redis_prefix=f"h{run}"),
                            log).start()
+    assert worker.env["AGEGATE_REDIS_PREFIX"] == f"h{run}"
     reader = OutputReader(settings)
     try:
         worker.wait_ready()
-        yield Scenario(worker, reader, settings, run, AvroCodec(), time.time(), np.random.default_rng(11))
+        yield Scenario(redis_url, worker, reader, settings, run, AvroCodec(), time.time(), np.random.default_rng(11))
     finally:
         worker.stop()
         reader.close()
@@ -171,3 +174,25 @@ def test_the_producers_clock_never_buys_a_more_permissive_action(scenario: Scena
     assert future["event_time"].timestamp() == pytest.approx(s.now + DATINGS["future"], abs=1)
     assert abs(future["decided_at"].timestamp() - time.time()) < 600
     assert "event_time_in_future" in future["reason_codes"]
+
+
+def test_a_belief_that_vanished_from_redis_is_counted_and_logged(scenario: Scenario) -> None:
+    """Not silently judged as a new user: the loss is a metric (alerted on) and a log line."""
+    import redis
+
+    s = scenario
+    user = s.user("vanishes")
+    s.send([s.event("uploads", events.upload(user, at=s.now, surface="profile_photo", jurisdiction="DEFAULT",
+                                             frames=s.frames(30.0)), 30.0)])
+    before = s.worker.metric("agegate_beliefs_lost_total")
+    client = redis.Redis.from_url(s.redis_url)
+    prefix = s.worker.env["AGEGATE_REDIS_PREFIX"]
+    assert client.delete(user_key(prefix, user, "b"), user_key(prefix, user, "e")) == 2  # what FLUSHALL does to it
+    client.close()
+    (after_loss,) = s.send([s.event("uploads", events.upload(user, at=s.now + 1, surface="profile_photo",
+                                                             jurisdiction="DEFAULT", frames=s.frames(30.0)),
+                                    30.0)]).values()
+    assert after_loss["evidence"]["observations"] == 1  # judged as new, so safe: no ALLOW on one event
+    assert after_loss["action"] != "ALLOW"
+    assert s.worker.metric("agegate_beliefs_lost_total") == before + 1
+    assert "beliefs this worker stored are gone" in s.worker.tail(200)

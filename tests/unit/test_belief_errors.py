@@ -20,7 +20,7 @@ from stream.policy import Action
 
 FLOOR = 2.0
 NOW = 1_750_000_000.0
-OK_REPLY = [b"A", b"1", b"1000.0", b"0.25", str(NOW).encode(), b"1", b"0", b"m"]
+OK_REPLY = [b"A", b"1", b"1000.0", b"0.25", str(NOW).encode(), b"1", b"0", b"m", b"2.0"]  # ..., mv, floor
 
 
 class FakePipeline:

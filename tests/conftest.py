@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -41,12 +42,19 @@ def kafka_settings(kafka_bootstrap: str, unique_id: str) -> Settings:
     )
 
 
+def _model_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """Where a tiny model is trained: AGEGATE_TEST_MODEL_CACHE/<name> when set (train_tiny_checkpoint
+    reuses a valid checkpoint there, so runs on a busy machine skip retraining), else a fresh temp dir."""
+    cache = os.environ.get("AGEGATE_TEST_MODEL_CACHE")
+    return Path(cache) / name if cache else tmp_path_factory.mktemp(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained in seconds on synthetic faces (children vs adults clearly apart)."""
     from model.testing import train_tiny_checkpoint
 
-    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"))
+    return train_tiny_checkpoint(_model_dir(tmp_path_factory, "tiny-model"))
 
 
 @pytest.fixture(scope="session")
@@ -54,4 +62,4 @@ def tiny_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second small model (another seed): a shadow candidate that disagrees a little."""
     from model.testing import train_tiny_checkpoint
 
-    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model-b"), seed=1)
+    return train_tiny_checkpoint(_model_dir(tmp_path_factory, "tiny-model-b"), seed=1)

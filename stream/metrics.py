@@ -43,6 +43,8 @@ CONSUMER_LAG = Gauge("agegate_consumer_lag", "Consumer lag", ["topic", "partitio
 DEPENDENCY_DOWN = Gauge("agegate_dependency_down", "Dependency unreachable", ["dependency"], registry=REGISTRY)
 # Retries of transient faults, by dependency.
 RETRIES = Counter("agegate_retries_total", "Retried transient faults", ["dependency"], registry=REGISTRY)
+# 1 while the worker takes no input because the invalid share was exceeded (POST /resume resumes).
+INPUT_PAUSED = Gauge("agegate_input_paused", "Input paused on the invalid-share guard", registry=REGISTRY)
 # 1 when the worker is ready (assigned, model loaded, Redis reachable).
 READY = Gauge("agegate_ready", "Worker readiness", registry=REGISTRY)
 # Online accuracy: absolute error of the belief at the time a verified age arrives.

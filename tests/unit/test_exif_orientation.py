@@ -113,6 +113,6 @@ def test_a_face_stored_sideways_is_estimated_like_the_upright_face(tiny_model: P
                 for k, mean in zip(ORIENTATIONS, means, strict=True):
                     assert abs(mean - means[0]) <= max(1.0, stds[0]), (age, k, mean, means[0])
                 if age < 12:
-                    assert max(means) < 15, means
+                    assert max(means) < 18, means  # ignoring the tag reads these at 38-65
     finally:
         engine.close()

@@ -58,7 +58,8 @@ class WorkerRuntime:
         self.input_open = asyncio.Event()  # cleared while input is paused on the invalid share
         self.input_open.set()
         self.paused_reason: str | None = None
-        self.commit: Any = None  # commits acked offsets now (the faust consumer's), set by create_app
+        self.app: Any = None  # the faust app, set by create_app
+        self.revocations = 0  # partition revocations so far: an event held across one is stale
 
     async def start(self) -> None:
         """Load the model (retrying while it is missing: events wait), connect Redis and Kafka."""
@@ -100,8 +101,14 @@ class WorkerRuntime:
     async def admit(self, stream: Any, event: Any) -> None:
         """Take one event in; blocks while `queue_max_events` are in flight (backpressure)."""
         await self.model_loaded.wait()
+        revocations = self.revocations
         while True:
-            await self.input_open.wait()
+            if not self.input_open.is_set():
+                await self.input_open.wait()
+                if self.revocations != revocations:
+                    # Held unread through a rebalance: the partition restarts from the committed
+                    # offset (ours again, or another worker's), so this copy is dropped, not acked.
+                    return
             await self.slots.acquire()
             if self.input_open.is_set():
                 break
@@ -139,14 +146,18 @@ class WorkerRuntime:
         for stream, event in self.tracker.finish(rec.topic, rec.partition, rec.offset):
             await stream.ack(event)
         metrics.IN_FLIGHT_EVENTS.set(self.tracker.in_flight())
-        if paused_now and self.commit is not None:
+        if paused_now and self.app is not None:
             # Keep our place now, not at the next commit tick: a restart must not redo these.
-            await self.commit()
+            await self.app.consumer.commit()
 
     def pause(self, reason: str) -> None:
         """Stop taking input (events in flight still finish and are committed) until `resume`."""
         self.paused_reason = reason
         self.input_open.clear()
+        if self.app is not None:
+            # faust waits for every event it handed out to be acked before a rebalance or stop;
+            # the one held unread at the closed input never will be, so do not wait while paused.
+            self.app.conf.stream_wait_empty = False
         metrics.INPUT_PAUSED.set(1)
         log.error("input paused: invalid share exceeded; POST /resume or restart once fixed", reason=reason)
 
@@ -156,6 +167,8 @@ class WorkerRuntime:
             return False
         self.assembled.pipeline.guard.reset()
         self.paused_reason = None
+        if self.app is not None:
+            self.app.conf.stream_wait_empty = True
         metrics.INPUT_PAUSED.set(0)
         self.input_open.set()
         log.warning("input resumed by an operator")
@@ -223,7 +236,7 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         producer_acks=-1,
     )
     runtime = WorkerRuntime(settings)
-    runtime.commit = lambda: app.consumer.commit()
+    runtime.app = app
     sources = app.topic(
         *(topic_name(role, settings) for role in ("signups", "uploads", "feedback")),
         key_type=bytes,
@@ -278,6 +291,7 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants a keyword `signal`
     async def forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+        runtime.revocations += 1
         for tp in revoked:
             runtime.tracker.forget(tp.topic, tp.partition)
             with contextlib.suppress(KeyError):  # no lag reported for it yet
@@ -340,7 +354,13 @@ def _grace_exceeded(grace_s: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stream.kafka_wait import wait_for_kafka
+
     settings = load_settings()
+    # The loop stays current: faust (mode) runs on the event loop it finds, this one.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(wait_for_kafka(settings))
     app, _ = create_app(settings)
     worker_class = _worker_class()
     worker_class.grace_s = settings.shutdown_grace_s

@@ -4,6 +4,11 @@ Frames come from users, so every check happens before the expensive step it guar
 parsing, header dimensions before pixel decoding (decompression bombs), format from the bytes
 themselves rather than from the declared content type. Failures are `DecodeError` with a short
 stable reason code that the stream maps to dead letters and metrics.
+
+Phones store most photos sideways with an EXIF Orientation tag; the model was trained on upright
+faces and a sideways child can read as an adult, so the tag is applied before anything else looks
+at the pixels. A tag that cannot be read or holds a value outside the 8 defined ones is refused
+(`bad_exif`, `bad_orientation`) rather than guessed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # Content types we accept, and the Pillow format each must turn out to be.
 CONTENT_TYPES: dict[str, str] = {
@@ -24,6 +29,8 @@ CONTENT_TYPES: dict[str, str] = {
 }
 # Modes that convert to RGB without guessing (no colour management, no bit-depth reduction).
 _ALLOWED_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "1"})
+# EXIF Orientation values (TIFF 6.0 / EXIF 2.3): 1 is upright, 2-8 are the flips and rotations.
+_ORIENTATIONS = frozenset(range(1, 9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,7 @@ def decode_rgb(data: bytes, content_type: str, size: int, limits: DecodeLimits) 
                 # Let libjpeg downscale by 1/2..1/8 while decoding: far less work for large frames.
                 image.draft("RGB", (size, size))
             image.load()
+            _apply_orientation(image)
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -83,3 +91,25 @@ def decode_rgb(data: bytes, content_type: str, size: int, limits: DecodeLimits) 
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.asarray(image, dtype=np.uint8)
+
+
+def _apply_orientation(image: Image.Image) -> None:
+    """Turn a loaded image upright in place as its EXIF Orientation says (width x height is unchanged,
+    so the bomb limit checked before still holds)."""
+    if _orientation(image) == 1:
+        return
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception as exc:  # rewriting a malformed EXIF block after the transpose
+        raise DecodeError("bad_exif", f"EXIF block unreadable: {type(exc).__name__}") from None
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF Orientation of a loaded image (1 when absent); DecodeError when unreadable or undefined."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # malformed EXIF blocks surface as struct/TypeError/ValueError and others
+        raise DecodeError("bad_exif", f"EXIF block unreadable: {type(exc).__name__}") from None
+    if not isinstance(value, int) or value not in _ORIENTATIONS:
+        raise DecodeError("bad_orientation", f"EXIF Orientation {str(value)[:20]!r} is not one of 1-8")
+    return value

@@ -5,9 +5,11 @@ Kept in the package, not under tests/, so other test suites and the demo import 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from model.checkpoint import CheckpointError, read_meta
 from model.data.synthetic import encode_jpeg, generate_dataset, render_face, sample_attributes
@@ -50,3 +52,38 @@ def synthetic_face_jpeg(age: float, *, seed: int, size: int = 64, **attrs: str) 
     rng = np.random.default_rng(seed)
     full = {**sample_attributes(rng), **attrs}
     return encode_jpeg(render_face(age, full, rng, size=size), rng)
+
+
+def stored_as(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores for an upright (H, W, C) image when it writes EXIF `orientation`.
+
+    Written from the EXIF 2.3 definitions (where the stored 0th row and 0th column lie in the
+    visual image), independently of Pillow, so tests of the decoder do not check Pillow against itself.
+    """
+    transforms = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # 0th row top, 0th column right: mirrored
+        3: lambda a: a[::-1, ::-1],  # 0th row bottom, 0th column right: upside down
+        4: lambda a: a[::-1, :],  # 0th row bottom, 0th column left: flipped vertically
+        5: lambda a: a.transpose(1, 0, 2),  # 0th row left, 0th column top
+        6: lambda a: np.rot90(a, 1),  # 0th row right, 0th column top: phone held upright
+        7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),  # 0th row right, 0th column bottom
+        8: lambda a: np.rot90(a, -1),  # 0th row left, 0th column bottom
+    }
+    return np.ascontiguousarray(transforms[orientation](upright))
+
+
+def encode_with_orientation(upright: np.ndarray, orientation: int, fmt: str = "JPEG", **save: object) -> bytes:
+    """Encode `upright` as a camera would with EXIF Orientation `orientation` (pixels stored turned)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # ExifTags.Base.Orientation
+    buf = io.BytesIO()
+    Image.fromarray(stored_as(upright, orientation)).save(buf, fmt, exif=exif.tobytes(), **save)
+    return buf.getvalue()
+
+
+def synthetic_face(age: float, *, seed: int, size: int = 64, **attrs: str) -> np.ndarray:
+    """One upright synthetic face of the given age as (size, size, 3) uint8 pixels."""
+    rng = np.random.default_rng(seed)
+    full = {**sample_attributes(rng), **attrs}
+    return np.asarray(render_face(age, full, rng, size=size).convert("RGB"), dtype=np.uint8)

@@ -110,12 +110,18 @@ class Settings:
         "Stores frames may be fetched from, comma separated: file:///dir/ or https://host/prefix/. Empty: none.",
     )
     frame_fetch_timeout_s: float = setting(5.0, "AGEGATE_FRAME_FETCH_TIMEOUT_S", "Time limit of one frame fetch.")
+    max_frames_per_event: int = setting(
+        16,
+        "AGEGATE_MAX_FRAMES_PER_EVENT",
+        "Frames of one event that are scored; the rest are ignored and the decision carries `frames_over_limit`.",
+    )
     # --- Policy and safety -----------------------------------------------------------------------
     policy_file: str = setting("", "AGEGATE_POLICY", "Policy TOML file; empty uses the packaged default policy.")
     invalid_share_limit: float = setting(
         0.5,
         "AGEGATE_INVALID_SHARE_LIMIT",
-        "The worker stops loudly when more than this share of recent events is invalid (a deployment mistake).",
+        "When more than this share of recent events is invalid (a deployment mistake), the worker pauses its input "
+        "until `POST /resume` or a restart (docs/operations.md).",
     )
     invalid_share_window: int = setting(
         200, "AGEGATE_INVALID_SHARE_WINDOW", "How many recent events the invalid share is computed over."
@@ -204,6 +210,7 @@ def _validate(s: Settings) -> list[str]:
         "queue_max_events",
         "frame_max_bytes",
         "frame_max_pixels",
+        "max_frames_per_event",
         "web_port",
         "invalid_share_window",
     )

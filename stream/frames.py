@@ -3,6 +3,10 @@
 A frame is inline bytes or a URI. URIs are fetched only below a configured root (a local directory
 or an HTTP(S) prefix), with limits on size and time; any other URI, and any redirect that leaves
 the stores, is a per-frame error, so events cannot make the worker request arbitrary addresses.
+
+An event carries at most `max_frames` frames that are looked at: the rest are neither fetched nor
+decoded and come back as `frames_over_limit` errors (the decision says so with the reason code of
+the same name), so one event with hundreds of frames costs no more than one with `max_frames`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from model.engine import EncodedFrame, FrameError
 
 ALLOWED_CONTENT_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 TRANSIENT_REASONS = frozenset({"fetch_timeout", "fetch_unavailable"})
+FRAMES_OVER_LIMIT = "frames_over_limit"
 _MAX_REDIRECTS = 3
 
 
@@ -41,8 +46,9 @@ class FrameStores:
 
 
 class FrameResolver:
-    def __init__(self, stores: FrameStores) -> None:
+    def __init__(self, stores: FrameStores, *, max_frames: int = 16) -> None:
         self.stores = stores
+        self.max_frames = max_frames
         self._session: Any = None
 
     async def close(self) -> None:
@@ -51,7 +57,11 @@ class FrameResolver:
             self._session = None
 
     async def resolve_all(self, frames: Sequence[dict[str, Any]]) -> list[EncodedFrame | FrameError]:
-        return list(await asyncio.gather(*(self.resolve(f) for f in frames)))
+        """One result per frame, in order; frames past `max_frames` are ignored (`frames_over_limit`)."""
+        kept = list(await asyncio.gather(*(self.resolve(f) for f in frames[: self.max_frames])))
+        ignored = len(frames) - len(kept)
+        over = FrameError(FRAMES_OVER_LIMIT, f"only the first {self.max_frames} frames of an event are scored")
+        return kept + [over] * ignored
 
     async def resolve(self, frame: dict[str, Any]) -> EncodedFrame | FrameError:
         source = frame.get("source") or {}

@@ -24,7 +24,9 @@ from stream import events
 from stream.codec import AvroCodec
 from stream.registry import FEEDBACK, SIGNUP, UPLOAD
 
-JURISDICTIONS = ("DEFAULT", "EU", "GB", "US", "ZZ")  # ZZ: unknown, falls back to the default
+# Every one is listed in the default policy (tests/unit/test_policy_load.py checks): generated events are
+# judged by their own rules, never by the unknown-jurisdiction fallback (unit-tested in test_policy_decide).
+JURISDICTIONS = ("DEFAULT", "EU", "GB", "US")
 SURFACES = ("profile_photo", "messaging_unknown_adults", "adult_content", "live_streaming")
 BAD_KINDS = ("random_bytes", "truncated_avro", "unknown_schema_id", "corrupt_frames", "zero_byte_frame")
 

@@ -77,6 +77,14 @@ class WorkerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def post(self, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,7 +1,9 @@
 """Structured logging: JSON in deployments, readable console output on a terminal.
 
 A redaction processor runs last before rendering, so user ids, secrets and image bytes never reach
-logs even when a caller passes them by mistake.
+logs even when a caller passes them by mistake. Third-party clients log through stdlib logging,
+which that processor never sees, and their DEBUG output dumps fetched records (keys are user
+ids): their loggers are capped at INFO whatever AGEGATE_LOG_LEVEL says.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ _DROPPED_KEYS = frozenset(
 )
 
 
+# Libraries whose DEBUG lines carry message keys or values; never below INFO.
+THIRD_PARTY_LOGGERS = ("aiokafka", "kafka", "faust", "mode", "confluent_kafka")
+
+
 def _fingerprint(value: object) -> str:
     return "u:" + hashlib.sha256(str(value).encode()).hexdigest()[:12]
 
@@ -61,6 +67,8 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
         structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
     )
     logging.basicConfig(stream=sys.stderr, level=level_name, format="%(message)s", force=True)
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level_name)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -47,6 +47,8 @@ RETRIES = Counter("agegate_retries_total", "Retried transient faults", ["depende
 BELIEFS_LOST = Counter(
     "agegate_beliefs_lost_total", "Users whose belief this worker had stored was gone from Redis", registry=REGISTRY
 )
+# 1 while the worker takes no input because the invalid share was exceeded (POST /resume resumes).
+INPUT_PAUSED = Gauge("agegate_input_paused", "Input paused on the invalid-share guard", registry=REGISTRY)
 # 1 when the worker is ready (assigned, model loaded, Redis reachable).
 READY = Gauge("agegate_ready", "Worker readiness", registry=REGISTRY)
 # Online accuracy: absolute error of the belief at the time a verified age arrives.

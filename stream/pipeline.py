@@ -24,8 +24,8 @@ from stream import metrics
 from stream.belief import YEAR_S, Belief, ClockSkewRule, Evidence, event_evidence
 from stream.belief_store import ApplyResult, BeliefStore, SurfaceKey
 from stream.codec import AvroCodec
-from stream.errors import AgegateError, DecodeError, DependencyUnavailable, InvalidEvent
-from stream.frames import TRANSIENT_REASONS, FrameResolver
+from stream.errors import DecodeError, DependencyUnavailable, InvalidEvent
+from stream.frames import FRAMES_OVER_LIMIT, TRANSIENT_REASONS, FrameResolver
 from stream.log import get_logger
 from stream.policy import Action, Decision, Policy, PolicyEvent, decide
 from stream.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
@@ -61,10 +61,6 @@ class Sink(Protocol):
         """Resolves once Kafka has acknowledged the message."""
 
 
-class InvalidInputShareExceeded(AgegateError):
-    """Most recent input is invalid: a deployment mistake (wrong topic, schema, registry), not bad users."""
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     kind: str  # "decision" or "dead_letter"
@@ -74,21 +70,32 @@ class Outcome:
 
 
 class InvalidShareGuard:
-    """Stops the worker when more than `limit` of the last `window` events were invalid."""
+    """Trips when more than `limit` of the last `window` events were invalid.
+
+    Most input being invalid is a deployment mistake (wrong topic, producers' schema, registry),
+    not bad users. Tripping only records why: the driver decides what it means. The worker stops
+    taking input, keeping its place, until an operator resumes it (`reset`); replay never trips.
+    """
 
     def __init__(self, limit: float, window: int) -> None:
         self.limit = limit
         self._recent: deque[bool] = deque(maxlen=window)
+        self.tripped: str | None = None  # why, once tripped; None until then and after `reset`
 
     def record(self, invalid: bool) -> None:
         self._recent.append(invalid)
-        if len(self._recent) == self._recent.maxlen:
+        if self.tripped is None and len(self._recent) == self._recent.maxlen:
             share = sum(self._recent) / len(self._recent)
             if share > self.limit:
-                raise InvalidInputShareExceeded(
+                self.tripped = (
                     f"{share:.0%} of the last {len(self._recent)} events were invalid (limit {self.limit:.0%}): "
                     "check the topic names, producers' schemas and the schema registry"
                 )
+
+    def reset(self) -> None:
+        """Start over with an empty window (an operator resumed input)."""
+        self._recent.clear()
+        self.tripped = None
 
 
 @dataclass
@@ -449,6 +456,8 @@ class Pipeline:
         reasons = list(decision.reason_codes)
         if errors and estimates:
             reasons.append("some_frames_failed")
+        if any(e.reason == FRAMES_OVER_LIMIT for e in errors):
+            reasons.append(FRAMES_OVER_LIMIT)
         if refused:
             reasons.append("evidence_refused_clock_skew")
         reasons.extend(_time_reasons(event_time, judged_at, self.store.skew))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -28,13 +29,33 @@ from stream.topics import topic_names
 DAY_S = 86400.0
 
 
+CHECKPOINT_IN_DIRECTORY = "best.safetensors"  # what `agegate train --out DIR` leaves as the model to serve
+
+
+def checkpoint_file(path: str) -> Path:
+    """AGEGATE_MODEL as its help says: a .safetensors file, or a training run's directory (its
+    best.safetensors). FileNotFoundError when there is none yet, which the worker waits out."""
+    given = Path(path)
+    if given.is_dir():
+        best = given / CHECKPOINT_IN_DIRECTORY
+        if not best.is_file():
+            raise FileNotFoundError(
+                f"{given} is a directory without {CHECKPOINT_IN_DIRECTORY}: point AGEGATE_MODEL at a training run's "
+                "output directory or at a .safetensors file"
+            )
+        return best
+    if not given.exists():
+        raise FileNotFoundError(f"no model checkpoint at {given}")
+    return given
+
+
 def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceEngine:
     path = checkpoint or settings.model_checkpoint
     if not path:
         raise FileNotFoundError("no model checkpoint configured: set AGEGATE_MODEL")
     limits = DecodeLimits(max_bytes=settings.frame_max_bytes, max_pixels=settings.frame_max_pixels)
     return InferenceEngine.from_checkpoint(
-        path, device=settings.inference_device, threads=settings.inference_threads, limits=limits
+        checkpoint_file(path), device=settings.inference_device, threads=settings.inference_threads, limits=limits
     )
 
 
@@ -101,7 +122,8 @@ def assemble(
     resolver = FrameResolver(
         FrameStores.parse(
             settings.frame_uri_roots, max_bytes=settings.frame_max_bytes, timeout_s=settings.frame_fetch_timeout_s
-        )
+        ),
+        max_frames=settings.max_frames_per_event,
     )
     shadow = ShadowScorer.from_settings(settings, policy=policy, sink=sink) if with_shadow else None
     pipeline = Pipeline(

@@ -10,7 +10,10 @@ guarantees are ours, because faust's do not hold on their own:
   (faust's send future does not tell us the broker has the message); the confluent *transport* is
   not used since it drops headers;
 - `exactly_once` is not offered through faust (open duplicate bugs); at-least-once plus idempotent
-  Redis updates and decision idempotency keys is the guarantee.
+  Redis updates and decision idempotency keys is the guarantee;
+- a flood of invalid input (the invalid-share guard trips) pauses input instead of exiting: what
+  was handled is committed at once, /readyz says why, and `POST /resume` (or a restart) resumes.
+  Exiting would commit nothing, and every restart would write the same dead letters again.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from stream import metrics
 from stream.config import Settings, load_settings
 from stream.log import get_logger
 from stream.offsets import OffsetTracker
-from stream.pipeline import InvalidInputShareExceeded, SourceRecord
+from stream.pipeline import SourceRecord
 from stream.topics import topic_name
 
 log = get_logger("agegate.worker")
@@ -52,6 +55,11 @@ class WorkerRuntime:
         self.sink: Any = None
         self.redis: Any = None
         self.engine: Any = None
+        self.input_open = asyncio.Event()  # cleared while input is paused on the invalid share
+        self.input_open.set()
+        self.paused_reason: str | None = None
+        self.app: Any = None  # the faust app, set by create_app
+        self.revocations = 0  # partition revocations so far: an event held across one is stale
 
     async def start(self) -> None:
         """Load the model (retrying while it is missing: events wait), connect Redis and Kafka."""
@@ -93,7 +101,18 @@ class WorkerRuntime:
     async def admit(self, stream: Any, event: Any) -> None:
         """Take one event in; blocks while `queue_max_events` are in flight (backpressure)."""
         await self.model_loaded.wait()
-        await self.slots.acquire()
+        revocations = self.revocations
+        while True:
+            if not self.input_open.is_set():
+                await self.input_open.wait()
+                if self.revocations != revocations:
+                    # Held unread through a rebalance: the partition restarts from the committed
+                    # offset (ours again, or another worker's), so this copy is dropped, not acked.
+                    return
+            await self.slots.acquire()
+            if self.input_open.is_set():
+                break
+            self.slots.release()  # paused while we waited for a slot: this event stays unread
         message = event.message
         rec = SourceRecord(
             message.topic,
@@ -110,20 +129,50 @@ class WorkerRuntime:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, rec: SourceRecord) -> None:
+        paused_now = False
         try:
             await self.assembled.pipeline.process(rec)
-        except InvalidInputShareExceeded as exc:
-            self.fatal(exc)
-            return
         except Exception as exc:  # a bug: never ack what was not handled; stop loudly
             log.exception("event processing failed", topic=rec.topic, partition=rec.partition, offset=rec.offset)
             self.fatal(exc)
             return
         finally:
+            # Close the input before this event's slot frees, so no further event is admitted.
+            tripped = self.assembled.pipeline.guard.tripped
+            if tripped is not None and self.paused_reason is None:
+                self.pause(tripped)
+                paused_now = True
             self.slots.release()
         for stream, event in self.tracker.finish(rec.topic, rec.partition, rec.offset):
             await stream.ack(event)
         metrics.IN_FLIGHT_EVENTS.set(self.tracker.in_flight())
+        if paused_now and self.app is not None:
+            # Keep our place now, not at the next commit tick: a restart must not redo these.
+            await self.app.consumer.commit()
+
+    def pause(self, reason: str) -> None:
+        """Stop taking input (events in flight still finish and are committed) until `resume`."""
+        self.paused_reason = reason
+        self.input_open.clear()
+        if self.app is not None:
+            # faust waits for every event it handed out to be acked before a rebalance or stop;
+            # the one held unread at the closed input never will be, so do not wait while paused.
+            self.app.conf.stream_wait_empty = False
+        metrics.INPUT_PAUSED.set(1)
+        log.error("input paused: invalid share exceeded; POST /resume or restart once fixed", reason=reason)
+
+    def resume(self) -> bool:
+        """Take input again with a fresh invalid-share window; False when input was not paused."""
+        if self.paused_reason is None:
+            return False
+        self.assembled.pipeline.guard.reset()
+        self.paused_reason = None
+        if self.app is not None:
+            self.app.conf.stream_wait_empty = True
+        metrics.INPUT_PAUSED.set(0)
+        self.input_open.set()
+        log.warning("input resumed by an operator")
+        return True
 
     def fatal(self, exc: BaseException) -> None:
         """Stop loudly without committing anything not finished: redelivery covers the rest."""
@@ -146,8 +195,11 @@ class WorkerRuntime:
             except Exception:
                 self.redis_ok_at = 0.0
         checks["redis_reachable"] = self.redis_ok_at > 0
+        checks["input_open"] = self.paused_reason is None
         ok = all(checks.values())
         metrics.READY.set(1 if ok else 0)
+        if self.paused_reason is not None:
+            checks["paused_reason"] = self.paused_reason
         return ok, checks
 
     async def stop(self) -> None:
@@ -184,6 +236,7 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         producer_acks=-1,
     )
     runtime = WorkerRuntime(settings)
+    runtime.app = app
     sources = app.topic(
         *(topic_name(role, settings) for role in ("signups", "uploads", "feedback")),
         key_type=bytes,
@@ -223,12 +276,22 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         ok, checks = await runtime.ready(app)
         return web.json({"ready": ok, **checks}, status=200 if ok else 503)
 
+    class Resume(faust.web.View):
+        """POST /resume: take input again after an invalid-share pause (the cause fixed or understood)."""
+
+        async def post(self, request: Any) -> Any:
+            resumed = runtime.resume()
+            return self.json({"resumed": resumed}, status=200 if resumed else 409)
+
+    app.page("/resume")(Resume)
+
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants a keyword `signal`
     async def forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+        runtime.revocations += 1
         for tp in revoked:
             runtime.tracker.forget(tp.topic, tp.partition)
             with contextlib.suppress(KeyError):  # no lag reported for it yet
@@ -291,7 +354,13 @@ def _grace_exceeded(grace_s: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stream.kafka_wait import wait_for_kafka
+
     settings = load_settings()
+    # The loop stays current: faust (mode) runs on the event loop it finds, this one.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(wait_for_kafka(settings))
     app, _ = create_app(settings)
     worker_class = _worker_class()
     worker_class.grace_s = settings.shutdown_grace_s

@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.belief_store import user_key
 from stream.config import Settings
 from stream.localrun import OutputReader, Outputs, WorkerProcess, free_port, worker_env
 
-__all__ = ["OutputReader", "Outputs", "WorkerProcess", "free_port", "worker_env"]
+__all__ = ["OutputReader", "Outputs", "WorkerProcess", "free_port", "produce_raw", "worker_env"]
+
+
+def produce_raw(
+    settings: Settings,
+    topic: str,
+    records: list[tuple[bytes | None, bytes | None]],
+    *,
+    partition: int = 0,
+    compression: str = "none",
+) -> list[int]:
+    """Produce (key, value) pairs in order to one partition; returns their offsets once acknowledged."""
+    producer = Producer(
+        settings.kafka_client_config()
+        | {"enable.idempotence": True, "linger.ms": 20, "compression.type": compression}
+    )
+    offsets: dict[int, int] = {}
+    errors: list[str] = []
+
+    def delivered(err: Any, msg: Any, i: int) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            offsets[i] = msg.offset()
+
+    for i, (key, value) in enumerate(records):
+        producer.produce(topic, value, key=key, partition=partition, on_delivery=functools.partial(delivered, i=i))
+        producer.poll(0)
+    remaining = producer.flush(30)
+    assert remaining == 0, remaining
+    assert not errors, errors[:3]
+    return [offsets[i] for i in range(len(records))]
 
 
 def committed_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:

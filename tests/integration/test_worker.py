@@ -31,6 +31,7 @@ from tests.worker_harness import (
     beliefs,
     committed_offsets,
     free_port,
+    produce_raw,
     worker_env,
 )
 
@@ -315,17 +316,87 @@ def test_redis_down_for_ten_seconds_pauses_then_resumes_losing_nothing(reference
         redis_server.stop()
 
 
-def test_mostly_invalid_input_stops_the_worker_loudly(fault_run: dict) -> None:
-    from stream.loadgen import SyntheticEvent
+def _wait_paused(worker: WorkerProcess, timeout: float = 120) -> dict[str, Any]:
+    """Poll /readyz until it reports input paused (the worker must stay up meanwhile)."""
+    import json
 
-    garbage = [
-        SyntheticEvent("uploads", f"u{i}".encode(), b"\x07not avro at all", f"u{i}", 30.0, "random_bytes")
-        for i in range(40)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.proc is not None
+        assert worker.proc.poll() is None, worker.tail()
+        try:
+            status, body = worker.get("/readyz")
+            if status == 503 and json.loads(body).get("input_open") is False:
+                return dict(json.loads(body))
+        except OSError:
+            pass  # web server not up yet
+        time.sleep(0.2)  # polling an external process, bounded by the deadline
+    raise AssertionError(f"worker did not pause within {timeout}s:\n{worker.tail()}")
+
+
+def _wait_committed(settings: Settings, topic: str, offset: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    committed = committed_offsets(settings, [topic])[(topic, 0)]
+    while committed < offset and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling the broker's committed offset, bounded
+        committed = committed_offsets(settings, [topic])[(topic, 0)]
+    return committed
+
+
+def test_a_flood_of_invalid_input_pauses_without_losing_its_place(fault_run: dict) -> None:
+    """Invalid share exceeded: the worker commits what it handled, stays up not ready, writes no
+    dead letter twice across a restart, and decides the valid events behind the flood once resumed."""
+    settings = fault_run["settings"]
+    uploads = topic_name("uploads", settings)
+    garbage: list[tuple[bytes | None, bytes | None]] = [
+        (f"g{i}".encode(), b"\x07not avro at all") for i in range(45)
     ]
-    worker = start_worker(fault_run, "worker", AGEGATE_INVALID_SHARE_WINDOW="20")
-    produce(fault_run["settings"], garbage)
-    assert worker.wait(60) == 3, worker.tail()
-    assert "worker stopping on a fatal error" in worker.tail(200)
+    valid: list[tuple[bytes | None, bytes | None]] = [
+        (ev.key, ev.value) for ev in stream_events() if ev.role == "uploads" and not ev.bad
+    ][:15]
+    # One partition, one event at a time: which events are handled before the pause is exact.
+    extra = {"AGEGATE_INVALID_SHARE_WINDOW": "20", "AGEGATE_QUEUE_MAX_EVENTS": "1"}
+    reader = fault_run["reader"]
+
+    def start_unwaited(name: str) -> WorkerProcess:  # it may pause before /readyz ever answers 200
+        env = worker_env(settings, model=fault_run["model"], redis_url=fault_run["redis_url"],
+                         redis_prefix=fault_run["prefix"], **extra)
+        worker = WorkerProcess(env, fault_run["tmp"] / f"{name}.log").start()
+        fault_run["workers"].append(worker)
+        return worker
+
+    first = start_worker(fault_run, "first", **extra)
+    offsets = produce_raw(settings, uploads, garbage + valid)
+    keys = [f"{uploads}/0/{o}" for o in offsets]
+    bad_keys, good_keys = keys[:45], keys[45:]
+
+    body = _wait_paused(first)
+    assert "invalid" in body["paused_reason"]
+    assert first.metric("agegate_input_paused") == 1
+    assert _wait_committed(settings, uploads, offsets[20]) == offsets[20]  # the 20 handled, no more
+    reader.poll_until(bad_keys[:20], timeout=60)
+    first.stop()
+    assert first.wait(5) == 0, first.tail()
+
+    second = start_unwaited("second")  # a restart resumes from the committed offset
+    _wait_paused(second)
+    assert _wait_committed(settings, uploads, offsets[40]) == offsets[40]
+    reader.poll_until(bad_keys[:40], timeout=60)
+    assert reader.outputs.accounted() & set(keys) == set(bad_keys[:40])
+
+    status, answer = second.post("/resume")
+    assert status == 200, answer
+    outputs = reader.poll_until(keys, timeout=180)
+    assert outputs.accounted() >= set(keys)
+    for key in bad_keys:
+        assert len(outputs.dead_letters[key]) == 1, key  # never twice, restart included
+        assert key not in outputs.decisions
+    for key in good_keys:
+        assert len(outputs.decisions[key]) == 1, key
+    second.wait_ready()
+    assert second.metric("agegate_input_paused") == 0
+    assert _wait_committed(settings, uploads, offsets[-1] + 1) == offsets[-1] + 1
+    assert second.post("/resume")[0] == 409  # nothing to resume
 
 
 def test_shadow_model_publishes_one_record_per_scored_event(

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from model.engine import EncodedFrame, FrameError
 from stream import events
-from stream.frames import FrameResolver, FrameStores
+from stream.frames import FRAMES_OVER_LIMIT, FrameResolver, FrameStores
 
 JPEG = b"\xff\xd8\xff\xe0" + b"x" * 100
 
@@ -107,3 +107,15 @@ async def test_http_store_follows_only_redirects_that_stay_inside(http_store: st
         assert broken.reason == "fetch_unavailable"  # transient: decided safely, not dead-lettered
     finally:
         await r.close()
+
+
+async def test_frames_past_the_per_event_limit_are_ignored_unlooked_at() -> None:
+    r = FrameResolver(FrameStores((), max_bytes=10_000, timeout_s=2.0), max_frames=16)
+    kept = [events.inline_frame(f"f{i}", JPEG) for i in range(16)]
+    # Past the limit: frames that would fail differently if they were resolved (no store allows them).
+    rest = [events.uri_frame(f"u{i}", f"http://169.254.169.254/{i}") for i in range(184)]
+    results = await r.resolve_all(kept + rest)
+    assert len(results) == 200  # one result per frame, in order
+    assert results[:16] == [EncodedFrame(JPEG, "image/jpeg")] * 16
+    assert all(isinstance(x, FrameError) and x.reason == FRAMES_OVER_LIMIT for x in results[16:])
+    assert await r.resolve_all(kept) == [EncodedFrame(JPEG, "image/jpeg")] * 16  # at the limit: all scored

@@ -74,3 +74,21 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
 def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read"):
         load_policy(tmp_path / "absent.toml")
+
+
+def test_default_policy_lists_every_jurisdiction_the_load_generator_uses() -> None:
+    """Generated events are judged by their own rules, never by the unknown-jurisdiction fallback."""
+    from stream.codec import AvroCodec
+    from stream.loadgen import JURISDICTIONS, synthetic_stream
+    from stream.policy import PolicyEvent, decide
+
+    p = load_policy()
+    assert set(JURISDICTIONS) <= set(p.jurisdictions)
+    assert p.jurisdictions["US"].surfaces == p.jurisdictions[p.default_jurisdiction].surfaces
+    for jurisdiction in JURISDICTIONS:
+        d = decide(None, PolicyEvent(jurisdiction, "profile_photo", 0.0), p, now=0.0, half_life_s=1.0)
+        assert "unknown_jurisdiction_fallback" not in d.reason_codes, jurisdiction
+    codec = AvroCodec()
+    stream = synthetic_stream(80, seed=3, frames_per_event=0)
+    generated = {codec.decode(ev.value).record["jurisdiction"] for ev in stream}
+    assert generated == set(JURISDICTIONS)  # what it draws from is what it exports

@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
                         help="confidence of the uncertainty-aware rule (pass when P(age>=T) >= this)")
     parser.add_argument("--min-cell-size", type=int, default=DEFAULT_MIN_CELL_SIZE,
-                        help="groups smaller than this are marked insufficient")
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples per cell")
+                        help="groups with fewer subjects than this are marked insufficient")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="subject-level bootstrap replicates")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows of the split (smoke runs)")
     parser.add_argument("--online", action="store_true",

@@ -280,9 +280,45 @@ def threshold_metrics(
 # --- NIST FATE AEV application metrics (NIST IR 8525) ---------------------------------------------
 
 
+NIST_TEEN_AGES: tuple[int, int] = (14, 17)  # inclusive; NIST's Challenge-25 FPR population
+CHALLENGE_AGES: tuple[int, ...] = (21, 23, 25)
+LEGAL_AGE = 18
+
+
+def challenge_fpr(true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25,
+                  ages: tuple[float, float] = NIST_TEEN_AGES) -> float:
+    """Challenge-T false positive rate: people with ages[0] <= floor(true age) <= ages[1] estimated at least
+    T, i.e. minors a Challenge-T check would not even challenge. NIST's population is 14-17."""
+    return pass_rate(true_age, pred, ages[0], ages[1] + 1, challenge_age)
+
+
+def challenge_fpr_under_18(true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25) -> float:
+    """The same over every minor (true age < 18), young children included: a different, smaller number
+    than NIST's, kept under its own name."""
+    return pass_rate(true_age, pred, -math.inf, LEGAL_AGE, challenge_age)
+
+
+def challenge_fnr(true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25) -> float:
+    """Challenge-T false negatives: adults aged T or over estimated under T, who are challenged (asked
+    for ID) although the policy means to wave them through."""
+    t, p = _arr(true_age), _arr(pred)
+    m = t >= challenge_age
+    return _mean(p[m] < challenge_age)
+
+
 def challenge_25_rate(true_age: ArrayLike, pred: ArrayLike) -> float:
-    """Minors (true age < 18) estimated 25 or older: the ones a Challenge-25 check would not even challenge."""
-    return pass_rate(true_age, pred, -math.inf, 18, 25)
+    """All-under-18 Challenge-25 rate (minors estimated 25+); see `challenge_fpr` for NIST's 14-17 figure."""
+    return challenge_fpr_under_18(true_age, pred, 25)
+
+
+def challenge_metrics(true_age: ArrayLike, pred: ArrayLike,
+                      challenge_ages: Iterable[int] = CHALLENGE_AGES) -> dict[str, dict[str, float]]:
+    return {
+        str(c): {"fpr_14_17": challenge_fpr(true_age, pred, c),
+                 "fpr_under_18": challenge_fpr_under_18(true_age, pred, c),
+                 "fnr_adults": challenge_fnr(true_age, pred, c)}
+        for c in challenge_ages
+    }
 
 
 def _in_13_16(pred: FloatArray) -> BoolArray:
@@ -303,6 +339,10 @@ def child_online_safety_rates(true_age: ArrayLike, pred: ArrayLike) -> dict[str,
 
 
 def nist_metrics(true_age: ArrayLike, pred: ArrayLike) -> dict[str, float]:
-    out = {"challenge_25_rate": challenge_25_rate(true_age, pred)}
+    out = {
+        "challenge_25_fpr_14_17": challenge_fpr(true_age, pred, 25),
+        "challenge_25_fpr_under_18": challenge_fpr_under_18(true_age, pred, 25),
+        "challenge_25_fnr_25_plus": challenge_fnr(true_age, pred, 25),
+    }
     out.update({f"cos_{k}": v for k, v in child_online_safety_rates(true_age, pred).items()})
     return out

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from model.evaluation.bootstrap import DEFAULT_BOOTSTRAP, SubjectBootstrap
 from model.evaluation.calibration import (
     COVERAGE_LEVELS,
     coverage,
@@ -25,7 +26,7 @@ from model.evaluation.calibration import (
     gaussian_nll,
     threshold_calibration,
 )
-from model.evaluation.fairness import DEFAULT_BOOTSTRAP, DEFAULT_MIN_CELL_SIZE, fairness_report, significant_gaps
+from model.evaluation.fairness import DEFAULT_MIN_CELL_SIZE, fairness_report, significant_gaps
 from model.evaluation.metrics import (
     BUFFERS,
     DEFAULT_CONFIDENCE,
@@ -34,12 +35,15 @@ from model.evaluation.metrics import (
     accuracy_summary,
     by_age_band,
     by_single_year,
+    challenge_metrics,
     nist_metrics,
     prob_at_least,
     threshold_metrics,
 )
+from model.evaluation.operating import operating_report
+from model.evaluation.subject_stats import DEFINITIONS, by_year_cells, headline_cells
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: subject-level intervals, NIST Challenge-25 names, operating points
 CALIBRATION_THRESHOLDS: tuple[int, ...] = (13, 16, 18, 21, 25)
 
 
@@ -79,7 +83,10 @@ def model_metrics(
         }
         for a in est.attributes
     }
-    fairness = fairness_report(est, min_cell_size=min_cell_size, n_boot=n_boot, seed=seed, confidence=confidence)
+    # One subject-level bootstrap for every interval of this model: same people resampled everywhere.
+    boot = SubjectBootstrap(est.subject_id, len(est), n_boot=n_boot, seed=seed)
+    fairness = fairness_report(est, min_cell_size=min_cell_size, n_boot=n_boot, seed=seed, confidence=confidence,
+                               boot=boot)
     return {
         "name": name,
         "checkpoint": checkpoint,
@@ -93,6 +100,14 @@ def model_metrics(
         },
         "thresholds": threshold_metrics(est, thresholds, buffers, confidence),
         "nist": nist_metrics(t, m),
+        "challenge": challenge_metrics(t, m),
+        "subject_level": {
+            "n_subjects": boot.n_subjects(),
+            "n_images": len(est),
+            "headline": headline_cells(est, boot, confidence),
+            "by_year": by_year_cells(est, boot, thresholds, buffers),
+        },
+        "operating": operating_report(est, boot, thresholds=thresholds),
         "uncertainty": uncertainty,
         "by_group": by_group,
         "fairness": fairness,
@@ -135,6 +150,7 @@ def build_metrics(
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": dict(dataset),
         "config": dict(config),
+        "definitions": dict(DEFINITIONS),
         "models": list(models),
         "headline": [headline(m) for m in models],
     }
@@ -313,12 +329,12 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
         parts.append(f"<h2>Release gate</h2><pre>{html.escape(gate_text)}</pre>")
     parts.append("<h2>Models</h2>")
     parts.append(_table(["model", "version", "checkpoint", "scored", "errors", "NLL", "cov50", "cov80", "cov95",
-                         "Challenge-25", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [
+                         "C25 FPR 14-17 (NIST)", "C25 FPR all <18", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [
         [m["name"], m["model_version"], m["checkpoint"], m["n_scored"], m["n_errors"],
          m["uncertainty"].get("gaussian_nll"),
          *(m["uncertainty"].get("coverage", {}).get("overall", {}).get(k) for k in ("p50", "p80", "p95")),
-         m["nist"]["challenge_25_rate"], m["nist"]["cos_tpr_13_16"], m["nist"]["cos_fpr_8_12"],
-         m["nist"]["cos_fpr_17_22"]] for m in models]))
+         m["nist"]["challenge_25_fpr_14_17"], m["nist"]["challenge_25_fpr_under_18"], m["nist"]["cos_tpr_13_16"],
+         m["nist"]["cos_fpr_8_12"], m["nist"]["cos_fpr_17_22"]] for m in models]))
     parts.append("<h2>Accuracy by age band</h2>")
     bands = list(models[0]["accuracy"]["by_age_band"]) if models else []
     parts.append(_table(["model", *bands], [

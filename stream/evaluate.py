@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     from model.data.manifest import load_manifest
     from model.evaluation.gate import DEFAULT_GATE, GateFileError, format_result, load_gate
+    from model.evaluation.predictions import FILENAME, PredictionsError, read_predictions, write_predictions
     from model.evaluation.report import (
         DatasetMismatchError,
         build_metrics,
@@ -197,7 +198,16 @@ def run(args: argparse.Namespace) -> int:
         "bootstrap": args.bootstrap, "seed": args.seed, "limit": args.limit,
         "policy": args.policy, "gate": args.gate,
     }
+    baseline_est = None
+    if baseline is not None and gate is not None:
+        try:
+            ref_name = baseline["models"][0]["name"]
+            baseline_est = read_predictions(Path(args.baseline).parent / FILENAME, rows, ref_name)[1]
+        except PredictionsError as exc:
+            print(f"agegate eval: the paired gate needs the baseline's row-level estimates: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     models: list[dict[str, Any]] = []
+    scored: list[tuple[str, Estimates]] = []
     used: set[str] = set()
     for i, ckpt in enumerate(args.model):
         engine = _load_engine(ckpt, args.device, args.threads)
@@ -225,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
                 model_version=engine.model_version,
             )
         models.append(entry)
+        scored.append((name, est))
     dataset = {
         "manifest": str(args.data), "content_hash": data_hash, "split": args.split, "n_rows": len(rows),
         "attributes": manifest.attribute_names(),
@@ -233,16 +244,18 @@ def run(args: argparse.Namespace) -> int:
 
     gate_text, failed = "", False
     if gate is not None:
-        results = run_gate(gate, metrics, baseline)
+        results = run_gate(gate, metrics, baseline, scored, baseline_est)
         gate_text = "\n".join(format_result(r) for r in results)
         gate_text = gate_text or "gate: nothing to compare (one model, no --baseline)"
         metrics["gate"] = {
             "file": str(gate.source),
+            "confidence": gate.confidence,
             "passed": all(r.passed for r in results),
             "results": [
                 {"candidate": r.candidate, "reference": r.reference, "passed": r.passed,
                  "violations": [{"rule": c.rule, "metric": c.metric, "reference": c.reference,
-                                 "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason}
+                                 "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason,
+                                 "lower_bound": c.lower_bound}
                                 for c in r.violations]}
                 for r in results
             ],
@@ -250,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         failed = not metrics["gate"]["passed"]
     out = Path(args.out)
     write_metrics_json(metrics, out / "metrics.json")
+    write_predictions(out / FILENAME, scored)
     write_report_html(metrics, out / "report.html", gate_text)
     print(_headline_text(metrics["headline"]))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
@@ -258,18 +272,27 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_GATE_FAILED if failed else 0
 
 
-def run_gate(gate: Any, metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[Any]:
-    """Reference: the baseline report's first model when given, else this run's first model."""
-    from model.evaluation.gate import evaluate_gate
+def run_gate(
+    gate: Any, metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+    scored: Sequence[tuple[str, Estimates]], baseline_est: Estimates | None = None,
+) -> list[Any]:
+    """Reference: the baseline report's first model when given, else this run's first model. Each
+    candidate is paired with the reference on the rows both scored (evaluate_paired_gate)."""
+    from model.evaluation.gate import evaluate_paired_gate
 
     models = list(metrics["models"])
     if baseline is not None:
-        reference, candidates = baseline["models"][0], models
+        if baseline_est is None:
+            raise ValueError("a baseline comparison needs the baseline's estimates")
+        reference, ref_est = baseline["models"][0], baseline_est
+        candidates = list(zip(models, (e for _, e in scored), strict=True))
     else:
         if len(models) < 2:
             return []
-        reference, candidates = models[0], models[1:]
-    return [evaluate_gate(gate, reference, c, reference["name"], c["name"]) for c in candidates]
+        reference, ref_est = models[0], scored[0][1]
+        candidates = list(zip(models[1:], (e for _, e in scored[1:]), strict=True))
+    return [evaluate_paired_gate(gate, ref_est, est, reference, entry, reference["name"], entry["name"])
+            for entry, est in candidates]
 
 
 def _headline_text(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -47,6 +47,7 @@ class Estimates:
     bucket_probs: FloatArray | None = None  # (n, 5) for the legacy classifier
     n_errors: int = 0
     subject_id: NDArray[Any] | None = None  # lets a policy replay fuse one person's frames
+    row_id: NDArray[Any] | None = None  # manifest path: pairs two models' rows for the gate
 
     @classmethod
     def build(
@@ -57,7 +58,8 @@ class Estimates:
         attributes: Mapping[str, Sequence[Any] | NDArray[Any]] | None = None,
         bucket_probs: ArrayLike | None = None,
         n_errors: int = 0,
-        subject_id: Sequence[Any] | None = None,
+        subject_id: Sequence[Any] | NDArray[Any] | None = None,
+        row_id: Sequence[Any] | NDArray[Any] | None = None,
     ) -> Estimates:
         t = np.asarray(true_age, dtype=np.float64).reshape(-1)
         m = np.asarray(mean, dtype=np.float64).reshape(-1)
@@ -78,7 +80,12 @@ class Estimates:
             sid = np.asarray([str(x) for x in subject_id], dtype=object)
             if sid.shape != t.shape:
                 raise ValueError(f"subject_id has {sid.shape[0]} values for {t.shape[0]} rows")
-        return cls(t, m, s, attrs, bp, n_errors, sid)
+        rid = None
+        if row_id is not None:
+            rid = np.asarray([str(x) for x in row_id], dtype=object)
+            if rid.shape != t.shape:
+                raise ValueError(f"row_id has {rid.shape[0]} values for {t.shape[0]} rows")
+        return cls(t, m, s, attrs, bp, n_errors, sid, rid)
 
     def __len__(self) -> int:
         return int(self.true_age.shape[0])
@@ -90,6 +97,7 @@ class Estimates:
             None if self.bucket_probs is None else self.bucket_probs[mask],
             0,
             None if self.subject_id is None else self.subject_id[mask],
+            None if self.row_id is None else self.row_id[mask],
         )
 
 

@@ -50,7 +50,7 @@ def cutoff_for_rate(scores: FloatArray, weights: FloatArray, target: float) -> F
     return out
 
 
-def _rate_below(score: FloatArray, mask: BoolArray, cutoffs: FloatArray, weights: FloatArray) -> FloatArray:
+def rate_below(score: FloatArray, mask: BoolArray, cutoffs: FloatArray, weights: FloatArray) -> FloatArray:
     """Per row of weights: weighted fraction of the `mask` population with score < its cutoff."""
     w = np.atleast_2d(weights)[:, mask]
     below = score[mask][None, :] < cutoffs[:, None]
@@ -68,7 +68,7 @@ def matched_point(score: FloatArray, true_age: FloatArray, threshold: float, tar
     minors = true_age < threshold
     near = (true_age >= threshold) & (true_age < threshold + NEAR_SPAN)
     c = cutoff_for_rate(score, w * minors, target)
-    return c, _rate_below(score, near, c, w)
+    return c, rate_below(score, near, c, w)
 
 
 def challenge_age_for_fpr(mean: FloatArray, true_age: FloatArray, target: float,

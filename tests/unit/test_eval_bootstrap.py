@@ -41,7 +41,9 @@ def test_means_are_weighted_replicates_and_point_estimate_is_inside() -> None:
     reps = boot.means(values)
     w = boot.weights[7]
     assert reps[7] == pytest.approx(float((w * values).sum() / w.sum()))
-    lo, hi = percentile_interval(reps)
+    ci = percentile_interval(reps)
+    assert ci is not None
+    lo, hi = ci
     assert lo < values.mean() < hi
 
 

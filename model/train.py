@@ -302,20 +302,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--version", default="", help="model version recorded in the checkpoint (default: timestamp)")
+    parser.add_argument("--seeds", default="", metavar="S1,S2,...",
+                        help="train one run per seed (OUT/seed-S each, version suffixed -sS); overrides --seed")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/recovery.safetensors (also done automatically when it exists)")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; duplicates refused (two runs would write one folder)."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"--seeds {text!r} must name distinct seeds")
+    return seeds
+
+
+def seed_runs(settings: TrainSettings, seeds: list[int]) -> list[TrainSettings]:
+    """One settings per seed: its own run folder OUT/seed-S and version suffix, so seeds never share a
+    recovery checkpoint and evaluation can tell them apart."""
+    base = settings.version or time.strftime("%Y%m%d-%H%M%S")
+    return [dataclasses.replace(settings, seed=s, out=str(Path(settings.out) / f"seed-{s}"), version=f"{base}-s{s}")
+            for s in seeds]
 
 
 def run(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
     settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in fields})
-    if not args.resume and (Path(settings.out) / "recovery.safetensors").exists():
-        print(f"{settings.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
-              file=sys.stderr)
+    try:
+        runs = seed_runs(settings, parse_seeds(args.seeds)) if getattr(args, "seeds", "") else [settings]
+    except ValueError as exc:
+        print(f"agegate train: {exc}", file=sys.stderr)
         return 2
-    result = train(settings)
-    print(format_metrics("val (best)", result["val"]))
-    if "test" in result:
-        print(format_metrics("test", result["test"]))
-    print(f"best checkpoint: {result['best']}")
+    for s in runs:
+        if not args.resume and (Path(s.out) / "recovery.safetensors").exists():
+            print(f"{s.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
+                  file=sys.stderr)
+            return 2
+    best = []
+    for s in runs:
+        result = train(s)
+        print(format_metrics(f"val (best, seed {s.seed})", result["val"]))
+        if "test" in result:
+            print(format_metrics(f"test (seed {s.seed})", result["test"]))
+        print(f"best checkpoint: {result['best']}")
+        best.append(result["best"])
+    if len(best) > 1:
+        print("checkpoints for `agegate eval --model NAME=" + ",".join(best) + "`")
     return 0

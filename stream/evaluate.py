@@ -36,8 +36,9 @@ EXIT_BAD_INPUT = 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model.evaluation.fairness import DEFAULT_BOOTSTRAP, DEFAULT_MIN_CELL_SIZE
 
-    parser.add_argument("--model", action="append", default=[], metavar="CKPT",
-                        help="checkpoint to evaluate; repeat for side by side (the first is the gate's reference)")
+    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]CKPT[,CKPT...]",
+                        help="checkpoint(s) to evaluate; NAME=C1,C2,... gives several seeds of one model (mean and "
+                             "spread reported); repeat for side by side (the first model is the gate's reference)")
     parser.add_argument("--name", action="append", default=[], help="display name per --model, in order")
     parser.add_argument("--data", metavar="MANIFEST", help="dataset manifest (.csv/.jsonl)")
     parser.add_argument("--split", default="test", help="manifest split to evaluate (default: test)")
@@ -66,6 +67,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from stream.online_metrics import add_arguments as add_online
 
     add_online(parser.add_argument_group("online metrics (with --online)"))
+
+
+def parse_model_specs(values: Sequence[str], names: Sequence[str]) -> list[tuple[str | None, list[str]]]:
+    """`--model` values -> [(name or None, [checkpoints])], merging repeated `NAME=` of one name.
+
+    `NAME=C1,C2` names a model with several seed checkpoints; a bare `CKPT` is one checkpoint named by
+    the matching `--name` (or its model version later). A part before `=` containing a path separator
+    is not a name (a path may contain `=`)."""
+    groups: dict[str, list[str]] = {}
+    out: list[tuple[str | None, list[str]]] = []
+    bare = 0
+    for v in values:
+        head, sep, tail = v.partition("=")
+        if sep and head and "/" not in head and tail:
+            ckpts = [c for c in tail.split(",") if c]
+            if head in groups:
+                groups[head].extend(ckpts)
+            else:
+                groups[head] = ckpts
+                out.append((head, groups[head]))
+            continue
+        name = names[bare] if bare < len(names) else None
+        bare += 1
+        out.append((name, [v]))
+    return out
+
+
+def _seed_of(ckpt: str, index: int) -> str:
+    from model.checkpoint import CheckpointError, read_meta
+
+    try:
+        seed = read_meta(ckpt).extra.get("settings", {}).get("seed")
+    except (CheckpointError, OSError, ValueError):  # unreadable (or a test stand-in): named by position
+        seed = None
+    return f"s{seed}" if isinstance(seed, int) else f"#{index + 1}"
 
 
 def _default_name(ckpt: str, version: str, used: set[str]) -> str:
@@ -168,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         write_report_html,
     )
     from model.evaluation.scoring import score_rows
+    from model.evaluation.seeds import format_seed_summary, seed_summary
 
     manifest = load_manifest(args.data)
     data_hash = manifest.content_hash
@@ -209,7 +246,10 @@ def run(args: argparse.Namespace) -> int:
     models: list[dict[str, Any]] = []
     scored: list[tuple[str, Estimates]] = []
     used: set[str] = set()
-    for i, ckpt in enumerate(args.model):
+    groups: dict[str, list[dict[str, Any]]] = {}
+    jobs = [(group, ckpt, k, len(ckpts)) for group, ckpts in parse_model_specs(args.model, args.name)
+            for k, ckpt in enumerate(ckpts)]
+    for group, ckpt, k, n_seeds in jobs:
         engine = _load_engine(ckpt, args.device, args.threads)
         try:
             started = time.perf_counter()
@@ -219,7 +259,10 @@ def run(args: argparse.Namespace) -> int:
             close = getattr(engine, "close", None)
             if close is not None:
                 close()
-        name = args.name[i] if i < len(args.name) else _default_name(ckpt, engine.model_version, used)
+        base = group or _default_name(ckpt, engine.model_version, used)
+        name = f"{base}@{_seed_of(ckpt, k)}" if n_seeds > 1 else base
+        if name in used:
+            name = _default_name(name, "", used)
         used.add(name)
         log.info("scored %s: %d rows, %d errors, %.1fs", name, len(est), est.n_errors, elapsed)
         entry = model_metrics(
@@ -234,13 +277,16 @@ def run(args: argparse.Namespace) -> int:
                 jurisdiction=args.jurisdiction, surface=args.surface,
                 model_version=engine.model_version,
             )
+        entry["group"] = base
         models.append(entry)
         scored.append((name, est))
+        groups.setdefault(base, []).append(entry)
     dataset = {
         "manifest": str(args.data), "content_hash": data_hash, "split": args.split, "n_rows": len(rows),
         "attributes": manifest.attribute_names(),
     }
     metrics = build_metrics(models, dataset=dataset, config=config)
+    metrics["seed_summary"] = seed_summary(groups)
 
     gate_text, failed = "", False
     if gate is not None:
@@ -266,6 +312,9 @@ def run(args: argparse.Namespace) -> int:
     write_predictions(out / FILENAME, scored)
     write_report_html(metrics, out / "report.html", gate_text)
     print(_headline_text(metrics["headline"]))
+    if any(len(g) > 1 for g in groups.values()):
+        print("across seeds (mean ± sd):")
+        print(format_seed_summary(metrics["seed_summary"]))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     if gate_text:
         print(gate_text, file=sys.stderr if failed else sys.stdout)
@@ -281,18 +330,28 @@ def run_gate(
     from model.evaluation.gate import evaluate_paired_gate
 
     models = list(metrics["models"])
+    pairs = list(zip(models, (e for _, e in scored), strict=True))
     if baseline is not None:
         if baseline_est is None:
             raise ValueError("a baseline comparison needs the baseline's estimates")
-        reference, ref_est = baseline["models"][0], baseline_est
-        candidates = list(zip(models, (e for _, e in scored), strict=True))
+        references = [(baseline["models"][0], baseline_est)]
+        candidates = pairs
     else:
-        if len(models) < 2:
+        ref_group = models[0].get("group", models[0]["name"]) if models else None
+        references = [p for p in pairs if p[0].get("group", p[0]["name"]) == ref_group]
+        candidates = [p for p in pairs if p[0].get("group", p[0]["name"]) != ref_group]
+        if not candidates:
             return []
-        reference, ref_est = models[0], scored[0][1]
-        candidates = list(zip(models[1:], (e for _, e in scored[1:]), strict=True))
-    return [evaluate_paired_gate(gate, ref_est, est, reference, entry, reference["name"], entry["name"])
-            for entry, est in candidates]
+    # Several seeds: the k-th seed of a candidate model is judged against the k-th of the reference.
+    out = []
+    seen: dict[str, int] = {}
+    for entry, est in candidates:
+        g = entry.get("group", entry["name"])
+        k = seen.get(g, 0)
+        seen[g] = k + 1
+        ref_entry, ref_est = references[k % len(references)]
+        out.append(evaluate_paired_gate(gate, ref_est, est, ref_entry, entry, ref_entry["name"], entry["name"]))
+    return out
 
 
 def _headline_text(rows: Sequence[Mapping[str, Any]]) -> str:

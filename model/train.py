@@ -176,6 +176,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
     train_rows = manifest.split("train")
     if s.max_train:
         train_rows = train_rows[: s.max_train]
+    lineage = data_lineage(manifest, [*train_rows, *manifest.split("val")], data_hash)
     t0 = time.perf_counter()
     tr = load_split_tensors(manifest, train_rows, s.input_size, workers=s.workers)
     va = load_split_tensors(manifest, manifest.split("val"), s.input_size, workers=s.workers)
@@ -251,7 +252,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
         history.append({"epoch": epoch + 1, **val})
         ckpt = out / "checkpoints" / f"epoch{epoch + 1:03d}-mae{val['mae']:.3f}.safetensors"
         save_checkpoint(ckpt, model, dataset_hash=data_hash, metrics=val, code_version_=resolved["code_version"],
-                        extra={"epoch": epoch, "settings": dataclasses.asdict(s)})
+                        extra={"epoch": epoch, "settings": dataclasses.asdict(s), "lineage": lineage})
         best = sorted([*best, (val["mae"], str(ckpt))])
         for _, dropped in best[s.keep :]:
             Path(dropped).unlink(missing_ok=True)
@@ -278,6 +279,17 @@ def train(s: TrainSettings) -> dict[str, Any]:
         result["test"] = summarize(best_model, predict_split(best_model, te, device))
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     return result
+
+
+# --- lineage (the leakage guard's record) ---------------------------------------------------------
+
+
+def data_lineage(manifest: Any, rows: list[Any], data_hash: str) -> dict[str, Any]:
+    """What this checkpoint saw: manifest hash, generator seeds, image and subject fingerprints of the
+    training and validation rows, so `agegate eval` can refuse a benchmark that overlaps them."""
+    from model.evaluation.leakage import training_lineage
+
+    return training_lineage(manifest, rows, data_hash)
 
 
 def format_metrics(name: str, m: dict[str, float]) -> str:

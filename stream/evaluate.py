@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="subject-level bootstrap replicates")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows of the split (smoke runs)")
+    parser.add_argument("--force-overlap", action="store_true",
+                        help="evaluate even when the data shares images, subjects or a generator seed with a "
+                             "model's training data (the report then says so)")
     parser.add_argument("--online", action="store_true",
                         help="run the online-metrics consumer instead (stream/online_metrics.py)")
     from stream.online_metrics import add_arguments as add_online
@@ -233,8 +236,12 @@ def run(args: argparse.Namespace) -> int:
     config = {
         "split": args.split, "confidence": args.confidence, "min_cell_size": args.min_cell_size,
         "bootstrap": args.bootstrap, "seed": args.seed, "limit": args.limit,
-        "policy": args.policy, "gate": args.gate,
+        "policy": args.policy, "gate": args.gate, "force_overlap": args.force_overlap,
     }
+    specs = parse_model_specs(args.model, args.name)
+    leakage = check_leakage(manifest, rows, [c for _, ckpts in specs for c in ckpts], args.force_overlap)
+    if leakage is None:
+        return EXIT_BAD_INPUT
     baseline_est = None
     if baseline is not None and gate is not None:
         try:
@@ -247,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     scored: list[tuple[str, Estimates]] = []
     used: set[str] = set()
     groups: dict[str, list[dict[str, Any]]] = {}
-    jobs = [(group, ckpt, k, len(ckpts)) for group, ckpts in parse_model_specs(args.model, args.name)
+    jobs = [(group, ckpt, k, len(ckpts)) for group, ckpts in specs
             for k, ckpt in enumerate(ckpts)]
     for group, ckpt, k, n_seeds in jobs:
         engine = _load_engine(ckpt, args.device, args.threads)
@@ -278,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
                 model_version=engine.model_version,
             )
         entry["group"] = base
+        entry["leakage"] = leakage[ckpt]
         models.append(entry)
         scored.append((name, est))
         groups.setdefault(base, []).append(entry)
@@ -319,6 +327,33 @@ def run(args: argparse.Namespace) -> int:
     if gate_text:
         print(gate_text, file=sys.stderr if failed else sys.stdout)
     return EXIT_GATE_FAILED if failed else 0
+
+
+def check_leakage(manifest: Any, rows: Sequence[Any], checkpoints: Sequence[str],
+                  force: bool) -> dict[str, dict[str, Any]] | None:
+    """Per checkpoint, what the evaluated rows share with its training data. None (after printing why)
+    when something is shared and `force` is off: an in-sample score must not pass for a release number."""
+    from model.checkpoint import CheckpointError
+    from model.evaluation.leakage import describe, fingerprints, lineage_of, overlap
+
+    bench = fingerprints(manifest, rows)
+    out: dict[str, dict[str, Any]] = {}
+    refused = False
+    for ckpt in checkpoints:
+        try:
+            lineage = lineage_of(ckpt)
+        except (CheckpointError, OSError, ValueError):
+            lineage = None  # unreadable here (a stand-in in tests); the engine load reports real problems
+        found = overlap(lineage, bench)
+        found["forced"] = bool(found["leaks"] and force)
+        out[ckpt] = found
+        if not found["checked"]:
+            log.warning("%s records no training lineage: overlap with the benchmark cannot be checked", ckpt)
+        elif found["leaks"]:
+            verdict = "evaluating anyway (--force-overlap)" if force else "refused; pass --force-overlap to override"
+            print(f"agegate eval: {ckpt}: {describe(found)}: {verdict}", file=sys.stderr)
+            refused = refused or not force
+    return None if refused else out
 
 
 def run_gate(

@@ -325,8 +325,21 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
                      h["false_rejection_18_20_at_25"], h["fallback_rate_at_18"], gap])
     parts.append(_table(["model", "MAE", "CS@5", "u18 pass @18", "u18 pass @21", "u18 pass @25", "18-20 rej @18",
                          "18-20 rej @21", "18-20 rej @25", "fallback @18", "largest MAE gap [95% CI]"], rows))
+    leaks = [(m["name"], m.get("leakage") or {}) for m in models]
+    if any(lk.get("leaks") or not lk.get("checked", True) for _, lk in leaks):
+        parts.append("<h2>Training-data overlap</h2><ul>")
+        for name, lk in leaks:
+            if lk.get("leaks"):
+                parts.append(f"<li class='bad'><b>{html.escape(name)}</b>: {lk.get('shared_images')} images, "
+                             f"{lk.get('shared_subjects')} subjects, generator seeds "
+                             f"{html.escape(str(lk.get('shared_generator_seeds')))} shared with its training data; "
+                             "evaluated with --force-overlap: these numbers are in-sample.</li>")
+            elif not lk.get("checked", True):
+                parts.append(f"<li><b>{html.escape(name)}</b>: no training lineage recorded; overlap not checked."
+                             "</li>")
+        parts.append("</ul>")
     if gate_text:
-        parts.append(f"<h2>Release gate</h2><pre>{html.escape(gate_text)}</pre>")
+        parts.append(f"<h2>Release gate</h2><pre style='white-space:pre-wrap'>{html.escape(gate_text)}</pre>")
     parts.append("<h2>Models</h2>")
     parts.append(_table(["model", "version", "checkpoint", "scored", "errors", "NLL", "cov50", "cov80", "cov95",
                          "C25 FPR 14-17 (NIST)", "C25 FPR all <18", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [

@@ -298,6 +298,72 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _ci(cell: Mapping[str, Any] | None) -> str:
+    """'0.0123 [0.0051, 0.0210] (n 742 subj / 2,968 img)' for a subject-level cell."""
+    if not cell or cell.get("value") is None:
+        return "—"
+    ci = cell.get("ci")
+    text = f"{cell['value']:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+    if "n_subjects" in cell:
+        text += f" (n {cell['n_subjects']}/{cell['n_images']})"
+    return text
+
+
+def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Headline with subject-level 95% intervals, matched operating points, per-year rates at 18, seeds."""
+    out: list[str] = []
+    keys = ["mae", "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "challenge_25_fnr_25_plus",
+            "under_18_pass_rate_at_21", "false_rejection_18_20_at_21", "fallback_rate_18", "coverage_p95"]
+    with_sl = [m for m in models if m.get("subject_level")]
+    if not with_sl:
+        return out
+    out.append("<h2>Headline with subject-level 95% intervals</h2><p>Intervals resample people, not photos; "
+               "n = subjects/images in the population.</p>")
+    out.append(_table(["model", *keys], [
+        [m["name"], *(_ci(m["subject_level"]["headline"].get(k)) for k in keys)] for m in with_sl]))
+    out.append("<h2>Matched operating points</h2><p>Each model at its own cutoff keeping the under-T pass rate "
+               "at most 1%: the legal-age (T..T+2) rejection that costs, and the challenge age each needs for a "
+               "1% 14-17 false positive rate.</p>")
+    rows = []
+    for m in with_sl:
+        op = m.get("operating") or {}
+        row: list[Any] = [m["name"]]
+        for T in ("13", "16", "18"):
+            cell = (op.get(T) or {}).get("matched", {}).get("0.01") or {}
+            buf = cell.get("buffer")
+            row.append(("—" if buf is None else f"+{buf:.2f}y: ") + _ci(cell.get("legal_age_rejection_rate")))
+        cell18 = (op.get("18") or {}).get("matched", {}).get("0.01") or {}
+        k = cell18.get("k_std") or {}
+        row.append(("—" if k.get("k") is None else f"k={k['k']:.2f}: ") + _ci(k.get("legal_age_rejection_rate")))
+        row.append(_ci((op.get("challenge_age_for_fpr") or {}).get("0.01")))
+        rows.append(row)
+    out.append(_table(["model", "T=13 buffer: rejection", "T=16", "T=18", "T=18, mean-k*std rule",
+                       "challenge age for 1% FPR"], rows))
+    out.append("<h2>Per single year at 18 (buffer 3: estimate ≥ 21)</h2>")
+    years = [str(y) for y in range(10, 23)]
+    yrows = []
+    for m in with_sl:
+        by = m["subject_level"]["by_year"].get("18", {}).get("3", {})
+        cells = {**by.get("under_age_pass", {}), **by.get("false_rejection", {})}
+        yrows.append([m["name"], *(_ci(cells.get(y)) for y in years)])
+    out.append("<div style='overflow-x:auto'>" + _table(
+        ["model", *(f"{y} {'pass' if int(y) < 18 else 'rejected'}" for y in years)], yrows) + "</div>")
+    if any(len(r.get("entries", [])) > 1 for r in seeds):
+        names = ["mae", "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "under_18_pass_rate_at_21",
+                 "false_rejection_18_20_at_21", "matched_rejection_18_20_at_u18_pass_1pct",
+                 "challenge_age_for_1pct_fpr_14_17", "coverage_p95"]
+
+        def ms(x: Mapping[str, Any]) -> str:
+            if x.get("mean") is None:
+                return "—"
+            return f"{x['mean']:.4g}" + (f" ± {x['std']:.2g}" if x.get("std") is not None else "")
+
+        out.append("<h2>Across seeds (mean ± sd)</h2>")
+        out.append(_table(["model", "seeds", *names], [
+            [r["model"], len(r["entries"]), *(ms(r["metrics"][n]) for n in names)] for r in seeds]))
+    return out
+
+
 def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
     metrics = _clean(metrics)
     models = metrics["models"]
@@ -325,6 +391,7 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
                      h["false_rejection_18_20_at_25"], h["fallback_rate_at_18"], gap])
     parts.append(_table(["model", "MAE", "CS@5", "u18 pass @18", "u18 pass @21", "u18 pass @25", "18-20 rej @18",
                          "18-20 rej @21", "18-20 rej @25", "fallback @18", "largest MAE gap [95% CI]"], rows))
+    parts.extend(_subject_level_sections(models, metrics.get("seed_summary") or []))
     leaks = [(m["name"], m.get("leakage") or {}) for m in models]
     if any(lk.get("leaks") or not lk.get("checked", True) for _, lk in leaks):
         parts.append("<h2>Training-data overlap</h2><ul>")

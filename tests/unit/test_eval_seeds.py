@@ -91,3 +91,6 @@ def test_eval_reports_spread_across_seeds(tmp_path: Path, monkeypatch: pytest.Mo
     assert [(r["reference"], r["candidate"]) for r in doc["gate"]["results"]] == [
         ("ref@#1", "cand@#1"), ("ref@#2", "cand@#2")]
     assert "across seeds" in capsys.readouterr().out
+    html = (tmp_path / "out" / "report.html").read_text()
+    for section in ("Across seeds", "Matched operating points", "subject-level 95% intervals", "Per single year"):
+        assert section in html

@@ -13,28 +13,32 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from model.evaluation.gate import expand
-
-# name -> dotted path into one model's metrics.json entry
-SEED_METRICS: dict[str, str] = {
-    **{k: f"subject_level.headline.{k}.value" for k in (
+# name -> key path into one model's metrics.json entry (tuples: keys such as "0.01" hold dots)
+SEED_METRICS: dict[str, tuple[str, ...]] = {
+    **{k: ("subject_level", "headline", k, "value") for k in (
         "mae", "cs_5", "under_18_pass_rate_at_18", "under_18_pass_rate_at_21", "under_18_pass_rate_at_25",
         "false_rejection_18_20_at_18", "false_rejection_18_20_at_21", "false_rejection_18_20_at_25",
         "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "challenge_25_fnr_25_plus", "fallback_rate_18",
         "coverage_p95",
     )},
-    "matched_rejection_18_20_at_u18_pass_1pct": "operating.18.matched.0.01.legal_age_rejection_rate.value",
-    "matched_rejection_18_20_at_u18_pass_1pct_k_std": "operating.18.matched.0.01.k_std.legal_age_rejection_rate.value",
-    "challenge_age_for_1pct_fpr_14_17": "operating.challenge_age_for_fpr.0.01.value",
-    "gaussian_nll": "uncertainty.gaussian_nll",
+    "matched_rejection_18_20_at_u18_pass_1pct": ("operating", "18", "matched", "0.01", "legal_age_rejection_rate",
+                                                  "value"),
+    "matched_rejection_18_20_at_u18_pass_1pct_k_std": ("operating", "18", "matched", "0.01", "k_std",
+                                                       "legal_age_rejection_rate", "value"),
+    "challenge_age_for_1pct_fpr_14_17": ("operating", "challenge_age_for_fpr", "0.01", "value"),
+    "gaussian_nll": ("uncertainty", "gaussian_nll"),
 }
 
 
-def _value(entry: Mapping[str, Any], path: str) -> float | None:
-    found = [v for _, v in expand(entry, path)]
-    if not found or isinstance(found[0], bool) or not isinstance(found[0], int | float):
+def _value(entry: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = entry
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    if isinstance(node, bool) or not isinstance(node, int | float):
         return None
-    x = float(found[0])
+    x = float(node)
     return x if math.isfinite(x) else None
 
 

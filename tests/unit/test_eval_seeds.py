@@ -37,12 +37,15 @@ def test_spread_and_summary() -> None:
     assert (s["min"], s["max"], s["n"]) == (0.1, 0.3, 2)
     assert spread([0.5])["std"] is None
     entries = [
-        {"name": "m@s0", "subject_level": {"headline": {"mae": {"value": 3.0}}}},
-        {"name": "m@s1", "subject_level": {"headline": {"mae": {"value": 4.0}}}},
+        {"name": "m@s0", "subject_level": {"headline": {"mae": {"value": 3.0}}},
+         "operating": {"challenge_age_for_fpr": {"0.01": {"value": 25.0}}}},
+        {"name": "m@s1", "subject_level": {"headline": {"mae": {"value": 4.0}}},
+         "operating": {"challenge_age_for_fpr": {"0.01": {"value": 27.0}}}},
     ]
     rows = seed_summary({"m": entries})
     assert rows[0]["entries"] == ["m@s0", "m@s1"]
     assert rows[0]["metrics"]["mae"]["mean"] == pytest.approx(3.5)
+    assert rows[0]["metrics"]["challenge_age_for_1pct_fpr_14_17"]["mean"] == pytest.approx(26.0)  # key with a dot
     assert rows[0]["metrics"]["challenge_25_fpr_14_17"]["n"] == 0
     assert "3.500 ± 0.707" in format_seed_summary(rows)
 

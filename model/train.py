@@ -355,9 +355,10 @@ def run(args: argparse.Namespace) -> int:
     best = []
     for s in runs:
         result = train(s)
-        print(format_metrics(f"val (best, seed {s.seed})", result["val"]))
+        tag = f" [seed {s.seed}]" if len(runs) > 1 else ""
+        print(format_metrics(f"val (best){tag}", result["val"]))
         if "test" in result:
-            print(format_metrics(f"test (seed {s.seed})", result["test"]))
+            print(format_metrics(f"test{tag}", result["test"]))
         print(f"best checkpoint: {result['best']}")
         best.append(result["best"])
     if len(best) > 1:

@@ -6,7 +6,7 @@ people as n independent observations and gives intervals 1.5-2x too narrow. Here
 resampling is the subject: a replicate draws subjects with replacement, and every image of a drawn
 subject enters with the number of times its subject was drawn as its weight. A statistic that is a
 mean of a per-row value over eligible rows is then `sum(w*v*e) / sum(w*e)` per replicate, one matrix
-product for all replicates; anything else goes through `replicate(fn)` with the weight vector.
+product for all replicates; anything else (a matched cutoff, a quantile) takes the (B, n) `weights`.
 
 The same `SubjectBootstrap` (same draws) applied to two models scored on the same rows gives a
 *paired* bootstrap of their difference, which is what a release gate needs: the subjects that are
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -91,10 +91,6 @@ class SubjectBootstrap:
             out: FloatArray = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
         return out
 
-    def replicate(self, fn: Callable[[FloatArray], float]) -> FloatArray:
-        """Replicates of any statistic written as a function of per-row weights (a quantile, a matched
-        operating point...). `fn(np.ones(n_rows))` must be the point estimate."""
-        return np.asarray([fn(w) for w in self.weights], dtype=np.float64)
 
 
 def percentile_interval(reps: ArrayLike, level: float = 0.95) -> list[float] | None:
@@ -142,9 +138,3 @@ def estimates(boot: SubjectBootstrap, columns: Sequence[tuple[FloatArray, NDArra
             "n_images": n_images,
         })
     return out
-
-
-def weighted_mean(values: FloatArray, weights: FloatArray) -> float:
-    """Weighted mean that is NaN (not an error) when the weights sum to zero."""
-    total = float(weights.sum())
-    return float((values * weights).sum() / total) if total > 0 else math.nan

@@ -178,6 +178,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
     train_rows = manifest.split("train")
     if s.max_train:
         train_rows = train_rows[: s.max_train]
+    lineage = data_lineage(manifest, [*train_rows, *manifest.split("val")], data_hash)
     t0 = time.perf_counter()
     tr = load_split_tensors(manifest, train_rows, s.input_size, workers=s.workers)
     va = load_split_tensors(manifest, manifest.split("val"), s.input_size, workers=s.workers)
@@ -253,7 +254,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
         history.append({"epoch": epoch + 1, **val})
         ckpt = out / "checkpoints" / f"epoch{epoch + 1:03d}-mae{val['mae']:.3f}.safetensors"
         save_checkpoint(ckpt, model, dataset_hash=data_hash, metrics=val, code_version_=resolved["code_version"],
-                        extra={"epoch": epoch, "settings": dataclasses.asdict(s)})
+                        extra={"epoch": epoch, "settings": dataclasses.asdict(s), "lineage": lineage})
         best = sorted([*best, (val["mae"], str(ckpt))])
         for _, dropped in best[s.keep :]:
             Path(dropped).unlink(missing_ok=True)
@@ -333,6 +334,17 @@ def format_uncertainty(u: dict[str, Any]) -> str:
     return "\n  ".join(lines)
 
 
+# --- lineage (the leakage guard's record) ---------------------------------------------------------
+
+
+def data_lineage(manifest: Any, rows: list[Any], data_hash: str) -> dict[str, Any]:
+    """What this checkpoint saw: manifest hash, generator seeds, image and subject fingerprints of the
+    training and validation rows, so `agegate eval` can refuse a benchmark that overlaps them."""
+    from model.evaluation.leakage import training_lineage
+
+    return training_lineage(manifest, rows, data_hash)
+
+
 def format_metrics(name: str, m: dict[str, float]) -> str:
     parts = [f"{name}: n={int(m['n'])} MAE {m['mae']:.2f} CS@5 {m['cs5']:.3f} within1std {m['within_1std']:.3f}"]
     for t in THRESHOLDS:
@@ -355,21 +367,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--version", default="", help="model version recorded in the checkpoint (default: timestamp)")
+    parser.add_argument("--seeds", default="", metavar="S1,S2,...",
+                        help="train one run per seed (OUT/seed-S each, version suffixed -sS); overrides --seed")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/recovery.safetensors (also done automatically when it exists)")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; duplicates refused (two runs would write one folder)."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"--seeds {text!r} must name distinct seeds")
+    return seeds
+
+
+def seed_runs(settings: TrainSettings, seeds: list[int]) -> list[TrainSettings]:
+    """One settings per seed: its own run folder OUT/seed-S and version suffix, so seeds never share a
+    recovery checkpoint and evaluation can tell them apart."""
+    base = settings.version or time.strftime("%Y%m%d-%H%M%S")
+    return [dataclasses.replace(settings, seed=s, out=str(Path(settings.out) / f"seed-{s}"), version=f"{base}-s{s}")
+            for s in seeds]
 
 
 def run(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
     settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in fields})
-    if not args.resume and (Path(settings.out) / "recovery.safetensors").exists():
-        print(f"{settings.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
-              file=sys.stderr)
+    try:
+        runs = seed_runs(settings, parse_seeds(args.seeds)) if getattr(args, "seeds", "") else [settings]
+    except ValueError as exc:
+        print(f"agegate train: {exc}", file=sys.stderr)
         return 2
-    result = train(settings)
-    print(format_metrics("val (best)", result["val"]))
-    if "test" in result:
-        print(format_metrics("test", result["test"]))
-    print(format_uncertainty(result["uncertainty"]))
-    print(f"best checkpoint: {result['best']}")
+    for s in runs:
+        if not args.resume and (Path(s.out) / "recovery.safetensors").exists():
+            print(f"{s.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
+                  file=sys.stderr)
+            return 2
+    best = []
+    for s in runs:
+        result = train(s)
+        tag = f" [seed {s.seed}]" if len(runs) > 1 else ""
+        print(format_metrics(f"val (best){tag}", result["val"]))
+        if "test" in result:
+            print(format_metrics(f"test{tag}", result["test"]))
+        print(format_uncertainty(result["uncertainty"]))
+        print(f"best checkpoint: {result['best']}")
+        best.append(result["best"])
+    if len(best) > 1:
+        print("checkpoints for `agegate eval --model NAME=" + ",".join(best) + "`")
     return 0

@@ -37,8 +37,9 @@ EXIT_BAD_INPUT = 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model.evaluation.fairness import DEFAULT_BOOTSTRAP, DEFAULT_MIN_CELL_SIZE
 
-    parser.add_argument("--model", action="append", default=[], metavar="CKPT",
-                        help="checkpoint to evaluate; repeat for side by side (the first is the gate's reference)")
+    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]CKPT[,CKPT...]",
+                        help="checkpoint(s) to evaluate; NAME=C1,C2,... gives several seeds of one model (mean and "
+                             "spread reported); repeat for side by side (the first model is the gate's reference)")
     parser.add_argument("--name", action="append", default=[], help="display name per --model, in order")
     parser.add_argument("--data", metavar="MANIFEST", help="dataset manifest (.csv/.jsonl)")
     parser.add_argument("--split", default="test", help="manifest split to evaluate (default: test)")
@@ -58,15 +59,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
                         help="confidence of the uncertainty-aware rule (pass when P(age>=T) >= this)")
     parser.add_argument("--min-cell-size", type=int, default=DEFAULT_MIN_CELL_SIZE,
-                        help="groups smaller than this are marked insufficient")
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples per cell")
+                        help="groups with fewer subjects than this are marked insufficient")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="subject-level bootstrap replicates")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows of the split (smoke runs)")
+    parser.add_argument("--force-overlap", action="store_true",
+                        help="evaluate even when the data shares images, subjects or a generator seed with a "
+                             "model's training data (the report then says so)")
     parser.add_argument("--online", action="store_true",
                         help="run the online-metrics consumer instead (stream/online_metrics.py)")
     from stream.online_metrics import add_arguments as add_online
 
     add_online(parser.add_argument_group("online metrics (with --online)"))
+
+
+def parse_model_specs(values: Sequence[str], names: Sequence[str]) -> list[tuple[str | None, list[str]]]:
+    """`--model` values -> [(name or None, [checkpoints])], merging repeated `NAME=` of one name.
+
+    `NAME=C1,C2` names a model with several seed checkpoints; a bare `CKPT` is one checkpoint named by
+    the matching `--name` (or its model version later). A part before `=` containing a path separator
+    is not a name (a path may contain `=`)."""
+    groups: dict[str, list[str]] = {}
+    out: list[tuple[str | None, list[str]]] = []
+    bare = 0
+    for v in values:
+        head, sep, tail = v.partition("=")
+        if sep and head and "/" not in head and tail:
+            ckpts = [c for c in tail.split(",") if c]
+            if head in groups:
+                groups[head].extend(ckpts)
+            else:
+                groups[head] = ckpts
+                out.append((head, groups[head]))
+            continue
+        name = names[bare] if bare < len(names) else None
+        bare += 1
+        out.append((name, [v]))
+    return out
+
+
+def _seed_of(ckpt: str, index: int) -> str:
+    from model.checkpoint import CheckpointError, read_meta
+
+    try:
+        seed = read_meta(ckpt).extra.get("settings", {}).get("seed")
+    except (CheckpointError, OSError, ValueError):  # unreadable (or a test stand-in): named by position
+        seed = None
+    return f"s{seed}" if isinstance(seed, int) else f"#{index + 1}"
 
 
 def _default_name(ckpt: str, version: str, used: set[str]) -> str:
@@ -172,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     from model.data.manifest import load_manifest
     from model.evaluation.gate import DEFAULT_GATE, GateFileError, format_result, load_gate
+    from model.evaluation.predictions import FILENAME, PredictionsError, read_predictions, write_predictions
     from model.evaluation.report import (
         DatasetMismatchError,
         build_metrics,
@@ -182,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         write_report_html,
     )
     from model.evaluation.scoring import score_rows
+    from model.evaluation.seeds import format_seed_summary, seed_summary
 
     manifest = load_manifest(args.data)
     data_hash = manifest.content_hash
@@ -210,11 +251,27 @@ def run(args: argparse.Namespace) -> int:
     config = {
         "split": args.split, "confidence": args.confidence, "min_cell_size": args.min_cell_size,
         "bootstrap": args.bootstrap, "seed": args.seed, "limit": args.limit,
-        "policy": args.policy, "gate": args.gate,
+        "policy": args.policy, "gate": args.gate, "force_overlap": args.force_overlap,
     }
+    specs = parse_model_specs(args.model, args.name)
+    leakage = check_leakage(manifest, rows, [c for _, ckpts in specs for c in ckpts], args.force_overlap)
+    if leakage is None:
+        return EXIT_BAD_INPUT
+    baseline_est = None
+    if baseline is not None and gate is not None:
+        try:
+            ref_name = baseline["models"][0]["name"]
+            baseline_est = read_predictions(Path(args.baseline).parent / FILENAME, rows, ref_name)[1]
+        except PredictionsError as exc:
+            print(f"agegate eval: the paired gate needs the baseline's row-level estimates: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     models: list[dict[str, Any]] = []
+    scored: list[tuple[str, Estimates]] = []
     used: set[str] = set()
-    for i, ckpt in enumerate(args.model):
+    groups: dict[str, list[dict[str, Any]]] = {}
+    jobs = [(group, ckpt, k, len(ckpts)) for group, ckpts in specs
+            for k, ckpt in enumerate(ckpts)]
+    for group, ckpt, k, n_seeds in jobs:
         engine = _load_engine(ckpt, args.device, args.threads)
         try:
             started = time.perf_counter()
@@ -224,7 +281,10 @@ def run(args: argparse.Namespace) -> int:
             close = getattr(engine, "close", None)
             if close is not None:
                 close()
-        name = args.name[i] if i < len(args.name) else _default_name(ckpt, engine.model_version, used)
+        base = group or _default_name(ckpt, engine.model_version, used)
+        name = f"{base}@{_seed_of(ckpt, k)}" if n_seeds > 1 else base
+        if name in used:
+            name = _default_name(name, "", used)
         used.add(name)
         log.info("scored %s: %d rows, %d errors, %.1fs", name, len(est), est.n_errors, elapsed)
         entry = model_metrics(
@@ -241,25 +301,32 @@ def run(args: argparse.Namespace) -> int:
                 model_version=engine.model_version,
             )
             entry["policy_replay"]["belief_coverage"] = belief_coverage(subject_images(est), floor=floor)
+        entry["group"] = base
+        entry["leakage"] = leakage[ckpt]
         models.append(entry)
+        scored.append((name, est))
+        groups.setdefault(base, []).append(entry)
     dataset = {
         "manifest": str(args.data), "content_hash": data_hash, "split": args.split, "n_rows": len(rows),
         "attributes": manifest.attribute_names(),
     }
     metrics = build_metrics(models, dataset=dataset, config=config)
+    metrics["seed_summary"] = seed_summary(groups)
 
     gate_text, failed = "", False
     if gate is not None:
-        results = run_gate(gate, metrics, baseline)
+        results = run_gate(gate, metrics, baseline, scored, baseline_est)
         gate_text = "\n".join(format_result(r) for r in results)
         gate_text = gate_text or "gate: nothing to compare (one model, no --baseline)"
         metrics["gate"] = {
             "file": str(gate.source),
+            "confidence": gate.confidence,
             "passed": all(r.passed for r in results),
             "results": [
                 {"candidate": r.candidate, "reference": r.reference, "passed": r.passed,
                  "violations": [{"rule": c.rule, "metric": c.metric, "reference": c.reference,
-                                 "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason}
+                                 "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason,
+                                 "lower_bound": c.lower_bound}
                                 for c in r.violations]}
                 for r in results
             ],
@@ -267,26 +334,76 @@ def run(args: argparse.Namespace) -> int:
         failed = not metrics["gate"]["passed"]
     out = Path(args.out)
     write_metrics_json(metrics, out / "metrics.json")
+    write_predictions(out / FILENAME, scored)
     write_report_html(metrics, out / "report.html", gate_text)
     print(_headline_text(metrics["headline"]))
+    if any(len(g) > 1 for g in groups.values()):
+        print("across seeds (mean ± sd):")
+        print(format_seed_summary(metrics["seed_summary"]))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     if gate_text:
         print(gate_text, file=sys.stderr if failed else sys.stdout)
     return EXIT_GATE_FAILED if failed else 0
 
 
-def run_gate(gate: Any, metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[Any]:
-    """Reference: the baseline report's first model when given, else this run's first model."""
-    from model.evaluation.gate import evaluate_gate
+def check_leakage(manifest: Any, rows: Sequence[Any], checkpoints: Sequence[str],
+                  force: bool) -> dict[str, dict[str, Any]] | None:
+    """Per checkpoint, what the evaluated rows share with its training data. None (after printing why)
+    when something is shared and `force` is off: an in-sample score must not pass for a release number."""
+    from model.checkpoint import CheckpointError
+    from model.evaluation.leakage import describe, fingerprints, lineage_of, overlap
+
+    bench = fingerprints(manifest, rows)
+    out: dict[str, dict[str, Any]] = {}
+    refused = False
+    for ckpt in checkpoints:
+        try:
+            lineage = lineage_of(ckpt)
+        except (CheckpointError, OSError, ValueError):
+            lineage = None  # unreadable here (a stand-in in tests); the engine load reports real problems
+        found = overlap(lineage, bench)
+        found["forced"] = bool(found["leaks"] and force)
+        out[ckpt] = found
+        if not found["checked"]:
+            log.warning("%s records no training lineage: overlap with the benchmark cannot be checked", ckpt)
+        elif found["leaks"]:
+            verdict = "evaluating anyway (--force-overlap)" if force else "refused; pass --force-overlap to override"
+            print(f"agegate eval: {ckpt}: {describe(found)}: {verdict}", file=sys.stderr)
+            refused = refused or not force
+    return None if refused else out
+
+
+def run_gate(
+    gate: Any, metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+    scored: Sequence[tuple[str, Estimates]], baseline_est: Estimates | None = None,
+) -> list[Any]:
+    """Reference: the baseline report's first model when given, else this run's first model. Each
+    candidate is paired with the reference on the rows both scored (evaluate_paired_gate)."""
+    from model.evaluation.gate import evaluate_paired_gate
 
     models = list(metrics["models"])
+    pairs = list(zip(models, (e for _, e in scored), strict=True))
     if baseline is not None:
-        reference, candidates = baseline["models"][0], models
+        if baseline_est is None:
+            raise ValueError("a baseline comparison needs the baseline's estimates")
+        references = [(baseline["models"][0], baseline_est)]
+        candidates = pairs
     else:
-        if len(models) < 2:
+        ref_group = models[0].get("group", models[0]["name"]) if models else None
+        references = [p for p in pairs if p[0].get("group", p[0]["name"]) == ref_group]
+        candidates = [p for p in pairs if p[0].get("group", p[0]["name"]) != ref_group]
+        if not candidates:
             return []
-        reference, candidates = models[0], models[1:]
-    return [evaluate_gate(gate, reference, c, reference["name"], c["name"]) for c in candidates]
+    # Several seeds: the k-th seed of a candidate model is judged against the k-th of the reference.
+    out = []
+    seen: dict[str, int] = {}
+    for entry, est in candidates:
+        g = entry.get("group", entry["name"])
+        k = seen.get(g, 0)
+        seen[g] = k + 1
+        ref_entry, ref_est = references[k % len(references)]
+        out.append(evaluate_paired_gate(gate, ref_est, est, ref_entry, entry, ref_entry["name"], entry["name"]))
+    return out
 
 
 def _headline_text(rows: Sequence[Mapping[str, Any]]) -> str:

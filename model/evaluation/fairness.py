@@ -1,16 +1,16 @@
 """Per-group metrics with bootstrap intervals, and the gap between the best and worst group.
 
-A fairness claim is only as good as its sample: every cell carries its count and a 95% bootstrap
-interval, a cell smaller than `min_cell_size` is marked insufficient instead of reported (a 3-person
-group's MAE is noise, and printing it invites someone to act on it), and a gap is flagged significant
-only when it survives a multiple-comparison correction over every gap tested in the report, so an
-unbiased model is not flagged by chance when many metrics and attributes are compared.
+A fairness claim is only as good as its sample: every cell carries its counts (subjects and images)
+and a 95% subject-level bootstrap interval; a cell with fewer than `min_cell_size` subjects is
+marked insufficient instead of reported (a 3-person group's MAE is noise, and printing it invites
+someone to act on it); and a gap is flagged significant only when it survives a multiple-comparison
+correction over every gap tested in the report, so an unbiased model is not flagged by chance when
+many metrics and attributes are compared.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from model.evaluation.bootstrap import DEFAULT_BOOTSTRAP, SubjectBootstrap, percentile_interval
 from model.evaluation.calibration import interval_covered
 from model.evaluation.metrics import (
     CS_EPS,
@@ -31,7 +32,6 @@ from model.evaluation.metrics import (
 )
 
 DEFAULT_MIN_CELL_SIZE = 30
-DEFAULT_BOOTSTRAP = 1000
 FAMILY_ALPHA = 0.05
 
 
@@ -76,23 +76,8 @@ def fairness_specs(est: Estimates, confidence: float = DEFAULT_CONFIDENCE) -> li
     return specs
 
 
-def _rng(seed: int, *names: str) -> np.random.Generator:
-    # crc32, not hash(): str hashing is salted per process and results must be reproducible.
-    return np.random.default_rng([seed, *(zlib.crc32(n.encode()) for n in names)])
-
-
 def _num(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
-
-
-def bootstrap_mean(values: FloatArray, n_boot: int, rng: np.random.Generator) -> FloatArray:
-    """Replicates of the mean of `values` resampled with replacement; empty input gives no replicates."""
-    n = values.shape[0]
-    if n == 0 or n_boot <= 0:
-        return np.empty(0)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    reps: FloatArray = values[idx].mean(axis=1)
-    return reps
 
 
 def group_metric(
@@ -104,27 +89,35 @@ def group_metric(
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     n_tests: int = 1,
+    boot: SubjectBootstrap | None = None,
 ) -> dict[str, Any]:
     """One metric for every group of one attribute, with the max-min gap across sufficient groups.
 
-    `significant` uses a z-test on the extreme pair's difference with bootstrap standard errors at
-    level FAMILY_ALPHA / n_tests (Bonferroni over every pair tested in the report); percentile
-    bootstrap intervals are too coarse that far into the tails with 1000 replicates.
+    Intervals come from the subject-level bootstrap `boot` (rows as their own subjects when None):
+    one replicate resamples subjects once for every group, so the two groups' replicates of a gap are
+    drawn together. A cell's size is its number of distinct subjects (`n_subjects`; `n` counts images):
+    a group of 40 photos of 10 people is a sample of 10. `significant` is a z-test on the extreme
+    pair's difference with the bootstrap standard error of that difference, at level
+    FAMILY_ALPHA / n_tests (Bonferroni over every pair tested in the report); percentile intervals
+    are too coarse that far into the tails with 1000 replicates.
     """
+    if boot is None:
+        boot = SubjectBootstrap(None, spec.values.shape[0], n_boot=n_boot, seed=seed, name=attribute)
     cells: dict[str, dict[str, Any]] = {}
     reps: dict[str, FloatArray] = {}
     points: dict[str, float] = {}
     for g in sorted({str(x) for x in groups}):
         sel = (groups == g) & spec.eligible
-        vals = spec.values[sel]
-        n = int(vals.shape[0])
-        if n < max(min_cell_size, 1):
-            cells[g] = {"n": n, "value": None, "ci": None, "status": "empty" if n == 0 else "insufficient"}
+        n = int(sel.sum())
+        k = boot.n_subjects(sel) if n else 0
+        if n == 0 or k < max(min_cell_size, 1):
+            cells[g] = {"n": n, "n_subjects": k, "value": None, "ci": None,
+                        "status": "empty" if n == 0 else "insufficient"}
             continue
-        r = bootstrap_mean(vals, n_boot, _rng(seed, spec.name, attribute, g))
-        value = float(vals.mean())
-        ci = [float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))] if r.size else [value, value]
-        cells[g] = {"n": n, "value": value, "ci": ci, "status": "ok"}
+        r = boot.means(spec.values, sel)
+        value = float(spec.values[sel].mean())
+        ci = percentile_interval(r) or [value, value]
+        cells[g] = {"n": n, "n_subjects": k, "value": value, "ci": ci, "status": "ok"}
         reps[g], points[g] = r, value
     out: dict[str, Any] = {
         "description": spec.description, "groups": cells, "gap": None, "gap_ci": None, "ratio": None,
@@ -137,10 +130,11 @@ def group_metric(
     gap = points[hi] - points[lo]
     out.update(max_group=hi, min_group=lo, gap=gap,
                ratio=_num(points[hi] / points[lo]) if points[lo] > 0 else None)
-    if reps[hi].size and reps[lo].size:
-        diff = reps[hi] - reps[lo]
-        out["gap_ci"] = [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]
-        se = math.sqrt(float(np.var(reps[hi], ddof=1) + np.var(reps[lo], ddof=1)))
+    diff = reps[hi] - reps[lo]
+    diff = diff[np.isfinite(diff)]
+    if diff.size:
+        out["gap_ci"] = percentile_interval(diff)
+        se = float(np.std(diff, ddof=1)) if diff.size > 1 else 0.0
         critical = NormalDist().inv_cdf(1 - FAMILY_ALPHA / (2 * max(n_tests, 1)))
         if se > 0:
             out["z"] = gap / se
@@ -158,8 +152,14 @@ def fairness_report(
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     confidence: float = DEFAULT_CONFIDENCE,
+    boot: SubjectBootstrap | None = None,
 ) -> dict[str, Any]:
-    """{attribute: {metric: group_metric(...)}} for every manifest attribute (or those named)."""
+    """{attribute: {metric: group_metric(...)}} for every manifest attribute (or those named).
+
+    One subject-level bootstrap (from `est.subject_id`, or `boot` when the caller shares one) serves
+    every cell, so all intervals in a report rest on the same resampled people."""
+    if boot is None:
+        boot = SubjectBootstrap(est.subject_id, len(est), n_boot=n_boot, seed=seed, name="fairness")
     names = list(est.attributes) if attributes is None else list(attributes)
     specs = fairness_specs(est, confidence)
     # Bonferroni denominator: the extreme pair is picked after looking, so it counts as every pair of
@@ -169,7 +169,7 @@ def fairness_report(
     return {
         a: {
             s.name: group_metric(s, est.attributes[a], attribute=a, min_cell_size=min_cell_size,
-                                 n_boot=n_boot, seed=seed, n_tests=n_tests)
+                                 n_boot=n_boot, seed=seed, n_tests=n_tests, boot=boot)
             for s in specs
         }
         for a in names

@@ -47,6 +47,7 @@ class Estimates:
     bucket_probs: FloatArray | None = None  # (n, 5) for the legacy classifier
     n_errors: int = 0
     subject_id: NDArray[Any] | None = None  # lets a policy replay fuse one person's frames
+    row_id: NDArray[Any] | None = None  # manifest path: pairs two models' rows for the gate
 
     @classmethod
     def build(
@@ -57,7 +58,8 @@ class Estimates:
         attributes: Mapping[str, Sequence[Any] | NDArray[Any]] | None = None,
         bucket_probs: ArrayLike | None = None,
         n_errors: int = 0,
-        subject_id: Sequence[Any] | None = None,
+        subject_id: Sequence[Any] | NDArray[Any] | None = None,
+        row_id: Sequence[Any] | NDArray[Any] | None = None,
     ) -> Estimates:
         t = np.asarray(true_age, dtype=np.float64).reshape(-1)
         m = np.asarray(mean, dtype=np.float64).reshape(-1)
@@ -78,7 +80,12 @@ class Estimates:
             sid = np.asarray([str(x) for x in subject_id], dtype=object)
             if sid.shape != t.shape:
                 raise ValueError(f"subject_id has {sid.shape[0]} values for {t.shape[0]} rows")
-        return cls(t, m, s, attrs, bp, n_errors, sid)
+        rid = None
+        if row_id is not None:
+            rid = np.asarray([str(x) for x in row_id], dtype=object)
+            if rid.shape != t.shape:
+                raise ValueError(f"row_id has {rid.shape[0]} values for {t.shape[0]} rows")
+        return cls(t, m, s, attrs, bp, n_errors, sid, rid)
 
     def __len__(self) -> int:
         return int(self.true_age.shape[0])
@@ -90,6 +97,7 @@ class Estimates:
             None if self.bucket_probs is None else self.bucket_probs[mask],
             0,
             None if self.subject_id is None else self.subject_id[mask],
+            None if self.row_id is None else self.row_id[mask],
         )
 
 
@@ -280,9 +288,45 @@ def threshold_metrics(
 # --- NIST FATE AEV application metrics (NIST IR 8525) ---------------------------------------------
 
 
+NIST_TEEN_AGES: tuple[int, int] = (14, 17)  # inclusive; NIST's Challenge-25 FPR population
+CHALLENGE_AGES: tuple[int, ...] = (21, 23, 25)
+LEGAL_AGE = 18
+
+
+def challenge_fpr(true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25,
+                  ages: tuple[float, float] = NIST_TEEN_AGES) -> float:
+    """Challenge-T false positive rate: people with ages[0] <= floor(true age) <= ages[1] estimated at least
+    T, i.e. minors a Challenge-T check would not even challenge. NIST's population is 14-17."""
+    return pass_rate(true_age, pred, ages[0], ages[1] + 1, challenge_age)
+
+
+def challenge_fpr_under_18(true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25) -> float:
+    """The same over every minor (true age < 18), young children included: a different, smaller number
+    than NIST's, kept under its own name."""
+    return pass_rate(true_age, pred, -math.inf, LEGAL_AGE, challenge_age)
+
+
+def challenge_fnr(true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25) -> float:
+    """Challenge-T false negatives: adults aged T or over estimated under T, who are challenged (asked
+    for ID) although the policy means to wave them through."""
+    t, p = _arr(true_age), _arr(pred)
+    m = t >= challenge_age
+    return _mean(p[m] < challenge_age)
+
+
 def challenge_25_rate(true_age: ArrayLike, pred: ArrayLike) -> float:
-    """Minors (true age < 18) estimated 25 or older: the ones a Challenge-25 check would not even challenge."""
-    return pass_rate(true_age, pred, -math.inf, 18, 25)
+    """All-under-18 Challenge-25 rate (minors estimated 25+); see `challenge_fpr` for NIST's 14-17 figure."""
+    return challenge_fpr_under_18(true_age, pred, 25)
+
+
+def challenge_metrics(true_age: ArrayLike, pred: ArrayLike,
+                      challenge_ages: Iterable[int] = CHALLENGE_AGES) -> dict[str, dict[str, float]]:
+    return {
+        str(c): {"fpr_14_17": challenge_fpr(true_age, pred, c),
+                 "fpr_under_18": challenge_fpr_under_18(true_age, pred, c),
+                 "fnr_adults": challenge_fnr(true_age, pred, c)}
+        for c in challenge_ages
+    }
 
 
 def _in_13_16(pred: FloatArray) -> BoolArray:
@@ -303,6 +347,10 @@ def child_online_safety_rates(true_age: ArrayLike, pred: ArrayLike) -> dict[str,
 
 
 def nist_metrics(true_age: ArrayLike, pred: ArrayLike) -> dict[str, float]:
-    out = {"challenge_25_rate": challenge_25_rate(true_age, pred)}
+    out = {
+        "challenge_25_fpr_14_17": challenge_fpr(true_age, pred, 25),
+        "challenge_25_fpr_under_18": challenge_fpr_under_18(true_age, pred, 25),
+        "challenge_25_fnr_25_plus": challenge_fnr(true_age, pred, 25),
+    }
     out.update({f"cos_{k}": v for k, v in child_online_safety_rates(true_age, pred).items()})
     return out

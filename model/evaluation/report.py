@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from model.evaluation.bootstrap import DEFAULT_BOOTSTRAP, SubjectBootstrap
 from model.evaluation.calibration import (
     COVERAGE_LEVELS,
     coverage,
@@ -25,7 +26,7 @@ from model.evaluation.calibration import (
     gaussian_nll,
     threshold_calibration,
 )
-from model.evaluation.fairness import DEFAULT_BOOTSTRAP, DEFAULT_MIN_CELL_SIZE, fairness_report, significant_gaps
+from model.evaluation.fairness import DEFAULT_MIN_CELL_SIZE, fairness_report, significant_gaps
 from model.evaluation.metrics import (
     BUFFERS,
     DEFAULT_CONFIDENCE,
@@ -34,12 +35,15 @@ from model.evaluation.metrics import (
     accuracy_summary,
     by_age_band,
     by_single_year,
+    challenge_metrics,
     nist_metrics,
     prob_at_least,
     threshold_metrics,
 )
+from model.evaluation.operating import operating_report
+from model.evaluation.subject_stats import DEFINITIONS, by_year_cells, headline_cells
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: subject-level intervals, NIST Challenge-25 names, operating points
 CALIBRATION_THRESHOLDS: tuple[int, ...] = (13, 16, 18, 21, 25)
 
 
@@ -79,7 +83,10 @@ def model_metrics(
         }
         for a in est.attributes
     }
-    fairness = fairness_report(est, min_cell_size=min_cell_size, n_boot=n_boot, seed=seed, confidence=confidence)
+    # One subject-level bootstrap for every interval of this model: same people resampled everywhere.
+    boot = SubjectBootstrap(est.subject_id, len(est), n_boot=n_boot, seed=seed)
+    fairness = fairness_report(est, min_cell_size=min_cell_size, n_boot=n_boot, seed=seed, confidence=confidence,
+                               boot=boot)
     return {
         "name": name,
         "checkpoint": checkpoint,
@@ -93,6 +100,14 @@ def model_metrics(
         },
         "thresholds": threshold_metrics(est, thresholds, buffers, confidence),
         "nist": nist_metrics(t, m),
+        "challenge": challenge_metrics(t, m),
+        "subject_level": {
+            "n_subjects": boot.n_subjects(),
+            "n_images": len(est),
+            "headline": headline_cells(est, boot, confidence),
+            "by_year": by_year_cells(est, boot, thresholds, buffers),
+        },
+        "operating": operating_report(est, boot, thresholds=thresholds),
         "uncertainty": uncertainty,
         "by_group": by_group,
         "fairness": fairness,
@@ -135,6 +150,7 @@ def build_metrics(
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": dict(dataset),
         "config": dict(config),
+        "definitions": dict(DEFINITIONS),
         "models": list(models),
         "headline": [headline(m) for m in models],
     }
@@ -282,6 +298,72 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _ci(cell: Mapping[str, Any] | None) -> str:
+    """'0.0123 [0.0051, 0.0210] (n 742 subj / 2,968 img)' for a subject-level cell."""
+    if not cell or cell.get("value") is None:
+        return "—"
+    ci = cell.get("ci")
+    text = f"{cell['value']:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+    if "n_subjects" in cell:
+        text += f" (n {cell['n_subjects']}/{cell['n_images']})"
+    return text
+
+
+def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Headline with subject-level 95% intervals, matched operating points, per-year rates at 18, seeds."""
+    out: list[str] = []
+    keys = ["mae", "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "challenge_25_fnr_25_plus",
+            "under_18_pass_rate_at_21", "false_rejection_18_20_at_21", "fallback_rate_18", "coverage_p95"]
+    with_sl = [m for m in models if m.get("subject_level")]
+    if not with_sl:
+        return out
+    out.append("<h2>Headline with subject-level 95% intervals</h2><p>Intervals resample people, not photos; "
+               "n = subjects/images in the population.</p>")
+    out.append(_table(["model", *keys], [
+        [m["name"], *(_ci(m["subject_level"]["headline"].get(k)) for k in keys)] for m in with_sl]))
+    out.append("<h2>Matched operating points</h2><p>Each model at its own cutoff keeping the under-T pass rate "
+               "at most 1%: the legal-age (T..T+2) rejection that costs, and the challenge age each needs for a "
+               "1% 14-17 false positive rate.</p>")
+    rows = []
+    for m in with_sl:
+        op = m.get("operating") or {}
+        row: list[Any] = [m["name"]]
+        for T in ("13", "16", "18"):
+            cell = (op.get(T) or {}).get("matched", {}).get("0.01") or {}
+            buf = cell.get("buffer")
+            row.append(("—" if buf is None else f"+{buf:.2f}y: ") + _ci(cell.get("legal_age_rejection_rate")))
+        cell18 = (op.get("18") or {}).get("matched", {}).get("0.01") or {}
+        k = cell18.get("k_std") or {}
+        row.append(("—" if k.get("k") is None else f"k={k['k']:.2f}: ") + _ci(k.get("legal_age_rejection_rate")))
+        row.append(_ci((op.get("challenge_age_for_fpr") or {}).get("0.01")))
+        rows.append(row)
+    out.append(_table(["model", "T=13 buffer: rejection", "T=16", "T=18", "T=18, mean-k*std rule",
+                       "challenge age for 1% FPR"], rows))
+    out.append("<h2>Per single year at 18 (buffer 3: estimate ≥ 21)</h2>")
+    years = [str(y) for y in range(10, 23)]
+    yrows = []
+    for m in with_sl:
+        by = m["subject_level"]["by_year"].get("18", {}).get("3", {})
+        cells = {**by.get("under_age_pass", {}), **by.get("false_rejection", {})}
+        yrows.append([m["name"], *(_ci(cells.get(y)) for y in years)])
+    out.append("<div style='overflow-x:auto'>" + _table(
+        ["model", *(f"{y} {'pass' if int(y) < 18 else 'rejected'}" for y in years)], yrows) + "</div>")
+    if any(len(r.get("entries", [])) > 1 for r in seeds):
+        names = ["mae", "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "under_18_pass_rate_at_21",
+                 "false_rejection_18_20_at_21", "matched_rejection_18_20_at_u18_pass_1pct",
+                 "challenge_age_for_1pct_fpr_14_17", "coverage_p95"]
+
+        def ms(x: Mapping[str, Any]) -> str:
+            if x.get("mean") is None:
+                return "—"
+            return f"{x['mean']:.4g}" + (f" ± {x['std']:.2g}" if x.get("std") is not None else "")
+
+        out.append("<h2>Across seeds (mean ± sd)</h2>")
+        out.append(_table(["model", "seeds", *names], [
+            [r["model"], len(r["entries"]), *(ms(r["metrics"][n]) for n in names)] for r in seeds]))
+    return out
+
+
 def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
     metrics = _clean(metrics)
     models = metrics["models"]
@@ -309,16 +391,30 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
                      h["false_rejection_18_20_at_25"], h["fallback_rate_at_18"], gap])
     parts.append(_table(["model", "MAE", "CS@5", "u18 pass @18", "u18 pass @21", "u18 pass @25", "18-20 rej @18",
                          "18-20 rej @21", "18-20 rej @25", "fallback @18", "largest MAE gap [95% CI]"], rows))
+    parts.extend(_subject_level_sections(models, metrics.get("seed_summary") or []))
+    leaks = [(m["name"], m.get("leakage") or {}) for m in models]
+    if any(lk.get("leaks") or not lk.get("checked", True) for _, lk in leaks):
+        parts.append("<h2>Training-data overlap</h2><ul>")
+        for name, lk in leaks:
+            if lk.get("leaks"):
+                parts.append(f"<li class='bad'><b>{html.escape(name)}</b>: {lk.get('shared_images')} images, "
+                             f"{lk.get('shared_subjects')} subjects, generator seeds "
+                             f"{html.escape(str(lk.get('shared_generator_seeds')))} shared with its training data; "
+                             "evaluated with --force-overlap: these numbers are in-sample.</li>")
+            elif not lk.get("checked", True):
+                parts.append(f"<li><b>{html.escape(name)}</b>: no training lineage recorded; overlap not checked."
+                             "</li>")
+        parts.append("</ul>")
     if gate_text:
-        parts.append(f"<h2>Release gate</h2><pre>{html.escape(gate_text)}</pre>")
+        parts.append(f"<h2>Release gate</h2><pre style='white-space:pre-wrap'>{html.escape(gate_text)}</pre>")
     parts.append("<h2>Models</h2>")
     parts.append(_table(["model", "version", "checkpoint", "scored", "errors", "NLL", "cov50", "cov80", "cov95",
-                         "Challenge-25", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [
+                         "C25 FPR 14-17 (NIST)", "C25 FPR all <18", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [
         [m["name"], m["model_version"], m["checkpoint"], m["n_scored"], m["n_errors"],
          m["uncertainty"].get("gaussian_nll"),
          *(m["uncertainty"].get("coverage", {}).get("overall", {}).get(k) for k in ("p50", "p80", "p95")),
-         m["nist"]["challenge_25_rate"], m["nist"]["cos_tpr_13_16"], m["nist"]["cos_fpr_8_12"],
-         m["nist"]["cos_fpr_17_22"]] for m in models]))
+         m["nist"]["challenge_25_fpr_14_17"], m["nist"]["challenge_25_fpr_under_18"], m["nist"]["cos_tpr_13_16"],
+         m["nist"]["cos_fpr_8_12"], m["nist"]["cos_fpr_17_22"]] for m in models]))
     parts.append("<h2>Accuracy by age band</h2>")
     bands = list(models[0]["accuracy"]["by_age_band"]) if models else []
     parts.append(_table(["model", *bands], [

@@ -60,4 +60,4 @@ def score_rows(engine: Scorer, manifest: Manifest, rows: Sequence[ManifestRow], 
     if kept and all(p is not None for p in probs):
         bucket = np.asarray(probs, dtype=np.float64)
     return Estimates.build(true_age, means, stds, attrs, bucket, n_errors=errors,
-                          subject_id=[r.subject_id for r in kept])
+                          subject_id=[r.subject_id for r in kept], row_id=[r.path for r in kept])

@@ -32,7 +32,8 @@ def test_group_values_gap_and_ratio_by_hand() -> None:
 
 def test_min_cell_size_marks_insufficient_and_drops_from_gap() -> None:
     r = group_metric(spec([1, 2, 3, 10, 20]), GROUPS, min_cell_size=3, n_boot=50)
-    assert r["groups"]["b"] == {"n": 2, "value": None, "ci": None, "status": "insufficient"}
+    assert r["groups"]["b"] == {"n": 2, "n_subjects": 2, "value": None, "ci": None,
+                                   "status": "insufficient"}
     assert r["groups"]["a"]["status"] == "ok"
     assert r["gap"] is None
     assert r["significant"] is False
@@ -47,7 +48,7 @@ def test_empty_group_after_eligibility() -> None:
 
 def test_single_element_groups() -> None:
     r = group_metric(spec([4.0, 7.0]), np.asarray(["x", "y"], dtype=object), min_cell_size=1, n_boot=100)
-    assert r["groups"]["x"] == {"n": 1, "value": 4.0, "ci": [4.0, 4.0], "status": "ok"}
+    assert r["groups"]["x"] == {"n": 1, "n_subjects": 1, "value": 4.0, "ci": [4.0, 4.0], "status": "ok"}
     assert r["gap"] == pytest.approx(3.0)
     assert r["gap_ci"] == pytest.approx([3.0, 3.0])
     assert r["significant"] is True  # no sampling variance at all: the difference is certain

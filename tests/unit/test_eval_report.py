@@ -103,7 +103,7 @@ def test_gate_passes_identical_and_fails_worse(
     code = _eval("--model", "good", "--model", "worse", "--data", str(dataset), "--out", str(tmp_path / "b"), "--gate")
     assert code == evaluate.EXIT_GATE_FAILED
     err = capsys.readouterr().err
-    assert "VIOLATED [under-18 pass rate at 18+3 may not rise]" in err
+    assert "VIOLATED [under-18 pass rate at 18+3 may not rise by more than 1 point]" in err
     gate = load_metrics_json(tmp_path / "b" / "metrics.json")["gate"]
     assert gate["passed"] is False
     assert gate["results"][0]["candidate"] == "fake@1.0/4.0"
@@ -173,3 +173,20 @@ def test_benchmark_is_all_test_and_records_its_hash(tmp_path: Path) -> None:
     assert record["images"] == 8
     assert record["content_hash"] == manifest.content_hash
     assert json.loads((tmp_path / "bench" / "benchmark.json").read_text())["seed"] == 5
+
+
+@pytest.mark.usefixtures("engines")
+def test_baseline_gate_pairs_with_the_baselines_predictions(dataset: Path, tmp_path: Path) -> None:
+    assert _eval("--model", "good", "--data", str(dataset), "--out", str(tmp_path / "base")) == 0
+    preds = tmp_path / "base" / "predictions.csv"
+    from model.evaluation.predictions import read_predictions
+
+    rows = load_manifest(dataset).split("test")
+    name, est = read_predictions(preds, rows)
+    assert name == "fake@1.0/0.0"
+    assert len(est) == 299  # the corrupt frame was never scored
+    assert est.mean - est.true_age == pytest.approx(np.ones(299))
+    assert est.subject_id is not None
+    preds.unlink()
+    assert _eval("--model", "same", "--data", str(dataset), "--out", str(tmp_path / "g"),
+                 "--baseline", str(tmp_path / "base" / "metrics.json"), "--gate") == evaluate.EXIT_BAD_INPUT

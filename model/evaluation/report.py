@@ -364,6 +364,17 @@ def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence
     return out
 
 
+def _belief_coverage_section(name: str, cov: Mapping[str, Any]) -> str:
+    """Interval reliability of the fused belief by number of images fused, beside the frame-level one."""
+    levels = list(cov["nominal"])
+    rows = [["one frame (its own std)", cov["frame"]["images"], *(cov["frame"]["coverage"][lv] for lv in levels)]]
+    rows += [[f"{n} fused (floor {cov['floor_years']:.2f} y)", cell["subjects"],
+              *(cell["coverage"][lv] for lv in levels)] for n, cell in cov["by_fused_count"].items()]
+    return (f"<h2>Belief interval coverage: {html.escape(name)}</h2><p>Share of people whose true age lies in the "
+            "fused belief's central interval; honest means each column stays near its nominal level at every "
+            "count.</p>" + _table(["images fused", "n", *(f"nominal {lv}" for lv in levels)], rows))
+
+
 def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
     metrics = _clean(metrics)
     models = metrics["models"]
@@ -439,6 +450,8 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
             parts.append(_table(["true age band", "n", *actions], [
                 [band, cell["n"], *(cell["rates"].get(a) for a in actions)]
                 for band, cell in pr["by_age_band"].items()]))
+            if pr.get("belief_coverage"):
+                parts.append(_belief_coverage_section(m["name"], pr["belief_coverage"]))
     for title, uri in _plots(metrics):
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>")
     parts.append("<p>Full numbers: metrics.json next to this file (schema: docs/evaluation.md).</p></body></html>")

@@ -87,7 +87,12 @@ def test_eval_writes_metrics_and_report(dataset: Path, tmp_path: Path) -> None:
     assert replay["surface"] == "adult_content"
     assert replay["users"] == 150
     assert replay["by_age_band"]["0-12"]["rates"]["ALLOW"] == 0.0  # nobody under 13 is allowed 18+
+    # Belief coverage by images fused: 150 people of 2 images, one of them unreadable.
+    coverage = replay["belief_coverage"]
+    assert [coverage["by_fused_count"][n]["subjects"] for n in ("1", "2", "4")] == [150, 149, 0]
+    assert coverage["floor_years"] == 1.0
     html = (out / "report.html").read_text()
+    assert "Belief interval coverage" in html
     assert html.count("data:image/png;base64,") >= 4
     assert "src='http" not in html
     assert "<script" not in html

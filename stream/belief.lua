@@ -15,6 +15,10 @@
 local YEAR_S = 365.25 * 86400.0
 local VERIFIED_PRECISION = 1.0 / (0.01 * 0.01)
 local MIN_AGE, MAX_AGE, MIN_STD = 0.0, 130.0, 0.05
+-- The event-id log is bounded per user: only the newest MAX_EVENT_IDS ids are kept (one id per event,
+-- ~40 bytes each). A redelivery older than that many newer events of the same user would count again;
+-- the belief's error floor bounds what any double count can do to its std.
+local MAX_EVENT_IDS = 5000
 
 local bkey, ekey = KEYS[1], KEYS[2]
 local mode = ARGV[1]
@@ -128,6 +132,7 @@ if wrote then
   redis.call('HSET', bkey, 'B', fmt(B), 'P', fmt(P), 't', fmt(T), 'n', tostring(N), 'v', V and '1' or '0',
              'mv', MV, 'f', fmt(F))
   redis.call('PEXPIRE', bkey, ttl_ms)
+  redis.call('ZREMRANGEBYRANK', ekey, 0, -(MAX_EVENT_IDS + 1))
   redis.call('PEXPIRE', ekey, ttl_ms)
 end
 

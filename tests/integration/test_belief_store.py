@@ -447,3 +447,14 @@ async def test_replay_journal_rolls_back_odd_ids_and_keeps_raw_ids_out_of_redis(
     assert all(b is not None and b.observations == 1 for u, b in after.items() if u != "new")
     assert await journal.drop_namespace() > 0
     assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []
+
+
+async def test_the_event_id_log_keeps_the_newest_5000_per_user(store: BeliefStore, client: RedisClient) -> None:
+    """A user with very many events cannot grow their id log without bound (one id per event)."""
+    evs = [Evidence(f"ev{i:05d}", NOW - 5005 + i, 20.0, 2.0) for i in range(5005)]
+    result = await store.apply({"prolific": evs}, now=NOW, model_version="m", floor=FLOOR)
+    assert len(result.applied["prolific"]) == 5005
+    assert await client.zcard(store.events_key("prolific")) == 5000
+    again = await store.apply({"prolific": [evs[-1], evs[0]]}, now=NOW, model_version="m", floor=FLOOR)
+    assert again.duplicates["prolific"] == ("ev05004",)  # the newest are remembered
+    assert again.applied["prolific"] == ("ev00000",)  # the oldest were forgotten (and count again)

@@ -58,6 +58,18 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured: a caller that
+    swaps stderr (a test harness capturing output, a daemon redirecting it) never leaves the loggers
+    writing to a closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     fmt = fmt or os.environ.get("AGEGATE_LOG_FORMAT", "auto")
     level_name = (level or os.environ.get("AGEGATE_LOG_LEVEL", "INFO")).upper()
@@ -79,7 +91,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level_name)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

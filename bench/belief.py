@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from machine import cpu_model  # bench/ is on sys.path when run as a script
 
 from stream.belief import Evidence
 from stream.belief_store import BeliefStore
@@ -34,15 +35,7 @@ NOW = 1_750_000_000.0
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
 
 
 def batches(n_users: int, batch_size: int, rounds: int, per_user: int) -> list[dict[str, list[Evidence]]]:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from inference import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from model.data.synthetic import (  # noqa: E402
     IMAGE_NOISE_SD,

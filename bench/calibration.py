@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.data.loaders import SplitTensors, load_split_tensors  # noqa: E402
 from model.data.manifest import load_manifest  # noqa: E402
@@ -56,16 +58,8 @@ FUSE_COUNTS = (1, 2, 4, 8)
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "gpu": None}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
 
 
 def predict(engine: InferenceEngine, split: SplitTensors, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -31,19 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from model.data.synthetic import encode_jpeg, render_face, sample_attributes  # noqa: E402
 from model.engine import EncodedFrame, InferenceEngine  # noqa: E402
 from model.models import AgeModel, count_flops, create_model  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:

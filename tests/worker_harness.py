@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.belief_store import user_key
-from stream.config import Settings
+from stream.config import Settings, load_settings
 from stream.localrun import OutputReader, Outputs, WorkerProcess, free_port, worker_env
+from stream.topics import TopicAdmin
 
-__all__ = ["OutputReader", "Outputs", "WorkerProcess", "free_port", "produce_raw", "worker_env"]
+__all__ = ["OutputReader", "Outputs", "WorkerProcess", "free_port", "fresh_settings", "produce_raw", "worker_env"]
+
+
+def fresh_settings(kafka_bootstrap: str, tag: str = "w") -> Settings:
+    """Settings whose topics (created here) and consumer group belong to one test or module alone."""
+    unique = f"{tag}{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        environ={}, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique}.", consumer_group=f"g{unique}"
+    )
+    TopicAdmin(settings).create()
+    return settings
 
 
 def produce_raw(

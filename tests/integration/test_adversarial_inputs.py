@@ -24,8 +24,8 @@ from stream.codec import AvroCodec
 from stream.config import Settings, load_settings
 from stream.registry import UPLOAD
 from stream.topic_reader import read_to_end
-from stream.topics import TopicAdmin, topic_name
-from tests.worker_harness import OutputReader, WorkerProcess, free_port, produce_raw, worker_env
+from stream.topics import topic_name
+from tests.worker_harness import OutputReader, WorkerProcess, free_port, fresh_settings, produce_raw, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,7 @@ NOW = 1_790_000_000.0
 
 @pytest.fixture(scope="module")
 def settings(kafka_bootstrap: str) -> Settings:
-    unique = uuid.uuid4().hex[:8]
-    s = load_settings(
-        environ={}, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"a{unique}.", consumer_group=f"ag{unique}"
-    )
-    TopicAdmin(s).create()
-    return s
+    return fresh_settings(kafka_bootstrap, "a")
 
 
 def _upload(user: str, k: int, frames: list[dict[str, Any]], surface: str = "adult_content") -> bytes:

@@ -24,13 +24,13 @@ from model.testing import synthetic_face_jpeg
 from stream import events
 from stream.belief_store import user_key
 from stream.codec import AvroCodec
-from stream.config import Settings, load_settings
+from stream.config import Settings
 from stream.loadgen import SyntheticEvent
 from stream.localrun import OutputReader, WorkerProcess, worker_env
 from stream.policy import STRICTNESS, Action
 from stream.produce import Produced, produce
 from stream.registry import FEEDBACK, SIGNUP, UPLOAD
-from stream.topics import TopicAdmin
+from tests.worker_harness import fresh_settings
 
 pytestmark = pytest.mark.integration
 
@@ -80,9 +80,7 @@ class Scenario:
 def scenario(kafka_bootstrap: str, redis_url: str, tiny_model: Path,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     run = uuid.uuid4().hex[:8]
-    settings = load_settings(environ={}, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"h{run}.",
-                             consumer_group=f"hg{run}")
-    TopicAdmin(settings).create()
+    settings = fresh_settings(kafka_bootstrap, "h")
     log = tmp_path_factory.mktemp("honest") / "worker.log"
     worker = WorkerProcess(worker_env(settings, model=tiny_model, redis_url=redis_url, redis_prefix=f"h{run}"),
                            log).start()

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from stream.config import Settings, load_settings
+from stream.config import Settings
 from stream.loadgen import synthetic_stream
 from stream.produce import Produced, produce
-from stream.topics import TopicAdmin, topic_name
+from stream.topics import topic_name
 from tests.worker_harness import (
     OutputReader,
     Outputs,
@@ -31,6 +31,7 @@ from tests.worker_harness import (
     beliefs,
     committed_offsets,
     free_port,
+    fresh_settings,
     produce_raw,
     worker_env,
 )
@@ -51,15 +52,6 @@ DECODE_REASONS = {
     "body_mismatch",
     "incompatible_schema",
 }
-
-
-def fresh_settings(kafka_bootstrap: str) -> Settings:
-    unique = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        environ={}, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"w{unique}.", consumer_group=f"wg{unique}"
-    )
-    TopicAdmin(settings).create()
-    return settings
 
 
 def stream_events() -> list:

@@ -300,12 +300,16 @@ def _reliability_plot(plt: Any, models: Sequence[Mapping[str, Any]]) -> list[tup
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="ideal (observed = nominal)")
     drawn = False
     for m in models:
-        cov = (m["uncertainty"].get("coverage") or {}).get("overall") or {}
-        pts = sorted((float(k[1:]) / 100, v) for k, v in cov.items() if k.startswith("p") and v is not None)
+        bc = (m.get("policy_replay") or {}).get("belief_coverage")
+        if bc:  # the frame-level shares at 50/80/90/95%, computed beside the fused ones
+            pts = [(float(lv), bc["frame"]["coverage"].get(lv)) for lv in bc["nominal"]]
+        else:  # no replay: the frame-level coverage of metrics (50/80/95%)
+            cov = (m["uncertainty"].get("coverage") or {}).get("overall") or {}
+            pts = sorted((float(k[1:]) / 100, v) for k, v in cov.items() if k.startswith("p"))
+        pts = [(a, b) for a, b in pts if b is not None]
         if pts:
             ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", lw=2, label=f"{m['name']} frame")
             drawn = True
-        bc = (m.get("policy_replay") or {}).get("belief_coverage")
         if bc:
             levels = [float(lv) for lv in bc["nominal"]]
             for n, cell in bc["by_fused_count"].items():
@@ -320,7 +324,7 @@ def _reliability_plot(plt: Any, models: Sequence[Mapping[str, Any]]) -> list[tup
         return []
     ax.set(title="Interval reliability: observed vs nominal coverage", xlabel="nominal coverage",
            ylabel="observed coverage", xlim=(0.4, 1.0), ylim=(0.0, 1.02))
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     return [("Interval reliability (coverage vs nominal)", _png(fig))]
 
 

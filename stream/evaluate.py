@@ -335,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_metrics_json(metrics, out / "metrics.json")
     write_predictions(out / FILENAME, scored)
-    write_report_html(metrics, out / "report.html", gate_text)
+    write_report_html(metrics, out / "report.html", gate_text, estimates=dict(scored))
     print(_headline_text(metrics["headline"]))
     if any(len(g) > 1 for g in groups.values()):
         print("across seeds (mean ± sd):")

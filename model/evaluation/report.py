@@ -211,7 +211,9 @@ def _nan(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _plots(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _plots(metrics: Mapping[str, Any], estimates: Mapping[str, Estimates] | None = None) -> list[tuple[str, str]]:
+    """Every figure, in reading order: interval reliability, operating curves, per-year rates, estimate vs
+    true age and error histograms (these need the rows: `estimates`, by model name), then the older views."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: CI and pods have no display
@@ -219,6 +221,11 @@ def _plots(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     models = metrics["models"]
     out: list[tuple[str, str]] = []
+    out.extend(_reliability_plot(plt, models))
+    out.extend(_operating_plots(plt, models))
+    out.extend(_by_year_plots(plt, models))
+    if estimates:
+        out.extend(_estimate_plots(plt, models, estimates))
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
     for m in models:
@@ -284,6 +291,150 @@ def _plots(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+_FIG_W = 12.0  # inches; at dpi 90 with tight bbox this stays near 1100 px, inside a 1200 px page
+
+
+def _reliability_plot(plt: Any, models: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Observed vs nominal coverage of the frame-level intervals, and of the fused belief by images fused."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="ideal (observed = nominal)")
+    drawn = False
+    for m in models:
+        bc = (m.get("policy_replay") or {}).get("belief_coverage")
+        if bc:  # the frame-level shares at 50/80/90/95%, computed beside the fused ones
+            pts = [(float(lv), bc["frame"]["coverage"].get(lv)) for lv in bc["nominal"]]
+        else:  # no replay: the frame-level coverage of metrics (50/80/95%)
+            cov = (m["uncertainty"].get("coverage") or {}).get("overall") or {}
+            pts = sorted((float(k[1:]) / 100, v) for k, v in cov.items() if k.startswith("p"))
+        pts = [(a, b) for a, b in pts if b is not None]
+        if pts:
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", lw=2, label=f"{m['name']} frame")
+            drawn = True
+        if bc:
+            levels = [float(lv) for lv in bc["nominal"]]
+            for n, cell in bc["by_fused_count"].items():
+                ys = [cell["coverage"].get(lv) for lv in bc["nominal"]]
+                if not cell.get("subjects") or any(y is None for y in ys):
+                    continue
+                ax.plot(levels, ys, marker=".", ls="--", lw=1,
+                        label=f"{m['name']} belief, {n} fused (n={cell['subjects']})")
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return []
+    ax.set(title="Interval reliability: observed vs nominal coverage", xlabel="nominal coverage",
+           ylabel="observed coverage", xlim=(0.4, 1.0), ylim=(0.0, 1.02))
+    ax.legend(fontsize=7, loc="lower right")
+    return [("Interval reliability (coverage vs nominal)", _png(fig))]
+
+
+def _operating_plots(plt: Any, models: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """One axes per threshold, every model on it: the buffer rule swept, its 1%-matched point marked."""
+    thresholds = [T for T in (models[0].get("operating") or {}) if T.isdigit()] if models else []
+    if not thresholds:
+        return []
+    ncol = min(len(thresholds), 3)
+    nrow = math.ceil(len(thresholds) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(_FIG_W, 3.8 * nrow), squeeze=False)
+    for ax_, T in zip(axes.flat, thresholds, strict=False):
+        for m in models:
+            op = (m.get("operating") or {}).get(T) or {}
+            pts = [(c["under_age_pass_rate"], c["legal_age_rejection_rate"]) for c in op.get("curve_buffer") or []
+                   if c["under_age_pass_rate"] is not None and c["legal_age_rejection_rate"] is not None]
+            if not pts:
+                continue
+            line = ax_.plot([a for a, _ in pts], [b for _, b in pts], marker=".", label=m["name"])
+            matched = (op.get("matched") or {}).get("0.01") or {}
+            rej = (matched.get("legal_age_rejection_rate") or {}).get("value")
+            if rej is not None:
+                ax_.plot([0.01], [rej], marker="*", ms=12, ls="none", color=line[0].get_color(),
+                         label=f"{m['name']} matched at 1% pass")
+        ax_.set(title=f"T={T}: estimate >= T+buffer swept", xlabel=f"under-{T} pass rate",
+                ylabel=f"{T}..{int(T) + 2} rejection rate", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        if ax_.get_legend_handles_labels()[0]:
+            ax_.legend(fontsize=7)
+        else:
+            ax_.text(0.5, 0.5, "no under-age or legal-age rows", ha="center", transform=ax_.transAxes)
+    for ax_ in list(axes.flat)[len(thresholds):]:
+        ax_.set_visible(False)
+    fig.tight_layout()
+    return [("Operating curves (under-age pass vs legal-age rejection)", _png(fig))]
+
+
+def _by_year_plots(plt: Any, models: Sequence[Mapping[str, Any]], buffer: str = "3") -> list[tuple[str, str]]:
+    """Per single year: under-age pass (10..T-1) and false rejection (T..T+4), 95% subject-level bands, n."""
+    out: list[tuple[str, str]] = []
+    with_sl = [m for m in models if m.get("subject_level")]
+    thresholds = list(with_sl[0]["subject_level"]["by_year"]) if with_sl else []
+    for T in thresholds:
+        fig, ax = plt.subplots(figsize=(_FIG_W, 4.0))
+        for m in with_sl:
+            by = m["subject_level"]["by_year"].get(T, {}).get(buffer)
+            if not by:
+                continue
+            color = None
+            for kind, ls in (("under_age_pass", "-"), ("false_rejection", "--")):
+                cells = sorted(((int(y), c) for y, c in by[kind].items() if c.get("value") is not None))
+                if not cells:
+                    continue
+                xs = [y for y, _ in cells]
+                ys = [c["value"] for _, c in cells]
+                what = "under-age pass" if kind == "under_age_pass" else "false rejection"
+                line = ax.plot(xs, ys, marker="o", ls=ls, color=color, label=f"{m['name']} {what}")
+                color = line[0].get_color()
+                lo = [c["ci"][0] if c.get("ci") else c["value"] for _, c in cells]
+                hi = [c["ci"][1] if c.get("ci") else c["value"] for _, c in cells]
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
+                for x, (_, c) in zip(xs, cells, strict=True):
+                    if c.get("n_subjects") is not None:
+                        ax.annotate(f"n={c['n_subjects']}", (x, c["value"]), textcoords="offset points",
+                                    xytext=(0, 6), fontsize=6, ha="center", color=color)
+        ax.axvline(int(T) - 0.5, color="grey", lw=0.8, ls=":", label=f"T={T}")
+        ax.set(title=f"T={T}, buffer {buffer} (pass if estimate >= {int(T) + int(buffer)}): rate by true age, "
+               "95% subject-level bands", xlabel="true age (whole years)", ylabel="rate", ylim=(-0.02, 1.05))
+        ax.legend(fontsize=7)
+        out.append((f"Per-year pass and rejection at T={T} (n = subjects)", _png(fig)))
+    return out
+
+
+def _estimate_plots(plt: Any, models: Sequence[Mapping[str, Any]],
+                    estimates: Mapping[str, Estimates]) -> list[tuple[str, str]]:
+    """Estimate vs true age (2-D histogram, one panel per model) and the signed error histograms."""
+    named = [(m["name"], estimates[m["name"]]) for m in models if m["name"] in estimates and len(estimates[m["name"]])]
+    if not named:
+        return []
+    out: list[tuple[str, str]] = []
+    ncol = min(len(named), 3)
+    nrow = math.ceil(len(named) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(_FIG_W, 4.0 * nrow), squeeze=False)
+    for ax_, (name, est) in zip(axes.flat, named, strict=False):
+        lo = float(min(est.true_age.min(), est.mean.min()))
+        hi = float(max(est.true_age.max(), est.mean.max()))
+        h = ax_.hist2d(est.true_age, est.mean, bins=40, range=[[lo, hi], [lo, hi]], cmin=1, cmap="viridis")
+        fig.colorbar(h[3], ax=ax_, label="images")
+        ax_.plot([lo, hi], [lo, hi], color="red", lw=0.8, label="estimate = true")
+        ax_.set(title=f"{name}: estimate vs true age", xlabel="true age (years)", ylabel="estimate (years)")
+        ax_.legend(fontsize=7, loc="upper left")
+    for ax_ in list(axes.flat)[len(named):]:
+        ax_.set_visible(False)
+    fig.tight_layout()
+    out.append(("Estimate vs true age", _png(fig)))
+
+    fig, ax = plt.subplots(figsize=(_FIG_W, 3.8))
+    errs = [est.mean - est.true_age for _, est in named]
+    lim = float(max(np.percentile(np.abs(e), 99.5) for e in errs)) or 1.0
+    bins = np.linspace(-lim, lim, 61)
+    for (name, _), e in zip(named, errs, strict=True):
+        ax.hist(np.clip(e, -lim, lim), bins=bins, histtype="step", lw=1.5,
+                label=f"{name} (mean {e.mean():+.2f}, MAE {np.abs(e).mean():.2f})")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(title="Error histogram (estimate - true; tails clipped at the 99.5th percentile)",
+           xlabel="estimate - true age (years)", ylabel="images")
+    ax.legend(fontsize=7)
+    out.append(("Error histograms", _png(fig)))
+    return out
+
+
 def _fmt(x: Any) -> str:
     if x is None:
         return "—"
@@ -295,7 +446,7 @@ def _fmt(x: Any) -> str:
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _ci(cell: Mapping[str, Any] | None) -> str:
@@ -346,8 +497,7 @@ def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence
         by = m["subject_level"]["by_year"].get("18", {}).get("3", {})
         cells = {**by.get("under_age_pass", {}), **by.get("false_rejection", {})}
         yrows.append([m["name"], *(_ci(cells.get(y)) for y in years)])
-    out.append("<div style='overflow-x:auto'>" + _table(
-        ["model", *(f"{y} {'pass' if int(y) < 18 else 'rejected'}" for y in years)], yrows) + "</div>")
+    out.append(_table(["model", *(f"{y} {'pass' if int(y) < 18 else 'rejected'}" for y in years)], yrows))
     if any(len(r.get("entries", [])) > 1 for r in seeds):
         names = ["mae", "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "under_18_pass_rate_at_21",
                  "false_rejection_18_20_at_21", "matched_rejection_18_20_at_u18_pass_1pct",
@@ -375,15 +525,19 @@ def _belief_coverage_section(name: str, cov: Mapping[str, Any]) -> str:
             "count.</p>" + _table(["images fused", "n", *(f"nominal {lv}" for lv in levels)], rows))
 
 
-def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
+def render_html(metrics: Mapping[str, Any], gate_text: str = "",
+                estimates: Mapping[str, Estimates] | None = None) -> str:
+    """`estimates` (model name -> its rows) adds the estimate-vs-true and error histogram figures; the
+    rows stay out of metrics.json (they are in predictions.csv)."""
     metrics = _clean(metrics)
     models = metrics["models"]
     ds = metrics["dataset"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>agegate evaluation</title><style>"
-        "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        ".scroll{overflow-x:auto;max-width:100%}pre{white-space:pre-wrap;overflow-wrap:anywhere}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#eee}"
-        ".bad{color:#b00}img{max-width:100%}</style></head><body>",
+        ".bad{color:#b00}img{max-width:100%;height:auto}</style></head><body>",
         "<h1>agegate evaluation</h1>",
         f"<p>Dataset <code>{html.escape(str(ds.get('manifest')))}</code>"
         f" split <b>{html.escape(str(ds.get('split')))}</b>,"
@@ -417,7 +571,8 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
                              "</li>")
         parts.append("</ul>")
     if gate_text:
-        parts.append(f"<h2>Release gate</h2><pre style='white-space:pre-wrap'>{html.escape(gate_text)}</pre>")
+        parts.append("<h2>Release gate</h2><pre style='white-space:pre-wrap;overflow-wrap:anywhere'>"
+                     f"{html.escape(gate_text)}</pre>")
     parts.append("<h2>Models</h2>")
     parts.append(_table(["model", "version", "checkpoint", "scored", "errors", "NLL", "cov50", "cov80", "cov95",
                          "C25 FPR 14-17 (NIST)", "C25 FPR all <18", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [
@@ -452,14 +607,15 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "") -> str:
                 for band, cell in pr["by_age_band"].items()]))
             if pr.get("belief_coverage"):
                 parts.append(_belief_coverage_section(m["name"], pr["belief_coverage"]))
-    for title, uri in _plots(metrics):
+    for title, uri in _plots(metrics, estimates):
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>")
     parts.append("<p>Full numbers: metrics.json next to this file (schema: docs/evaluation.md).</p></body></html>")
     return "".join(parts)
 
 
-def write_report_html(metrics: Mapping[str, Any], path: str | Path, gate_text: str = "") -> Path:
+def write_report_html(metrics: Mapping[str, Any], path: str | Path, gate_text: str = "",
+                      estimates: Mapping[str, Estimates] | None = None) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render_html(metrics, gate_text), encoding="utf-8")
+    p.write_text(render_html(metrics, gate_text, estimates), encoding="utf-8")
     return p

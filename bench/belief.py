@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from machine import cpu_model  # bench/ is on sys.path when run as a script
 
-from stream.belief import Evidence
-from stream.belief_store import BeliefStore
+from stream.adapters.belief_store import BeliefStore
+from stream.core.belief import Evidence
 
 RESULTS = Path(__file__).resolve().parent / "results" / "belief.json"
 NOW = 1_750_000_000.0

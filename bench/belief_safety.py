@@ -48,9 +48,9 @@ from model.data.synthetic import (  # noqa: E402
     sample_attributes,
 )
 from model.engine import EncodedFrame, FrameEstimate, InferenceEngine  # noqa: E402
-from stream.belief import Belief, Evidence, event_evidence, fuse  # noqa: E402
-from stream.belief_coverage import interval_shares  # noqa: E402
-from stream.policy import Action, PolicyEvent, decide, load_policy  # noqa: E402
+from stream.core.belief import Belief, Evidence, event_evidence, fuse  # noqa: E402
+from stream.core.belief_coverage import interval_shares  # noqa: E402
+from stream.core.policy import Action, PolicyEvent, decide, load_policy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "belief_safety.json"
 DAY = 86400.0
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
     else:
-        from stream.demo import demo_model
+        from stream.tools.demo import demo_model
 
         ckpt = demo_model()
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", threads=args.threads)

@@ -26,12 +26,12 @@ from typing import Any
 
 from model.engine import EncodedFrame, InferenceEngine
 from model.testing import train_tiny_checkpoint
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.topics import TopicAdmin
 from stream.config import Settings, load_settings
-from stream.loadgen import synthetic_stream
-from stream.localrun import OutputReader, WorkerProcess, worker_env
-from stream.produce import produce
-from stream.topics import TopicAdmin
+from stream.tools.loadgen import synthetic_stream
+from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
+from stream.tools.produce import produce
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -13,18 +13,18 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "version": ("stream.cmd_version", "print agegate's version and its main dependencies"),
-    "infra": ("stream.infra", "start, stop or show the local Kafka, Redis and Redis Cluster (deploy/local)"),
-    "topics": ("stream.topics", "create or describe the declared Kafka topics"),
-    "demo": ("stream.demo", "produce and consume one event of each kind, printed decoded"),
+    "version": ("stream.tools.cmd_version", "print agegate's version and its main dependencies"),
+    "infra": ("stream.tools.infra", "start, stop or show the local Kafka, Redis and Redis Cluster (deploy/local)"),
+    "topics": ("stream.adapters.topics", "create or describe the declared Kafka topics"),
+    "demo": ("stream.tools.demo", "produce and consume one event of each kind, printed decoded"),
     "train": ("model.train", "train an age model on a dataset manifest"),
     "synth": ("model.data.synthetic", "generate a synthetic face dataset with a manifest"),
     "datasets": ("model.evaluation.datasets", "build the standardized evaluation dataset"),
-    "eval": ("stream.evaluate", "evaluate models side by side; optional release gate"),
+    "eval": ("stream.tools.evaluate", "evaluate models side by side; optional release gate"),
     "worker": ("stream.worker", "run the enforcement worker (faust)"),
-    "produce": ("stream.produce", "produce a synthetic event stream (load generator)"),
+    "produce": ("stream.tools.produce", "produce a synthetic event stream (load generator)"),
     "replay": ("stream.replay", "replay a historical window through the pipeline"),
-    "dead-letters": ("stream.redrive", "list or redrive dead letters"),
+    "dead-letters": ("stream.tools.redrive", "list or redrive dead letters"),
     "config": ("stream.config", "show the resolved configuration or its reference table"),
 }
 

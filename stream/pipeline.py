@@ -21,14 +21,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
-from stream.belief import YEAR_S, Belief, ClockSkewRule, Evidence, event_evidence
-from stream.belief_store import ApplyResult, BeliefStore, SurfaceKey
-from stream.codec import AvroCodec
+from stream.adapters.belief_store import ApplyResult, BeliefStore, SurfaceKey
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
+from stream.core.belief import YEAR_S, Belief, ClockSkewRule, Evidence, event_evidence
+from stream.core.policy import Action, Decision, Policy, PolicyEvent, decide
 from stream.errors import DecodeError, DependencyUnavailable, InvalidEvent
 from stream.frames import FRAMES_OVER_LIMIT, TRANSIENT_REASONS, FrameResolver
 from stream.log import get_logger
-from stream.policy import Action, Decision, Policy, PolicyEvent, decide
-from stream.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
 
 if TYPE_CHECKING:
     from stream.shadow import ShadowScorer

@@ -21,7 +21,7 @@ Why it is built the way it is:
   in the pipeline, whatever the window's size; the diff joins through SQLite on disk.
 - Resumable: every `--checkpoint-every` events the pipeline is drained and the state file records
   each partition's next offset and the output's length. Belief writes after a checkpoint are undone
-  on resume through an undo journal (stream/memory_store.py), so a resumed run's output equals an
+  on resume through an undo journal (stream/adapters/memory_store.py), so a resumed run's output equals an
   uninterrupted one's.
 - Scale: one process consumes all of its partitions with one consumer, and events of different
   users are in flight concurrently, sharing micro-batches; it scales with partitions until the
@@ -53,15 +53,15 @@ import torch
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult, InferenceEngine
+from stream.adapters.kafka_sink import KafkaSink
+from stream.adapters.memory_store import JournaledBeliefStore
+from stream.adapters.topics import topic_names
 from stream.config import Settings, load_settings
+from stream.core.policy import load_policy
 from stream.errors import AgegateError
-from stream.kafka_sink import KafkaSink
 from stream.log import get_logger
-from stream.memory_store import JournaledBeliefStore
 from stream.pipeline import InvalidShareGuard, Outcome, SourceRecord
-from stream.policy import load_policy
 from stream.runtime import DAY_S, assemble, load_engine, redis_client
-from stream.topics import topic_names
 
 log = get_logger("agegate.replay")
 
@@ -656,7 +656,7 @@ def _progress(enabled: bool, state: ReplayState) -> Any:
 def _maybe_diff(cfg: ReplayConfig, state: ReplayState) -> dict[str, Any] | None:
     if not cfg.diff_against:
         return None
-    from stream import diff
+    from stream.tools import diff
 
     kind, target = _out_spec(state.out)
     names = topic_names(cfg.settings)

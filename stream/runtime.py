@@ -15,16 +15,16 @@ import redis.asyncio as aioredis
 
 from model.decode import DecodeLimits
 from model.engine import EncodedFrame, FrameResult, InferenceEngine
+from stream.adapters.belief_store import BeliefStore, RedisClient
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import registry_from_url
+from stream.adapters.topics import topic_names
 from stream.batching import BatchPolicy, MicroBatcher
-from stream.belief_store import BeliefStore, RedisClient
-from stream.codec import AvroCodec
 from stream.config import Settings
+from stream.core.policy import Policy, load_policy
 from stream.frames import FrameResolver, FrameStores
 from stream.pipeline import InvalidShareGuard, Pipeline, Sink, SourceRecord
-from stream.policy import Policy, load_policy
-from stream.registry import registry_from_url
 from stream.shadow import ShadowScorer
-from stream.topics import topic_names
 
 DAY_S = 86400.0
 

@@ -38,11 +38,11 @@ from typing import Any
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
 from stream.batching import BatchPolicy, MicroBatcher
-from stream.belief import Belief, decay_factor, event_evidence, evidence_point
 from stream.config import Settings
+from stream.core.belief import Belief, decay_factor, event_evidence, evidence_point
+from stream.core.policy import Decision, Policy, PolicyEvent, decide
 from stream.log import get_logger
 from stream.pipeline import Sink, SourceRecord
-from stream.policy import Decision, Policy, PolicyEvent, decide
 
 log = get_logger("agegate.shadow")
 

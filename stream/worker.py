@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream import metrics
+from stream.adapters.topics import topic_name
 from stream.config import Settings, load_settings
 from stream.log import get_logger
 from stream.offsets import OffsetTracker
 from stream.pipeline import SourceRecord
-from stream.topics import topic_name
 
 log = get_logger("agegate.worker")
 EXIT_FATAL = 3
@@ -65,7 +65,7 @@ class WorkerRuntime:
         """Load the model (retrying while it is missing: events wait), connect Redis and Kafka."""
         from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-        from stream.kafka_sink import KafkaSink
+        from stream.adapters.kafka_sink import KafkaSink
         from stream.runtime import assemble, load_engine, make_store, redis_client
 
         async for attempt in AsyncRetrying(
@@ -354,7 +354,7 @@ def _grace_exceeded(grace_s: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream.kafka_wait import wait_for_kafka
+    from stream.adapters.kafka_wait import wait_for_kafka
 
     settings = load_settings()
     # The loop stays current: faust (mode) runs on the event loop it finds, this one.

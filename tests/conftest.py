@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Kafka broker and Redis (see tests/infra.py), and per-test namespaces."""
+"""Shared fixtures: the real Kafka broker and Redis (see tests/support/infra.py), and per-test namespaces."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import Settings, load_settings
-from tests.infra import kafka_service, redis_cluster_service, redis_service
+from tests.support.infra import kafka_service, redis_cluster_service, redis_service
 
 
 @pytest.fixture(scope="session")

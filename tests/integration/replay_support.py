@@ -18,16 +18,16 @@ from model.checkpoint import save_checkpoint
 from model.data.synthetic import encode_jpeg, render_face, sample_attributes
 from model.engine import InferenceEngine
 from model.models import create_model
-from stream.belief_store import BeliefStore
-from stream.codec import AvroCodec
+from stream.adapters.belief_store import BeliefStore
+from stream.adapters.codec import AvroCodec
+from stream.adapters.kafka_sink import KafkaSink
+from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
+from stream.adapters.topics import topic_names
 from stream.config import Settings
-from stream.kafka_sink import KafkaSink
+from stream.core.policy import Policy
 from stream.pipeline import InvalidShareGuard, Outcome
-from stream.policy import Policy
-from stream.registry import FEEDBACK, SIGNUP, UPLOAD
 from stream.replay import MergedReader, PartitionWindow
 from stream.runtime import DAY_S, assemble
-from stream.topics import topic_names
 
 SUBJECT = {"signups": SIGNUP, "uploads": UPLOAD, "feedback": FEEDBACK}
 

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from model.testing import encode_with_orientation, synthetic_face
-from stream import events
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import UPLOAD
+from stream.adapters.topic_reader import read_to_end
+from stream.adapters.topics import topic_name
 from stream.config import Settings, load_settings
-from stream.registry import UPLOAD
-from stream.topic_reader import read_to_end
-from stream.topics import topic_name
-from tests.worker_harness import OutputReader, WorkerProcess, free_port, fresh_settings, produce_raw, worker_env
+from stream.tools import events
+from tests.support.worker_harness import OutputReader, WorkerProcess, free_port, fresh_settings, produce_raw, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +150,7 @@ def test_a_debug_level_worker_log_holds_no_user_id(run: dict[str, Any]) -> None:
 
 
 def test_confluent_readers_read_every_codec(settings: Settings, run: dict[str, Any]) -> None:
-    """diff, dead-letter listing/redrive (stream/topic_reader.py) and replay use librdkafka: every codec."""
+    """diff, dead-letter listing/redrive (stream/adapters/topic_reader.py) and replay use librdkafka: every codec."""
     uploads = topic_name("uploads", settings)
     seen = {f"{m.topic()}/{m.partition()}/{m.offset()}": m.key() for m in
             read_to_end(settings, uploads, group=f"reader-{uuid.uuid4().hex[:6]}")}

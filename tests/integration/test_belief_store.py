@@ -19,8 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from stream.belief import YEAR_S, Belief, Evidence, apply_verified, event_evidence, fuse, verified_refusal
-from stream.belief_store import (
+from stream.adapters.belief_store import (
     BeliefStore,
     BeliefUpdateFailed,
     RedisClient,
@@ -28,10 +27,11 @@ from stream.belief_store import (
     VerifiedAgeRefused,
     user_tag,
 )
+from stream.adapters.memory_store import JournaledBeliefStore
 from stream.config import load_settings
+from stream.core.belief import YEAR_S, Belief, Evidence, apply_verified, event_evidence, fuse, verified_refusal
+from stream.core.policy import Action, PolicyEvent, decide, load_policy
 from stream.errors import DependencyUnavailable
-from stream.memory_store import JournaledBeliefStore
-from stream.policy import Action, PolicyEvent, decide, load_policy
 from stream.runtime import redis_client
 
 pytestmark = pytest.mark.integration
@@ -430,7 +430,7 @@ async def test_a_script_error_for_one_user_spares_the_rest_of_the_batch(store: B
 
 async def test_replay_journal_rolls_back_odd_ids_and_keeps_raw_ids_out_of_redis(client: RedisClient,
                                                                                 prefix: str) -> None:
-    """The replay's undo journal (stream/memory_store.py) on both backends, keyed by the user's tag."""
+    """The replay's undo journal (stream/adapters/memory_store.py) on both backends, keyed by the user's tag."""
     journal = JournaledBeliefStore(client, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL)
     users = ["", "}", "{abc}"]
     await journal.apply({u: [Evidence(f"a-{i}", NOW, 20.0, 2.0)] for i, u in enumerate(users)}, now=NOW,

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import DECISION, FEEDBACK
+from stream.adapters.topics import TopicAdmin, topic_name
 from stream.config import Settings
-from stream.online_metrics import OnlineMetrics, consume
-from stream.registry import DECISION, FEEDBACK
-from stream.topics import TopicAdmin, topic_name
+from stream.tools.online_metrics import OnlineMetrics, consume
 
 pytestmark = pytest.mark.integration
 

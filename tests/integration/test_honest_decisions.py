@@ -21,16 +21,16 @@ import numpy as np
 import pytest
 
 from model.testing import synthetic_face_jpeg
-from stream import events
-from stream.belief_store import user_key
-from stream.codec import AvroCodec
+from stream.adapters.belief_store import user_key
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
 from stream.config import Settings
-from stream.loadgen import SyntheticEvent
-from stream.localrun import OutputReader, WorkerProcess, worker_env
-from stream.policy import STRICTNESS, Action
-from stream.produce import Produced, produce
-from stream.registry import FEEDBACK, SIGNUP, UPLOAD
-from tests.worker_harness import fresh_settings
+from stream.core.policy import STRICTNESS, Action
+from stream.tools import events
+from stream.tools.loadgen import SyntheticEvent
+from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
+from stream.tools.produce import Produced, produce
+from tests.support.worker_harness import fresh_settings
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.infra import INFRA, redis_cluster_ready
+from tests.support.infra import INFRA, redis_cluster_ready
 
 pytestmark = pytest.mark.integration
 

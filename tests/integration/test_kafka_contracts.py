@@ -7,11 +7,11 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from stream import events
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
+from stream.adapters.topics import TOPICS, TopicAdmin, topic_name
 from stream.config import Settings
-from stream.registry import FEEDBACK, SIGNUP, UPLOAD
-from stream.topics import TOPICS, TopicAdmin, topic_name
+from stream.tools import events
 
 pytestmark = pytest.mark.integration
 

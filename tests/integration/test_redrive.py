@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from model.engine import InferenceEngine
-from stream import events
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import LocalRegistry, RegisteredSchema
+from stream.adapters.topics import TopicAdmin, topic_names
 from stream.config import Settings
-from stream.policy import load_policy
-from stream.redrive import REDRIVE_HEADER, read_dead_letters, redrive, summarize
-from stream.registry import LocalRegistry, RegisteredSchema
+from stream.core.policy import load_policy
 from stream.replay import PartitionWindow
-from stream.topics import TopicAdmin, topic_names
+from stream.tools import events
+from stream.tools.redrive import REDRIVE_HEADER, read_dead_letters, redrive, summarize
 from tests.integration.replay_support import at, produce, run_live, source_windows, tiny_checkpoint
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from model.engine import InferenceEngine
-from stream import events
+from stream.adapters.topics import TopicAdmin
 from stream.config import Settings, load_settings
-from stream.localrun import OutputReader, WorkerProcess, worker_env
 from stream.replay import ReplayConfig, parse_bound, replay
-from stream.topics import TopicAdmin
+from stream.tools import events
+from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
 from tests.integration.replay_support import at, face, produce, snapshot, tiny_checkpoint
 
 pytestmark = pytest.mark.integration

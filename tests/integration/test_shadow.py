@@ -14,14 +14,15 @@ import redis.asyncio as aioredis
 from confluent_kafka import Consumer, TopicPartition
 
 from model.engine import EncodedFrame, FrameEstimate, FrameResult, InferenceEngine
-from stream import events, metrics
-from stream.belief import event_evidence
-from stream.belief_store import BeliefStore
+from stream import metrics
+from stream.adapters.belief_store import BeliefStore
+from stream.adapters.kafka_sink import KafkaSink
 from stream.config import Settings
-from stream.kafka_sink import KafkaSink
+from stream.core.belief import event_evidence
+from stream.core.policy import Action, PolicyEvent, decide, load_policy
 from stream.pipeline import SourceRecord
-from stream.policy import Action, PolicyEvent, decide, load_policy
 from stream.shadow import ShadowScorer, ensure_shadow_topic, shadow_topic
+from stream.tools import events
 from tests.integration.replay_support import at, face, tiny_checkpoint
 
 pytestmark = pytest.mark.integration

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from stream.adapters.topics import topic_name
 from stream.config import Settings
-from stream.loadgen import synthetic_stream
-from stream.produce import Produced, produce
-from stream.topics import topic_name
-from tests.worker_harness import (
+from stream.tools.loadgen import synthetic_stream
+from stream.tools.produce import Produced, produce
+from tests.support.worker_harness import (
     OutputReader,
     Outputs,
     WorkerProcess,

@@ -18,15 +18,15 @@ import pytest
 import redis
 
 from model.data.synthetic import encode_jpeg, render_face, sample_attributes
-from stream import events
-from stream.belief_store import user_key
-from stream.codec import AvroCodec
+from stream.adapters.belief_store import user_key
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import FEEDBACK, UPLOAD
+from stream.adapters.topics import TopicAdmin
 from stream.config import Settings
-from stream.loadgen import SyntheticEvent
-from stream.produce import Produced, produce
-from stream.registry import FEEDBACK, UPLOAD
-from stream.topics import TopicAdmin
-from tests.worker_harness import OutputReader, WorkerProcess, beliefs, worker_env
+from stream.tools import events
+from stream.tools.loadgen import SyntheticEvent
+from stream.tools.produce import Produced, produce
+from tests.support.worker_harness import OutputReader, WorkerProcess, beliefs, worker_env
 
 pytestmark = pytest.mark.integration
 

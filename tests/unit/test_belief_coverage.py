@@ -1,4 +1,4 @@
-"""Belief interval coverage by number of fused events (stream/belief_coverage.py)."""
+"""Belief interval coverage by number of fused events (stream/core/belief_coverage.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from stream.belief_coverage import FUSED_COUNTS, belief_coverage, interval_shares
+from stream.core.belief_coverage import FUSED_COUNTS, belief_coverage, interval_shares
 
 
 def people(n: int, offset_sd: float, noise_sd: float, images: int, seed: int = 0) -> dict[str, list]:

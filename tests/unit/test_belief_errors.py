@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from redis import exceptions as redis_exc
 
-from stream.belief import Belief, Evidence
-from stream.belief_store import ApplyResult, BeliefStore, BeliefStoreError, BeliefUpdateFailed, SurfaceKey
+from stream.adapters.belief_store import ApplyResult, BeliefStore, BeliefStoreError, BeliefUpdateFailed, SurfaceKey
+from stream.core.belief import Belief, Evidence
+from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
 from stream.pipeline import BeliefStage
-from stream.policy import Action
 
 FLOOR = 2.0
 NOW = 1_750_000_000.0

@@ -1,4 +1,4 @@
-"""The error floor and one-event-one-observation (stream/belief.py): what keeps P(age >= T) honest."""
+"""The error floor and one-event-one-observation (stream/core/belief.py): what keeps P(age >= T) honest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.belief import (
+from stream.core.belief import (
     FRAME_CORRELATION_IN_EVENT,
     apply_verified,
     belief_std,

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from redis.crc import key_slot
 
-from stream.belief_store import BeliefStore, tag_key, user_key, user_tag
+from stream.adapters.belief_store import BeliefStore, tag_key, user_key, user_tag
 from stream.config import load_settings
 from stream.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""Properties of the pure belief math (stream/belief.py)."""
+"""Properties of the pure belief math (stream/core/belief.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.belief import (
+from stream.core.belief import (
     MIN_STD_YEARS,
     VERIFIED_PRECISION,
     YEAR_S,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream import events
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD, LocalRegistry
 from stream.errors import DecodeError
-from stream.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD, LocalRegistry
+from stream.tools import events
 
 NOW = 1_790_000_000.0
 codec = AvroCodec()

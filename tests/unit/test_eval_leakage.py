@@ -13,8 +13,8 @@ from model.data.synthetic import generate_dataset
 from model.evaluation.datasets import build_benchmark
 from model.evaluation.leakage import generator_seeds, lineage_of, overlap
 from model.evaluation.report import load_metrics_json
-from stream import evaluate
 from stream.cli import main
+from stream.tools import evaluate
 
 
 def test_overlap_counts_what_is_shared() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream.belief import YEAR_S
-from stream.online_metrics import DAY_S, DecisionFact, Exporter, OnlineMetrics, summarize
+from stream.core.belief import YEAR_S
+from stream.tools.online_metrics import DAY_S, DecisionFact, Exporter, OnlineMetrics, summarize
 
 T0 = 1_700_000_000.0
 

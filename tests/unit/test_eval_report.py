@@ -23,8 +23,8 @@ from model.evaluation.report import (
     write_metrics_json,
 )
 from model.uncertainty import UncertaintyCalibration
-from stream import evaluate
 from stream.cli import main
+from stream.tools import evaluate
 
 
 class FakeEngine:

@@ -3,7 +3,7 @@
 A copy of the report gets a small script that, on `load`, measures the page and writes the result
 into document.title; `chromium --dump-dom` prints the DOM after the load, and the test parses it.
 Chromium is Debian's package (installed by .ci/run); without it the test skips locally and fails
-under CI (tests/infra.py `unavailable`).
+under CI (tests/support/infra.py `unavailable`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 
 from model.evaluation.metrics import Estimates
 from model.evaluation.report import build_metrics, model_metrics, write_report_html
-from stream import evaluate
 from stream.cli import main
-from tests.infra import unavailable
+from stream.tools import evaluate
+from tests.support.infra import unavailable
 from tests.unit.test_eval_report import FakeEngine, dataset  # noqa: F401  (the pytest fixture)
 
 VIEWPORT = (1280, 900)

@@ -11,7 +11,7 @@ from model import train as train_mod
 from model.checkpoint import read_meta
 from model.data.synthetic import generate_dataset
 from model.evaluation.seeds import format_seed_summary, seed_summary, spread
-from stream.evaluate import parse_model_specs
+from stream.tools.evaluate import parse_model_specs
 
 
 def test_parse_seeds_and_one_run_folder_per_seed() -> None:
@@ -69,8 +69,8 @@ def test_eval_reports_spread_across_seeds(tmp_path: Path, monkeypatch: pytest.Mo
                                           capsys: pytest.CaptureFixture[str]) -> None:
     from model.data.manifest import ManifestRow, write_manifest
     from model.evaluation.report import load_metrics_json
-    from stream import evaluate
     from stream.cli import main
+    from stream.tools import evaluate
     from tests.unit.test_eval_report import FakeEngine
 
     rows = []

@@ -10,10 +10,10 @@ import urllib.request
 
 import pytest
 
+from stream.adapters.kafka_wait import probe, wait_for_kafka
 from stream.config import Settings, load_settings
 from stream.errors import DependencyUnavailable
-from stream.kafka_wait import probe, wait_for_kafka
-from stream.localrun import free_port
+from stream.tools.localrun import free_port
 
 
 def _closed_port_settings() -> Settings:

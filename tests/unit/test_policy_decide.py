@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.belief import YEAR_S, Belief, apply_verified
-from stream.policy import STRICTNESS, Action, PolicyEvent, decide, load_policy
+from stream.core.belief import YEAR_S, Belief, apply_verified
+from stream.core.policy import STRICTNESS, Action, PolicyEvent, decide, load_policy
 
 POLICY = load_policy()
 NOW = 1_750_000_000.0

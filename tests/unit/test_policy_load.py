@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.policy import Action, PolicyError, load_policy
+from stream.core.policy import Action, PolicyError, load_policy
 
 
 def test_default_policy_covers_required_surfaces_and_differing_jurisdictions() -> None:
@@ -78,9 +78,9 @@ def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
 
 def test_default_policy_lists_every_jurisdiction_the_load_generator_uses() -> None:
     """Generated events are judged by their own rules, never by the unknown-jurisdiction fallback."""
-    from stream.codec import AvroCodec
-    from stream.loadgen import JURISDICTIONS, synthetic_stream
-    from stream.policy import PolicyEvent, decide
+    from stream.adapters.codec import AvroCodec
+    from stream.core.policy import PolicyEvent, decide
+    from stream.tools.loadgen import JURISDICTIONS, synthetic_stream
 
     p = load_policy()
     assert set(JURISDICTIONS) <= set(p.jurisdictions)

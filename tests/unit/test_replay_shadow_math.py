@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model.engine import FrameError, FrameEstimate
-from stream.belief import Belief, event_evidence, fuse
+from stream.core.belief import Belief, event_evidence, fuse
 from stream.shadow import swap_evidence
 
 HL = 365 * 86400.0

@@ -11,8 +11,8 @@ import pytest
 from fastavro.utils import generate_many
 
 from schemas import schema_root
-from stream.codec import AvroCodec
-from stream.registry import SUBJECTS, LocalRegistry, RegisteredSchema
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import SUBJECTS, LocalRegistry, RegisteredSchema
 
 registry = LocalRegistry()
 ALL_VERSIONS = [s for subject in SUBJECTS for s in registry.versions(subject)]

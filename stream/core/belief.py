@@ -3,7 +3,7 @@
 We estimate the *birth time*, not the age: a birth time does not drift as the user grows older, so
 old evidence stays meaningful and only its confidence decays (design.md, "The user's age belief").
 
-Units, used everywhere (Python and stream/belief.lua):
+Units, used everywhere (Python and stream/adapters/belief.lua):
 - times (birth_time, observed_at, updated_at, now, half-life, tolerances): unix seconds;
 - ages and standard deviations: years of YEAR_S seconds (Julian year);
 - precision: 1/years^2, so std = 1/sqrt(precision) is in years.
@@ -20,7 +20,7 @@ Fusion is done at a common reference time T = the latest evidence time seen. Eve
 (the old belief and each new observation) is decayed from its own time to T, then combined by
 precision weighting. Because decay is a common multiplicative factor, the result does not depend on
 the order observations arrive in, with or without decay, and late (out-of-order) events are
-weighted as if they had arrived in order. stream/belief.lua performs the same operations in the same
+weighted as if they had arrived in order. stream/adapters/belief.lua performs the same operations in the same
 order so that Redis and Python agree to floating-point tolerance.
 """
 

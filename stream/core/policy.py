@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from stream.belief import Belief, p_at_least
+from stream.core.belief import Belief, p_at_least
 from stream.errors import ConfigError
 
 

@@ -18,9 +18,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stream.belief import Belief, Evidence
-from stream.belief_store import ApplyResult, BeliefStore, RedisClient, SurfaceKey, tag_key, user_tag
-from stream.policy import Action
+from stream.adapters.belief_store import ApplyResult, BeliefStore, RedisClient, SurfaceKey, tag_key, user_tag
+from stream.core.belief import Belief, Evidence
+from stream.core.policy import Action
 
 
 class JournaledBeliefStore(BeliefStore):

@@ -1,4 +1,4 @@
-"""Per-user age beliefs in Redis, updated by one Lua script (stream/belief.lua) per user.
+"""Per-user age beliefs in Redis, updated by one Lua script (stream/adapters/belief.lua) per user.
 
 Keys of a user (built by `user_key`, the only place a user id becomes a key name):
 - `{prefix}:{<tag>}:b` hash: the belief (B, P, t, n, v, mv) and the hysteresis state, one field
@@ -36,12 +36,12 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exc
 
-from stream.belief import Belief, ClockSkewRule, Evidence, Refusal, RefusalReason
+from stream.core.belief import Belief, ClockSkewRule, Evidence, Refusal, RefusalReason
+from stream.core.policy import Action
 from stream.errors import AgegateError, DependencyUnavailable, InvalidEvent
 from stream.log import get_logger
-from stream.policy import Action
 
-LUA_SOURCE = importlib.resources.files("stream").joinpath("belief.lua").read_text()
+LUA_SOURCE = importlib.resources.files("stream.adapters").joinpath("belief.lua").read_text()
 
 _REFUSAL_CODES = {"X": RefusalReason.INVALID, "F": RefusalReason.FUTURE, "O": RefusalReason.TOO_OLD}
 
@@ -168,7 +168,7 @@ class BeliefStore:
     ) -> ApplyResult:
         """Fuse a micro-batch of evidence for many users in one pipelined round trip.
 
-        `floor` is `model_version`'s error floor (years); see stream/belief.py.
+        `floor` is `model_version`'s error floor (years); see stream/core/belief.py.
         """
         calls: list[tuple[str, list[str]]] = []
         for user_id, evidences in updates.items():
@@ -246,7 +246,7 @@ class BeliefStore:
 
     async def get_many(self, user_ids: Sequence[str], *, now: float) -> dict[str, Belief | None]:
         """Beliefs as seen at `now`: precision decayed (verified ones do not decay)."""
-        from stream.belief import decay
+        from stream.core.belief import decay
 
         raw = await self._hgetall_many(user_ids)
         out: dict[str, Belief | None] = {}

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from model.evaluation.drift import DEFAULT_PSI_ALERT, population_stability_index
 from model.evaluation.metrics import AGE_BANDS, band_label
-from stream.belief import YEAR_S
+from stream.core.belief import YEAR_S
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +304,8 @@ def consume(
 
     An undecodable message is logged and skipped: this is a read-only observer, dead-lettering is the
     worker's job. Returns the number of messages read."""
+    from stream.adapters.registry import DECISION, FEEDBACK
     from stream.errors import DecodeError
-    from stream.registry import DECISION, FEEDBACK
 
     read = 0
     last = time.monotonic()
@@ -358,11 +358,11 @@ def run(args: argparse.Namespace) -> int:
     from confluent_kafka import Consumer
     from prometheus_client import start_http_server
 
-    from stream.codec import AvroCodec
+    from stream.adapters.codec import AvroCodec
+    from stream.adapters.registry import registry_from_url
+    from stream.adapters.topics import topic_name
     from stream.config import load_settings
     from stream.metrics import ONLINE_ABS_ERROR_YEARS, REGISTRY
-    from stream.registry import registry_from_url
-    from stream.topics import topic_name
 
     settings = load_settings()
     decisions, feedback = topic_name("decisions", settings), topic_name("feedback", settings)

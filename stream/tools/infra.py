@@ -12,7 +12,7 @@ def infra_script() -> Path:
     """deploy/local/infra.sh of this checkout (agegate is installed editable from its repository)."""
     candidates = [
         Path(os.environ["AGEGATE_HOME"]) if "AGEGATE_HOME" in os.environ else None,
-        Path(__file__).resolve().parents[1],
+        Path(__file__).resolve().parents[2],
         Path.cwd(),
     ]
     for root in filter(None, candidates):

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from stream.adapters.topic_reader import UnknownTopic, read_to_end
+from stream.adapters.topics import topic_names
 from stream.config import Settings, load_settings
 from stream.errors import AgegateError
-from stream.topic_reader import UnknownTopic, read_to_end
-from stream.topics import topic_names
 
 REDRIVE_HEADER = "agegate-redrive"
 

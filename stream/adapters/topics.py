@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from stream.adapters.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
 from stream.config import Settings, load_settings
 from stream.errors import AgegateError
-from stream.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
 
 DAY_MS = 24 * 3600 * 1000
 

@@ -1,4 +1,4 @@
-"""Test helpers around stream/localrun.py: committed offsets and belief comparison."""
+"""Test helpers around stream/tools/localrun.py: committed offsets and belief comparison."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.belief_store import user_key
+from stream.adapters.belief_store import user_key
+from stream.adapters.topics import TopicAdmin
 from stream.config import Settings, load_settings
-from stream.localrun import OutputReader, Outputs, WorkerProcess, free_port, worker_env
-from stream.topics import TopicAdmin
+from stream.tools.localrun import OutputReader, Outputs, WorkerProcess, free_port, worker_env
 
 __all__ = ["OutputReader", "Outputs", "WorkerProcess", "free_port", "fresh_settings", "produce_raw", "worker_env"]
 

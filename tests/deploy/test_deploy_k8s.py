@@ -21,7 +21,7 @@ import yaml
 
 from stream.config import Settings, load_settings
 from stream.errors import ConfigError
-from tests.infra import unavailable
+from tests.support.infra import unavailable
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the dev extras")
 
@@ -249,7 +249,7 @@ def test_policy_and_model_are_mounted(rendered: dict[str, list[Manifest]], targe
     assert model_mount["readOnly"] is True
     assert "persistentVolumeClaim" in volumes[model_mount["name"]]
     # The shipped policy is valid and agrees with the worker on the belief half-life.
-    policy_module = pytest.importorskip("stream.policy")
+    policy_module = pytest.importorskip("stream.core.policy")
     path = tmp_path / policy_key
     path.write_text(policy_map["data"][policy_key])
     policy = policy_module.load_policy(path)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stream.adapters.topics import TopicAdmin
 from stream.config import load_settings
-from stream.infra import infra_script
-from stream.localrun import OutputReader, WorkerProcess, worker_env
-from stream.produce import Produced, produce
-from stream.topics import TopicAdmin
+from stream.tools.infra import infra_script
+from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
+from stream.tools.produce import Produced, produce
 
 CACHE = Path.home() / ".cache" / "agegate"
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         worker.wait_ready(timeout=180)
         print(f"worker: ready ({worker.url}/readyz); log {log_path}")
         seed = args.seed if args.seed is not None else uuid.uuid4().int % 100_000
-        from stream.loadgen import synthetic_stream
+        from stream.tools.loadgen import synthetic_stream
 
         stream = list(synthetic_stream(args.events, seed=seed, bad_share=args.bad_share, user_prefix="demo"))
         started = time.monotonic()

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
 
-from stream.belief import Evidence, event_evidence, fuse
+from stream.core.belief import Evidence, event_evidence, fuse
 
 NOMINAL_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 FUSED_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from model.data.synthetic import IMAGE_NOISE_SD, SUBJECT_OFFSET_SD, encode_jpeg, render_face, sample_attributes
-from stream import events
-from stream.codec import AvroCodec
-from stream.registry import FEEDBACK, SIGNUP, UPLOAD
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
+from stream.tools import events
 
 # Every one is listed in the default policy (tests/unit/test_policy_load.py checks): generated events are
 # judged by their own rules, never by the unknown-jurisdiction fallback (unit-tested in test_policy_decide).

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import DECISION
+from stream.adapters.topic_reader import UnknownTopic, read_to_end
 from stream.config import Settings
 from stream.errors import DecodeError
-from stream.registry import DECISION
-from stream.topic_reader import UnknownTopic, read_to_end
 
 EXAMPLES_PER_TRANSITION = 5
 

@@ -20,7 +20,8 @@ promql_parser = pytest.importorskip("promql_parser", reason="promql-parser is in
 from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.metrics import MetricWrapperBase  # noqa: E402
 
-from stream import metrics, online_metrics  # noqa: E402
+from stream import metrics  # noqa: E402
+from stream.tools import online_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "observability" / "grafana-dashboard.json"

@@ -8,7 +8,7 @@ With --gate, the first --model (or the first model of --baseline) is the referen
 model is a candidate; the exit status is 1 when any candidate violates a rule, each violation named on
 stderr, so the command is a CI step. Exit 2: unusable input (manifest hash mismatch, bad gate file).
 
-`agegate eval --online ...` runs the online-metrics consumer instead (stream/online_metrics.py).
+`agegate eval --online ...` runs the online-metrics consumer instead (stream/tools/online_metrics.py).
 
 This module lives in `stream` because the policy replay needs the policy engine; the metric code
 itself is `model.evaluation` (which never imports `stream`).
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from model.evaluation.metrics import AGE_BANDS, DEFAULT_CONFIDENCE, Estimates, band_label
-from stream.belief_coverage import belief_coverage
+from stream.core.belief_coverage import belief_coverage
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate even when the data shares images, subjects or a generator seed with a "
                              "model's training data (the report then says so)")
     parser.add_argument("--online", action="store_true",
-                        help="run the online-metrics consumer instead (stream/online_metrics.py)")
-    from stream.online_metrics import add_arguments as add_online
+                        help="run the online-metrics consumer instead (stream/tools/online_metrics.py)")
+    from stream.tools.online_metrics import add_arguments as add_online
 
     add_online(parser.add_argument_group("online metrics (with --online)"))
 
@@ -131,8 +131,8 @@ def replay_policy(
     are users of one frame (which the policy's `min_observations` may keep from ALLOW). The
     user's true age is the mean of their rows' ages. `now` is fixed so a replay is reproducible.
     """
-    from stream import belief as bl
-    from stream import policy as pol
+    from stream.core import belief as bl
+    from stream.core import policy as pol
 
     policy = pol.load_policy(policy_path)
     event = pol.PolicyEvent(
@@ -203,7 +203,7 @@ def _load_engine(ckpt: str, device: str, threads: int) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     if args.online:
-        from stream.online_metrics import run as run_online
+        from stream.tools.online_metrics import run as run_online
 
         return run_online(args)
     if not args.model or not args.data or not args.out:

@@ -17,8 +17,8 @@ from typing import Any
 import fastavro
 from fastavro.read import SchemaResolutionError
 
+from stream.adapters.registry import LocalRegistry, RegisteredSchema, SchemaRegistry
 from stream.errors import DecodeError
-from stream.registry import LocalRegistry, RegisteredSchema, SchemaRegistry
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")

@@ -23,10 +23,10 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from stream.codec import AvroCodec
+from stream.adapters.codec import AvroCodec
+from stream.adapters.registry import DECISION
+from stream.adapters.topics import topic_name
 from stream.config import Settings
-from stream.registry import DECISION
-from stream.topics import topic_name
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra import unavailable
+from tests.support.infra import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"

@@ -12,9 +12,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from stream.adapters.topics import TopicAdmin, topic_name
 from stream.config import Settings, load_settings
-from stream.loadgen import SyntheticEvent, synthetic_stream
-from stream.topics import TopicAdmin, topic_name
+from stream.tools.loadgen import SyntheticEvent, synthetic_stream
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,1 @@
+"""Deployment artefacts: Dockerfile, Kubernetes manifests (rendered with kustomize), observability."""

@@ -48,7 +48,7 @@ from model.data.synthetic import (  # noqa: E402
     sample_attributes,
 )
 from model.engine import EncodedFrame, FrameEstimate, InferenceEngine  # noqa: E402
-from stream.core.belief import Belief, Evidence, event_evidence, fuse  # noqa: E402
+from stream.core.belief import YEAR_S, Belief, Evidence, event_evidence, fuse  # noqa: E402
 from stream.core.belief_coverage import interval_shares  # noqa: E402
 from stream.core.policy import Action, PolicyEvent, decide, load_policy  # noqa: E402
 
@@ -80,7 +80,7 @@ def render_uploads(users: list[User], uploads: int, seed: int) -> list[list[Enco
         rng = np.random.default_rng([seed, i])
         frames = []
         for k in range(uploads):
-            age = u.age + k * DAY / (365.25 * DAY)
+            age = u.age + k * DAY / YEAR_S
             for _ in range(FRAMES_PER_UPLOAD):
                 img = render_face(age + u.look + rng.normal(0, IMAGE_NOISE_SD), u.attrs, rng, size=64)
                 frames.append(EncodedFrame(encode_jpeg(img, rng), "image/jpeg"))
@@ -119,7 +119,7 @@ def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: i
             prev = d.action
             n = k + 1
             if n in allowed:
-                true_now = u.age + k / 365.25
+                true_now = u.age + k * DAY / YEAR_S
                 if d.action is Action.ALLOW and true_now < 18:
                     allowed[n]["minor"] += 1
                     if len(examples) < 5:

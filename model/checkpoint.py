@@ -21,19 +21,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.config import ModelConfig
+from model.errors import CheckpointError
 from model.models import AgeModel, create_model
 
 FORMAT = "agegate-checkpoint/1"
 _META_KEY = "agegate"
 
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names the file and what is wrong with it."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        super().__init__(f"checkpoint {str(path)!r}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)

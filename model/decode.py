@@ -2,7 +2,7 @@
 
 Frames come from users, so every check happens before the expensive step it guards: bytes before
 parsing, header dimensions before pixel decoding (decompression bombs), format from the bytes
-themselves rather than from the declared content type. Failures are `DecodeError` with a short
+themselves rather than from the declared content type. Failures are `ImageDecodeError` with a short
 stable reason code that the stream maps to dead letters and metrics.
 
 Phones store most photos sideways with an EXIF Orientation tag; the model was trained on upright
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from model.errors import ImageDecodeError
 
 # Content types we accept, and the Pillow format each must turn out to be.
 CONTENT_TYPES: dict[str, str] = {
@@ -40,24 +42,16 @@ class DecodeLimits:
     formats: frozenset[str] = field(default_factory=lambda: frozenset({"JPEG", "PNG", "WEBP"}))
 
 
-class DecodeError(Exception):
-    """One frame could not be decoded; `reason` is a stable code, `detail` never holds image bytes."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
 
 def decode_rgb(data: bytes, content_type: str, size: int, limits: DecodeLimits) -> np.ndarray:
-    """Decode one frame to a (size, size, 3) uint8 array, or raise DecodeError."""
+    """Decode one frame to a (size, size, 3) uint8 array, or raise ImageDecodeError."""
     if not data:
-        raise DecodeError("empty", "frame has zero bytes")
+        raise ImageDecodeError("empty", "frame has zero bytes")
     if len(data) > limits.max_bytes:
-        raise DecodeError("too_large", f"{len(data)} bytes exceeds the limit of {limits.max_bytes}")
+        raise ImageDecodeError("too_large", f"{len(data)} bytes exceeds the limit of {limits.max_bytes}")
     declared = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
     if declared is None or declared not in limits.formats:
-        raise DecodeError("unsupported_format", f"content type {content_type[:64]!r} is not accepted")
+        raise ImageDecodeError("unsupported_format", f"content type {content_type[:64]!r} is not accepted")
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns below 2x its limit; ours is explicit, so make it an error.
@@ -65,27 +59,27 @@ def decode_rgb(data: bytes, content_type: str, size: int, limits: DecodeLimits) 
             image: Image.Image = Image.open(io.BytesIO(data), formats=sorted(limits.formats))
             width, height = image.size
             if width * height > limits.max_pixels:
-                raise DecodeError(
+                raise ImageDecodeError(
                     "decompression_bomb", f"{width}x{height} pixels exceeds the limit of {limits.max_pixels}"
                 )
             if width < 1 or height < 1:
-                raise DecodeError("corrupt", f"invalid dimensions {width}x{height}")
+                raise ImageDecodeError("corrupt", f"invalid dimensions {width}x{height}")
             if image.mode not in _ALLOWED_MODES:
-                raise DecodeError("unsupported_mode", f"image mode {image.mode!r} is not accepted")
+                raise ImageDecodeError("unsupported_mode", f"image mode {image.mode!r} is not accepted")
             if image.format == "JPEG":
                 # Let libjpeg downscale by 1/2..1/8 while decoding: far less work for large frames.
                 image.draft("RGB", (size, size))
             image.load()
             _apply_orientation(image)
-    except DecodeError:
+    except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("decompression_bomb", str(exc)[:200]) from None
+        raise ImageDecodeError("decompression_bomb", str(exc)[:200]) from None
     except UnidentifiedImageError:
-        raise DecodeError("unsupported_format", "bytes are not an accepted image format") from None
+        raise ImageDecodeError("unsupported_format", "bytes are not an accepted image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Truncated data, bad chunks, CRC errors: Pillow reports these as OSError/SyntaxError.
-        raise DecodeError("corrupt", f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (size, size):
@@ -101,15 +95,15 @@ def _apply_orientation(image: Image.Image) -> None:
     try:
         ImageOps.exif_transpose(image, in_place=True)
     except Exception as exc:  # rewriting a malformed EXIF block after the transpose
-        raise DecodeError("bad_exif", f"EXIF block unreadable: {type(exc).__name__}") from None
+        raise ImageDecodeError("bad_exif", f"EXIF block unreadable: {type(exc).__name__}") from None
 
 
 def _orientation(image: Image.Image) -> int:
-    """The EXIF Orientation of a loaded image (1 when absent); DecodeError when unreadable or undefined."""
+    """The EXIF Orientation of a loaded image (1 when absent); ImageDecodeError when unreadable or undefined."""
     try:
         value = image.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception as exc:  # malformed EXIF blocks surface as struct/TypeError/ValueError and others
-        raise DecodeError("bad_exif", f"EXIF block unreadable: {type(exc).__name__}") from None
+        raise ImageDecodeError("bad_exif", f"EXIF block unreadable: {type(exc).__name__}") from None
     if not isinstance(value, int) or value not in _ORIENTATIONS:
-        raise DecodeError("bad_orientation", f"EXIF Orientation {str(value)[:20]!r} is not one of 1-8")
+        raise ImageDecodeError("bad_orientation", f"EXIF Orientation {str(value)[:20]!r} is not one of 1-8")
     return value

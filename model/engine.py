@@ -19,7 +19,8 @@ import torch
 
 from model.checkpoint import CheckpointMeta, load_checkpoint
 from model.config import ModelConfig
-from model.decode import DecodeError, DecodeLimits, decode_rgb
+from model.decode import DecodeLimits, decode_rgb
+from model.errors import ImageDecodeError
 from model.models import AgeModel, Prediction, fuse_for_inference
 from model.uncertainty import UncertaintyCalibration
 
@@ -144,7 +145,7 @@ class InferenceEngine:
             try:
                 arrays.append(decode_rgb(frame.data, frame.content_type, size, self.limits))
                 indices.append(i)
-            except DecodeError as exc:
+            except ImageDecodeError as exc:
                 errors[i] = FrameError(exc.reason, exc.detail)
             except Exception as exc:  # a decoder bug must still fail only its own frame
                 log.exception("unexpected decode failure")

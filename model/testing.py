@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.checkpoint import CheckpointError, read_meta
+from model.checkpoint import read_meta
 from model.data.synthetic import encode_jpeg, generate_dataset, render_face, sample_attributes
+from model.errors import CheckpointError
 
 TINY_IMAGES = 4000
 TINY_EPOCHS = 4

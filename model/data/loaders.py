@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from model.data.manifest import Manifest, ManifestRow, check_subject_exclusive, split_for_subject
-from model.decode import DecodeError, DecodeLimits, decode_rgb
+from model.decode import DecodeLimits, decode_rgb
+from model.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def load_split_tensors(
         ctype = {".png": "image/png", ".webp": "image/webp"}.get(path.suffix.lower(), "image/jpeg")
         try:
             return decode_rgb(path.read_bytes(), ctype, size, limits)
-        except (DecodeError, OSError) as exc:
+        except (ImageDecodeError, OSError) as exc:
             log.warning("skipping %s: %s", path, exc)
             return None
 

@@ -99,7 +99,8 @@ def parse_model_specs(values: Sequence[str], names: Sequence[str]) -> list[tuple
 
 
 def _seed_of(ckpt: str, index: int) -> str:
-    from model.checkpoint import CheckpointError, read_meta
+    from model.checkpoint import read_meta
+    from model.errors import CheckpointError
 
     try:
         seed = read_meta(ckpt).extra.get("settings", {}).get("seed")
@@ -350,7 +351,7 @@ def check_leakage(manifest: Any, rows: Sequence[Any], checkpoints: Sequence[str]
                   force: bool) -> dict[str, dict[str, Any]] | None:
     """Per checkpoint, what the evaluated rows share with its training data. None (after printing why)
     when something is shared and `force` is off: an in-sample score must not pass for a release number."""
-    from model.checkpoint import CheckpointError
+    from model.errors import CheckpointError
     from model.evaluation.leakage import describe, fingerprints, lineage_of, overlap
 
     bench = fingerprints(manifest, rows)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.decode import DecodeError, DecodeLimits, decode_rgb
+from model.decode import DecodeLimits, decode_rgb
 from model.engine import EncodedFrame, FrameEstimate, InferenceEngine
+from model.errors import ImageDecodeError
 from model.testing import encode_with_orientation, stored_as, synthetic_face
 
 ORIENTATIONS = range(1, 9)
@@ -84,14 +85,14 @@ def test_undefined_orientation_is_refused_with_a_reason(value: int) -> None:
     exif[0x0112] = value
     buf = io.BytesIO()
     image.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(ImageDecodeError) as info:
         _decode(buf.getvalue(), "image/jpeg")
     assert info.value.reason == "bad_orientation"
 
 
 def test_turned_bomb_is_still_refused_before_decoding() -> None:
     data = encode_with_orientation(np.zeros((40, 30, 3), np.uint8), 6, "PNG")
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(ImageDecodeError) as info:
         _decode(data, "image/png", DecodeLimits(max_pixels=40 * 30 - 1))
     assert info.value.reason == "decompression_bomb"
 

@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from model.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from model.errors import CheckpointError
 from model.models import AgeModel, create_model
 
 

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from model.checkpoint import save_checkpoint
-from model.decode import DecodeError, DecodeLimits, decode_rgb
+from model.decode import DecodeLimits, decode_rgb
 from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine, bucket_size
+from model.errors import ImageDecodeError
 from model.models import create_model
 from model.testing import synthetic_face_jpeg, train_tiny_checkpoint
 
@@ -97,13 +98,13 @@ def test_supported_formats_and_modes_score(checkpoint: Path) -> None:
 
 def test_limits_are_enforced_before_decoding() -> None:
     data = synthetic_face_jpeg(30, seed=0)
-    with pytest.raises(DecodeError) as too_large:
+    with pytest.raises(ImageDecodeError) as too_large:
         decode_rgb(data, "image/jpeg", 32, DecodeLimits(max_bytes=len(data) - 1))
     assert too_large.value.reason == "too_large"
-    with pytest.raises(DecodeError) as bomb:
+    with pytest.raises(ImageDecodeError) as bomb:
         decode_rgb(data, "image/jpeg", 32, DecodeLimits(max_pixels=64 * 64 - 1))
     assert bomb.value.reason == "decompression_bomb"
-    with pytest.raises(DecodeError) as fmt:
+    with pytest.raises(ImageDecodeError) as fmt:
         decode_rgb(data, "image/jpeg", 32, DecodeLimits(formats=frozenset({"PNG"})))
     assert fmt.value.reason == "unsupported_format"
 
@@ -189,7 +190,7 @@ def test_decoder_never_raises_anything_but_decode_error(data: bytes, cut: int, f
     for blob in (data, bytes(real)):
         try:
             arr = decode_rgb(blob, "image/jpeg", 16, DecodeLimits())
-        except DecodeError as exc:
+        except ImageDecodeError as exc:
             assert exc.reason in EXPECTED_REASONS.values() or exc.reason == "too_large"
         else:
             assert arr.shape == (16, 16, 3)

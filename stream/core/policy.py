@@ -140,108 +140,137 @@ def load_policy(path: str | Path | None = None) -> Policy:
     return parse_policy(data, source=str(p))
 
 
-def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy:
-    errors: list[str] = []
+class _Problems:
+    """Collects every problem of a policy file, so one run of `policy check` lists them all."""
 
-    def err(where: str, msg: str) -> None:
-        errors.append(f"{source}: {where}: {msg}")
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[str] = []
 
-    def number(where: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
+    def err(self, where: str, msg: str) -> None:
+        self.errors.append(f"{self.source}: {where}: {msg}")
+
+    def unknown_keys(self, where: str, table: Mapping[str, Any], known: set[str]) -> None:
+        for key in table:
+            if key not in known:
+                self.err(f"{where}.{key}" if where else key, "unknown key")
+
+    def table(self, where: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.err(where, "must be a table")
+            return {}
+        return value
+
+    def number(self, where: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
                hi_open: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            err(where, f"expected a number, got {value!r}")
+            self.err(where, f"expected a number, got {value!r}")
             return math.nan
         if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
             lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-            err(where, f"must be in {lb}{lo}, {hi}{rb}, got {value}")
+            self.err(where, f"must be in {lb}{lo}, {hi}{rb}, got {value}")
         return float(value)
 
-    for key in data:
-        if key not in _TOP_KEYS:
-            err(key, "unknown key")
-    version = data.get("version")
-    if not isinstance(version, str) or not version.strip():
-        err("version", f"required, a non-empty string (got {version!r})")
-        version = ""
-    settings = data.get("settings", {})
-    if not isinstance(settings, dict):
-        err("settings", "must be a table")
-        settings = {}
-    for key in settings:
-        if key not in _SETTINGS_KEYS:
-            err(f"settings.{key}", "unknown key")
-    half_life_days = number("settings.half_life_days", settings.get("half_life_days", 365.0), 0, 1e6,
-                            lo_open=True)
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    half_life_days: float
+    min_observations: int
+    hysteresis_margin: float
+    declared_age_tolerance_years: float
+    declared_contradiction_confidence: float
+
+
+def _parse_settings(raw: Any, problems: _Problems) -> _Settings:
+    settings = problems.table("settings", raw)
+    problems.unknown_keys("settings", settings, _SETTINGS_KEYS)
     min_obs = settings.get("min_observations", 2)
     if isinstance(min_obs, bool) or not isinstance(min_obs, int) or min_obs < 1:
-        err("settings.min_observations", f"expected an integer >= 1, got {min_obs!r}")
+        problems.err("settings.min_observations", f"expected an integer >= 1, got {min_obs!r}")
         min_obs = 1
-    margin = number("settings.hysteresis_margin", settings.get("hysteresis_margin", 0.05), 0, 0.5,
-                    hi_open=True)
-    tolerance = number("settings.declared_age_tolerance_years",
-                       settings.get("declared_age_tolerance_years", 4.0), 0, 100)
-    contra = number("settings.declared_contradiction_confidence",
-                    settings.get("declared_contradiction_confidence", 0.95), 0.5, 1,
-                    lo_open=True, hi_open=True)
+    return _Settings(
+        half_life_days=problems.number("settings.half_life_days", settings.get("half_life_days", 365.0), 0, 1e6,
+                                       lo_open=True),
+        min_observations=min_obs,
+        hysteresis_margin=problems.number("settings.hysteresis_margin", settings.get("hysteresis_margin", 0.05),
+                                          0, 0.5, hi_open=True),
+        declared_age_tolerance_years=problems.number(
+            "settings.declared_age_tolerance_years", settings.get("declared_age_tolerance_years", 4.0), 0, 100),
+        declared_contradiction_confidence=problems.number(
+            "settings.declared_contradiction_confidence", settings.get("declared_contradiction_confidence", 0.95),
+            0.5, 1, lo_open=True, hi_open=True),
+    )
 
-    raw_jurs = data.get("jurisdictions")
-    if not isinstance(raw_jurs, dict) or not raw_jurs:
-        err("jurisdictions", "required, a table with at least one jurisdiction")
-        raw_jurs = {}
+
+def _parse_surface(where: str, sdata: dict[str, Any], margin: float, problems: _Problems) -> SurfaceRule:
+    problems.unknown_keys(where, sdata, _SURFACE_KEYS)
+    for key in sorted(_SURFACE_KEYS - set(sdata)):
+        problems.err(f"{where}.{key}", "required")
+    min_age = problems.number(f"{where}.min_age", sdata.get("min_age", 0), 0, 120)
+    buffer = problems.number(f"{where}.buffer_years", sdata.get("buffer_years", 0), 0, 20)
+    conf = problems.number(f"{where}.required_confidence", sdata.get("required_confidence", 0.9), 0.5, 1,
+                           lo_open=True, hi_open=True)
+    if math.isfinite(conf) and math.isfinite(margin) and conf - margin <= 0.5:
+        problems.err(f"{where}.required_confidence",
+                     f"minus settings.hysteresis_margin ({margin}) must stay > 0.5, got {conf}")
+    raw_action = sdata.get("under_age_action", "BLOCK")
+    if raw_action not in ("RESTRICT", "BLOCK"):
+        problems.err(f"{where}.under_age_action", f"must be RESTRICT or BLOCK, got {raw_action!r}")
+        raw_action = "BLOCK"
+    return SurfaceRule(min_age, buffer, conf, Action(raw_action))
+
+
+def _parse_jurisdictions(raw: Any, margin: float, problems: _Problems) -> dict[str, dict[str, SurfaceRule]]:
+    if not isinstance(raw, dict) or not raw:
+        problems.err("jurisdictions", "required, a table with at least one jurisdiction")
+        return {}
     parsed: dict[str, dict[str, SurfaceRule]] = {}
-    for jname, jdata in raw_jurs.items():
+    for jname, jdata in raw.items():
         jwhere = f"jurisdictions.{jname}"
         if not isinstance(jdata, dict):
-            err(jwhere, "must be a table")
+            problems.err(jwhere, "must be a table")
             continue
-        for key in jdata:
-            if key not in {"surfaces", "description"}:
-                err(f"{jwhere}.{key}", "unknown key")
-        surfaces = jdata.get("surfaces", {})
-        if not isinstance(surfaces, dict):
-            err(f"{jwhere}.surfaces", "must be a table")
-            surfaces = {}
+        problems.unknown_keys(jwhere, jdata, {"surfaces", "description"})
+        surfaces = problems.table(f"{jwhere}.surfaces", jdata.get("surfaces", {}))
         rules: dict[str, SurfaceRule] = {}
         for sname, sdata in surfaces.items():
             where = f"{jwhere}.surfaces.{sname}"
             if not isinstance(sdata, dict):
-                err(where, "must be a table")
+                problems.err(where, "must be a table")
                 continue
-            for key in sdata:
-                if key not in _SURFACE_KEYS:
-                    err(f"{where}.{key}", "unknown key")
-            for key in sorted(_SURFACE_KEYS - set(sdata)):
-                err(f"{where}.{key}", "required")
-            min_age = number(f"{where}.min_age", sdata.get("min_age", 0), 0, 120)
-            buffer = number(f"{where}.buffer_years", sdata.get("buffer_years", 0), 0, 20)
-            conf = number(f"{where}.required_confidence", sdata.get("required_confidence", 0.9), 0.5, 1,
-                          lo_open=True, hi_open=True)
-            if math.isfinite(conf) and math.isfinite(margin) and conf - margin <= 0.5:
-                err(f"{where}.required_confidence",
-                    f"minus settings.hysteresis_margin ({margin}) must stay > 0.5, got {conf}")
-            raw_action = sdata.get("under_age_action", "BLOCK")
-            if raw_action not in ("RESTRICT", "BLOCK"):
-                err(f"{where}.under_age_action", f"must be RESTRICT or BLOCK, got {raw_action!r}")
-                raw_action = "BLOCK"
-            rules[sname] = SurfaceRule(min_age, buffer, conf, Action(raw_action))
+            rules[sname] = _parse_surface(where, sdata, margin, problems)
         parsed[jname] = rules
+    return parsed
 
+
+def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy:
+    """A validated Policy; PolicyError lists every problem found, not just the first."""
+    problems = _Problems(source)
+    problems.unknown_keys("", data, _TOP_KEYS)
+    version = data.get("version")
+    if not isinstance(version, str) or not version.strip():
+        problems.err("version", f"required, a non-empty string (got {version!r})")
+        version = ""
+    settings = _parse_settings(data.get("settings", {}), problems)
+    parsed = _parse_jurisdictions(data.get("jurisdictions"), settings.hysteresis_margin, problems)
     default_name = data.get("default_jurisdiction")
     if not isinstance(default_name, str) or default_name not in parsed:
-        err("default_jurisdiction", f"must name a jurisdiction defined in this file, got {default_name!r}")
+        problems.err("default_jurisdiction", f"must name a jurisdiction defined in this file, got {default_name!r}")
         default_name = ""
     elif not parsed[default_name]:
-        err(f"jurisdictions.{default_name}.surfaces", "the default jurisdiction must define a surface")
-    if errors:
-        raise PolicyError(errors)
+        problems.err(f"jurisdictions.{default_name}.surfaces", "the default jurisdiction must define a surface")
+    if problems.errors:
+        raise PolicyError(problems.errors)
     defaults = parsed[default_name]
     jurisdictions = {
         name: Jurisdiction(name, {**defaults, **rules}) for name, rules in parsed.items()
     }
     return Policy(
         version=str(version), default_jurisdiction=default_name, jurisdictions=jurisdictions,
-        half_life_s=half_life_days * 86400.0, min_observations=int(min_obs), hysteresis_margin=margin,
-        declared_age_tolerance_years=tolerance, declared_contradiction_confidence=contra,
+        half_life_s=settings.half_life_days * 86400.0, min_observations=settings.min_observations,
+        hysteresis_margin=settings.hysteresis_margin,
+        declared_age_tolerance_years=settings.declared_age_tolerance_years,
+        declared_contradiction_confidence=settings.declared_contradiction_confidence,
     )
 
 
@@ -311,28 +340,35 @@ def decide(
         reasons.append("no_belief")
         return done(Action.REQUIRE_VERIFICATION)
 
-    conf, margin = rule.required_confidence, policy.hysteresis_margin
-    allow_conf = conf - margin if prev is Action.ALLOW else conf
-    under_conf = conf - margin if prev is rule.under_age_action else conf
-    p_under = 1.0 - p_thr
-    enough = belief.observations >= policy.min_observations
-    if enough and p_buf >= allow_conf:
-        action = Action.ALLOW
-        reasons.append("estimated_over_age")
-        if p_buf < conf:
-            reasons.append("hysteresis_hold")
-    elif p_under >= under_conf:
-        action = rule.under_age_action
-        reasons.append("estimated_under_age")
-        if p_under < conf:
-            reasons.append("hysteresis_hold")
-    else:
-        action = Action.REQUIRE_VERIFICATION
-        reasons.append("insufficient_evidence" if not enough else "uncertain")
-
+    action = _estimated_action(rule, policy, prev, p_thr, p_buf, belief.observations, reasons)
     if event.declared_age is not None:
         p_contra = 1.0 - p_at_least(mean, std, event.declared_age - policy.declared_age_tolerance_years)
         if p_contra >= policy.declared_contradiction_confidence:
             reasons.append("declared_age_contradicted")
             action = stricter(action, Action.REQUIRE_VERIFICATION)
     return done(action)
+
+
+def _estimated_action(
+    rule: SurfaceRule, policy: Policy, prev: Action | None, p_thr: float, p_buf: float, observations: int,
+    reasons: list[str],
+) -> Action:
+    """The action an estimated belief earns: ALLOW needs enough observations and P(age >= threshold +
+    buffer) at the required confidence; leaving the previous action needs `hysteresis_margin` more."""
+    conf, margin = rule.required_confidence, policy.hysteresis_margin
+    allow_conf = conf - margin if prev is Action.ALLOW else conf
+    under_conf = conf - margin if prev is rule.under_age_action else conf
+    p_under = 1.0 - p_thr
+    enough = observations >= policy.min_observations
+    if enough and p_buf >= allow_conf:
+        reasons.append("estimated_over_age")
+        if p_buf < conf:
+            reasons.append("hysteresis_hold")
+        return Action.ALLOW
+    if p_under >= under_conf:
+        reasons.append("estimated_under_age")
+        if p_under < conf:
+            reasons.append("hysteresis_hold")
+        return rule.under_age_action
+    reasons.append("insufficient_evidence" if not enough else "uncertain")
+    return Action.REQUIRE_VERIFICATION

@@ -1,0 +1,1 @@
+"""Adapters: the I/O edges (Kafka, codec, registry, Redis belief store) and their in-memory counterparts."""

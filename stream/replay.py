@@ -21,7 +21,7 @@ Why it is built the way it is:
   in the pipeline, whatever the window's size; the diff joins through SQLite on disk.
 - Resumable: every `--checkpoint-every` events the pipeline is drained and the state file records
   each partition's next offset and the output's length. Belief writes after a checkpoint are undone
-  on resume through an undo journal (stream/memory_store.py), so a resumed run's output equals an
+  on resume through an undo journal (stream/adapters/journaled_store.py), so a resumed run's output equals an
   uninterrupted one's.
 - Scale: one process consumes all of its partitions with one consumer, and events of different
   users are in flight concurrently, sharing micro-batches; it scales with partitions until the
@@ -53,11 +53,11 @@ import torch
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult, InferenceEngine
+from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.config import Settings, load_settings
 from stream.errors import AgegateError
 from stream.kafka_sink import KafkaSink
 from stream.log import get_logger
-from stream.memory_store import JournaledBeliefStore
 from stream.pipeline import InvalidShareGuard, Outcome, SourceRecord
 from stream.policy import load_policy
 from stream.runtime import DAY_S, assemble, load_engine, redis_client

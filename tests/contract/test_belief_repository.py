@@ -556,6 +556,34 @@ async def test_the_event_id_log_keeps_the_newest_5000_per_user(store: Repository
     again = await store.apply({"prolific": [evs[-1], evs[0]]}, now=NOW, model_version="m", floor=FLOOR)
     assert again.duplicates["prolific"] == ("ev05004",)  # the newest are remembered
     assert again.applied["prolific"] == ("ev00000",)  # the oldest were forgotten (and count again)
+    # Ids of the same time: the greatest (by their bytes, as Redis ranks equal scores) are kept.
+    same_time = [Evidence(f"id{i:05d}", NOW, 20.0, 2.0) for i in random.Random(7).sample(range(5003), 5003)]
+    await store.apply({"burst": same_time}, now=NOW, model_version="m", floor=FLOOR)
+    redelivered = [Evidence(f"id{i:05d}", NOW, 20.0, 2.0) for i in (5002, 3, 2, 0)]
+    again = await store.apply({"burst": redelivered}, now=NOW, model_version="m", floor=FLOOR)
+    assert again.duplicates["burst"] == ("id05002", "id00003")
+    assert again.applied["burst"] == ("id00002", "id00000")
+
+
+async def test_event_ids_are_remembered_for_the_skew_window_only(store: Repository) -> None:
+    """Past `max_past_s` an id is forgotten: estimates that old are refused anyway, and a verified age
+    (remembered at its processing time, never refused for age) counts again."""
+    past = store.skew.max_past_s
+    await store.apply_verified("rita", event_id="v", verified_age=30.0, verified_at=NOW, now=NOW)
+    within = await store.apply_verified("rita", event_id="v", verified_age=30.0, verified_at=NOW, now=NOW + past)
+    assert within.observations == 1
+    beyond = await store.apply_verified("rita", event_id="v", verified_age=30.0, verified_at=NOW,
+                                        now=NOW + past + 1)
+    assert beyond.observations == 2
+    r = await store.apply({"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + past + 1,
+                          model_version="m", floor=FLOOR)
+    assert r.ignored["rita"] == ("e",)
+    edge = await store.apply({"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + 2 * past + 1,
+                             model_version="m", floor=FLOOR)
+    assert edge.duplicates["rita"] == ("e",)  # exactly `max_past_s` old: still remembered, still accepted
+    late = await store.apply({"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + 2 * past + 2,
+                             model_version="m", floor=FLOOR)
+    assert [(x.event_id, x.reason) for x in late.refused["rita"]] == [("e", RefusalReason.TOO_OLD)]
 
 
 async def test_a_user_is_forgotten_ttl_after_the_last_accepted_evidence(backend: Backend) -> None:

@@ -584,6 +584,11 @@ async def test_event_ids_are_remembered_for_the_skew_window_only(store: Reposito
     late = await store.apply({"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + 2 * past + 2,
                              model_version="m", floor=FLOOR)
     assert [(x.event_id, x.reason) for x in late.refused["rita"]] == [("e", RefusalReason.TOO_OLD)]
+    # An estimate's id is remembered by its event time, not by when it arrived.
+    old = Evidence("o", NOW - past + 1, 20.0, 2.0)
+    assert (await store.apply({"sid": [old]}, now=NOW, model_version="m", floor=FLOOR)).applied["sid"] == ("o",)
+    again = await store.apply({"sid": [old]}, now=NOW + 2, model_version="m", floor=FLOOR)
+    assert [(x.event_id, x.reason) for x in again.refused["sid"]] == [("o", RefusalReason.TOO_OLD)]
 
 
 async def test_a_user_is_forgotten_ttl_after_the_last_accepted_evidence(backend: Backend) -> None:

@@ -18,7 +18,9 @@ around it is reproduced here:
 Each method runs without awaiting anything, so one call is atomic as one Lua script is. Two hooks
 stand in for Redis faults in tests: `corrupt(user_id)` puts a foreign value in a user's belief (that
 user's updates fail with BeliefUpdateFailed, reads see nothing, the other users are unaffected), and
-`unavailable = True` makes every call raise DependencyUnavailable (an outage).
+`unavailable = True` makes every call raise DependencyUnavailable (an outage). Like the Redis store,
+a call given a string that is not valid UTF-8 (an event id holding a lone surrogate, say) raises
+UnicodeEncodeError and changes nothing; the codec never produces one (Avro strings are UTF-8).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class InMemoryBeliefStore:
         if not updates:
             return result
         self._check_up()
+        _encodable(model_version, *(ev.event_id for evs in updates.values() for ev in evs))
         for user_id, evidences in updates.items():
             seen = self._trimmed_ids(user_id, now)
             stored = self._hash(user_id)
@@ -137,6 +140,7 @@ class InMemoryBeliefStore:
         BeliefUpdateFailed when the user's stored value is foreign (as Redis refuses the script).
         """
         self._check_up()
+        _encodable(event_id)
         seen = self._trimmed_ids(user_id, now)
         stored = self._hash(user_id)
         if stored is not None and stored.foreign:
@@ -162,6 +166,7 @@ class InMemoryBeliefStore:
         if not actions:
             return
         self._check_up()
+        _encodable(*(key.field for key in actions))
         for key, action in actions.items():
             stored = self._hash(key.user_id)
             if stored is not None and stored.foreign:
@@ -192,6 +197,7 @@ class InMemoryBeliefStore:
         if not keys:
             return {}
         self._check_up()
+        _encodable(*(key.field for key in keys))
         out: dict[SurfaceKey, Action | None] = {}
         for key in keys:
             stored = self._hash(key.user_id)
@@ -257,6 +263,14 @@ def _previous(stored: _BeliefHash | None) -> dict[str, Action]:
     if stored is None:
         return {}
     return {name.removeprefix("a:"): action for name, action in stored.actions.items()}
+
+
+def _encodable(*texts: str) -> None:
+    """Fail the whole call, before any change, on a string Redis could not be sent: redis-py encodes
+    arguments as strict UTF-8 while packing the pipeline, so a lone surrogate in an event id, model
+    version or surface name raises UnicodeEncodeError there and nothing reaches the server."""
+    for text in texts:
+        text.encode("utf-8")
 
 
 def _foreign_value() -> BeliefUpdateFailed:

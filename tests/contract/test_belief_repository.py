@@ -610,3 +610,25 @@ async def test_a_user_is_forgotten_ttl_after_the_last_accepted_evidence(backend:
     again = await store.apply({"nina": [Evidence("a", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     assert again.applied["nina"] == ("a",)
     assert again.previous_actions["nina"] == {}
+
+
+async def test_a_string_that_is_not_utf8_fails_the_whole_call_and_stores_nothing(store: Repository) -> None:
+    """What the Redis client does with an argument it cannot encode (a lone surrogate): UnicodeEncodeError
+    before anything is sent, for every user of the call. Unreachable from Kafka (Avro strings are UTF-8)."""
+    bad = "\udc80"
+    with pytest.raises(UnicodeEncodeError):
+        await store.apply({"ok": [Evidence("fine", NOW, 20.0, 2.0)], "odd": [Evidence(bad, NOW, 20.0, 2.0)]},
+                          now=NOW, model_version="m", floor=FLOOR)
+    with pytest.raises(UnicodeEncodeError):
+        await store.apply({"ok": [Evidence("fine", NOW, 20.0, 2.0)]}, now=NOW, model_version=bad, floor=FLOOR)
+    with pytest.raises(UnicodeEncodeError):
+        await store.apply_verified("ok", event_id=bad, verified_age=20.0, verified_at=NOW, now=NOW)
+    good, odd = SurfaceKey("ok", "GB", "adult_content"), SurfaceKey("ok", bad, "adult_content")
+    with pytest.raises(UnicodeEncodeError):
+        await store.record_actions({good: Action.BLOCK, odd: Action.BLOCK})
+    with pytest.raises(UnicodeEncodeError):
+        await store.get_previous_actions([good, odd])
+    assert (await store.get_many(["ok"], now=NOW))["ok"] is None
+    assert await store.get_previous_actions([good]) == {good: None}
+    r = await store.apply({"ok": [Evidence("fine", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
+    assert r.applied["ok"] == ("fine",)

@@ -21,7 +21,7 @@ Why it is built the way it is:
   in the pipeline, whatever the window's size; the diff joins through SQLite on disk.
 - Resumable: every `--checkpoint-every` events the pipeline is drained and the state file records
   each partition's next offset and the output's length. Belief writes after a checkpoint are undone
-  on resume through an undo journal (stream/adapters/memory_store.py), so a resumed run's output equals an
+  on resume through an undo journal (stream/adapters/journaled_store.py), so a resumed run's output equals an
   uninterrupted one's.
 - Scale: one process consumes all of its partitions with one consumer, and events of different
   users are in flight concurrently, sharing micro-batches; it scales with partitions until the
@@ -53,8 +53,8 @@ import torch
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult, InferenceEngine
+from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.adapters.kafka_sink import KafkaSink
-from stream.adapters.memory_store import JournaledBeliefStore
 from stream.adapters.topics import topic_names
 from stream.config import Settings, load_settings
 from stream.core.policy import load_policy

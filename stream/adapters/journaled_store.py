@@ -7,8 +7,8 @@ first write to a user in a checkpoint generation, the user's keys are DUMPed int
 on resume the open generation is rolled back (RESTORE or DEL) and the replay continues from the
 checkpoint's offsets as if it had never crashed. A checkpoint opens a new generation and drops
 the old journal. The journal's fields are the users' hash tags (`user_tag`), not raw user ids, for
-the same reasons as the key names. (The module name is historical: the state lives in Redis,
-isolated by prefix.)
+the same reasons as the key names. The state lives in Redis, isolated by prefix (the in-memory
+belief repository is stream/adapters/memory_beliefs.py).
 """
 
 from __future__ import annotations

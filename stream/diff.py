@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from stream.adapters.confluent_registry import registry_from_settings
 from stream.codec import AvroCodec
 from stream.config import Settings
 from stream.errors import DecodeError
@@ -172,7 +173,7 @@ def window_filter(windows: Sequence[_Window]) -> Callable[[Mapping[str, Any]], b
 
 def read_decision_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0) -> Iterator[dict[str, Any]]:
     """Every decision on `topic` up to its end as of now (assigned, no group, nothing committed)."""
-    codec = AvroCodec()
+    codec = AvroCodec(registry_from_settings(settings))  # the ids the worker wrote: the configured registry's
     try:
         for m in read_to_end(settings, topic, group="agegate-diff-reader", timeout_s=timeout_s):
             value = m.value()

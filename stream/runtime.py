@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from model.decode import DecodeLimits
 from model.engine import EncodedFrame, FrameResult, InferenceEngine
+from stream.adapters.confluent_registry import registry_from_settings
 from stream.batching import BatchPolicy, MicroBatcher
 from stream.belief_store import BeliefStore, RedisClient
 from stream.codec import AvroCodec
@@ -22,7 +23,6 @@ from stream.config import Settings
 from stream.frames import FrameResolver, FrameStores
 from stream.pipeline import InvalidShareGuard, Pipeline, Sink, SourceRecord
 from stream.policy import Policy, load_policy
-from stream.registry import registry_from_url
 from stream.shadow import ShadowScorer
 from stream.topics import topic_names
 
@@ -127,7 +127,7 @@ def assemble(
     )
     shadow = ShadowScorer.from_settings(settings, policy=policy, sink=sink) if with_shadow else None
     pipeline = Pipeline(
-        codec=AvroCodec(registry_from_url(settings.schema_registry_url)),
+        codec=AvroCodec(registry_from_settings(settings)),
         score=batcher.score,
         model_version=engine.model_version,
         error_floor=engine.uncertainty.floor_years,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("stream.cmd_version", "print agegate's version and its main dependencies"),
-    "infra": ("stream.infra", "start, stop or show the local Kafka, Redis, Redis Cluster and Schema Registry (deploy/local)"),
+    "infra": ("stream.infra", "start, stop or show the local Kafka, Redis (Cluster), Schema Registry (deploy/local)"),
     "topics": ("stream.topics", "create or describe the declared Kafka topics"),
     "demo": ("stream.demo", "produce and consume one event of each kind, printed decoded"),
     "train": ("model.train", "train an age model on a dataset manifest"),

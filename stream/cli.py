@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stream.replay", "replay a historical window through the pipeline"),
     "dead-letters": ("stream.redrive", "list or redrive dead letters"),
     "config": ("stream.config", "show the resolved configuration or its reference table"),
+    "schemas": ("stream.tools.schemas", "register or check the packaged Avro schemas in the Schema Registry"),
 }
 
 

@@ -16,7 +16,9 @@ Every failure is sorted by whose fault it is, because the worker acts on the dif
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -30,6 +32,11 @@ from stream.topics import TOPICS, topic_name
 
 T = TypeVar("T")
 OUTAGE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+# The registry client's HTTP library logs every request with its full URL at INFO, and a URL may carry
+# the registry's user info: keep those lines out of our logs (failures reach us as exceptions anyway).
+for _name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class RegistryRefused(AgegateError):
@@ -117,9 +124,26 @@ class ConfluentRegistry:
         return self._writers[subject]
 
     def register(self, record_name: str) -> RegisteredSchema:
-        """Register the packaged newest schema of a record type (setting the compatibility level first)."""
+        """Register every packaged version of a record type, oldest first, and return the newest.
+
+        The history goes in too, so the registry checks each version against the ones before it
+        (under the compatibility level set first, when one is configured) and knows the ids that
+        older producers may still write.
+        """
+        subject = self.subject_for(record_name)
+        for old in self._local.versions(record_name)[:-1]:
+            schema = Schema(old.definition, "AVRO")
+            try:
+                self._set_compatibility(subject)
+                _ask(f"register {subject}", functools.partial(self.client.register_schema, subject, schema))
+            except SchemaRegistryError as exc:
+                raise _refused(f"registering {record_name} v{old.version} under {subject}", exc) from None
         self._writers[record_name] = self._resolve(record_name, register=True)
         return self._writers[record_name]
+
+    def _set_compatibility(self, subject: str) -> None:
+        if self.compatibility:
+            _ask(f"set compatibility of {subject}", lambda: self.client.set_compatibility(subject, self.compatibility))
 
     def _resolve(self, record_name: str, *, register: bool) -> RegisteredSchema:
         local = self._local.writer_for(record_name)
@@ -128,9 +152,7 @@ class ConfluentRegistry:
         schema_id: int | None
         try:
             if register:
-                if self.compatibility:
-                    _ask(f"set compatibility of {subject}",
-                         lambda: self.client.set_compatibility(subject, self.compatibility))
+                self._set_compatibility(subject)
                 schema_id = _ask(f"register {subject}", lambda: self.client.register_schema(subject, schema))
             else:
                 schema_id = _ask(f"look up {subject}", lambda: self.client.lookup_schema(subject, schema)).schema_id

@@ -43,11 +43,16 @@ class RegisteredSchema:
 
 
 class SchemaRegistry(Protocol):
+    """What the codec needs. A remote registry may also raise DependencyUnavailable (it cannot be
+    reached: the caller retries) or another AgegateError (it refused: a configuration mistake)."""
+
     def by_id(self, schema_id: int) -> RegisteredSchema | None:
-        """The schema registered under an id, or None when the id is unknown."""
+        """The schema registered under an id, or None when the id is unknown.
+
+        Raises UnusableSchema when the id holds something that is not an Avro record."""
 
     def writer_for(self, subject: str) -> RegisteredSchema:
-        """The schema (and id) producers use for a subject: its newest version."""
+        """The schema (and id) producers use for a record type: its newest packaged version."""
 
 
 class LocalRegistry:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import struct
 import uuid
 from collections.abc import Iterator
@@ -206,3 +207,15 @@ def _upload() -> dict[str, object]:
 
     return events.upload("u1", at=1_790_000_000.0, surface="profile_photo",
                          frames=[events.inline_frame("f0", b"\xff\xd8jpeg")])
+
+
+def test_registry_credentials_in_the_url_never_reach_the_logs(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = f"s3cret-{uuid.uuid4().hex[:6]}"
+    with_user_info = settings.schema_registry_url.replace("http://", f"http://agegate:{secret}@", 1)
+    caplog.set_level(logging.DEBUG)  # everything any library logs, at any level
+    codec = AvroCodec(registry_from_settings(dataclasses.replace(settings, schema_registry_url=with_user_info)))
+    data = codec.encode(UPLOAD, _upload())  # registers, then looks up: several HTTP requests
+    assert codec.decode(data, UPLOAD).record["user_id"] == "u1"
+    assert not [r for r in caplog.records if secret in r.getMessage()]

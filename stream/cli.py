@@ -14,7 +14,7 @@ from collections.abc import Sequence
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("stream.tools.cmd_version", "print agegate's version and its main dependencies"),
-    "infra": ("stream.tools.infra", "start, stop or show the local Kafka, Redis and Redis Cluster (deploy/local)"),
+    "infra": ("stream.tools.infra", "start, stop or show the local Kafka, Redis, Schema Registry (deploy/local)"),
     "topics": ("stream.adapters.topics", "create or describe the declared Kafka topics"),
     "demo": ("stream.tools.demo", "produce and consume one event of each kind, printed decoded"),
     "train": ("model.train", "train an age model on a dataset manifest"),
@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stream.replay", "replay a historical window through the pipeline"),
     "dead-letters": ("stream.tools.redrive", "list or redrive dead letters"),
     "config": ("stream.config", "show the resolved configuration or its reference table"),
+    "schemas": ("stream.tools.schemas", "register or check the packaged Avro schemas in the Schema Registry"),
 }
 
 

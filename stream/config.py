@@ -50,8 +50,38 @@ class Settings:
     schema_registry_url: str = setting(
         "",
         "SCHEMA_REGISTRY_URL",
-        "Confluent Schema Registry URL; empty uses the local registry in schemas/.",
+        "Confluent-compatible Schema Registry URL(s), comma separated (the local Apicurio: "
+        "http://127.0.0.1:38081/apis/ccompat/v7); empty uses the packaged manifest in schemas/.",
         secret=True,
+    )
+    schema_registry_basic_auth: str = setting(
+        "",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "Basic auth for the registry as `user:secret` (never logged); or put the user info in the URL, not both.",
+        secret=True,
+    )
+    schema_registry_ssl_cafile: str = setting(
+        "", "SCHEMA_REGISTRY_SSL_CAFILE", "CA bundle for TLS to the registry (empty: the system's and certifi's CAs)."
+    )
+    schema_auto_register: bool = setting(
+        False,
+        "AGEGATE_SCHEMA_AUTO_REGISTER",
+        "Producers register the packaged schema of a subject when the registry lacks it. Off: a deployment only "
+        "looks schemas up (register them at release with `agegate schemas register`); on for local registries.",
+    )
+    schema_subject_strategy: str = setting(
+        "topic_name",
+        "AGEGATE_SCHEMA_SUBJECT_STRATEGY",
+        "Registry subject of a value schema: topic_name is `<topic>-value` (Confluent's default), record_name is "
+        "the record's full name.",
+        choices=("topic_name", "record_name"),
+    )
+    schema_compatibility: str = setting(
+        "",
+        "AGEGATE_SCHEMA_COMPATIBILITY",
+        "Compatibility level set on a subject when agegate registers a schema; empty leaves the registry's own.",
+        choices=("", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE",
+                 "NONE"),
     )
     topic_prefix: str = setting("agegate.", "AGEGATE_TOPIC_PREFIX", "Prefix of every topic name (per environment).")
     topic_replication_factor: int = setting(
@@ -155,6 +185,25 @@ class Settings:
             conf["ssl.ca.location"] = self.kafka_ssl_cafile
         return conf
 
+    def schema_registry_client_config(self) -> dict[str, str | int | float]:
+        """confluent-kafka SchemaRegistryClient settings (only meaningful with a registry URL).
+
+        Requests are short and retried little: a lookup runs inline on the worker's event loop, so
+        an unreachable registry must fail fast (the caller then treats it as a dependency outage).
+        """
+        conf: dict[str, str | int | float] = {
+            "url": self.schema_registry_url,
+            "timeout": 5,
+            "max.retries": 2,
+            "retries.wait.ms": 200,
+            "retries.max.wait.ms": 1000,
+        }
+        if self.schema_registry_basic_auth:
+            conf["basic.auth.user.info"] = self.schema_registry_basic_auth
+        if self.schema_registry_ssl_cafile:
+            conf["ssl.ca.location"] = self.schema_registry_ssl_cafile
+        return conf
+
     def redacted(self) -> dict[str, Any]:
         """The settings with secrets hidden, safe to print or log."""
         out: dict[str, Any] = {}
@@ -240,10 +289,37 @@ def _validate(s: Settings) -> list[str]:
         problems.append("redis_key_prefix: must not contain '{' or '}' (the user's hash tag decides the cluster slot)")
     if s.redis_cluster and urlsplit(s.redis_url).path not in {"", "/", "/0"}:
         problems.append("redis_url: a Redis Cluster has only database 0")
+    problems += _registry_problems(s)
     for root in filter(None, (r.strip() for r in s.frame_uri_roots.split(","))):
         scheme = urlsplit(root).scheme
         if scheme not in {"file", "http", "https"} or not root.endswith("/"):
             problems.append(f"frame_uri_roots: {root!r} must be file://, http:// or https:// and end with '/'")
+    return problems
+
+
+def _registry_problems(s: Settings) -> list[str]:
+    """The registry settings make one usable client configuration (no secret in any message)."""
+    problems = []
+    urls = [u.strip() for u in s.schema_registry_url.split(",") if u.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            problems.append(f"schema_registry_url: {_redact_url(url)!r} is not an http:// or https:// URL")
+    in_url = any(urlsplit(u).username or urlsplit(u).password for u in urls)
+    if s.schema_registry_basic_auth:
+        if ":" not in s.schema_registry_basic_auth:
+            problems.append("schema_registry_basic_auth: expected `user:secret`")
+        if in_url:
+            problems.append("schema_registry_basic_auth: the URL carries user info too; give it in one place")
+    if s.schema_registry_ssl_cafile:
+        if not Path(s.schema_registry_ssl_cafile).exists():
+            problems.append(f"schema_registry_ssl_cafile: {s.schema_registry_ssl_cafile} does not exist")
+        if urls and not all(u.startswith("https://") for u in urls):
+            problems.append("schema_registry_ssl_cafile: set, but schema_registry_url is not https://")
+    if not urls:
+        unused = [n for n in ("schema_registry_basic_auth", "schema_registry_ssl_cafile") if getattr(s, n)]
+        unused += ["schema_compatibility"] if s.schema_compatibility else []
+        problems += [f"{n}: set, but schema_registry_url is empty (the packaged manifest is used)" for n in unused]
     return problems
 
 

@@ -17,7 +17,7 @@ from model.decode import DecodeLimits
 from model.engine import EncodedFrame, FrameResult, InferenceEngine
 from stream.adapters.belief_store import BeliefStore, RedisClient
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import registry_from_url
+from stream.adapters.confluent_registry import registry_from_settings
 from stream.adapters.topics import topic_names
 from stream.batching import BatchPolicy, MicroBatcher
 from stream.config import Settings
@@ -127,7 +127,7 @@ def assemble(
     )
     shadow = ShadowScorer.from_settings(settings, policy=policy, sink=sink) if with_shadow else None
     pipeline = Pipeline(
-        codec=AvroCodec(registry_from_url(settings.schema_registry_url)),
+        codec=AvroCodec(registry_from_settings(settings)),
         score=batcher.score,
         model_version=engine.model_version,
         error_floor=engine.uncertainty.floor_years,

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Kafka broker and Redis (see tests/support/infra.py), and per-test namespaces."""
+"""Shared fixtures: real Kafka, Redis and Schema Registry (tests/support/infra.py), and per-test namespaces."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import Settings, load_settings
-from tests.support.infra import kafka_service, redis_cluster_service, redis_service
+from tests.support.infra import kafka_service, redis_cluster_service, redis_service, registry_service
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +30,13 @@ def redis_url() -> Iterator[str]:
 def redis_cluster_url() -> Iterator[str]:
     """A Redis Cluster (locally one node owning all 16384 slots: the same CROSSSLOT rules)."""
     with redis_cluster_service() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """A real Confluent-compatible Schema Registry (locally Apicurio: `infra.sh up registry`)."""
+    with registry_service() as url:
         yield url
 
 

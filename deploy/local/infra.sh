@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
 # Local infrastructure for agegate: a single-node Apache Kafka (KRaft), a Redis and a single-node
-# Redis Cluster (all 16384 slots on one node: the same key-to-slot rules as a real cluster), on loopback.
+# Redis Cluster (all 16384 slots on one node: the same key-to-slot rules as a real cluster), on loopback;
+# on request also a Confluent-compatible Schema Registry (Apicurio Registry, in-memory storage).
 #
-#   deploy/local/infra.sh up [kafka|redis|redis-cluster]     start what is not running yet (idempotent)
-#   deploy/local/infra.sh down [kafka|redis|redis-cluster]   stop exactly what `up` started (pid files)
-#   deploy/local/infra.sh status                             what runs where
+#   deploy/local/infra.sh up [kafka|redis|redis-cluster|registry]   start what is not running yet (idempotent);
+#                                    `up` alone starts kafka, redis and redis-cluster, not the registry
+#   deploy/local/infra.sh down [kafka|redis|redis-cluster|registry] stop exactly what `up` started (pid files);
+#                                    `down` alone stops all four
+#   deploy/local/infra.sh status                                     what runs where
 #
-# When KAFKA_BOOTSTRAP_SERVERS, REDIS_URL or REDIS_CLUSTER_URL is set, that service is external:
-# nothing is started or stopped for it. Ports and folders are configurable:
+# The registry's Confluent API is http://127.0.0.1:$AGEGATE_REGISTRY_PORT/apis/ccompat/v7 (the value for
+# SCHEMA_REGISTRY_URL). When KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, REDIS_CLUSTER_URL or SCHEMA_REGISTRY_URL
+# is set, that service is external: nothing is started or stopped for it. Ports and folders are configurable:
 #   AGEGATE_KAFKA_PORT (39092), AGEGATE_KAFKA_CONTROLLER_PORT (39093), AGEGATE_REDIS_PORT (36379),
 #   AGEGATE_REDIS_CLUSTER_PORT (36380), AGEGATE_REDIS_CLUSTER_BUS_PORT (46380: the cluster bus),
-#   AGEGATE_CACHE_DIR (~/.cache/agegate: resolved jars), AGEGATE_STATE_DIR ($AGEGATE_CACHE_DIR/local:
-#   data, logs, pid files), AGEGATE_KAFKA_START_TIMEOUT (seconds, 120), AGEGATE_KAFKA_HEAP (512m).
+#   AGEGATE_REGISTRY_PORT (38081), AGEGATE_CACHE_DIR (~/.cache/agegate: resolved jars),
+#   AGEGATE_STATE_DIR ($AGEGATE_CACHE_DIR/local: data, logs, pid files), AGEGATE_KAFKA_START_TIMEOUT
+#   (seconds, 120), AGEGATE_KAFKA_HEAP (512m), AGEGATE_REGISTRY_START_TIMEOUT (seconds, 90),
+#   AGEGATE_REGISTRY_HEAP (256m).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 KAFKA_VERSION="${AGEGATE_KAFKA_VERSION:-$KAFKA_VERSION}"  # override only to try another version
+APICURIO_VERSION="${AGEGATE_APICURIO_VERSION:-$APICURIO_VERSION}"
 
 KAFKA_PORT="${AGEGATE_KAFKA_PORT:-39092}"
 CONTROLLER_PORT="${AGEGATE_KAFKA_CONTROLLER_PORT:-39093}"
@@ -28,6 +35,9 @@ CACHE_DIR="${AGEGATE_CACHE_DIR:-$HOME/.cache/agegate}"
 STATE_DIR="${AGEGATE_STATE_DIR:-$CACHE_DIR/local}"
 START_TIMEOUT="${AGEGATE_KAFKA_START_TIMEOUT:-120}"
 KAFKA_HEAP="${AGEGATE_KAFKA_HEAP:-512m}"
+REGISTRY_PORT="${AGEGATE_REGISTRY_PORT:-38081}"
+REGISTRY_START_TIMEOUT="${AGEGATE_REGISTRY_START_TIMEOUT:-90}"
+REGISTRY_HEAP="${AGEGATE_REGISTRY_HEAP:-256m}"
 
 JARS_DIR="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
 KAFKA_DIR="$STATE_DIR/kafka-$KAFKA_PORT"
@@ -39,6 +49,12 @@ REDIS_LOG="$REDIS_DIR/redis.log"
 CLUSTER_DIR="$STATE_DIR/redis-cluster-$CLUSTER_PORT"
 CLUSTER_PID="$CLUSTER_DIR/redis.pid"
 CLUSTER_LOG="$CLUSTER_DIR/redis.log"
+APICURIO_DIR="$CACHE_DIR/apicurio-registry-$APICURIO_VERSION"
+APICURIO_JAR="$APICURIO_DIR/apicurio-registry-app-$APICURIO_VERSION-runner.jar"
+REGISTRY_DIR="$STATE_DIR/registry-$REGISTRY_PORT"
+REGISTRY_PID="$REGISTRY_DIR/registry.pid"
+REGISTRY_LOG="$REGISTRY_DIR/registry.log"
+REGISTRY_API="http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
 
 say() { printf 'infra: %s\n' "$*"; }
 die() { printf 'infra: error: %s\n' "$*" >&2; exit 1; }
@@ -216,6 +232,67 @@ cluster_down() {
   stop_pid "$CLUSTER_PID" redis-cluster
 }
 
+# --- Schema Registry (Apicurio, Confluent-compatible API) ---------------------------------------
+
+resolve_apicurio() {
+  if [[ -f "$APICURIO_DIR/.complete" ]]; then return 0; fi
+  command -v mvn >/dev/null || die "Maven is not installed; it fetches Apicurio Registry from Maven Central (Debian: apt-get install maven)."
+  command -v python3 >/dev/null || die "python3 is needed to unpack the Apicurio Registry zip"
+  say "fetching Apicurio Registry $APICURIO_VERSION (io.apicurio:apicurio-registry-app, zip 'all', ~140 MB) from Maven Central into $APICURIO_DIR"
+  local tmp="$APICURIO_DIR.partial" out zip
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  if ! out="$(mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+        -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:zip:all" -DoutputDirectory="$tmp/zip" 2>&1)"; then
+    rm -rf "$tmp"
+    printf '%s\n' "$out" | tail -n 30 >&2
+    die "Maven could not fetch io.apicurio:apicurio-registry-app:$APICURIO_VERSION:zip:all. Is Maven Central reachable (proxy, ~/.m2/settings.xml)?"
+  fi
+  zip="$tmp/zip/apicurio-registry-app-$APICURIO_VERSION-all.zip"
+  python3 -m zipfile -e "$zip" "$tmp/app" || { rm -rf "$tmp"; die "could not unpack $zip"; }
+  [[ -f "$tmp/app/apicurio-registry-app-$APICURIO_VERSION-runner.jar" ]] \
+    || { rm -rf "$tmp"; die "the Apicurio zip has no apicurio-registry-app-$APICURIO_VERSION-runner.jar at its top"; }
+  rm -rf "$APICURIO_DIR"; mv "$tmp/app" "$APICURIO_DIR"; rm -rf "$tmp"; touch "$APICURIO_DIR/.complete"
+}
+
+registry_ready() { curl -fsS -o /dev/null --max-time 2 "$REGISTRY_API/subjects" 2>/dev/null; }
+
+registry_up() {
+  if [[ -n "${SCHEMA_REGISTRY_URL:-}" ]]; then say "registry: external (SCHEMA_REGISTRY_URL), not started"; return 0; fi
+  if pid_alive "$REGISTRY_PID" && port_open "$REGISTRY_PORT"; then
+    say "registry: already running (pid $(cat "$REGISTRY_PID"), $REGISTRY_API)"; return 0
+  fi
+  rm -f "$REGISTRY_PID"
+  port_open "$REGISTRY_PORT" && die "port $REGISTRY_PORT is already in use by a process this script did not start. Stop it, or set AGEGATE_REGISTRY_PORT."
+  command -v curl >/dev/null || die "curl is needed to probe the registry's readiness (Debian: apt-get install curl)"
+  check_java
+  resolve_apicurio
+  mkdir -p "$REGISTRY_DIR"
+  say "registry: starting Apicurio Registry $APICURIO_VERSION (in-memory) on 127.0.0.1:$REGISTRY_PORT (log: $REGISTRY_LOG)"
+  # cd: Quarkus writes its temporary files into the working directory.
+  (cd "$REGISTRY_DIR"; setsid nohup java -Xmx"$REGISTRY_HEAP" -Dquarkus.http.host=127.0.0.1 \
+    -Dquarkus.http.port="$REGISTRY_PORT" -Dquarkus.log.console.color=false \
+    -jar "$APICURIO_JAR" >"$REGISTRY_LOG" 2>&1 < /dev/null & echo $! > "$REGISTRY_PID")
+  local deadline=$((SECONDS + REGISTRY_START_TIMEOUT))
+  while true; do
+    if ! pid_alive "$REGISTRY_PID"; then
+      tail -n 40 "$REGISTRY_LOG" >&2; rm -f "$REGISTRY_PID"
+      die "the registry exited during start (log above: $REGISTRY_LOG)"
+    fi
+    if (( SECONDS >= deadline )); then
+      tail -n 40 "$REGISTRY_LOG" >&2; registry_down >/dev/null
+      die "the registry did not answer GET $REGISTRY_API/subjects within ${REGISTRY_START_TIMEOUT}s; stopped it (log above). A slow machine may need AGEGATE_REGISTRY_START_TIMEOUT raised."
+    fi
+    registry_ready && break
+    sleep 0.5  # polling an external process's readiness, bounded by the deadline above
+  done
+  say "registry: ready; SCHEMA_REGISTRY_URL=$REGISTRY_API"
+}
+
+registry_down() {
+  if [[ -n "${SCHEMA_REGISTRY_URL:-}" ]]; then say "registry: external, not stopped"; return 0; fi
+  stop_pid "$REGISTRY_PID" registry
+}
+
 # --- status ------------------------------------------------------------------------------------
 
 status() {
@@ -228,11 +305,16 @@ status() {
   if [[ -n "${REDIS_CLUSTER_URL:-}" ]]; then echo "redis-cluster  external  (REDIS_CLUSTER_URL)"
   elif pid_alive "$CLUSTER_PID"; then echo "redis-cluster  running   127.0.0.1:$CLUSTER_PORT  pid $(cat "$CLUSTER_PID")  log $CLUSTER_LOG"
   else echo "redis-cluster  stopped   (would use 127.0.0.1:$CLUSTER_PORT)"; fi
+  if [[ -n "${SCHEMA_REGISTRY_URL:-}" ]]; then echo "registry  external  (SCHEMA_REGISTRY_URL)"
+  elif pid_alive "$REGISTRY_PID"; then echo "registry  running   $REGISTRY_API  pid $(cat "$REGISTRY_PID")  version $APICURIO_VERSION  log $REGISTRY_LOG"
+  else echo "registry  stopped   (would use $REGISTRY_API; start: infra.sh up registry)"; fi
 }
 
 cmd="${1:-status}"; what="${2:-all}"
-case "$what" in all|kafka|redis|redis-cluster) ;; *) die "unknown service '$what' (kafka, redis, redis-cluster or nothing for all)";; esac
+case "$what" in all|kafka|redis|redis-cluster|registry) ;; *) die "unknown service '$what' (kafka, redis, redis-cluster, registry or nothing for all)";; esac
 want() { [[ "$what" == all || "$what" == "$1" ]]; }
+# The registry is opt-in for `up` (a 140 MB download, a JVM): only `up registry` starts it.
+want_up() { if [[ "$1" == registry ]]; then [[ "$what" == registry ]]; else want "$1"; fi; }
 case "$cmd" in
   up)
     # Nothing half-started: if a later service fails in this call, stop what this call started.
@@ -244,11 +326,13 @@ case "$cmd" in
     }
     if want redis; then redis_up; fi
     if want redis-cluster; then (cluster_up) || { undo; exit 1; }; fi
-    if want kafka; then (kafka_up) || { undo; exit 1; }; fi ;;
+    if want kafka; then (kafka_up) || { undo; exit 1; }; fi
+    if want_up registry; then (registry_up) || exit 1; fi ;;
   down)
+    if want registry; then registry_down; fi
     if want kafka; then kafka_down; fi
     if want redis; then redis_down; fi
     if want redis-cluster; then cluster_down; fi ;;
   status) status ;;
-  *) die "usage: $0 up|down|status [kafka|redis|redis-cluster]" ;;
+  *) die "usage: $0 up|down|status [kafka|redis|redis-cluster|registry]" ;;
 esac

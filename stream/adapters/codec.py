@@ -1,9 +1,12 @@
 """Confluent wire format: magic byte 0, a 4-byte big-endian schema id, then the Avro body.
 
-Decoding never raises anything but `DecodeError`, whose `reason` names what was wrong, so a worker
-can dead-letter the bytes and keep going. The body is read through a strict buffer that refuses a
-short read: a truncated body, or a length prefix larger than what is left (a "huge declared
-length"), fails without allocating anything.
+Decoding raises `DecodeError` for anything wrong with the bytes, whose `reason` names what was
+wrong, so a worker can dead-letter them and keep going. The one other way out is the registry's own
+failure, which is not the event's fault and must never dead-letter it: `DependencyUnavailable` (an
+outage: retry) or another `AgegateError` (e.g. the registry refused our credentials: stop).
+
+The body is read through a strict buffer that refuses a short read: a truncated body, or a length
+prefix larger than what is left (a "huge declared length"), fails without allocating anything.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Any
 import fastavro
 from fastavro.read import SchemaResolutionError
 
-from stream.adapters.registry import LocalRegistry, RegisteredSchema, SchemaRegistry
-from stream.errors import DecodeError
+from stream.adapters.registry import LocalRegistry, RegisteredSchema, SchemaRegistry, UnusableSchema
+from stream.errors import AgegateError, DecodeError
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -75,7 +78,8 @@ class AvroCodec:
         """Frame and serialise a record with the subject's newest schema.
 
         Raises ValueError (fastavro's validation) when the record does not fit the schema: that is
-        a bug in the producer, not bad input, so it is not a DecodeError.
+        a bug in the producer, not bad input, so it is not a DecodeError. Resolving the schema id may
+        raise the registry's DependencyUnavailable (outage) or RegistryRefused (configuration).
         """
         schema = self.registry.writer_for(subject)
         out = io.BytesIO()
@@ -87,9 +91,9 @@ class AvroCodec:
         """Decode one framed message; `expected` lists the subjects this caller accepts."""
         try:
             return self._decode(data, expected)
-        except DecodeError:
+        except AgegateError:  # DecodeError, or the registry's own failure (not the event's)
             raise
-        except Exception as exc:  # the promise: nothing but DecodeError leaves this function
+        except Exception as exc:  # the promise: nothing else leaves this function
             raise DecodeError(
                 f"unexpected {type(exc).__name__} while decoding: {exc}", reason="body_mismatch", raw=data
             ) from exc
@@ -110,7 +114,10 @@ class AvroCodec:
         magic, schema_id = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise DecodeError(f"magic byte is {magic}, expected 0", reason="bad_magic", raw=data, schema_id=None)
-        writer = self.registry.by_id(schema_id)
+        try:
+            writer = self.registry.by_id(schema_id)
+        except UnusableSchema as exc:
+            raise DecodeError(str(exc), reason="unexpected_schema", raw=data, schema_id=schema_id) from None
         if writer is None:
             raise DecodeError(
                 f"schema id {schema_id} is not registered", reason="unknown_schema_id", raw=data, schema_id=schema_id

@@ -1,8 +1,10 @@
-"""Schema ids to Avro schemas: the local registry in `schemas/`, or a Confluent Schema Registry.
+"""Schema ids to Avro schemas: the protocol, and the local registry packaged in `schemas/`.
 
-Subjects are record full names (RecordNameStrategy), so one topic could carry several record types
-and a decoder can say precisely which one it got. The reader schema is always the newest packaged
-version of a subject: that is the shape our code understands, whatever older writer wrote the data.
+Here a "subject" is a record's full name, so a decoder can say precisely which record type it got
+whatever registry subject (naming strategy) the schema was filed under; a Confluent-compatible
+registry (stream/adapters/confluent_registry.py) maps it to its own subjects. The reader schema is
+always the newest packaged version of a record type: that is the shape our code understands,
+whatever older writer wrote the data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ DECISION = "agegate.decisions.PolicyDecision"
 SUBJECTS = (SIGNUP, UPLOAD, FEEDBACK, DECISION)
 
 
+class UnusableSchema(ValueError):
+    """A registry holds this id, but not as an Avro record agegate can read (a JSON schema, say)."""
+
+
 @dataclass(frozen=True)  # not slotted: `parsed` is cached on the instance
 class RegisteredSchema:
     schema_id: int
@@ -37,11 +43,16 @@ class RegisteredSchema:
 
 
 class SchemaRegistry(Protocol):
+    """What the codec needs. A remote registry may also raise DependencyUnavailable (it cannot be
+    reached: the caller retries) or another AgegateError (it refused: a configuration mistake)."""
+
     def by_id(self, schema_id: int) -> RegisteredSchema | None:
-        """The schema registered under an id, or None when the id is unknown."""
+        """The schema registered under an id, or None when the id is unknown.
+
+        Raises UnusableSchema when the id holds something that is not an Avro record."""
 
     def writer_for(self, subject: str) -> RegisteredSchema:
-        """The schema (and id) producers use for a subject: its newest version."""
+        """The schema (and id) producers use for a record type: its newest packaged version."""
 
 
 class LocalRegistry:
@@ -73,41 +84,3 @@ class LocalRegistry:
         if not versions:
             raise KeyError(f"no schema registered for subject {subject!r}")
         return versions[-1]
-
-
-class ConfluentRegistry:
-    """A Confluent Schema Registry through confluent-kafka's client (cached by the client)."""
-
-    def __init__(self, url: str, local: LocalRegistry | None = None) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
-        self._client = SchemaRegistryClient({"url": url})
-        self._local = local or LocalRegistry()
-        self._writers: dict[str, RegisteredSchema] = {}
-
-    def by_id(self, schema_id: int) -> RegisteredSchema | None:
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        try:
-            schema = self._client.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                return None
-            raise
-        text = schema.schema_str or ""
-        declared = json.loads(text)
-        subject = f"{declared.get('namespace', '')}.{declared['name']}"
-        return RegisteredSchema(schema_id, subject, -1, text)
-
-    def writer_for(self, subject: str) -> RegisteredSchema:
-        if subject not in self._writers:
-            from confluent_kafka.schema_registry import Schema
-
-            local = self._local.writer_for(subject)
-            schema_id = self._client.register_schema(subject, Schema(local.definition, "AVRO"))
-            self._writers[subject] = RegisteredSchema(schema_id, subject, local.version, local.definition)
-        return self._writers[subject]
-
-
-def registry_from_url(url: str) -> SchemaRegistry:
-    return ConfluentRegistry(url) if url else LocalRegistry()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stream.adapters.codec import AvroCodec
+from stream.adapters.confluent_registry import registry_from_settings
 from stream.adapters.topics import TopicAdmin
 from stream.config import load_settings
 from stream.tools.infra import infra_script
@@ -65,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
         seed = args.seed if args.seed is not None else uuid.uuid4().int % 100_000
         from stream.tools.loadgen import synthetic_stream
 
-        stream = list(synthetic_stream(args.events, seed=seed, bad_share=args.bad_share, user_prefix="demo"))
+        codec = AvroCodec(registry_from_settings(settings))  # the configured registry's ids, like the worker
+        stream = list(
+            synthetic_stream(args.events, seed=seed, bad_share=args.bad_share, user_prefix="demo", codec=codec)
+        )
         started = time.monotonic()
         produced = produce(settings, stream, rate=args.rate)
         outputs = reader.poll_until({p.idempotency_key for p in produced}, timeout=300)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stream.adapters.codec import AvroCodec
+from stream.adapters.confluent_registry import registry_from_settings
 from stream.adapters.registry import DECISION
 from stream.adapters.topic_reader import UnknownTopic, read_to_end
 from stream.config import Settings
@@ -172,7 +173,7 @@ def window_filter(windows: Sequence[_Window]) -> Callable[[Mapping[str, Any]], b
 
 def read_decision_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0) -> Iterator[dict[str, Any]]:
     """Every decision on `topic` up to its end as of now (assigned, no group, nothing committed)."""
-    codec = AvroCodec()
+    codec = AvroCodec(registry_from_settings(settings))  # the ids the worker wrote: the configured registry's
     try:
         for m in read_to_end(settings, topic, group="agegate-diff-reader", timeout_s=timeout_s):
             value = m.value()

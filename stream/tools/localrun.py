@@ -24,6 +24,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from stream.adapters.codec import AvroCodec
+from stream.adapters.confluent_registry import registry_from_settings
 from stream.adapters.registry import DECISION
 from stream.adapters.topics import topic_name
 from stream.config import Settings
@@ -49,6 +50,13 @@ def worker_env(settings: Settings, *, model: Path, redis_url: str, redis_prefix:
         "AGEGATE_INFERENCE_THREADS": "1",
         "AGEGATE_BATCH_MAX_WAIT_MS": "10",
         "PYTHONUNBUFFERED": "1",
+        # The worker resolves schema ids through the same registry as the caller that produces and reads.
+        "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": settings.schema_registry_basic_auth,
+        "SCHEMA_REGISTRY_SSL_CAFILE": settings.schema_registry_ssl_cafile,
+        "AGEGATE_SCHEMA_AUTO_REGISTER": str(settings.schema_auto_register).lower(),
+        "AGEGATE_SCHEMA_SUBJECT_STRATEGY": settings.schema_subject_strategy,
+        "AGEGATE_SCHEMA_COMPATIBILITY": settings.schema_compatibility,
     }
     return env | extra
 
@@ -151,7 +159,7 @@ class OutputReader:
     """Reads decisions and dead letters from the beginning, incrementally."""
 
     def __init__(self, settings: Settings) -> None:
-        self.codec = AvroCodec()
+        self.codec = AvroCodec(registry_from_settings(settings))
         self.decisions_topic = topic_name("decisions", settings)
         self.dead_topic = topic_name("dead_letters", settings)
         self.consumer = Consumer(

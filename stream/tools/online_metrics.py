@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from stream.adapters.codec import AvroCodec
-    from stream.adapters.registry import registry_from_url
+    from stream.adapters.confluent_registry import registry_from_settings
     from stream.adapters.topics import topic_name
     from stream.config import load_settings
     from stream.metrics import ONLINE_ABS_ERROR_YEARS, REGISTRY
@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
             last_export = time.monotonic()
 
     try:
-        n = consume(consumer, AvroCodec(registry_from_url(settings.schema_registry_url)), state,
+        n = consume(consumer, AvroCodec(registry_from_settings(settings)), state,
                     decisions_topic=decisions, feedback_topic=feedback, stop=stop,
                     max_messages=args.max_messages, idle_exit_s=args.idle_exit_s, on_update=on_update)
     finally:

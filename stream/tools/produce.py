@@ -12,6 +12,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from stream.adapters.codec import AvroCodec
+from stream.adapters.confluent_registry import registry_from_settings
 from stream.adapters.topics import TopicAdmin, topic_name
 from stream.config import Settings, load_settings
 from stream.tools.loadgen import SyntheticEvent, synthetic_stream
@@ -55,7 +57,8 @@ def produce(
     sent = (
         list(stream)
         if stream is not None
-        else list(synthetic_stream(n, seed=seed, bad_share=bad_share, frames_per_event=frames))
+        else list(synthetic_stream(n, seed=seed, bad_share=bad_share, frames_per_event=frames,
+                                   codec=AvroCodec(registry_from_settings(settings))))
     )
     failures: list[str] = []
     landed: dict[int, Produced] = {}

@@ -98,6 +98,7 @@ def resolved_env(docs: list[Manifest], workload: Manifest) -> dict[str, str]:
         "KAFKA_SASL_PASSWORD": "not-a-secret",
         "REDIS_URL": "rediss://agegate:not-a-secret@redis:6379/0",
         "SCHEMA_REGISTRY_URL": "https://registry:8081",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "agegate:not-a-secret",
     }
     env = dict(env_config(docs))
     for var in container(workload).get("env", []):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.infra import INFRA, redis_cluster_ready
+from tests.support.infra import INFRA, redis_cluster_ready, registry_reachable
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +32,14 @@ def port_open(port: int) -> bool:
 def isolated_env(tmp_path: Path) -> dict[str, str]:
     """Other ports and a private state folder; the resolved-jar cache is shared when present."""
     env = {k: v for k, v in os.environ.items()
-           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL"}}
+           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL", "SCHEMA_REGISTRY_URL"}}
     env |= {
         "AGEGATE_KAFKA_PORT": str(free_port()),
         "AGEGATE_KAFKA_CONTROLLER_PORT": str(free_port()),
         "AGEGATE_REDIS_PORT": str(free_port()),
         "AGEGATE_REDIS_CLUSTER_PORT": str(free_port()),
         "AGEGATE_REDIS_CLUSTER_BUS_PORT": str(free_port()),
+        "AGEGATE_REGISTRY_PORT": str(free_port()),
         "AGEGATE_STATE_DIR": str(tmp_path / "state"),
     }
     return env
@@ -154,3 +155,38 @@ def test_redis_cluster_port_taken_by_someone_else(isolated_env: dict[str, str], 
     assert result.returncode != 0
     assert f"port {occupied_port} is already in use" in result.stderr
     assert "AGEGATE_REDIS_CLUSTER_PORT" in result.stderr
+
+
+def test_registry_up_only_when_named_answers_the_confluent_api_and_down_all_stops_it(
+    isolated_env: dict[str, str],
+) -> None:
+    port = int(isolated_env["AGEGATE_REGISTRY_PORT"])
+    url = f"http://127.0.0.1:{port}/apis/ccompat/v7"
+    assert "registry  stopped" in infra(isolated_env, "status").stdout
+    first = infra(isolated_env, "up", "registry")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"SCHEMA_REGISTRY_URL={url}" in first.stdout
+    assert registry_reachable(url)
+    again = infra(isolated_env, "up", "registry")
+    assert again.returncode == 0
+    assert "registry: already running" in again.stdout
+    assert "registry  running" in infra(isolated_env, "status").stdout
+    down = infra(isolated_env, "down")  # no service named: the registry is stopped too
+    assert "registry: stopped" in down.stdout
+    assert not port_open(port)
+
+
+def test_registry_port_taken_by_someone_else(isolated_env: dict[str, str], occupied_port: int) -> None:
+    isolated_env["AGEGATE_REGISTRY_PORT"] = str(occupied_port)
+    result = infra(isolated_env, "up", "registry")
+    assert result.returncode != 0
+    assert f"port {occupied_port} is already in use" in result.stderr
+    assert "AGEGATE_REGISTRY_PORT" in result.stderr
+
+
+def test_external_registry_is_never_started(isolated_env: dict[str, str]) -> None:
+    isolated_env["SCHEMA_REGISTRY_URL"] = "https://registry.example/apis/ccompat/v7"
+    result = infra(isolated_env, "up", "registry")
+    assert result.returncode == 0
+    assert "registry: external" in result.stdout
+    assert not port_open(int(isolated_env["AGEGATE_REGISTRY_PORT"]))

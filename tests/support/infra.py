@@ -1,9 +1,10 @@
-"""Finding the real Kafka and Redis for tests: the environment, testcontainers, or deploy/local.
+"""Finding the real Kafka, Redis and Schema Registry for tests: the environment, testcontainers, or deploy/local.
 
 Order: KAFKA_BOOTSTRAP_SERVERS / REDIS_URL when set; testcontainers when a Docker daemon answers;
 otherwise deploy/local/infra.sh, which this module stops again at the end only if it started it.
 The Redis Cluster (one node owning all slots) comes from REDIS_CLUSTER_URL or deploy/local only:
 testcontainers has no cluster module, and the local node needs nothing but redis-server.
+The Schema Registry comes from SCHEMA_REGISTRY_URL or deploy/local (`infra.sh up registry`: Apicurio).
 When CI is set, a service that cannot be reached fails the run; it never becomes a skip.
 """
 
@@ -24,6 +25,7 @@ INFRA = ROOT / "deploy" / "local" / "infra.sh"
 LOCAL_KAFKA = f"127.0.0.1:{os.environ.get('AGEGATE_KAFKA_PORT', '39092')}"
 LOCAL_REDIS = f"redis://127.0.0.1:{os.environ.get('AGEGATE_REDIS_PORT', '36379')}/0"
 LOCAL_REDIS_CLUSTER = f"redis://127.0.0.1:{os.environ.get('AGEGATE_REDIS_CLUSTER_PORT', '36380')}/0"
+LOCAL_REGISTRY = f"http://127.0.0.1:{os.environ.get('AGEGATE_REGISTRY_PORT', '38081')}/apis/ccompat/v7"
 
 
 def unavailable(message: str) -> NoReturn:
@@ -62,6 +64,17 @@ def redis_cluster_ready(url: str) -> bool:
     return isinstance(info, dict) and info.get("cluster_state") == "ok"
 
 
+def registry_reachable(url: str) -> bool:
+    """The registry answers a Confluent API request (list subjects)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    try:
+        SchemaRegistryClient({"url": url, "timeout": 3, "max.retries": 0}).get_subjects()
+        return True
+    except Exception:
+        return False
+
+
 def docker_answers() -> bool:
     if not shutil.which("docker"):
         return False
@@ -77,7 +90,7 @@ def _local(service: str, address: str, reachable: Callable[[str], bool]) -> Iter
         yield address
         return
     env = {k: v for k, v in os.environ.items()
-           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL"}}
+           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL", "SCHEMA_REGISTRY_URL"}}
     proc = subprocess.run(["bash", str(INFRA), "up", service], capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not reachable(address):
         unavailable(f"local {service} could not be started by {INFRA}:\n{proc.stdout}{proc.stderr}")
@@ -130,4 +143,17 @@ def redis_cluster_service() -> Iterator[str]:
         yield url
     else:
         with _local("redis-cluster", LOCAL_REDIS_CLUSTER, redis_cluster_ready) as url:
+            yield url
+
+
+@contextmanager
+def registry_service() -> Iterator[str]:
+    """A Confluent-compatible Schema Registry's URL (Apicurio's ccompat API when started locally)."""
+    if os.environ.get("SCHEMA_REGISTRY_URL"):
+        url = os.environ["SCHEMA_REGISTRY_URL"]
+        if not registry_reachable(url):
+            unavailable("SCHEMA_REGISTRY_URL does not answer GET /subjects")
+        yield url
+    else:
+        with _local("registry", LOCAL_REGISTRY, registry_reachable) as url:
             yield url

@@ -23,7 +23,7 @@ def infra_script() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("action", choices=("up", "down", "status"), help="start, stop, or show what runs")
     parser.add_argument("service", nargs="?", choices=("kafka", "redis", "redis-cluster"), help="only this service")
 
 

@@ -94,3 +94,28 @@ def topic_checks(settings: Settings) -> dict[str, Any]:
         }
     _cache[settings.topic_prefix] = (time.monotonic(), result)
     return result
+
+
+def probe_redis(settings: Settings, timeout_s: float = 3.0) -> None:
+    """One PING; DependencyUnavailable when Redis does not answer. For tools that run once (replay):
+    a long-running worker waits for Redis instead, since an outage there is expected to end."""
+    import redis
+    from redis.exceptions import RedisError
+
+    from stream.errors import DependencyUnavailable
+
+    kwargs: dict[str, Any] = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
+    try:
+        client = (
+            redis.RedisCluster.from_url(settings.redis_url, **kwargs)
+            if settings.redis_cluster
+            else redis.Redis.from_url(settings.redis_url, **kwargs)
+        )
+        client.ping()
+        client.close()
+    except (RedisError, OSError) as exc:
+        from stream.config import _redact_url
+
+        raise DependencyUnavailable(
+            f"Redis at {_redact_url(settings.redis_url)} did not answer: {type(exc).__name__}: {exc}"
+        ) from None

@@ -157,6 +157,13 @@ def test_kafka_unreachable_is_one_line_with_exit_code_3() -> None:
     one_error_line(agegate("dead-letters", "list"), EXIT_UNAVAILABLE, "agegate dead-letters:", "Kafka")
 
 
+def test_redis_unreachable_is_one_line_with_exit_code_3(tmp_path: Path) -> None:
+    result = agegate("replay", "--from", "earliest", "--out", f"file:{tmp_path / 'r.jsonl'}",
+                     REDIS_URL="redis://user:hunter2@127.0.0.1:1/0")
+    line = one_error_line(result, EXIT_UNAVAILABLE, "agegate replay:", "Redis", "did not answer")
+    assert "hunter2" not in line
+
+
 def test_debug_flag_adds_the_traceback(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.toml")
     for result in (agegate("--debug", "policy", "check", missing), agegate("policy", "check", missing,

@@ -62,26 +62,30 @@ def missing_source_topics(settings: Settings, metadata_topics: set[str]) -> list
     return [name for name in (topic_name(role, settings) for role in SOURCE_ROLES) if name not in metadata_topics]
 
 
-_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
 
 
 def topic_checks(settings: Settings) -> dict[str, Any]:
     """Readiness entries about the source topics: {"topics_ready": True}, or False with a
     `topics_reason` naming the missing topics and the prefix (a typo in AGEGATE_TOPIC_PREFIX
     otherwise shows only as "no partitions assigned"). Blocking: call it off the event loop."""
-    cached = _cache.get(settings.topic_prefix)
+    key = (settings.kafka_bootstrap_servers, settings.topic_prefix)
+    cached = _cache.get(key)
     if cached is not None and time.monotonic() - cached[0] < TOPIC_CHECK_TTL_S:
         return cached[1]
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    result: dict[str, Any]
     try:
         names = set(AdminClient(settings.kafka_client_config()).list_topics(timeout=2).topics)
     except KafkaException:
-        return {"topics_ready": False, "topics_reason": "Kafka did not answer a metadata request"}
-    missing = missing_source_topics(settings, names)
-    if not missing:
-        result: dict[str, Any] = {"topics_ready": True}
+        names = None
+    missing = [] if names is None else missing_source_topics(settings, names)
+    if names is None:
+        result = {"topics_ready": False, "topics_reason": "Kafka did not answer a metadata request"}
+    elif not missing:
+        result = {"topics_ready": True}
     else:
         matching = sorted(n for n in names if n.startswith(settings.topic_prefix))
         result = {
@@ -92,7 +96,7 @@ def topic_checks(settings: Settings) -> dict[str, Any]:
                 + " (agegate topics create)"
             ),
         }
-    _cache[settings.topic_prefix] = (time.monotonic(), result)
+    _cache[key] = (time.monotonic(), result)
     return result
 
 

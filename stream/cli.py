@@ -111,11 +111,8 @@ def chosen_command(words: Sequence[str]) -> str | None:
 
 def _one_line(exc: BaseException) -> tuple[str, int] | None:
     """(message, exit code) for the errors people cause and can fix; None for anything else (a bug)."""
-    if isinstance(exc, ConfigError):
-        from stream.policy import PolicyError
-
-        what = "invalid policy" if isinstance(exc, PolicyError) else "invalid configuration"
-        return f"{what}: " + "; ".join(exc.problems), EXIT_USAGE
+    if isinstance(exc, ConfigError):  # PolicyError too: its subject is "policy"
+        return f"invalid {exc.subject}: " + "; ".join(exc.problems), EXIT_USAGE
     if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
         name = exc.filename if exc.filename is not None else ""
         return (f"{exc.strerror}: {name}" if exc.strerror else str(exc)), EXIT_USAGE

@@ -10,9 +10,11 @@ class AgegateError(Exception):
 class ConfigError(AgegateError):
     """Configuration is invalid; lists every problem found, not just the first."""
 
+    subject = "configuration"  # what is invalid, in messages: "invalid configuration: ..."
+
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+        super().__init__(f"invalid {self.subject}:\n  - " + "\n  - ".join(problems))
 
 
 class InvalidEvent(AgegateError):

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit lint bench infra-up infra-down infra-status clean
+.PHONY: install tools demo test test-unit lint bench infra-up infra-down infra-status clean
 
 install: $(STAMP)  ## create .venv and install agegate with its dev extras (idempotent)
 
@@ -13,6 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+# Tools the tests need besides Python packages: kustomize renders deploy/k8s for its tests. Built
+# into .venv/bin by deploy/tools/install-kustomize.sh (needs Go >= 1.22; never a system path).
+tools: $(BIN)/kustomize
+
+$(BIN)/kustomize: deploy/tools/install-kustomize.sh | $(STAMP)
+	AGEGATE_TOOLS_BIN="$(abspath $(BIN))" bash deploy/tools/install-kustomize.sh
 
 infra-up:  ## start the local Kafka, Redis and single-node Redis Cluster (deploy/local)
 	bash deploy/local/infra.sh up
@@ -26,10 +33,10 @@ infra-status:
 demo: install  ## the main job end to end on local defaults
 	$(BIN)/agegate demo
 
-test: install  ## every test; integration tests use the real Kafka and Redis
+test: install tools  ## every test CI runs; integration tests use the real Kafka and Redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install tools
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install

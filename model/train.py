@@ -354,17 +354,33 @@ def format_metrics(name: str, m: dict[str, float]) -> str:
     return "\n  ".join(parts)
 
 
+_INT_OPTIONS = {
+    "epochs": "passes over the training split",
+    "batch_size": "images per optimizer step",
+    "seed": "seed of initialisation, shuffling and augmentation",
+    "input_size": "image side in pixels the model sees",
+    "width": "channels of the first convolution stage",
+    "depth": "convolution blocks per stage",
+    "threads": "CPU threads (0: torch's default)",
+    "keep": "checkpoints kept in OUT (older ones deleted)",
+    "max_train": "use at most this many training rows (0: all)",
+    "warmup_steps": "steps of linear learning-rate warmup",
+    "workers": "image-loading worker processes",
+    "stop_after": "run at most this many epochs now, resumable later (0: all)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainSettings(data="", out="")
     parser.add_argument("--data", required=True, help="manifest (CSV or JSONL)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, recovery, run_config.json, metrics.json")
-    parser.add_argument("--model", default=d.model, choices=["age_regressor", "bucket_classifier"])
+    parser.add_argument("--model", default=d.model, choices=["age_regressor", "bucket_classifier"],
+                        help="architecture: the age regressor, or the legacy bucket classifier (baseline)")
     parser.add_argument("--head", default=d.head, choices=["gaussian", "dldl"], help="age_regressor uncertainty head")
-    for name in ("epochs", "batch_size", "seed", "input_size", "width", "depth", "threads", "keep", "max_train",
-                 "warmup_steps", "workers", "stop_after"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    for name, help_text in _INT_OPTIONS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), help=help_text)
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine schedule after warmup)")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     parser.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--version", default="", help="model version recorded in the checkpoint (default: timestamp)")
     parser.add_argument("--seeds", default="", metavar="S1,S2,...",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import tomllib
@@ -169,11 +170,15 @@ class Settings:
     )
     log_level: str = setting("INFO", "AGEGATE_LOG_LEVEL", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
-    def kafka_client_config(self) -> dict[str, str | int | float | bool]:
-        """librdkafka settings shared by every confluent-kafka client we create."""
-        conf: dict[str, str | int | float | bool] = {
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every confluent-kafka client we create; its log lines go
+        through our logging (one format, JSON in deployments), not straight to stderr."""
+        from stream.log import LIBRDKAFKA_LOGGER
+
+        conf: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "security.protocol": self.kafka_security_protocol,
+            "logger": LIBRDKAFKA_LOGGER,
         }
         if self.kafka_sasl_mechanism:
             conf |= {
@@ -275,6 +280,8 @@ def _validate(s: Settings) -> list[str]:
     ):
         if getattr(s, name) <= 0:
             problems.append(f"{name}: must be > 0, got {getattr(s, name)}")
+    if not 1 <= s.web_port <= 65535:
+        problems.append(f"web_port: must be a TCP port (1..65535), got {s.web_port}")
     if not 0 < s.invalid_share_limit <= 1:
         problems.append(f"invalid_share_limit: must be in (0, 1], got {s.invalid_share_limit}")
     if s.inference_threads < 0:
@@ -323,6 +330,50 @@ def _registry_problems(s: Settings) -> list[str]:
     return problems
 
 
+# AGEGATE_* variables read outside Settings (tools, tests, deploy/local, bench): not misspellings.
+OTHER_ENVIRONMENT = frozenset(
+    {
+        "AGEGATE_CONFIG",
+        "AGEGATE_DEBUG",
+        "AGEGATE_FAUST_DATADIR",
+        "AGEGATE_HOME",
+        "AGEGATE_CACHE_DIR",
+        "AGEGATE_STATE_DIR",
+        "AGEGATE_TOOLS_BIN",
+        "AGEGATE_KUSTOMIZE",
+        "AGEGATE_TEST_MODEL_CACHE",
+        "AGEGATE_BENCH_QUICK",
+        "AGEGATE_KAFKA_PORT",
+        "AGEGATE_KAFKA_CONTROLLER_PORT",
+        "AGEGATE_KAFKA_VERSION",
+        "AGEGATE_KAFKA_HEAP",
+        "AGEGATE_KAFKA_START_TIMEOUT",
+        "AGEGATE_REDIS_PORT",
+        "AGEGATE_REDIS_CLUSTER_PORT",
+        "AGEGATE_REDIS_CLUSTER_BUS_PORT",
+        "AGEGATE_REGISTRY_PORT",
+        "AGEGATE_REGISTRY_HEAP",
+        "AGEGATE_REGISTRY_START_TIMEOUT",
+        "AGEGATE_APICURIO_VERSION",
+    }
+)
+
+
+def known_environment() -> frozenset[str]:
+    return frozenset(f.metadata["env"] for f in dataclasses.fields(Settings)) | OTHER_ENVIRONMENT
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(name, nearest known name or None) for every `AGEGATE_*` variable nothing reads."""
+    known = known_environment()
+    out = []
+    for name in sorted(environ):
+        if name.startswith("AGEGATE_") and name not in known:
+            nearest = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            out.append((name, nearest[0] if nearest else None))
+    return out
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: str | Path | None = None, **overrides: Any
 ) -> Settings:
@@ -364,6 +415,9 @@ def load_settings(
             problems.append(f"{exc} (from {source})")
             continue
         choices = f.metadata["choices"]
+        if choices:
+            # People type `debug`, `json`, `CPU`: match case-insensitively, keep the canonical spelling.
+            value = next((c for c in choices if str(value).strip().lower() == c.lower()), value)
         if choices and value not in choices:
             problems.append(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))} (from {source})")
             continue
@@ -396,10 +450,6 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "reference":
         print(reference_table(), end="")
         return 0
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(exc)
-        return 2
+    settings = load_settings()  # ConfigError: one line and exit code 2 (stream/cli.py)
     print(json.dumps(settings.redacted(), indent=2))
     return 0

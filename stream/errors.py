@@ -10,9 +10,11 @@ class AgegateError(Exception):
 class ConfigError(AgegateError):
     """Configuration is invalid; lists every problem found, not just the first."""
 
+    subject = "configuration"  # what is invalid, in messages: "invalid configuration: ..."
+
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+        super().__init__(f"invalid {self.subject}:\n  - " + "\n  - ".join(problems))
 
 
 class InvalidEvent(AgegateError):
@@ -43,3 +45,12 @@ class DecodeError(InvalidEvent):
 
 class DependencyUnavailable(AgegateError):
     """A dependency (Redis, Kafka) is down; the caller retries with backoff, never skips."""
+
+
+# Exit codes of every `agegate` command (README "Exit codes"); scripts and Kubernetes act on them.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and its answer is "no": a check found differences, a gate failed
+EXIT_USAGE = 2  # bad arguments, configuration, policy file, or a file that does not exist
+EXIT_UNAVAILABLE = 3  # a dependency (Kafka, Redis) unreachable, or another fatal runtime error
+EXIT_GRACE_EXCEEDED = 4  # worker: SIGTERM's grace ran out before the in-flight work was committed
+EXIT_INTERRUPTED = 130  # Ctrl-C

@@ -6,9 +6,35 @@ each one is for. Label values are bounded sets (topics, actions, reason codes), 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+
+from stream import __version__
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_* (CPU, resident memory, open fds, start time), python_info and python_gc_*: the same
+# collectors prometheus_client puts on its default registry, on ours (the one /metrics serves).
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+# What runs: agegate's version, and once the model is loaded the model and policy versions
+# (`agegate_build_info{version=..., model_version=..., policy_version=...} 1`); dashboards join on it.
+BUILD_INFO = Info("agegate_build", "agegate, model and policy versions", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__, "model_version": "", "policy_version": ""})
+
+
+def set_build_info(*, model_version: str, policy_version: str) -> None:
+    """Called when the model is loaded: the versions every decision is made with."""
+    BUILD_INFO.info({"version": __version__, "model_version": model_version, "policy_version": policy_version})
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

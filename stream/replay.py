@@ -61,6 +61,7 @@ from stream.core.policy import load_policy
 from stream.errors import AgegateError
 from stream.log import get_logger
 from stream.pipeline import InvalidShareGuard, Outcome, SourceRecord
+from stream.runners.preflight import probe_redis
 from stream.runtime import DAY_S, assemble, load_engine, redis_client
 
 log = get_logger("agegate.replay")
@@ -718,6 +719,7 @@ def config_from_args(args: argparse.Namespace, settings: Settings | None = None)
 
 
 def run(args: argparse.Namespace) -> int:
+    probe_redis(load_settings())  # Redis unreachable: one line and exit code 3 (stream/cli.py), not retries
     try:
         cfg = config_from_args(args)
         summary = asyncio.run(replay(cfg))

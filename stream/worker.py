@@ -35,6 +35,7 @@ from stream.config import Settings, load_settings
 from stream.log import get_logger
 from stream.offsets import OffsetTracker
 from stream.pipeline import SourceRecord
+from stream.runners.preflight import preflight, topic_checks
 
 log = get_logger("agegate.worker")
 EXIT_FATAL = 3
@@ -97,6 +98,7 @@ class WorkerRuntime:
             device=str(self.engine.device),
             policy_version=self.assembled.policy.version,
         )
+        metrics.set_build_info(model_version=self.engine.model_version, policy_version=self.assembled.policy.version)
 
     async def admit(self, stream: Any, event: Any) -> None:
         """Take one event in; blocks while `queue_max_events` are in flight (backpressure)."""
@@ -196,6 +198,7 @@ class WorkerRuntime:
                 self.redis_ok_at = 0.0
         checks["redis_reachable"] = self.redis_ok_at > 0
         checks["input_open"] = self.paused_reason is None
+        checks.update(await asyncio.to_thread(topic_checks, self.settings))  # topics_ready (+ topics_reason)
         ok = all(checks.values())
         metrics.READY.set(1 if ok else 0)
         if self.paused_reason is not None:
@@ -357,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
     from stream.adapters.kafka_wait import wait_for_kafka
 
     settings = load_settings()
+    preflight(settings)  # policy and settings checked before joining the group (ConfigError: exit code 2)
     # The loop stays current: faust (mode) runs on the event loop it finds, this one.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -371,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
         override_logging=False,
         redirect_stdouts=False,
     )
+    worker.spinner = None  # faust's terminal spinner writes control sequences (BS, ESC[?25h) into the log
     # SIGTERM/SIGINT: stop fetching, wait for in-flight events, commit, exit (within the grace).
     worker.execute_from_commandline()
     return 0

@@ -212,11 +212,11 @@ def generate_dataset(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (images/ and the manifest)")
     parser.add_argument("--images", type=int, default=20_000, help="number of images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same images)")
     parser.add_argument("--per-subject", type=int, default=4, help="images per subject")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--bias", type=Bias.parse, default=None, help="inject a cue shift, e.g. skin_tone=dark:+5")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -150,13 +150,13 @@ def build_conditions(out_dir: str | Path, conditions: Mapping[str, Mapping[str, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="datasets_command", required=True)
+    sub = parser.add_subparsers(dest="datasets_command", required=True, help="build: write the benchmark")
     b = sub.add_parser("build", help="write the synthetic benchmark and record its manifest hash")
-    b.add_argument("--out", required=True, type=Path)
-    b.add_argument("--images", type=int, default=DEFAULT_IMAGES)
-    b.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    b.add_argument("--out", required=True, type=Path, help="output folder (images and manifest)")
+    b.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="number of images")
+    b.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (the recorded hash depends on it)")
     b.add_argument("--bias", default=None, help="inject a cue shift for one group, e.g. skin_tone=dark:+5")
-    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--workers", type=int, default=1, help="worker processes")
     b.add_argument("--conditions", action="store_true",
                    help="also write held-out capture conditions (JPEG quality, blur, lighting, resolution) under "
                         "OUT/conditions/, each with its manifest, plus OUT/conditions.csv with a `condition` column "

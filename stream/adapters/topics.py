@@ -10,11 +10,12 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream.adapters.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
 from stream.config import Settings, load_settings
-from stream.errors import AgegateError
+from stream.errors import AgegateError, DependencyUnavailable
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -71,6 +72,11 @@ class TopicState:
         return diffs
 
 
+# The first metadata request answers at once when a broker is up; waiting longer only delays the
+# "Kafka unreachable" line a person is waiting for.
+METADATA_TIMEOUT_S = 10.0
+
+
 class TopicAdmin:
     def __init__(self, settings: Settings, *, timeout_s: float = 30.0) -> None:
         self.settings = settings
@@ -78,7 +84,13 @@ class TopicAdmin:
         self.admin = AdminClient(settings.kafka_client_config())
 
     def describe(self) -> list[TopicState]:
-        metadata = self.admin.list_topics(timeout=self.timeout_s)
+        try:
+            metadata = self.admin.list_topics(timeout=min(self.timeout_s, METADATA_TIMEOUT_S))
+        except KafkaException as exc:
+            raise DependencyUnavailable(
+                f"Kafka at {self.settings.kafka_bootstrap_servers} did not answer within "
+                f"{min(self.timeout_s, METADATA_TIMEOUT_S):g}s ({exc.args[0].str() if exc.args else exc})"
+            ) from None
         states = []
         for spec in TOPICS:
             name = topic_name(spec.role, self.settings)
@@ -123,21 +135,20 @@ class TopicAdmin:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("create", "describe"))
+    parser.add_argument(
+        "action", choices=("create", "describe"), help="create: the missing topics; describe: compare with declarations"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     admin = TopicAdmin(settings)
-    try:
-        if args.action == "create":
-            for name, outcome in admin.create():
-                print(f"{name:36} {outcome}")
-            return 0
-        states = admin.describe()
-    except Exception as exc:
-        print(f"topics: cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}")
-        return 1
+    # Kafka unreachable: DependencyUnavailable, one line and exit code 3 (stream/cli.py).
+    if args.action == "create":
+        for name, outcome in admin.create():
+            print(f"{name:36} {outcome}")
+        return 0
+    states = admin.describe()
     print(f"{'topic':36} {'partitions':>10} {'retention.ms':>14} {'cleanup':>8}  status")
     ok = True
     for s in states:

@@ -38,6 +38,8 @@ from stream.errors import ConfigError
 class PolicyError(ConfigError):
     """The policy file is invalid; every problem is listed with its location (file: key path)."""
 
+    subject = "policy"
+
 
 class Action(StrEnum):
     ALLOW = "ALLOW"

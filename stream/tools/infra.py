@@ -23,9 +23,8 @@ def infra_script() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("up", "down", "status"))
-    parser.add_argument("service", nargs="?", choices=("kafka", "redis", "redis-cluster", "registry"),
-                        help="only this service (the schema registry starts only when named)")
+    parser.add_argument("action", choices=("up", "down", "status"), help="start, stop, or show what runs")
+    parser.add_argument("service", nargs="?", choices=("kafka", "redis", "redis-cluster"), help="only this service")
 
 
 def run(args: argparse.Namespace) -> int:

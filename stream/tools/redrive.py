@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from stream.adapters.topic_reader import UnknownTopic, read_to_end
 from stream.adapters.topics import topic_names
 from stream.config import Settings, load_settings
-from stream.errors import AgegateError
+from stream.errors import AgegateError, DependencyUnavailable
 
 REDRIVE_HEADER = "agegate-redrive"
 
@@ -166,7 +166,9 @@ def _iso(ms: object) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("list", "redrive"))
+    parser.add_argument(
+        "action", choices=("list", "redrive"), help="list: summary by reason; redrive: back to their source topics"
+    )
     parser.add_argument("--reason", default=None, help="only dead letters with this reason code")
     parser.add_argument("--since", default=None, help="only those first seen at or after (ISO time or @epoch-ms)")
     parser.add_argument("--json", action="store_true", help="list: print JSON")
@@ -175,6 +177,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
+    from stream.adapters.kafka_wait import probe
+
+    probe(settings)  # Kafka unreachable: DependencyUnavailable, one line and exit code 3 (stream/cli.py)
     try:
         letters = read_dead_letters(settings, reason=args.reason, since_ms=parse_since(args.since))
         if args.action == "list":
@@ -192,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"would redrive {n} dead letters")
             return 0
         result = redrive(settings, letters)
+    except DependencyUnavailable:
+        raise  # exit code 3 (stream/cli.py), not 2: nothing is wrong with the request
     except AgegateError as exc:
         print(f"dead-letters: {exc}", file=sys.stderr)
         return 2

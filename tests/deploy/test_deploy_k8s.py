@@ -3,8 +3,8 @@
 Built-in kinds are validated against the Kubernetes OpenAPI schemas bundled in kubernetes-validate
 (strict: unknown fields fail), offline. KEDA and Prometheus Operator resources are checked
 structurally against what the worker's configuration says (same group, topics, brokers, port).
-kustomize comes from deploy/tools/install-kustomize.sh; without it these tests skip locally and
-fail in CI.
+kustomize comes from `make tools` (deploy/tools/install-kustomize.sh into .venv/bin), which `make test`
+runs first; without it these tests skip when run by hand and fail in CI.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def find_kustomize() -> str | None:
     candidates = [
         os.environ.get("AGEGATE_KUSTOMIZE", ""),
         os.environ.get("AGEGATE_TOOLS_BIN", "") and str(Path(os.environ["AGEGATE_TOOLS_BIN"]) / "kustomize"),
+        str(Path(sys.executable).parent / "kustomize"),  # `make tools` puts it in .venv/bin
         str(cache / "agegate" / "bin" / "kustomize"),
         shutil.which("kustomize") or "",
     ]
@@ -370,6 +372,20 @@ def test_keda_scales_the_worker_on_its_consumer_group(rendered: dict[str, list[M
         assert trigger["authenticationRef"]["name"] == one(docs, "TriggerAuthentication")["metadata"]["name"]
         topics.add(meta["topic"])
     assert topics == {f"{settings.topic_prefix}signups", f"{settings.topic_prefix}uploads"}
+
+
+def test_keda_topics_follow_the_topic_prefix(kustomize: str, tmp_path: Path) -> None:
+    """Another environment's prefix, set in the one place configuration lives, reaches the triggers."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    config = tmp_path / "k8s" / "components" / "config" / "kustomization.yaml"
+    text = config.read_text()
+    assert "AGEGATE_TOPIC_PREFIX=agegate." in text
+    config.write_text(text.replace("AGEGATE_TOPIC_PREFIX=agegate.", "AGEGATE_TOPIC_PREFIX=staging."))
+    proc = subprocess.run([kustomize, "build", str(tmp_path / "k8s" / "overlays" / "cpu")], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    scaled = one([d for d in yaml.safe_load_all(proc.stdout) if d], "ScaledObject")
+    assert {t["metadata"]["topic"] for t in scaled["spec"]["triggers"]} == {"staging.signups", "staging.uploads"}
 
 
 @pytest.mark.parametrize("target", WORKER_TARGETS)

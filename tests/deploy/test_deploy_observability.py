@@ -56,6 +56,9 @@ def exported_series() -> dict[str, Exported]:
             names = [f"{name}_total"]
         elif kind == "histogram":
             names = [f"{name}_bucket", f"{name}_sum", f"{name}_count"]
+        elif kind == "info":  # one series, `<name>_info`, whose labels are the info's keys
+            names = [f"{name}_info"]
+            labels = frozenset(obj._value)  # type: ignore[attr-defined]
         else:
             names = [name]
         for series in names:

@@ -1,0 +1,1 @@
+"""Runners: the long-running processes (worker, replay) and what they check before starting."""

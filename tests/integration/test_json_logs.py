@@ -15,7 +15,7 @@ import pytest
 
 from stream.tools.loadgen import synthetic_stream
 from stream.tools.produce import produce
-from tests.worker_harness import OutputReader, WorkerProcess, fresh_settings, worker_env
+from tests.support.worker_harness import OutputReader, WorkerProcess, fresh_settings, worker_env
 
 pytestmark = pytest.mark.integration
 

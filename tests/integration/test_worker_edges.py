@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker_harness import WorkerProcess, fresh_settings, worker_env
+from tests.support.worker_harness import WorkerProcess, fresh_settings, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -63,6 +63,10 @@ class TrainSettings:
     # instead of the val split: see `calibration_rows`. "" = the val split.
     calibration_data: str = ""
     calibrate_only: bool = False  # refit OUT/best.safetensors's calibration and stop (no training)
+    # Fit the mean map E[true | predicted] too. Off by default: measured not clearly better (it trades
+    # the belief's over-covered centre for under-covered tails; docs/evaluation.md), and on a val split
+    # of a few hundred frames it overfits.
+    mean_map: bool = False
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -281,7 +285,8 @@ def train(s: TrainSettings) -> dict[str, Any]:
     shutil.copyfile(best_path, tmp)
     cal_data = va if not s.calibration_data else load_split_tensors(cal_split[0], cal_split[1], s.input_size,
                                                                     workers=s.workers)
-    calibration, uncertainty = calibrate_uncertainty(tmp, cal_data, device)  # before it becomes visible as best
+    # before it becomes visible as best
+    calibration, uncertainty = calibrate_uncertainty(tmp, cal_data, device, mean_map=s.mean_map)
     os.replace(tmp, out / "best.safetensors")  # readers (tests sharing a cache) never see half a file
     result: dict[str, Any] = {
         "best": str(out / "best.safetensors"), "val": read_meta(best_path).metrics, "history": history,
@@ -359,7 +364,7 @@ def recalibrate(s: TrainSettings, manifest: Any, train_rows: list[Any], device: 
     meta = read_meta(best)
     cal_split = calibration_rows(s, manifest, train_rows)
     data = load_split_tensors(cal_split[0], cal_split[1], meta.config.input_size, workers=s.workers)
-    _, uncertainty = calibrate_uncertainty(best, data, device)
+    _, uncertainty = calibrate_uncertainty(best, data, device, mean_map=s.mean_map)
     lineage = meta.extra.get("lineage")
     if s.calibration_data and isinstance(lineage, dict):
         update_extra(best, {"lineage": with_calibration_lineage(lineage, cal_split)})
@@ -367,10 +372,11 @@ def recalibrate(s: TrainSettings, manifest: Any, train_rows: list[Any], device: 
 
 
 def calibrate_uncertainty(
-    checkpoint: Path, va: SplitTensors, device: torch.device
+    checkpoint: Path, va: SplitTensors, device: torch.device, *, mean_map: bool = False
 ) -> tuple[UncertaintyCalibration, dict[str, Any]]:
-    """Fit the mean map, then the std scale, then the error floor (each on the errors the previous step
-    leaves) on the validation split, by subject, and store them in the checkpoint's metadata
+    """Fit the std scale, the error floor and the floor's shape (after the mean map when `mean_map`,
+    each on the errors the previous step leaves) on the calibration data (the validation split or
+    --calibration-data), by subject, and store them in the checkpoint's metadata
     (extra["uncertainty"]), where the engine reads them.
 
     Runs on the checkpoint about to be promoted to best.safetensors, so every promoted model carries
@@ -381,7 +387,7 @@ def calibrate_uncertainty(
     pred = predict_split(model, va, device)
     errors = (pred["mean"] - pred["age"]).numpy()
     calibration = fit_calibration(
-        errors, pred["std"].numpy(), [r.subject_id for r in va.rows], means=pred["mean"].numpy()
+        errors, pred["std"].numpy(), [r.subject_id for r in va.rows], means=pred["mean"].numpy() if mean_map else None
     )
     update_extra(checkpoint, {"uncertainty": calibration.to_dict()})
     summary = {**calibration.to_dict(), "val_coverage": coverage_before_after(pred, calibration)}
@@ -451,6 +457,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate-only", action="store_true",
                         help="refit OUT/best.safetensors's calibration (on --calibration-data or the val split), "
                              "then stop")
+    parser.add_argument("--mean-map", action="store_true",
+                        help="also fit the mean map E[true | predicted] (experimental, off by default: "
+                             "docs/evaluation.md has the measurements)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/recovery.safetensors (also done automatically when it exists)")
 

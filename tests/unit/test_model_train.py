@@ -91,6 +91,7 @@ def test_calibration_data_replaces_the_val_split_and_joins_the_lineage(
     assert uncertainty.fitted_on == 480  # every row of the calibration manifest, whatever its split
     assert uncertainty.floor_source == "estimated"  # 80 subjects with 6 images: enough for a floor
     assert uncertainty.floor_subjects == 80
+    assert not uncertainty.has_mean_map  # the mean map is opt-in (--mean-map)
     lineage = best.meta.extra["lineage"]
     assert 77 in lineage["generator"]["seeds"]  # eval would refuse this calibration set as a benchmark
     assert lineage["calibration"]["rows"] == 480

@@ -217,6 +217,19 @@ def test_mean_map_undoes_a_known_monotone_bias() -> None:
     assert cal.apply_mean(-100.0) == kt[0]  # clamped: no extrapolation past the data
 
 
+def test_fit_calibration_with_means_fits_the_floor_on_what_the_map_leaves() -> None:
+    rng = np.random.default_rng(22)
+    errors, ids = _simulate(rng, 1500, 1.5, 1.0)
+    true = np.repeat(rng.uniform(6, 70, 1500), np.bincount([int(i[1:]) for i in ids]))
+    predicted = 20.0 + 0.6 * (true - 20.0) + errors  # a bias by age that is the same in every photo
+    plain = fit_calibration(predicted - true, np.full(true.size, 3.0), ids)
+    mapped = fit_calibration(predicted - true, np.full(true.size, 3.0), ids, means=predicted)
+    assert not plain.has_mean_map
+    assert mapped.has_mean_map
+    assert plain.floor_years > 5.0  # the age bias counts as persistent error without the map
+    assert mapped.floor_years < 2.5  # with it, roughly the subjects' own offset sd (1.5) again
+
+
 def test_mean_map_needs_enough_frames() -> None:
     assert fit_mean_map(np.arange(50.0), np.arange(50.0)) == ((), ())
 

@@ -1,16 +1,16 @@
 """Calibrated per-frame uncertainty and the per-model error floor.
 
-Fitted after training on the validation split and stored in the checkpoint metadata
+Fitted after training on the calibration data (the validation split, or a separate manifest given
+with `agegate train --calibration-data`) and stored in the checkpoint metadata
 (`CheckpointMeta.extra["uncertainty"]`), in this order (each on the errors the previous one leaves):
 
-- a mean recalibration: a monotone piecewise-linear map from the model's predicted age to
-  E[true age | predicted age] (isotonic regression on val, as knots). A regressor is pulled toward
-  the mean at both ends of the age range, so it over-estimates teenagers (the dangerous direction
-  for an age gate) and under-estimates older adults; that bias is the same in every photo of a
-  person, so fusing frames cannot remove it and it would otherwise inflate the floor below. The map
-  is clamped to the range it was fitted on (no extrapolation) and is the identity when absent
-  (checkpoints fitted before it existed);
-
+- optionally (`--mean-map`; off by default, measured not clearly better: docs/evaluation.md) a mean
+  recalibration: a monotone piecewise-linear map from the model's predicted age to
+  E[true age | predicted age] (isotonic regression on block means, as knots). A regressor is pulled
+  toward the mean at both ends of the age range, so it over-estimates teenagers (the dangerous
+  direction for an age gate) and under-estimates older adults; that bias is the same in every photo
+  of a person, so fusing frames cannot remove it and it would otherwise inflate the floor below. The
+  map is clamped to the range it was fitted on (no extrapolation) and is the identity when absent;
 - `std_scale` k: the model's own std is multiplied by k so that a frame's Gaussian (mean, k*s)
   means what it says (68% of errors inside 1 std). The raw head is trained for accuracy, not for
   honest spread, and comes out too wide or too narrow; one scalar fixes most of it.
@@ -19,7 +19,11 @@ Fitted after training on the validation split and stored in the checkpoint metad
   may shrink only the independent part of the error with more frames; the floor stays. Without it
   a belief fed enough frames would claim any certainty, and a 16-year-old who looks 21 would
   eventually be allowed into adult content.
+- the floor's shape: how that persistent error is spread over people, as a two-component scale
+  mixture with the floor as its second moment (`fit_floor_shape`; stream/core/belief.py FloorShape
+  turns it into P(age >= T)). Gaussian unless the data clearly say otherwise.
 
+Checkpoints calibrated before a part existed load without it: identity map, Gaussian shape.
 Pure numpy/torch: imported by the engine, the trainer and benchmarks.
 """
 

@@ -99,7 +99,7 @@ class InferenceEngine:
         self.meta = meta
         # Calibration fitted at training time: every mean this engine returns goes through its mean map
         # and every std is scaled by it, so all consumers (worker, replay, shadow, eval) see calibrated
-        # estimates. Without meta (or for checkpoints fitted before the map): identity mean, scale 1.
+        # estimates. Without meta: scale 1, default floor; without a mean map (the default): identity mean.
         self.uncertainty = (
             UncertaintyCalibration.from_meta(meta)
             if meta is not None
@@ -159,8 +159,8 @@ class InferenceEngine:
         return DecodedBatch(pixels, tuple(indices), errors, len(frames))
 
     def infer(self, pixels: torch.Tensor) -> Prediction:
-        """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors, mean recalibrated and std scaled (see
-        `uncertainty`): done here so no consumer ever reads the model's raw, age-biased mean."""
+        """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors, mean through the mean map (identity
+        without one) and std scaled (see `uncertainty`): done here so every consumer sees the same."""
         n = pixels.shape[0]
         if n == 0:
             empty = torch.zeros(0)

@@ -26,6 +26,8 @@ from confluent_kafka import Consumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' history helpers
 
+from stream.pipeline.assemble import DAY_S, assemble
+
 from model.engine import InferenceEngine
 from stream.adapters.belief_store import BeliefStore
 from stream.adapters.kafka_sink import KafkaSink
@@ -34,7 +36,6 @@ from stream.config import load_settings
 from stream.core.policy import load_policy
 from stream.pipeline import InvalidShareGuard
 from stream.replay import MergedReader, ReplayConfig, parse_bound, replay
-from stream.runtime import DAY_S, assemble
 from stream.tools import events
 from tests.integration.replay_support import at, face, produce, source_windows, tiny_checkpoint
 

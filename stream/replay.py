@@ -61,8 +61,8 @@ from stream.core.policy import load_policy
 from stream.errors import AgegateError
 from stream.log import get_logger
 from stream.pipeline import InvalidShareGuard, Outcome, SourceRecord
+from stream.pipeline.assemble import DAY_S, assemble, load_engine, redis_client
 from stream.runners.preflight import probe_redis
-from stream.runtime import DAY_S, assemble, load_engine, redis_client
 
 log = get_logger("agegate.replay")
 

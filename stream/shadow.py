@@ -123,7 +123,7 @@ class ShadowScorer:
         same frames as they arrive, in batches of the same policy, off the event loop."""
         if not settings.shadow_model_checkpoint:
             return None
-        from stream.runtime import DAY_S, load_engine
+        from stream.pipeline.assemble import DAY_S, load_engine
 
         engine = load_engine(settings, settings.shadow_model_checkpoint)
         batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(

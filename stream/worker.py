@@ -67,7 +67,7 @@ class WorkerRuntime:
         from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
         from stream.adapters.kafka_sink import KafkaSink
-        from stream.runtime import assemble, load_engine, make_store, redis_client
+        from stream.pipeline.assemble import assemble, load_engine, make_store, redis_client
 
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((FileNotFoundError, OSError)),

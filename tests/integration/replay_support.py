@@ -13,6 +13,7 @@ import numpy as np
 import redis.asyncio as aioredis
 import torch
 from confluent_kafka import Consumer, Producer
+from stream.pipeline.assemble import DAY_S, assemble
 
 from model.checkpoint import save_checkpoint
 from model.data.synthetic import encode_jpeg, render_face, sample_attributes
@@ -27,7 +28,6 @@ from stream.config import Settings
 from stream.core.policy import Policy
 from stream.pipeline import InvalidShareGuard, Outcome
 from stream.replay import MergedReader, PartitionWindow
-from stream.runtime import DAY_S, assemble
 
 SUBJECT = {"signups": SIGNUP, "uploads": UPLOAD, "feedback": FEEDBACK}
 

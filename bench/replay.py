@@ -4,7 +4,7 @@
 
 "worker" is the worker's pipeline (runtime.assemble: micro-batcher, Redis store, KafkaSink to the
 decisions topic) driven by a confluent-kafka loop with the same in-flight window; the faust runtime
-itself is not included. "replay" is `stream.replay.replay` over the same window (merged order,
+itself is not included. "replay" is `stream.runners.replay.replay` over the same window (merged order,
 fixed-shape batches, undo journal, checkpoints every 1000 events, output to a file).
 Needs the local Kafka and Redis (KAFKA_BOOTSTRAP_SERVERS, REDIS_URL). Writes bench/results/replay.json.
 """
@@ -31,10 +31,10 @@ from stream import events
 from stream.belief_store import BeliefStore
 from stream.config import load_settings
 from stream.kafka_sink import KafkaSink
-from stream.pipeline import InvalidShareGuard
+from stream.pipeline.pipeline import InvalidShareGuard
 from stream.policy import load_policy
-from stream.replay import MergedReader, ReplayConfig, parse_bound, replay
-from stream.runtime import DAY_S, assemble
+from stream.runners.replay import MergedReader, ReplayConfig, parse_bound, replay
+from stream.pipeline.assemble import DAY_S, assemble
 from stream.topics import TopicAdmin
 from tests.integration.replay_support import at, face, produce, source_windows, tiny_checkpoint
 

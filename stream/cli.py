@@ -21,9 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model.data.synthetic", "generate a synthetic face dataset with a manifest"),
     "datasets": ("model.evaluation.datasets", "build the standardized evaluation dataset"),
     "eval": ("stream.evaluate", "evaluate models side by side; optional release gate"),
-    "worker": ("stream.worker", "run the enforcement worker (faust)"),
+    "worker": ("stream.runners.worker", "run the enforcement worker (faust)"),
     "produce": ("stream.produce", "produce a synthetic event stream (load generator)"),
-    "replay": ("stream.replay", "replay a historical window through the pipeline"),
+    "replay": ("stream.runners.replay", "replay a historical window through the pipeline"),
     "dead-letters": ("stream.redrive", "list or redrive dead letters"),
     "config": ("stream.config", "show the resolved configuration or its reference table"),
 }

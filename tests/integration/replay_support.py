@@ -22,11 +22,11 @@ from stream.belief_store import BeliefStore
 from stream.codec import AvroCodec
 from stream.config import Settings
 from stream.kafka_sink import KafkaSink
-from stream.pipeline import InvalidShareGuard, Outcome
+from stream.pipeline.pipeline import InvalidShareGuard, Outcome
 from stream.policy import Policy
 from stream.registry import FEEDBACK, SIGNUP, UPLOAD
-from stream.replay import MergedReader, PartitionWindow
-from stream.runtime import DAY_S, assemble
+from stream.runners.replay import MergedReader, PartitionWindow
+from stream.pipeline.assemble import DAY_S, assemble
 from stream.topics import topic_names
 
 SUBJECT = {"signups": SIGNUP, "uploads": UPLOAD, "feedback": FEEDBACK}

@@ -3,7 +3,7 @@
 Lua == Python, atomicity, idempotency, TTL, NOSCRIPT, and user ids of any content. Every test runs
 twice: `[redis]` against the plain server, `[cluster]` against the Redis Cluster (locally one node
 owning all 16384 slots, which enforces the same CROSSSLOT rule as a many-node cluster), each through
-`stream.runtime.redis_client`, the factory the worker and replay use.
+`stream.pipeline.assemble.redis_client`, the factory the worker and replay use.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from stream.config import load_settings
 from stream.errors import DependencyUnavailable
 from stream.memory_store import JournaledBeliefStore
 from stream.policy import Action, PolicyEvent, decide, load_policy
-from stream.runtime import redis_client
+from stream.pipeline.assemble import redis_client
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from stream.config import Settings
 from stream.policy import load_policy
 from stream.redrive import REDRIVE_HEADER, read_dead_letters, redrive, summarize
 from stream.registry import LocalRegistry, RegisteredSchema
-from stream.replay import PartitionWindow
+from stream.runners.replay import PartitionWindow
 from stream.topics import TopicAdmin, topic_names
 from tests.integration.replay_support import at, produce, run_live, source_windows, tiny_checkpoint
 

@@ -18,7 +18,7 @@ from model.engine import InferenceEngine
 from stream import events
 from stream.config import Settings, load_settings
 from stream.localrun import OutputReader, WorkerProcess, worker_env
-from stream.replay import ReplayConfig, parse_bound, replay
+from stream.runners.replay import ReplayConfig, parse_bound, replay
 from stream.topics import TopicAdmin
 from tests.integration.replay_support import at, face, produce, snapshot, tiny_checkpoint
 

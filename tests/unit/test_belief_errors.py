@@ -15,7 +15,7 @@ from redis import exceptions as redis_exc
 from stream.belief import Belief, Evidence
 from stream.belief_store import ApplyResult, BeliefStore, BeliefStoreError, BeliefUpdateFailed, SurfaceKey
 from stream.errors import DependencyUnavailable
-from stream.pipeline import BeliefStage
+from stream.pipeline.pipeline import BeliefStage
 from stream.policy import Action
 
 FLOOR = 2.0

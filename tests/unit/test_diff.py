@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from stream.diff import diff, render_table, window_filter
-from stream.replay import PartitionWindow
+from stream.runners.replay import PartitionWindow
 
 
 def d(key: str, action: str, jur: str = "DEFAULT", surface: str = "account_creation") -> dict[str, Any]:

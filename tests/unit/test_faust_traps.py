@@ -4,7 +4,7 @@ faust computes the offset to commit from the *acked* offsets alone. Its gap chec
 lowest acked offset with the committed one, but is skipped while the committed offset is None or
 0 (`if committed_offset:`). So on a fresh partition, acking offsets 2 and 3 while 0 and 1 are still
 in flight commits 4: a crash then loses events 0 and 1. This is why the worker acks in offset
-order (stream/offsets.py), never out of order.
+order (stream/runners/offsets.py), never out of order.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from stream.offsets import OffsetTracker
+from stream.runners.offsets import OffsetTracker
 
 TP0 = TP("signups", 0)
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from model.engine import EncodedFrame, FrameError
 from stream import events
-from stream.frames import FRAMES_OVER_LIMIT, FrameResolver, FrameStores
+from stream.pipeline.frames import FRAMES_OVER_LIMIT, FrameResolver, FrameStores
 
 JPEG = b"\xff\xd8\xff\xe0" + b"x" * 100
 

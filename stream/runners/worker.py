@@ -32,8 +32,8 @@ from typing import Any
 from stream import metrics
 from stream.config import Settings, load_settings
 from stream.log import get_logger
-from stream.offsets import OffsetTracker
-from stream.pipeline import SourceRecord
+from stream.runners.offsets import OffsetTracker
+from stream.pipeline.pipeline import SourceRecord
 from stream.topics import topic_name
 
 log = get_logger("agegate.worker")
@@ -66,7 +66,7 @@ class WorkerRuntime:
         from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
         from stream.kafka_sink import KafkaSink
-        from stream.runtime import assemble, load_engine, make_store, redis_client
+        from stream.pipeline.assemble import assemble, load_engine, make_store, redis_client
 
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((FileNotFoundError, OSError)),
@@ -86,7 +86,7 @@ class WorkerRuntime:
             with_shadow=True,  # scores the shadow model too, when AGEGATE_SHADOW_MODEL is set
         )
         if self.assembled.shadow is not None:
-            from stream.shadow import ensure_shadow_topic
+            from stream.pipeline.shadow import ensure_shadow_topic
 
             await asyncio.to_thread(ensure_shadow_topic, self.settings)
         self.assembled.start()

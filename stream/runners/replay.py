@@ -58,9 +58,9 @@ from stream.errors import AgegateError
 from stream.kafka_sink import KafkaSink
 from stream.log import get_logger
 from stream.memory_store import JournaledBeliefStore
-from stream.pipeline import InvalidShareGuard, Outcome, SourceRecord
+from stream.pipeline.pipeline import InvalidShareGuard, Outcome, SourceRecord
 from stream.policy import load_policy
-from stream.runtime import DAY_S, assemble, load_engine, redis_client
+from stream.pipeline.assemble import DAY_S, assemble, load_engine, redis_client
 from stream.topics import topic_names
 
 log = get_logger("agegate.replay")

@@ -14,7 +14,7 @@ least one frame:
               "estimates": [[mean, std] | null per frame]},
    "action_changed": bool, "mean_abs_diff_years": float | null}
 
-Wiring in the pipeline (stream/pipeline.py), when `settings.shadow_model_checkpoint` is set:
+Wiring in the pipeline (stream/pipeline/pipeline.py), when `settings.shadow_model_checkpoint` is set:
   shadow = ShadowScorer.from_settings(settings, policy=policy, sink=sink)  # then shadow.start()
   - in `_score_frames`, with `resolved` the resolver's output, alongside the live scoring:
         shadow_results = await shadow.score_resolved(resolved)
@@ -37,11 +37,11 @@ from typing import Any
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
-from stream.batching import BatchPolicy, MicroBatcher
+from stream.pipeline.batching import BatchPolicy, MicroBatcher
 from stream.belief import Belief, decay_factor, event_evidence, evidence_point
 from stream.config import Settings
 from stream.log import get_logger
-from stream.pipeline import Sink, SourceRecord
+from stream.pipeline.pipeline import Sink, SourceRecord
 from stream.policy import Decision, Policy, PolicyEvent, decide
 
 log = get_logger("agegate.shadow")
@@ -123,7 +123,7 @@ class ShadowScorer:
         same frames as they arrive, in batches of the same policy, off the event loop."""
         if not settings.shadow_model_checkpoint:
             return None
-        from stream.runtime import DAY_S, load_engine
+        from stream.pipeline.assemble import DAY_S, load_engine
 
         engine = load_engine(settings, settings.shadow_model_checkpoint)
         batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(

@@ -15,15 +15,15 @@ import redis.asyncio as aioredis
 
 from model.decode import DecodeLimits
 from model.engine import EncodedFrame, FrameResult, InferenceEngine
-from stream.batching import BatchPolicy, MicroBatcher
+from stream.pipeline.batching import BatchPolicy, MicroBatcher
 from stream.belief_store import BeliefStore, RedisClient
 from stream.codec import AvroCodec
 from stream.config import Settings
-from stream.frames import FrameResolver, FrameStores
-from stream.pipeline import InvalidShareGuard, Pipeline, Sink, SourceRecord
+from stream.pipeline.frames import FrameResolver, FrameStores
+from stream.pipeline.pipeline import InvalidShareGuard, Pipeline, Sink, SourceRecord
 from stream.policy import Policy, load_policy
 from stream.registry import registry_from_url
-from stream.shadow import ShadowScorer
+from stream.pipeline.shadow import ShadowScorer
 from stream.topics import topic_names
 
 DAY_S = 86400.0

@@ -25,13 +25,13 @@ from stream.belief import YEAR_S, Belief, ClockSkewRule, Evidence, event_evidenc
 from stream.belief_store import ApplyResult, BeliefStore, SurfaceKey
 from stream.codec import AvroCodec
 from stream.errors import DecodeError, DependencyUnavailable, InvalidEvent
-from stream.frames import FRAMES_OVER_LIMIT, TRANSIENT_REASONS, FrameResolver
+from stream.pipeline.frames import FRAMES_OVER_LIMIT, TRANSIENT_REASONS, FrameResolver
 from stream.log import get_logger
 from stream.policy import Action, Decision, Policy, PolicyEvent, decide
 from stream.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD
 
 if TYPE_CHECKING:
-    from stream.shadow import ShadowScorer
+    from stream.pipeline.shadow import ShadowScorer
 
 log = get_logger("agegate.pipeline")
 

@@ -1,0 +1,1 @@
+"""What drives the pipeline: the one driver (`driver.py`), the faust worker and the replay tool."""

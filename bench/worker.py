@@ -219,8 +219,9 @@ def main() -> int:
     for num, den in (("worker", "engine"), ("worker", "worker-b1"), ("worker-noop", "engine-noop")):
         if num in rows and den in rows:
             ratios[f"{num}_over_{den}"] = rows[num]["frames_per_s"] / rows[den]["frames_per_s"]
-    result = {
-        "machine": machine(),
+    host = machine()
+    result: dict[str, Any] = {
+        "machine": host,
         "events": n,
         "threads": threads,
         "batch_max_frames": settings.batch_max_frames,
@@ -230,7 +231,7 @@ def main() -> int:
         "ratios": ratios,
         "paced_rate_events_per_s": half,
     }
-    device = "cuda" if result["machine"]["cuda"] else "cpu"
+    device = "cuda" if host["cuda"] else "cpu"
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"worker-{device}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -19,9 +19,10 @@ from stream.belief import event_evidence
 from stream.belief_store import BeliefStore
 from stream.config import Settings
 from stream.kafka_sink import KafkaSink
-from stream.pipeline.pipeline import SourceRecord
+from stream.pipeline.assemble import ensure_shadow_topic, shadow_topic
+from stream.pipeline.ports import SourceRecord
+from stream.pipeline.shadow import ShadowScorer
 from stream.policy import Action, PolicyEvent, decide, load_policy
-from stream.pipeline.shadow import ShadowScorer, ensure_shadow_topic, shadow_topic
 from tests.integration.replay_support import at, face, tiny_checkpoint
 
 pytestmark = pytest.mark.integration

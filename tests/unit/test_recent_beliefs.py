@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.pipeline.pipeline import RecentBeliefs
+from stream.pipeline.fuse import RecentBeliefs
 
 
 def test_remembers_users_and_forgets_the_least_recently_stored_first() -> None:

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from stream.pipeline.pipeline import Outcome, SourceRecord
+from stream.pipeline.ports import Outcome, SourceRecord
 from stream.runners.replay import (
     Bound,
     PartitionWindow,

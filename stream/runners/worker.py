@@ -265,16 +265,8 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         await runtime.start()
 
     @app.timer(interval=5.0)
-    async def report_lag() -> None:
-        """Consumer lag per assigned partition (high watermark - position), for dashboards and alerts."""
-        assigned = sorted(app.consumer.assignment())
-        if not assigned:
-            return
-        highwaters = await app.consumer.highwaters(*assigned)
-        for tp in assigned:
-            position = await app.consumer.position(tp)
-            if position is not None and tp in highwaters:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwaters[tp] - position))
+    async def lag() -> None:
+        await report_lag(app)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -312,6 +304,18 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         await runtime.stop()
 
     return app, runtime
+
+
+async def report_lag(app: Any) -> None:
+    """Consumer lag per assigned partition (high watermark - position), for dashboards and alerts."""
+    assigned = sorted(app.consumer.assignment())
+    if not assigned:
+        return
+    highwaters = await app.consumer.highwaters(*assigned)
+    for tp in assigned:
+        position = await app.consumer.position(tp)
+        if position is not None and tp in highwaters:
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwaters[tp] - position))
 
 
 def _credentials(settings: Settings) -> Any:

@@ -169,7 +169,8 @@ class Pipeline:
         hysteresis state is written before the next batch's belief step may start."""
         valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Prepared)]
         out: list[DecidedEvent | InvalidEvent | None] = [p if isinstance(p, InvalidEvent) else None for p in prepared]
-        decided_actions: dict[SurfaceKey, Action] = {}
+        decided_actions: dict[SurfaceKey, Action] = {}  # every action decided in this batch
+        changed: dict[SurfaceKey, Action] = {}  # those that differ from what the store holds
         for round_ in rounds_by_depth([p.request for _, p in valid]):
             fused = await self.beliefs.fuse_round(round_, decided_actions)
             for k, _ in round_:
@@ -180,8 +181,11 @@ class Pipeline:
                     continue
                 decided = out[i] = self._decide(p, result)
                 key = SurfaceKey(p.event.user_id, decided.decision.jurisdiction, p.event.surface)
-                decided_actions[key] = decided.decision.action
-        await self.beliefs.record_actions(decided_actions)
+                decided_actions[key] = action = decided.decision.action
+                # Rewriting the action the store already holds (read for this very key) changes nothing.
+                if key in changed or key != p.request.surface_key or action != result.previous:
+                    changed[key] = action
+        await self.beliefs.record_actions(changed)
         return [item for item in out if item is not None]  # every event is in exactly one round
 
     def _decide(self, prepared: Prepared, fused: Fused) -> DecidedEvent:

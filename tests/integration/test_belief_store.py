@@ -31,8 +31,8 @@ from stream.belief_store import (
 from stream.config import load_settings
 from stream.errors import DependencyUnavailable
 from stream.memory_store import JournaledBeliefStore
-from stream.policy import Action, PolicyEvent, decide, load_policy
 from stream.pipeline.assemble import redis_client
+from stream.policy import Action, PolicyEvent, decide, load_policy
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from stream.pipeline.assemble import redis_client
 
 from stream.adapters.belief_store import (
     BeliefStore,
@@ -31,6 +30,7 @@ from stream.config import load_settings
 from stream.core.belief import Belief, Evidence, fuse
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
+from stream.pipeline.assemble import redis_client
 
 pytestmark = pytest.mark.integration
 

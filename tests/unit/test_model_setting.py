@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from stream.pipeline.assemble import checkpoint_file, load_engine
 
 from model.checkpoint import save_checkpoint
 from model.models import create_model
 from stream.config import load_settings
+from stream.pipeline.assemble import checkpoint_file, load_engine
 
 
 @pytest.fixture

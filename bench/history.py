@@ -19,9 +19,9 @@ from model.checkpoint import save_checkpoint
 from model.data.synthetic import encode_jpeg, render_face, sample_attributes
 from model.models import create_model
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
 from stream.adapters.topics import topic_names
 from stream.config import Settings
+from stream.core.subjects import FEEDBACK, SIGNUP, UPLOAD
 from stream.pipeline.assemble import DAY_S
 from stream.runners.replay import PartitionWindow
 

@@ -156,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from stream.log import configure_logging, warn_unknown_environment
+    from stream.config import warn_unknown_environment
+    from stream.log import configure_logging
 
     try:
         configure_logging()

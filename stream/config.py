@@ -398,6 +398,19 @@ def _checked_value(f: dataclasses.Field[Any], raw: Any, hint: Any, source: str) 
     return value
 
 
+def warn_unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warn about each `AGEGATE_*` variable no setting or tool reads, with the nearest known name:
+    a misspelled variable otherwise passes silently and its default applies."""
+    from stream.log import get_logger
+
+    warned = []
+    for name, nearest in unknown_environment(os.environ if environ is None else environ):
+        hint = f"; did you mean {nearest}?" if nearest else ""
+        get_logger("agegate.config").warning(f"unknown environment variable {name}{hint}", variable=name)
+        warned.append(name)
+    return warned
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: str | Path | None = None, **overrides: Any
 ) -> Settings:

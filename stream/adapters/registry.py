@@ -18,12 +18,10 @@ from typing import Any, Protocol
 import fastavro
 
 from schemas import schema_root
+from stream.core.subjects import DECISION, FEEDBACK, SIGNUP, SUBJECTS, UPLOAD
 
-SIGNUP = "agegate.events.SignupEvent"
-UPLOAD = "agegate.events.UploadEvent"
-FEEDBACK = "agegate.events.AgeFeedback"
-DECISION = "agegate.decisions.PolicyDecision"
-SUBJECTS = (SIGNUP, UPLOAD, FEEDBACK, DECISION)
+__all__ = ["DECISION", "FEEDBACK", "SIGNUP", "SUBJECTS", "UPLOAD", "LocalRegistry", "RegisteredSchema",
+           "SchemaRegistry", "UnusableSchema"]
 
 
 class UnusableSchema(ValueError):

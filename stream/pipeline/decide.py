@@ -21,8 +21,8 @@ from typing import Any
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
-from stream.adapters.belief_store import SurfaceKey
 from stream.core.belief import YEAR_S, Belief, ClockSkewRule, event_evidence
+from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Decision, Policy, PolicyEvent, decide
 from stream.errors import InvalidEvent
 from stream.pipeline.decode import Event

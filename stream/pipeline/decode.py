@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
+from stream.core.subjects import FEEDBACK, SIGNUP, UPLOAD
 from stream.errors import DecodeError, InvalidEvent
 from stream.pipeline.ports import Codec, SourceRecord
 

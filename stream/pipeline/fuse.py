@@ -22,8 +22,8 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from stream import metrics
-from stream.adapters.belief_store import SurfaceKey
 from stream.core.belief import Belief, Evidence
+from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable, InvalidEvent
 from stream.log import get_logger

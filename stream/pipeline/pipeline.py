@@ -17,9 +17,9 @@ from typing import Protocol
 
 from model.engine import EncodedFrame, FrameError, FrameResult
 from stream import metrics
-from stream.adapters.belief_store import SurfaceKey
-from stream.adapters.registry import DECISION
+from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action, Policy
+from stream.core.subjects import DECISION
 from stream.errors import InvalidEvent
 from stream.log import get_logger
 from stream.pipeline.decide import DecidedEvent, Prepared, decide_event, prepare

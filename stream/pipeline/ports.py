@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from model.engine import EncodedFrame, FrameResult
 
 if TYPE_CHECKING:
-    from stream.adapters.belief_store import ApplyResult, SurfaceKey
     from stream.core.belief import Belief, ClockSkewRule, Evidence
+    from stream.core.belief_updates import ApplyResult, SurfaceKey
     from stream.core.policy import Action
 
 Clock = Callable[[], float]

@@ -684,7 +684,7 @@ def _progress(enabled: bool, state: ReplayState) -> Any:
 def _maybe_diff(cfg: ReplayConfig, state: ReplayState) -> dict[str, Any] | None:
     if not cfg.diff_against:
         return None
-    from stream.tools import diff
+    from stream.runners import diff
 
     kind, target = _out_spec(state.out)
     names = topic_names(cfg.settings)

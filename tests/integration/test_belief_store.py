@@ -19,15 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from stream.adapters.belief_store import (
-    BeliefStore,
-    RedisClient,
-    SurfaceKey,
-    user_tag,
-)
+from stream.adapters.belief_store import BeliefStore, RedisClient, user_tag
 from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.config import load_settings
 from stream.core.belief import Belief, Evidence, fuse
+from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
 from stream.pipeline.assemble import redis_client

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from redis import exceptions as redis_exc
 
-from stream.adapters.belief_store import ApplyResult, BeliefStore, BeliefStoreError, BeliefUpdateFailed, SurfaceKey
+from stream.adapters.belief_store import BeliefStore, BeliefStoreError
 from stream.core.belief import Belief, Evidence
+from stream.core.belief_updates import ApplyResult, BeliefUpdateFailed, SurfaceKey
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
 from stream.pipeline.fuse import BeliefRequest, BeliefStage, Fused, rounds_by_depth

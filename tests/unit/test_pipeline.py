@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from model.engine import EncodedFrame, FrameEstimate, FrameResult
-from stream.adapters.belief_store import ApplyResult, SurfaceKey
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import SIGNUP, UPLOAD
 from stream.core.belief import Belief, ClockSkewRule, Evidence, apply_verified, decay, fuse
+from stream.core.belief_updates import ApplyResult, SurfaceKey
 from stream.core.policy import Action, load_policy
+from stream.core.subjects import SIGNUP, UPLOAD
 from stream.pipeline.decide import DecidedEvent
 from stream.pipeline.frames import FrameResolver, FrameStores
 from stream.pipeline.pipeline import InvalidShareGuard, Pipeline

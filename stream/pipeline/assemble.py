@@ -7,21 +7,26 @@ exactly alike. `assemble` returns a complete object: callers start and stop it, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from model.decode import DecodeLimits
 from model.engine import EncodedFrame, FrameResult, InferenceEngine
+from model.errors import ModelError
 from stream.adapters.belief_store import BeliefStore, RedisClient
 from stream.adapters.codec import AvroCodec
 from stream.adapters.confluent_registry import registry_from_settings
 from stream.adapters.topics import topic_names
 from stream.config import Settings
 from stream.core.policy import Policy, load_policy
+from stream.errors import ModelUnavailable
 from stream.pipeline.batching import BatchPolicy, MicroBatcher
 from stream.pipeline.frames import FrameResolver, FrameStores
 from stream.pipeline.pipeline import InvalidShareGuard, Pipeline
@@ -52,13 +57,42 @@ def checkpoint_file(path: str) -> Path:
 
 
 def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceEngine:
+    """The inference engine for AGEGATE_MODEL (or `checkpoint`); ModelUnavailable when there is no usable one."""
     path = checkpoint or settings.model_checkpoint
     if not path:
-        raise FileNotFoundError("no model checkpoint configured: set AGEGATE_MODEL")
+        raise ModelUnavailable("no model checkpoint configured: set AGEGATE_MODEL")
     limits = DecodeLimits(max_bytes=settings.frame_max_bytes, max_pixels=settings.frame_max_pixels)
-    return InferenceEngine.from_checkpoint(
-        checkpoint_file(path), device=settings.inference_device, threads=settings.inference_threads, limits=limits
-    )
+    try:
+        return InferenceEngine.from_checkpoint(
+            checkpoint_file(path), device=settings.inference_device, threads=settings.inference_threads,
+            limits=limits,
+        )
+    except (OSError, ModelError) as exc:  # FileNotFoundError is an OSError
+        raise ModelUnavailable(str(exc)) from exc
+
+
+async def load_engine_when_ready(
+    settings: Settings,
+    checkpoint: str | None = None,
+    *,
+    wait: Any = None,
+    on_wait: Callable[[ModelUnavailable, int], None] | None = None,
+) -> InferenceEngine:
+    """`load_engine`, retried with backoff for as long as the checkpoint is missing or unusable.
+
+    A model volume can fill after the pod starts, or a copy can still be running: waiting (not ready,
+    nothing consumed) is right; crash-looping is not. `on_wait(error, attempt)` runs before each wait.
+    """
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(ModelUnavailable),
+        wait=wait or wait_exponential_jitter(multiplier=1, max=30),
+        before_sleep=lambda s: on_wait(s.outcome.exception(), s.attempt_number)  # type: ignore[arg-type,union-attr]
+        if on_wait is not None
+        else None,
+    ):
+        with attempt:
+            return await asyncio.to_thread(load_engine, settings, checkpoint)
+    raise AssertionError("unreachable: AsyncRetrying retries until load_engine returns")
 
 
 def make_store(settings: Settings, client: RedisClient, *, prefix: str | None = None) -> BeliefStore:

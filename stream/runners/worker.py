@@ -75,22 +75,21 @@ class WorkerRuntime:
 
     async def start(self) -> None:
         """Load the model (retrying while it is missing: events wait), connect Redis and Kafka."""
-        from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
-
         from stream.adapters.kafka_sink import KafkaSink
-        from stream.pipeline.assemble import assemble, ensure_shadow_topic, load_engine, make_store, redis_client
+        from stream.pipeline.assemble import (
+            assemble,
+            ensure_shadow_topic,
+            load_engine_when_ready,
+            make_store,
+            redis_client,
+        )
 
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((FileNotFoundError, OSError)),
-            wait=wait_exponential_jitter(multiplier=1, max=30),
-            before_sleep=lambda s: log.error(
-                "model not loadable; no event is processed until it is",
-                error=str(s.outcome.exception()) if s.outcome else "",
-                attempt=s.attempt_number,
+        self.engine = await load_engine_when_ready(
+            self.settings,
+            on_wait=lambda error, attempt: log.error(
+                "model not loadable; no event is processed until it is", error=str(error), attempt=attempt
             ),
-        ):
-            with attempt:
-                self.engine = await asyncio.to_thread(load_engine, self.settings)
+        )
         self.redis = redis_client(self.settings)
         self.sink = KafkaSink(self.settings)
         self.assembled = assemble(

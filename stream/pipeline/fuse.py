@@ -19,15 +19,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import wait_exponential_jitter
 
 from stream import metrics
 from stream.core.belief import Belief, Evidence
 from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action
-from stream.errors import DependencyUnavailable, InvalidEvent
+from stream.errors import InvalidEvent
 from stream.log import get_logger
 from stream.pipeline.ports import BeliefRepository, Clock
+from stream.pipeline.retry import until_available
 
 log = get_logger("agegate.pipeline")
 T = TypeVar("T")
@@ -121,26 +122,7 @@ class BeliefStage:
             await self.retrying(functools.partial(self.store.record_actions, actions))
 
     async def retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
-        attempt = 0
-        async for attempt_ctx in AsyncRetrying(
-            retry=retry_if_exception_type(DependencyUnavailable),
-            wait=self._retry_wait,
-            reraise=True,
-            before_sleep=lambda state: self._on_retry(state.attempt_number),
-        ):
-            with attempt_ctx:
-                attempt += 1
-                result = await fn()
-        if attempt > 1:
-            metrics.DEPENDENCY_DOWN.labels("redis").set(0)
-            log.info("redis reachable again; resuming", attempts=attempt)
-        return result
-
-    def _on_retry(self, attempt: int) -> None:
-        metrics.DEPENDENCY_DOWN.labels("redis").set(1)
-        metrics.RETRIES.labels("redis").inc()
-        if attempt == 1 or attempt % 10 == 0:
-            log.warning("redis unavailable; consumption pauses while retrying", attempt=attempt)
+        return await until_available(fn, dependency="redis", wait=self._retry_wait)
 
     async def _apply_round(self, round_: Sequence[tuple[int, BeliefRequest]]) -> dict[int, Fused | InvalidEvent]:
         now = self._clock()

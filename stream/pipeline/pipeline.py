@@ -28,6 +28,7 @@ from stream.pipeline.emit import Message, await_all, dead_letter
 from stream.pipeline.frames import FrameResolver
 from stream.pipeline.fuse import BeliefStage, Fused, rounds_by_depth
 from stream.pipeline.ports import BeliefRepository, Clock, Codec, Outcome, Scorer, Sink, SourceRecord
+from stream.pipeline.retry import until_available
 
 log = get_logger("agegate.pipeline")
 
@@ -129,7 +130,8 @@ class Pipeline:
         try:
             for rec in records:
                 metrics.EVENTS_CONSUMED.labels(rec.topic).inc()
-            prepared = await self._score(decode_batch(self.codec, self._expected, records))
+            decoded = await until_available(self._decode(records), dependency="schema_registry")
+            prepared = await self._score(decoded)
             if previous is not None:
                 await previous
             done = await self._fuse_and_decide(prepared)
@@ -201,13 +203,13 @@ class Pipeline:
         outcomes: list[Outcome] = []
         decided = [d for d in done if isinstance(d, DecidedEvent)]
         now = self.clock()
+        encoded = await until_available(self._encode(decided), dependency="schema_registry")
         for rec, item in zip(records, done, strict=True):
             if isinstance(item, InvalidEvent):
                 messages.append(dead_letter(self.topics["dead_letters"], rec, item, now=now))
                 outcomes.append(Outcome("dead_letter", reason=item.reason))
             else:
-                value = self.codec.encode(DECISION, item.record)
-                messages.append(Message(self.topics["decisions"], item.event.user_id.encode(), value))
+                messages.append(Message(self.topics["decisions"], item.event.user_id.encode(), encoded[id(item)]))
                 outcomes.append(Outcome("decision", action=item.decision.action.value, decision=item.record))
         pending: list[Awaitable[object]] = [self.sink.send(m.topic, m.key, m.value, m.headers) for m in messages]
         if self.observer is not None and decided:
@@ -215,6 +217,18 @@ class Pipeline:
         await await_all(pending)
         self._account(records, done)
         return outcomes
+
+    def _decode(self, records: Sequence[SourceRecord]) -> Callable[[], Awaitable[list[Event | InvalidEvent]]]:
+        async def attempt() -> list[Event | InvalidEvent]:  # a registry outage raises DependencyUnavailable
+            return decode_batch(self.codec, self._expected, records)
+
+        return attempt
+
+    def _encode(self, decided: Sequence[DecidedEvent]) -> Callable[[], Awaitable[dict[int, bytes]]]:
+        async def attempt() -> dict[int, bytes]:
+            return {id(d): self.codec.encode(DECISION, d.record) for d in decided}
+
+        return attempt
 
     def _account(self, records: Sequence[SourceRecord], done: Sequence[DecidedEvent | InvalidEvent]) -> None:
         wall = time.time()

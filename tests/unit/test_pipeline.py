@@ -1,8 +1,7 @@
 """The pipeline over batches, without services: a fake sink and scorer and an in-memory belief store.
 
-The belief store here is a minimal fake built on the belief math (stream/core/belief.py `fuse`), with the
-methods the pipeline uses (ports.BeliefRepository). When the in-memory store (InMemoryBeliefStore,
-branch wip/memstore) is merged, it can replace `MemoryBeliefs`.
+The belief store is the in-memory repository (stream/adapters/memory_beliefs.py, held to the same
+contract as Redis by tests/contract/test_belief_repository.py), counting its round trips.
 """
 
 from __future__ import annotations
@@ -14,10 +13,12 @@ from typing import Any
 
 from model.engine import EncodedFrame, FrameEstimate, FrameResult
 from stream.adapters.codec import AvroCodec
-from stream.core.belief import Belief, ClockSkewRule, Evidence, apply_verified, decay, fuse
+from stream.adapters.memory_beliefs import InMemoryBeliefStore
+from stream.core.belief import Evidence
 from stream.core.belief_updates import ApplyResult, SurfaceKey
 from stream.core.policy import Action, load_policy
 from stream.core.subjects import SIGNUP, UPLOAD
+from stream.errors import DependencyUnavailable
 from stream.pipeline.decide import DecidedEvent
 from stream.pipeline.frames import FrameResolver, FrameStores
 from stream.pipeline.pipeline import InvalidShareGuard, Pipeline
@@ -30,55 +31,27 @@ TOPICS = {"signups": "s", "uploads": "u", "feedback": "f", "decisions": "d", "de
 SUBJECT_TOPIC = {SIGNUP: "s", UPLOAD: "u"}
 
 
-class MemoryBeliefs:
-    """Beliefs and hysteresis state in dicts; counts what a Redis store would do in round trips."""
+class CountingBeliefs(InMemoryBeliefStore):
+    """The in-memory belief store, counting what a Redis store would do in round trips."""
 
     def __init__(self) -> None:
-        self.half_life_s = 365 * DAY_S
-        self.skew = ClockSkewRule(max_past_s=400 * DAY_S)
-        self.beliefs: dict[str, Belief] = {}
-        self.seen: dict[str, frozenset[str]] = {}
-        self.actions: dict[str, dict[str, Action]] = {}
+        super().__init__(half_life_s=365 * DAY_S, ttl_s=400 * DAY_S, clock=lambda: NOW)
         self.applies: list[list[str]] = []  # users per `apply` call (one Redis round trip each)
         self.action_writes: list[dict[SurfaceKey, Action]] = []
+        self.outage_calls = 0  # the next this many calls find the store unreachable
 
     async def apply(
         self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str, floor: float
     ) -> ApplyResult:
+        if self.outage_calls:
+            self.outage_calls -= 1
+            raise DependencyUnavailable("redis: connection refused")
         self.applies.append(list(updates))
-        result = ApplyResult()
-        for user, evidences in updates.items():
-            fused = fuse(self.beliefs.get(user), evidences, now=now, half_life_s=self.half_life_s,
-                         model_version=model_version, floor=floor, seen=self.seen.get(user, ()), skew=self.skew)
-            if fused.belief is not None:
-                self.beliefs[user] = result[user] = fused.belief
-            self.seen[user] = fused.seen
-            result.applied[user] = fused.applied
-            result.refused[user] = fused.refused
-            result.previous_actions[user] = dict(self.actions.get(user, {}))
-        return result
-
-    async def apply_verified(
-        self, user_id: str, *, event_id: str, verified_age: float, verified_at: float, now: float
-    ) -> Belief:
-        belief = apply_verified(self.beliefs.get(user_id), verified_age=verified_age, verified_at=verified_at, now=now)
-        self.beliefs[user_id] = belief
-        return belief
+        return await super().apply(updates, now=now, model_version=model_version, floor=floor)
 
     async def record_actions(self, actions: Mapping[SurfaceKey, Action]) -> None:
         self.action_writes.append(dict(actions))
-        for key, action in actions.items():
-            self.actions.setdefault(key.user_id, {})[key.field.removeprefix("a:")] = action
-
-    async def get_many(self, user_ids: Sequence[str], *, now: float) -> dict[str, Belief | None]:
-        out: dict[str, Belief | None] = {}
-        for u in user_ids:
-            b = self.beliefs.get(u)
-            out[u] = decay(b, now, self.half_life_s) if b is not None else None
-        return out
-
-    async def get_previous_actions(self, keys: Sequence[SurfaceKey]) -> dict[SurfaceKey, Action | None]:
-        return {k: self.actions.get(k.user_id, {}).get(k.field.removeprefix("a:")) for k in keys}
+        await super().record_actions(actions)
 
 
 class FakeScorer:
@@ -106,10 +79,10 @@ class FakeSink:
         return (0, len(self.sent))
 
 
-def make() -> tuple[Pipeline, MemoryBeliefs, FakeScorer, FakeSink]:
-    store, scorer, sink = MemoryBeliefs(), FakeScorer(), FakeSink()
+def make(codec: Any = None) -> tuple[Pipeline, CountingBeliefs, FakeScorer, FakeSink]:
+    store, scorer, sink = CountingBeliefs(), FakeScorer(), FakeSink()
     pipeline = Pipeline(
-        codec=AvroCodec(), scorer=scorer, model_version="m@1", error_floor=2.0, store=store,
+        codec=codec or AvroCodec(), scorer=scorer, model_version="m@1", error_floor=2.0, store=store,
         policy=load_policy(None), sink=sink,
         resolver=FrameResolver(FrameStores.parse("", max_bytes=1 << 20, timeout_s=1.0)),
         topics=TOPICS, guard=InvalidShareGuard(0.5, 100), clock=lambda: NOW,
@@ -173,7 +146,8 @@ async def test_a_second_event_in_the_batch_sees_the_action_decided_for_the_first
     assert first.policy_event.previous_action is None
     # Not yet written to the store when the second was decided: it came from the batch itself.
     assert second.policy_event.previous_action == first.decision.action
-    assert store.actions["a"]["US/profile_photo"] == second.decision.action  # written once, after the batch
+    key = SurfaceKey("a", "US", "profile_photo")
+    assert (await store.get_previous_actions([key]))[key] == second.decision.action  # written once, after the batch
 
 
 async def test_batches_in_flight_together_reach_the_belief_step_in_admission_order() -> None:
@@ -197,3 +171,40 @@ async def test_the_invalid_share_guard_sees_every_record_of_a_batch() -> None:
     outcomes = await pipeline.process(garbage)
     assert all(o.kind == "dead_letter" for o in outcomes)
     assert pipeline.guard.tripped is not None
+
+
+class FlakyRegistryCodec(AvroCodec):
+    """The local codec, but the schema registry is unreachable for the first `outages` calls."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__()
+        self.outages = outages
+
+    def _maybe_down(self) -> None:
+        if self.outages:
+            self.outages -= 1
+            raise DependencyUnavailable("schema registry: connection refused")
+
+    def decode(self, data: bytes | None, expected: Any = None) -> Any:
+        self._maybe_down()
+        return super().decode(data, expected)
+
+    def encode(self, subject: str, record: Mapping[str, Any]) -> bytes:
+        self._maybe_down()
+        return super().encode(subject, record)
+
+
+async def test_a_registry_outage_is_waited_out_not_dead_lettered_or_fatal() -> None:
+    """Decoding and encoding both meet the outage; the valid events are decided once it is over."""
+    pipeline, _, _, sink = make(codec=FlakyRegistryCodec(outages=2))
+    outcomes = await pipeline.process([upload("a", 35), upload("b", 40)])
+    assert [o.kind for o in outcomes] == ["decision", "decision"]
+    assert [topic for topic, *_ in sink.sent] == ["d", "d"]
+
+
+async def test_a_redis_outage_is_waited_out_and_each_event_fused_once() -> None:
+    pipeline, store, _, _ = make()
+    store.outage_calls = 2
+    outcomes = await pipeline.process([upload("a", 35), upload("a", 36)])
+    assert [o.decision["evidence"]["observations"] for o in outcomes if o.decision] == [1, 2]
+    assert store.applies == [["a"], ["a"]]  # the failed attempts applied nothing

@@ -37,7 +37,8 @@ from stream.config import Settings, load_settings
 from stream.core.lineage import REDRIVE_HEADER, Lineage, lineage_of_dead_letter, redrive_marker
 from stream.errors import AgegateError, DependencyUnavailable
 
-__all__ = ["REDRIVE_HEADER", "DeadLetter", "latest_per_event", "read_dead_letters", "redrive", "summarize"]
+__all__ = ["REDRIVE_HEADER", "DeadLetter", "all_dead_letters", "latest_per_event", "read_dead_letters", "redrive",
+           "summarize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,8 @@ def latest_per_event(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
     return list(latest.values())
 
 
-def _read_all(settings: Settings, timeout_s: float) -> Iterator[DeadLetter]:
+def all_dead_letters(settings: Settings, timeout_s: float = 30.0) -> Iterator[DeadLetter]:
+    """Every dead letter on the topic up to its end as of now, copies included (no selection)."""
     topic = topic_names(settings)["dead_letters"]
     try:
         messages = read_to_end(settings, topic, group="agegate-dead-letter-reader", timeout_s=timeout_s)
@@ -117,7 +119,7 @@ def _read_all(settings: Settings, timeout_s: float) -> Iterator[DeadLetter]:
 def read_dead_letters(settings: Settings, *, reason: str | None = None, since_ms: int = 0,
                       timeout_s: float = 30.0) -> list[DeadLetter]:
     """The latest dead letter of every event (see the module doc) that matches the filters."""
-    return [dl for dl in latest_per_event(_read_all(settings, timeout_s))
+    return [dl for dl in latest_per_event(all_dead_letters(settings, timeout_s))
             if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms]
 
 

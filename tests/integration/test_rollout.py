@@ -242,7 +242,7 @@ async def test_candidate_against_recorded_reports_input_changes_apart(env: dict[
     assert report["matrix_by_cause"]["model_or_policy"] == {"REQUIRE_VERIFICATION": {"BLOCK": 3}}
     assert report["causes"]["inputs"] >= 2
     assert report["changed"] == 3 + report["causes"]["inputs"]
-    table = Path(str(out) + ".diff.txt").read_text()
+    table = Path(str(out) + ".diff.txt").read_text()  # noqa: ASYNC240 - a small test file
     assert "3 changed by the model or policy" in table
     assert "diff the candidate against a baseline replay" in table
 

@@ -14,7 +14,7 @@ from stream.adapters.registry import LocalRegistry, RegisteredSchema
 from stream.adapters.topics import TopicAdmin, topic_names
 from stream.config import Settings
 from stream.core.policy import load_policy
-from stream.replay import PartitionWindow
+from stream.runners.replay import PartitionWindow
 from stream.tools import events
 from stream.tools.redrive import (
     REDRIVE_HEADER,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.replay import PartitionWindow
+from stream.runners.replay import PartitionWindow
 from stream.tools.diff import diff, render_table, window_filter
 
 

@@ -10,7 +10,7 @@ import torch
 from model.checkpoint import save_checkpoint
 from model.models import create_model
 from stream.config import load_settings
-from stream.runtime import checkpoint_file, load_engine
+from stream.pipeline.assemble import checkpoint_file, load_engine
 
 
 @pytest.fixture

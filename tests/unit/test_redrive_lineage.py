@@ -65,3 +65,27 @@ def test_the_latest_dead_letter_of_an_event_carries_its_current_reason() -> None
     again = DeadLetter(1, 0, 2, None, b"v", (("reason", b"b"), *dead_letter_headers(Lineage("t/0/0", 1, 1))))
     (latest,) = latest_per_event([again, first])
     assert (latest.reason, latest.copies) == ("b", 2)
+
+
+def test_the_pipelines_dead_letter_carries_a_redriven_copys_lineage() -> None:
+    """stream/pipeline/emit.py writes the lineage from the copy's marker, not the copy's own position."""
+    from stream.errors import InvalidEvent
+    from stream.pipeline.emit import dead_letter
+    from stream.pipeline.ports import SourceRecord, record_headers
+
+    marker = redrive_marker(Lineage("t/3/7", 1_000, 1), from_ref="dl/0/5", reason="corrupt", source="t/3/7", at_ms=0)
+    copy = SourceRecord("t", 9, 42, b"k", b"v", 5, record_headers([(REDRIVE_HEADER, marker.decode())]))
+    message = dead_letter("dl", copy, InvalidEvent("bad", reason="corrupt"), now=50.0)
+    headers = dict(message.headers)
+    assert (headers["origin"], headers["first_seen_ms"], headers["redrive_count"]) == (b"t/3/7", b"1000", b"2")
+    assert (headers["source_partition"], headers["source_offset"]) == (b"9", b"42"), "where this copy failed"
+    fresh = dead_letter("dl", SourceRecord("t", 1, 2, None, b"v", 5), InvalidEvent("bad", reason="corrupt"), now=50.0)
+    assert lineage_of_dead_letter(fresh.headers, 0) == Lineage("t/1/2", 50_000, 0)
+
+
+def test_record_headers_accepts_what_kafka_clients_return() -> None:
+    from stream.pipeline.ports import record_headers
+
+    assert record_headers(None) == ()
+    assert record_headers([("a", b"1"), ("b", "2"), ("c", None)]) == (("a", b"1"), ("b", b"2"), ("c", b""))
+    assert record_headers({"a": b"1"}) == (("a", b"1"),)

@@ -78,6 +78,23 @@ def bucket_size(n: int) -> int:
     return next((b for b in BATCH_BUCKETS if b >= n), n)
 
 
+def fixed_shape(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """`pixels` zero-padded to exactly `size` rows, always in channels_last memory.
+
+    For scoring that must give the same bits whatever the batch fill (replay): the CPU picks its
+    convolution kernels by shape and memory layout, and both vary otherwise. A full decoded batch is
+    a channels_last view while `torch.cat` (padding) returns plain NCHW, so a frame scored in a full
+    batch and the same frame in a padded one could take different kernels and differ in their last
+    bits. One shape and one layout for every forward pass removes both.
+    """
+    n = pixels.shape[0]
+    if n > size:
+        raise ValueError(f"{n} rows do not fit a fixed shape of {size}")
+    if n < size:
+        pixels = torch.cat([pixels, pixels.new_zeros((size - n, *pixels.shape[1:]))])
+    return pixels.contiguous(memory_format=torch.channels_last)
+
+
 class InferenceEngine:
     def __init__(
         self,

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
+from stream.core.lineage import dead_letter_headers, lineage_of_record
 from stream.errors import InvalidEvent
 from stream.pipeline.ports import SourceRecord
 
@@ -23,7 +24,10 @@ class Message:
 
 
 def dead_letter(topic: str, rec: SourceRecord, exc: InvalidEvent, *, now: float) -> Message:
-    """The original bytes, untouched, with why and where from in the headers."""
+    """The original bytes, untouched, with why and where from in the headers, and the event's lineage
+    (origin, first-seen time, redrive count: stream/core/lineage.py), carried over from a redriven
+    copy's marker so that `dead-letters redrive` can tell a re-dead-lettered copy from a new event."""
+    lineage = lineage_of_record(rec.headers, rec.topic, rec.partition, rec.offset, int(now * 1000))
     headers = [
         ("error_class", type(exc).__name__.encode()),
         ("reason", exc.reason.encode()),
@@ -31,7 +35,7 @@ def dead_letter(topic: str, rec: SourceRecord, exc: InvalidEvent, *, now: float)
         ("source_topic", rec.topic.encode()),
         ("source_partition", str(rec.partition).encode()),
         ("source_offset", str(rec.offset).encode()),
-        ("first_seen_ms", str(int(now * 1000)).encode()),
+        *dead_letter_headers(lineage),
     ]
     return Message(topic, rec.key, rec.value, headers)
 

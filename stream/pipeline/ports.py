@@ -47,10 +47,21 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    # The message's headers; read only to carry a redriven copy's lineage into its dead letter.
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def idempotency_key(self) -> str:
         return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def record_headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """Kafka clients' headers (a list of (name, value) pairs or a mapping; values bytes, str or None)
+    as `SourceRecord.headers`."""
+    if not raw:
+        return ()
+    pairs = raw.items() if isinstance(raw, Mapping) else raw
+    return tuple((str(k), v.encode() if isinstance(v, str) else (v or b"")) for k, v in pairs)
 
 
 @dataclass(frozen=True, slots=True)

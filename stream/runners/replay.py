@@ -10,10 +10,14 @@ Why it is built the way it is:
      one user's events across topics reach the pipeline in the same order every time;
   2. time: the belief clock is the window's end (`as_of`); an event counts as processed at its
      Kafka record timestamp (when the live worker saw it, to within its lag), capped at `as_of`;
-  3. arithmetic: CPU kernels give a frame slightly different results in batches of different
-     sizes, so the replay pads every forward pass to the same batch size (`FixedShapeScorer`).
-  Output lines are written in the merged order, so the same window, model and policy give a
-  byte-identical file.
+  3. arithmetic: CPU kernels pick their path by shape and memory layout, so a frame's estimate
+     could differ in its last bits with how full its micro-batch was (a full batch is a
+     channels_last view, a padded one plain NCHW). Every forward pass has one padded shape and one
+     layout (`FixedShapeScorer`, `model.engine.fixed_shape`): batch fill, checkpoint interval,
+     `--rate` and the resume point change no bit.
+  Output lines are written in the merged order, so the same window, model, policy and settings give
+  a byte-identical file. The state file pins every setting that changes output
+  (stream/runners/replay_pins.py) and a resume that differs in any is refused.
 - Isolation: beliefs live under `<redis_key_prefix>-replay-<run id>`; the sink routes decisions only
   to the replay's output, never to production topics. The namespace is dropped at the end unless
   `--keep-state`.
@@ -49,25 +53,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult, InferenceEngine
+from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult, InferenceEngine, fixed_shape
 from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.adapters.kafka_sink import KafkaSink
 from stream.adapters.topics import topic_names
 from stream.config import Settings, load_settings
-from stream.core.policy import Policy, load_policy
+from stream.core.policy import Policy, default_policy_path, load_policy
 from stream.errors import AgegateError
 from stream.log import get_logger
-from stream.pipeline.assemble import DAY_S, Assembled, assemble, load_engine, redis_client
-from stream.pipeline.ports import Outcome, SourceRecord
+from stream.pipeline.assemble import DAY_S, Assembled, assemble, checkpoint_file, load_engine, redis_client
+from stream.pipeline.ports import Outcome, SourceRecord, record_headers
 from stream.runners.driver import Done, Driver
 from stream.runners.preflight import probe_redis
+from stream.runners.replay_pins import differences, output_settings
 
 log = get_logger("agegate.replay")
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: `pinned` output settings
 SOURCE_ROLES = ("signups", "uploads", "feedback")
 
 
@@ -195,7 +199,7 @@ def message_record(m: Message) -> SourceRecord:
         raise ReplayError(f"message without a position: {m.error()}")
     key, value = m.key(), m.value()
     return SourceRecord(topic, partition, offset, key if isinstance(key, bytes) else None,
-                        value if isinstance(value, bytes) else None, m.timestamp()[1])
+                        value if isinstance(value, bytes) else None, m.timestamp()[1], record_headers(m.headers()))
 
 
 def _processed_at(rec: SourceRecord, as_of: float) -> float:
@@ -333,10 +337,7 @@ class FixedShapeScorer:
         for i, err in batch.errors.items():
             results[i] = err
         if n:
-            pixels = batch.pixels
-            if n < self.size:
-                pixels = torch.cat([pixels, pixels.new_zeros((self.size - n, *pixels.shape[1:]))])
-            pred = self.engine.infer(pixels)
+            pred = self.engine.infer(fixed_shape(batch.pixels, self.size))
             means, stds = pred.mean[:n].tolist(), pred.std[:n].tolist()
             for row, i in enumerate(batch.indices):
                 results[i] = FrameEstimate(mean=float(means[row]), std=float(stds[row]))
@@ -422,6 +423,7 @@ class ReplayState:
     events: int = 0
     decisions: int = 0
     dead_letters: int = 0
+    pinned: dict[str, Any] = field(default_factory=dict)  # stream/runners/replay_pins.py
 
     def to_json(self) -> str:
         raw = dataclasses.asdict(self)
@@ -498,10 +500,13 @@ class ReplaySummary:
     elapsed_s: float
     out: str
     diff: dict[str, Any] | None = None
+    events_this_run: int = 0  # a resumed run processed only the rest of the window
 
     @property
     def rate(self) -> float:
-        return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Events per second of this run: what it processed over its own time (not the whole window's
+        events over a resumed part's time)."""
+        return self.events_this_run / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 def _out_spec(out: str) -> tuple[str, str]:
@@ -519,15 +524,27 @@ def _consumer(settings: Settings, run_id: str) -> Consumer:
     })
 
 
+def _pins(cfg: ReplayConfig, engine: InferenceEngine, policy: Policy) -> dict[str, Any]:
+    model = cfg.model or cfg.settings.model_checkpoint
+    return output_settings(
+        cfg.settings, model_file=checkpoint_file(model) if model else None,
+        policy_file=Path(cfg.policy or cfg.settings.policy_file or default_policy_path()),
+        model_version=engine.model_version, policy_version=policy.version, device=str(engine.device.type),
+        out=cfg.out,
+    )
+
+
 def _open_state(cfg: ReplayConfig, engine: InferenceEngine, policy: Policy) -> tuple[ReplayState, bool]:
-    """The run's state: resumed from the state file (which must be for this model, policy and output),
-    or a new run whose window is resolved now and saved before anything is read."""
+    """The run's state: resumed from the state file (which must pin the same output settings), or a
+    new run whose window is resolved now and saved before anything is read."""
+    pins = _pins(cfg, engine, policy)
     if cfg.state_path.exists():
         state = ReplayState.from_json(cfg.state_path.read_text())
-        for what, have, want in (("model", state.model_version, engine.model_version),
-                                 ("policy", state.policy_version, policy.version), ("out", state.out, cfg.out)):
-            if have != want:
-                raise ReplayError(f"state file {cfg.state_path} is for {what} {have!r}, not {want!r}")
+        if diffs := differences(state.pinned, pins):
+            raise ReplayError(
+                f"state file {cfg.state_path} was written with other output-changing settings ("
+                + "; ".join(diffs) + "): resume with the original ones, or start a new replay (another --out)"
+            )
         return state, True
     names = topic_names(cfg.settings)
     sources = [(r, names.get(r, r)) for r in cfg.roles]
@@ -538,7 +555,7 @@ def _open_state(cfg: ReplayConfig, engine: InferenceEngine, policy: Policy) -> t
         as_of = window_as_of(consumer, windows)
     finally:
         consumer.close()
-    state = ReplayState(run_id, windows, as_of, engine.model_version, policy.version, cfg.out)
+    state = ReplayState(run_id, windows, as_of, engine.model_version, policy.version, cfg.out, pinned=pins)
     state.save(cfg.state_path)
     return state, False
 
@@ -657,6 +674,7 @@ async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) ->
         log.info("replay already complete", state=str(cfg.state_path))
         return ReplaySummary(state.events, state.decisions, state.dead_letters, 0.0, state.out,
                              _maybe_diff(cfg, state))
+    events_before = state.events
     run = _Run(cfg, state, engine, policy)
     if resumed:
         undone = await run.store.rollback()
@@ -669,7 +687,7 @@ async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) ->
         await run.store.drop_namespace()
     await run.redis.aclose()
     return ReplaySummary(state.events, state.decisions, state.dead_letters, time.monotonic() - started, state.out,
-                         _maybe_diff(cfg, state))
+                         _maybe_diff(cfg, state), events_this_run=state.events - events_before)
 
 
 def _progress(enabled: bool, state: ReplayState) -> Any:
@@ -688,16 +706,24 @@ def _maybe_diff(cfg: ReplayConfig, state: ReplayState) -> dict[str, Any] | None:
 
     kind, target = _out_spec(state.out)
     names = topic_names(cfg.settings)
-    recorded_topic = names.get(cfg.diff_against, cfg.diff_against)
+    # file:PATH: a baseline replay's output (the rollout comparison); otherwise recorded decisions.
+    baseline = cfg.diff_against.removeprefix("file:") if cfg.diff_against.startswith("file:") else None
     base = Path(target) if kind == "file" else cfg.state_path
-    join = diff.DecisionJoin(base.with_name(base.name + ".diff.sqlite"))
+    join = diff.DecisionJoin(base.with_name(base.name + ".diff.sqlite"),
+                             against="baseline" if baseline else "recorded")
     try:
         in_window = diff.window_filter(state.windows)
         if kind == "file":
             join.add_replayed(diff.decisions_from_jsonl(Path(target)))
         else:
             join.add_replayed(d for d in diff.read_decision_topic(cfg.settings, target) if in_window(d))
-        join.add_recorded(d for d in diff.read_decision_topic(cfg.settings, recorded_topic) if in_window(d))
+        if baseline is not None:
+            if not Path(baseline).is_file():
+                raise ReplayError(f"--diff-against {cfg.diff_against}: no such baseline file")
+            join.add_recorded(d for d in diff.decisions_from_jsonl(Path(baseline)) if in_window(d))
+        else:
+            recorded_topic = names.get(cfg.diff_against, cfg.diff_against)
+            join.add_recorded(d for d in diff.read_decision_topic(cfg.settings, recorded_topic) if in_window(d))
         report = join.report()
     finally:
         join.close()
@@ -719,7 +745,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="checkpoint (default: AGEGATE_MODEL)")
     parser.add_argument("--policy", default="", help="policy TOML (default: AGEGATE_POLICY or the packaged one)")
     parser.add_argument("--out", required=True, help="file:PATH.jsonl or topic:NAME")
-    parser.add_argument("--diff-against", default=None, help="recorded decisions: a role (decisions) or topic")
+    parser.add_argument("--diff-against", default=None,
+                        help="file:BASELINE.jsonl (a baseline replay of the same window: the rollout comparison), "
+                             "or recorded decisions: a role (decisions) or topic")
     parser.add_argument("--rate", type=float, default=0.0, help="events/s cap (0: unlimited)")
     parser.add_argument("--resume", "--state", dest="state", default=None,
                         help="state file: created on the first run, resumed from afterwards")
@@ -754,7 +782,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"replay: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"events": summary.events, "decisions": summary.decisions, "dead_letters": summary.dead_letters,
-                      "elapsed_s": round(summary.elapsed_s, 3), "events_per_s": round(summary.rate, 1),
-                      "out": summary.out}, sort_keys=True))
+                      "events_this_run": summary.events_this_run, "elapsed_s": round(summary.elapsed_s, 3),
+                      "events_per_s": round(summary.rate, 1), "out": summary.out}, sort_keys=True))
     return 0
 

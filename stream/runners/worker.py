@@ -36,7 +36,7 @@ from stream import metrics
 from stream.adapters.topics import topic_name
 from stream.config import Settings, load_settings
 from stream.log import get_logger
-from stream.pipeline.ports import SourceRecord
+from stream.pipeline.ports import SourceRecord, record_headers
 from stream.runners.driver import Done, Driver
 from stream.runners.preflight import preflight, topic_checks
 
@@ -54,6 +54,7 @@ def source_record(message: Any) -> SourceRecord:
         message.key,
         message.value,
         int(message.timestamp * 1000) if message.timestamp else 0,
+        record_headers(getattr(message, "headers", None)),
     )
 
 

@@ -3,7 +3,12 @@
 Run before a deploy (or in a policy repository's CI): the worker refuses a bad policy at start
 (stream/runners/preflight.py), and this shows the same problems without Kafka, Redis or a model,
 plus the table a reviewer checks - per jurisdiction and surface, the minimum age, the buffer, the
-confidence needed and the action taken on a user below the minimum.
+confidence needed and the action taken on a user below the minimum - and, per surface, what
+`required_confidence` governs. It is one number for both sides of the rule (ALLOW needs
+P(age >= min_age + buffer) >= c, the under-age action needs P(age < min_age) >= c), so raising it
+to allow fewer users also blocks fewer: users whose P(age < min_age) lies between the old and new
+value move from BLOCK (or RESTRICT) to REQUIRE_VERIFICATION. Authors tightening a policy usually
+expect the opposite, hence a line per surface rather than a sentence in a manual.
 """
 
 from __future__ import annotations
@@ -44,6 +49,25 @@ def policy_table(policy: object) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
 
 
+def confidence_notes(policy: object) -> list[str]:
+    """One line per jurisdiction and surface: the two bars `required_confidence` sets (see the module doc)."""
+    from stream.core.policy import Policy
+
+    assert isinstance(policy, Policy)
+    notes = []
+    for jname in sorted(policy.jurisdictions, key=lambda j: (j != policy.default_jurisdiction, j)):
+        for surface, rule in sorted(policy.jurisdictions[jname].surfaces.items()):
+            c, keep = rule.required_confidence, rule.required_confidence - policy.hysteresis_margin
+            action = str(rule.under_age_action)
+            notes.append(
+                f"{jname}/{surface}: required_confidence {c:g} is the bar for ALLOW "
+                f"(P(age >= {rule.min_age + rule.buffer_years:g}) >= {c:g}) AND for {action} "
+                f"(P(age < {rule.min_age:g}) >= {c:g}; {keep:g} to keep it): raising it moves users from "
+                f"{action} to REQUIRE_VERIFICATION too"
+            )
+    return notes
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -57,4 +81,8 @@ def run(args: argparse.Namespace) -> int:
           f"half_life_days {policy.half_life_s / 86400:g}")
     print()
     print(policy_table(policy), end="")
+    print()
+    print("required_confidence governs both actions of a surface:")
+    for note in confidence_notes(policy):
+        print(f"  {note}")
     return EXIT_OK

@@ -9,16 +9,24 @@ so a copy redriven twice only yields a second decision with the same evidence.
 
 Dead letters are read by assignment (no consumer group, nothing committed) up to the topic's end
 as of the start, so `list` and `redrive` see the same set for the same filters.
+
+Repeatable (stream/core/lineage.py): a copy that fails again is dead-lettered with its event's
+origin, original first-seen time and redrive count, so the dead letters of one event are grouped by
+origin and only the latest is selected: each event is redriven once per run, however often it
+failed, and the copies a run produces (appended after the end it reads to) are never selected by
+that run. Filters (--reason, --since) apply to that latest dead letter and the event's first-seen
+time. Grouping holds one dead letter per event in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -26,9 +34,11 @@ from confluent_kafka import KafkaError, Message, Producer
 from stream.adapters.topic_reader import UnknownTopic, read_to_end
 from stream.adapters.topics import topic_names
 from stream.config import Settings, load_settings
+from stream.core.lineage import REDRIVE_HEADER, Lineage, lineage_of_dead_letter, redrive_marker
 from stream.errors import AgegateError, DependencyUnavailable
 
-REDRIVE_HEADER = "agegate-redrive"
+__all__ = ["REDRIVE_HEADER", "DeadLetter", "all_dead_letters", "latest_per_event", "read_dead_letters", "redrive",
+           "summarize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+    copies: int = 1  # dead letters of the same event read in this run (set by `latest_per_event`)
 
     def header(self, name: str) -> str:
         for k, v in self.headers:
@@ -55,9 +66,12 @@ class DeadLetter:
         return self.header("source_topic")
 
     @property
+    def lineage(self) -> Lineage:
+        return lineage_of_dead_letter(self.headers, self.timestamp_ms)
+
+    @property
     def first_seen_ms(self) -> int:
-        raw = self.header("first_seen_ms")
-        return int(raw) if raw.isdigit() else self.timestamp_ms
+        return self.lineage.first_seen_ms
 
 
 def parse_since(text: str | None) -> int:
@@ -72,8 +86,23 @@ def parse_since(text: str | None) -> int:
     return int(when.timestamp() * 1000)
 
 
-def read_dead_letters(settings: Settings, *, reason: str | None = None, since_ms: int = 0,
-                      timeout_s: float = 30.0) -> Iterator[DeadLetter]:
+def latest_per_event(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """One dead letter per event (origin): the one with the most redrives, then the latest written,
+    with `copies` counting them all; in the order each event was first read."""
+    latest: dict[str, DeadLetter] = {}
+    for dl in letters:
+        origin = dl.lineage.origin
+        have = latest.get(origin)
+        if have is None:
+            latest[origin] = dl
+            continue
+        newer = (dl.lineage.redrives, dl.timestamp_ms) >= (have.lineage.redrives, have.timestamp_ms)
+        latest[origin] = dataclasses.replace(dl if newer else have, copies=have.copies + 1)
+    return list(latest.values())
+
+
+def all_dead_letters(settings: Settings, timeout_s: float = 30.0) -> Iterator[DeadLetter]:
+    """Every dead letter on the topic up to its end as of now, copies included (no selection)."""
     topic = topic_names(settings)["dead_letters"]
     try:
         messages = read_to_end(settings, topic, group="agegate-dead-letter-reader", timeout_s=timeout_s)
@@ -81,12 +110,17 @@ def read_dead_letters(settings: Settings, *, reason: str | None = None, since_ms
             part, offset, key, value = m.partition(), m.offset(), m.key(), m.value()
             raw_headers: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
             headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in raw_headers)
-            dl = DeadLetter(part or 0, offset or 0, m.timestamp()[1], key if isinstance(key, bytes) else None,
-                            value if isinstance(value, bytes) else None, headers)
-            if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms:
-                yield dl
+            yield DeadLetter(part or 0, offset or 0, m.timestamp()[1], key if isinstance(key, bytes) else None,
+                             value if isinstance(value, bytes) else None, headers)
     except UnknownTopic:
         raise AgegateError(f"dead-letter topic {topic} does not exist") from None
+
+
+def read_dead_letters(settings: Settings, *, reason: str | None = None, since_ms: int = 0,
+                      timeout_s: float = 30.0) -> list[DeadLetter]:
+    """The latest dead letter of every event (see the module doc) that matches the filters."""
+    return [dl for dl in latest_per_event(all_dead_letters(settings, timeout_s))
+            if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms]
 
 
 @dataclass(frozen=True)
@@ -126,9 +160,9 @@ def redrive(settings: Settings, letters: Sequence[DeadLetter] | Iterator[DeadLet
         if dl.source_topic not in sources:  # never re-inject into a topic the worker does not consume
             skipped.append(f"{dl.partition}/{dl.offset}: source topic {dl.source_topic!r} is not a source topic")
             continue
-        marker = json.dumps({"from": ref, "reason": dl.reason, "at_ms": at_ms,
-                             "source": f"{dl.source_topic}/{dl.header('source_partition')}/"
-                                       f"{dl.header('source_offset')}"}, sort_keys=True).encode()
+        marker = redrive_marker(dl.lineage, from_ref=ref, reason=dl.reason, at_ms=at_ms,
+                                source=f"{dl.source_topic}/{dl.header('source_partition')}/"
+                                       f"{dl.header('source_offset')}")
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in dl.headers if k != REDRIVE_HEADER]
         headers.append((REDRIVE_HEADER, marker))
         while True:
@@ -145,12 +179,16 @@ def redrive(settings: Settings, letters: Sequence[DeadLetter] | Iterator[DeadLet
     return RedriveResult(selected, acked, tuple(failed), tuple(skipped))
 
 
-def summarize(letters: Iterator[DeadLetter]) -> dict[str, dict[str, object]]:
+def summarize(letters: Iterable[DeadLetter]) -> dict[str, dict[str, object]]:
+    """Per reason: events (`count`), their dead letters (`copies`), the most redrives of one event."""
     out: dict[str, dict[str, object]] = {}
     for dl in letters:
-        row = out.setdefault(dl.reason, {"count": 0, "first_ms": dl.first_seen_ms, "last_ms": dl.first_seen_ms,
-                                         "sources": set(), "example": f"{dl.partition}/{dl.offset}"})
+        row = out.setdefault(dl.reason, {"count": 0, "copies": 0, "max_redrives": 0, "first_ms": dl.first_seen_ms,
+                                         "last_ms": dl.first_seen_ms, "sources": set(),
+                                         "example": f"{dl.partition}/{dl.offset}"})
         row["count"] = int(str(row["count"])) + 1
+        row["copies"] = int(str(row["copies"])) + dl.copies
+        row["max_redrives"] = max(int(str(row["max_redrives"])), dl.lineage.redrives)
         row["first_ms"] = min(int(str(row["first_ms"])), dl.first_seen_ms)
         row["last_ms"] = max(int(str(row["last_ms"])), dl.first_seen_ms)
         sources = row["sources"]
@@ -187,14 +225,15 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(summary, indent=1, sort_keys=True))
                 return 0
-            print(f"{'reason':28} {'count':>7}  {'first seen':25} {'last seen':25} sources (example)")
+            print(f"{'reason':28} {'events':>7} {'copies':>7} {'redrives':>8}  {'first seen':25} {'last seen':25} "
+                  "sources (example)")
             for reason, row in sorted(summary.items()):
-                print(f"{reason:28} {row['count']:>7}  {_iso(row['first_ms']):25} {_iso(row['last_ms']):25} "
+                print(f"{reason:28} {row['count']:>7} {row['copies']:>7} {row['max_redrives']:>8}  "
+                      f"{_iso(row['first_ms']):25} {_iso(row['last_ms']):25} "
                       f"{','.join(row['sources'])} ({row['example']})")  # type: ignore[arg-type]
             return 0
         if args.dry_run:
-            n = sum(1 for _ in letters)
-            print(f"would redrive {n} dead letters")
+            print(f"would redrive {len(letters)} events ({sum(dl.copies for dl in letters)} dead letters)")
             return 0
         result = redrive(settings, letters)
     except DependencyUnavailable:

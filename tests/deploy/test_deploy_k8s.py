@@ -10,7 +10,9 @@ runs first; without it these tests skip when run by hand and fail in CI.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ WORKER_TARGETS = ("overlays/cpu", "overlays/gpu")
 ALL_TARGETS = (*WORKER_TARGETS, "replay")
 KUBERNETES_VERSION = "1.30.0"  # oldest release the manifests support
 PARTITIONS = 12  # of agegate.signups and agegate.uploads
+REPLAY_SOURCE_PARTITIONS = (12, 12, 6)  # signups, uploads, age-feedback: a shard count must divide each
 CRD_GROUPS = {"keda.sh", "monitoring.coreos.com"}
 SETTING_ENV = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
 
@@ -448,6 +451,62 @@ def test_replay_job_arguments_parse(rendered: dict[str, list[Manifest]]) -> None
     parser = cli.build_parser(only="replay")
     args = parser.parse_args(["replay", *c["args"]])
     assert args.command == "replay"
+
+
+def expand_args(c: Manifest, env: dict[str, str]) -> list[str]:
+    """The container's args as Kubernetes expands them: $(NAME) only for a NAME declared in env."""
+    declared = {v["name"] for v in c.get("env", [])}
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        assert name in declared, f"$({name}) in args is not declared in the container's env: left unexpanded"
+        return env[name]
+
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, a) for a in c["args"]]
+
+
+def test_replay_job_is_indexed_one_pod_per_shard(rendered: dict[str, list[Manifest]]) -> None:
+    """Pod i of an Indexed Job replays shard i/N; every shard keeps its own output and state on a volume
+    that outlives the pod, so a retried pod resumes its shard instead of starting over."""
+    docs = rendered["replay"]
+    job = one(docs, "Job")
+    spec, c = job["spec"], container(job)
+    assert spec["completionMode"] == "Indexed"
+    shards = spec["completions"]
+    assert spec["parallelism"] == shards, "one pod per shard, all at once"
+    assert shards > 1
+    assert all(n % shards == 0 for n in REPLAY_SOURCE_PARTITIONS), "a user's events must land in one shard"
+    assert spec["backoffLimitPerIndex"] >= 1, "each shard retries on its own"
+    assert "backoffLimit" not in spec, "a Job-wide limit would stop every shard when one fails"
+    index_env = next(v for v in c["env"] if v["name"] == "JOB_COMPLETION_INDEX")
+    assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+
+    # The data volume is a claim rendered with the Job, writable by pods on any node.
+    data_mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/agegate")
+    volume = next(v for v in pod_spec(job)["volumes"] if v["name"] == data_mount["name"])
+    claim = one(docs, "PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    cli = pytest.importorskip("stream.cli")
+    replay = importlib.import_module(cli.COMMANDS["replay"][0])
+    parser = cli.build_parser(only="replay")
+    env = resolved_env(docs, job)
+    settings = load_settings(environ=env)
+    outs, states = set(), set()
+    for index in range(shards):
+        args = parser.parse_args(["replay", *expand_args(c, env | {"JOB_COMPLETION_INDEX": str(index)})])
+        cfg = replay.config_from_args(args, settings)
+        assert cfg.shard == (index, shards)
+        out_kind, out_path = cfg.out.split(":", 1)
+        assert out_kind == "file"
+        for path in (Path(out_path), cfg.state_path):
+            assert path.is_relative_to(data_mount["mountPath"]), f"{path} is not on the data volume"
+        outs.add(out_path)
+        states.add(cfg.state_path)
+    assert len(outs) == len(states) == shards, "every shard needs its own output and state file"
 
 
 @pytest.mark.parametrize("target", WORKER_TARGETS)

@@ -16,7 +16,14 @@ from stream.config import Settings
 from stream.core.policy import load_policy
 from stream.runners.replay import PartitionWindow
 from stream.tools import events
-from stream.tools.redrive import REDRIVE_HEADER, read_dead_letters, redrive, summarize
+from stream.tools.redrive import (
+    REDRIVE_HEADER,
+    all_dead_letters,
+    latest_per_event,
+    read_dead_letters,
+    redrive,
+    summarize,
+)
 from tests.integration.replay_support import at, produce, run_live, source_windows, tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -76,3 +83,55 @@ async def test_broken_schema_dead_letters_are_redriven_and_decided(
         got += [m for m in c.consume(5, 5.0) if m.error() is None]
     c.close()
     assert all(dict(m.headers() or []).get(REDRIVE_HEADER) for m in got)
+
+
+def _appended(settings: Settings, before: list[PartitionWindow]) -> list[PartitionWindow]:
+    ends = {(w.topic, w.partition): w.end for w in before}
+    return [PartitionWindow(w.topic, w.partition, ends[(w.topic, w.partition)], w.end)
+            for w in source_windows(settings)]
+
+
+async def test_redrive_repeated_over_an_unfixed_cause_selects_each_event_once(
+    kafka_settings: Settings, redis_url: str, tmp_path: object
+) -> None:
+    """Three redrives while the registry is still broken: every run selects the 4 events once (not
+    4 -> 8 -> 16), each new dead letter keeps the event's origin and first-seen time and counts its redrives."""
+    import dataclasses
+    from pathlib import Path
+
+    settings = dataclasses.replace(kafka_settings, redis_url=redis_url, inference_device="cpu", inference_threads=1,
+                                   redis_key_prefix=f"rr{uuid.uuid4().hex[:8]}")
+    TopicAdmin(settings).create()
+    engine = InferenceEngine.from_checkpoint(tiny_checkpoint(Path(str(tmp_path))), device="cpu", threads=1)
+    broken = AvroCodec(StaleRegistry())
+    users = [f"u{i}" for i in range(4)]
+    produce(settings, [("signups", events.signup(u, at=at(i), declared_age=30, event_id=str(uuid.uuid4())))
+                       for i, u in enumerate(users)])
+    before = source_windows(settings)
+    first = await run_live(settings, engine, load_policy(None), codec=broken)
+    assert [o.kind for o in first] == ["dead_letter"] * 4
+    original = {dl.lineage.origin: dl.lineage for dl in all_dead_letters(settings)}
+    assert len(original) == 4
+    assert all(lin.redrives == 0 for lin in original.values())
+
+    for run in (1, 2, 3):
+        selected = read_dead_letters(settings, reason="unknown_schema_id")
+        assert len(selected) == 4, f"run {run}: each event once"
+        assert {dl.copies for dl in selected} == {run}
+        result = redrive(settings, selected)
+        assert (result.selected, result.redriven, result.failed, result.skipped) == (4, 4, (), ())
+        # The cause is not fixed: the copies fail again.
+        windows = _appended(settings, before)
+        before = source_windows(settings)
+        assert sum(w.end - w.start for w in windows) == 4, "one copy per event, not one per dead letter"
+        again = await run_live(settings, engine, load_policy(None), codec=broken, windows=windows)
+        assert [o.kind for o in again] == ["dead_letter"] * 4
+
+    everything = list(all_dead_letters(settings))
+    assert len(everything) == 4 * 4, "dead letters grow by one per event per run: 4, 8, 12, 16"
+    latest = latest_per_event(everything)
+    assert {dl.lineage.origin: dl.lineage for dl in latest} == {
+        origin: dataclasses.replace(lin, redrives=3) for origin, lin in original.items()
+    }, "origin and first-seen time kept; three redrives counted"
+    row = summarize(latest)["unknown_schema_id"]
+    assert (row["count"], row["copies"], row["max_redrives"]) == (4, 16, 3)

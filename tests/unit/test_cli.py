@@ -142,6 +142,9 @@ def test_policy_check_prints_the_threshold_table() -> None:
     rows = [line.split() for line in result.stdout.splitlines()]
     assert ["jurisdiction", "surface", "min_age", "buffer", "allow_at", "confidence", "under_age_action"] in rows
     assert ["DEFAULT", "adult_content", "18", "2", "20", "0.95", "BLOCK"] in rows
+    # The footgun is spelled out per surface: one confidence for both ALLOW and the under-age action.
+    assert any(line.strip().startswith("DEFAULT/adult_content: required_confidence 0.95 is the bar for ALLOW")
+               and "BLOCK (P(age < 18) >= 0.95" in line for line in result.stdout.splitlines())
 
 
 def test_missing_file_is_one_line_with_exit_code_2(tmp_path: Path) -> None:

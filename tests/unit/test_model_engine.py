@@ -14,7 +14,7 @@ from PIL import Image
 
 from model.checkpoint import save_checkpoint
 from model.decode import DecodeLimits, decode_rgb
-from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine, bucket_size
+from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine, bucket_size, fixed_shape
 from model.errors import ImageDecodeError
 from model.models import create_model
 from model.testing import synthetic_face_jpeg, train_tiny_checkpoint
@@ -149,6 +149,19 @@ def test_bucket_model_reports_probabilities(tmp_path: Path) -> None:
     assert result.bucket_probs is not None
     assert len(result.bucket_probs) == 5
     assert sum(result.bucket_probs) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fixed_shape_is_one_shape_and_one_layout_whatever_the_fill() -> None:
+    """A full decoded batch (an NHWC view) and a padded one (torch.cat: NCHW) reach the model alike."""
+    nhwc = torch.arange(4 * 5 * 5 * 3, dtype=torch.int64).to(torch.uint8).reshape(4, 5, 5, 3)
+    view = nhwc.permute(0, 3, 1, 2)  # what InferenceEngine.decode returns
+    full, padded, one = fixed_shape(view, 4), fixed_shape(view[:3], 4), fixed_shape(view[:1].contiguous(), 4)
+    assert full.shape == padded.shape == one.shape == (4, 3, 5, 5)
+    assert full.stride() == padded.stride() == one.stride() == (75, 1, 15, 3)
+    assert torch.equal(padded[:3], view[:3])
+    assert int(padded[3].abs().sum()) == 0
+    with pytest.raises(ValueError, match="do not fit"):
+        fixed_shape(view, 3)
 
 
 def test_batch_buckets_round_up() -> None:

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model.data.synthetic", "generate a synthetic face dataset with a manifest"),
     "datasets": ("model.evaluation.datasets", "build the standardized evaluation dataset"),
     "eval": ("stream.tools.evaluate", "evaluate models side by side; optional release gate"),
+    "model": ("stream.tools.model_registry", "promote a model through the gate and shadow, roll back, or show status"),
     "worker": ("stream.worker", "run the enforcement worker (faust)"),
     "produce": ("stream.tools.produce", "produce a synthetic event stream (load generator)"),
     "replay": ("stream.replay", "replay a historical window through the pipeline"),

@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("model.train", "train an age model on a dataset manifest"),
     "synth": ("model.data.synthetic", "generate a synthetic face dataset with a manifest"),
-    "datasets": ("model.evaluation.datasets", "build the standardized evaluation dataset"),
+    "datasets": ("stream.tools.datasets_cmd", "build the evaluation benchmark, or a training set from feedback"),
     "eval": ("stream.tools.evaluate", "evaluate models side by side; optional release gate"),
     "model": ("stream.tools.model_registry", "promote a model through the gate and shadow, roll back, or show status"),
     "worker": ("stream.worker", "run the enforcement worker (faust)"),

@@ -157,6 +157,11 @@ class Settings:
     invalid_share_window: int = setting(
         200, "AGEGATE_INVALID_SHARE_WINDOW", "How many recent events the invalid share is computed over."
     )
+    # --- Model improvement: consented retention and erasure -------------------------------------
+    retained_frames_retention_days: float = setting(
+        90.0, "AGEGATE_RETAINED_FRAMES_RETENTION_DAYS",
+        "How long frames of consenting users stay on the retained-frames topic (its retention.ms; compact+delete).",
+    )
     # --- Model promotion (agegate model promote) --------------------------------------------------
     promote_shadow_window_hours: float = setting(
         24.0, "AGEGATE_PROMOTE_SHADOW_WINDOW_HOURS",
@@ -303,6 +308,8 @@ def _validate(s: Settings) -> list[str]:
             problems.append(f"{name}: must be > 0, got {getattr(s, name)}")
     if not 1 <= s.web_port <= 65535:
         problems.append(f"web_port: must be a TCP port (1..65535), got {s.web_port}")
+    if s.retained_frames_retention_days <= 0:
+        problems.append(f"retained_frames_retention_days: must be > 0, got {s.retained_frames_retention_days}")
     if s.promote_shadow_window_hours <= 0:
         problems.append(f"promote_shadow_window_hours: must be > 0, got {s.promote_shadow_window_hours}")
     if s.promote_shadow_min_events < 0:

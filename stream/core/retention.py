@@ -1,0 +1,35 @@
+"""Consented retention: which frames may be kept, and how a retained frame is keyed (pure logic).
+
+A frame is kept only when its event says the user consented to model improvement. Each retained
+frame is its own record keyed by the JSON array [user_id, event_id, frame_id]: compaction then
+keeps every frame (one key each), a redelivered event overwrites its own frames instead of adding
+copies, and erasure writes one tombstone (null value) per key of the user.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+def frame_key(user_id: str, event_id: str, frame_id: str) -> bytes:
+    return json.dumps([user_id, event_id, frame_id], separators=(",", ":")).encode()
+
+
+def key_user(key: bytes | None) -> str | None:
+    """The user of a retained-frame key; None for a key that is not one (never raises)."""
+    if not key:
+        return None
+    try:
+        parts = json.loads(key)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(parts, list) and len(parts) == 3 and all(isinstance(p, str) for p in parts):
+        return parts[0]
+    return None
+
+
+def consented(record: Mapping[str, Any]) -> bool:
+    """True only for an explicit consent flag: absent (older producers) or null means no consent."""
+    return record.get("consent_model_improvement") is True

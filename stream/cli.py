@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model.data.synthetic", "generate a synthetic face dataset with a manifest"),
     "datasets": ("stream.tools.datasets_cmd", "build the evaluation benchmark, or a training set from feedback"),
     "eval": ("stream.tools.evaluate", "evaluate models side by side; optional release gate"),
+    "erase": ("stream.tools.erasure", "erase users: delete their beliefs and tombstone their retained frames"),
     "model": ("stream.tools.model_registry", "promote a model through the gate and shadow, roll back, or show status"),
     "worker": ("stream.worker", "run the enforcement worker (faust)"),
     "produce": ("stream.tools.produce", "produce a synthetic event stream (load generator)"),

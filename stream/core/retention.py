@@ -9,7 +9,7 @@ copies, and erasure writes one tombstone (null value) per key of the user.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -33,3 +33,28 @@ def key_user(key: bytes | None) -> str | None:
 def consented(record: Mapping[str, Any]) -> bool:
     """True only for an explicit consent flag: absent (older producers) or null means no consent."""
     return record.get("consent_model_improvement") is True
+
+
+def retained_records(
+    record: Mapping[str, Any], frames: Sequence[tuple[bytes, str] | None]
+) -> list[tuple[bytes, dict[str, Any]]]:
+    """(key, RetainedFrame record) for each scored frame of a consenting user's event.
+
+    `frames` is aligned with the event's `frames` array: (bytes, content type) for a frame the model
+    scored, None for one it did not (undecodable, over the limit, not fetched): only what the model
+    could use is worth keeping. Without consent: nothing.
+    """
+    if not consented(record):
+        return []
+    user_id, event_id = str(record["user_id"]), str(record["event_id"])
+    out = []
+    for declared, got in zip(record.get("frames") or [], frames, strict=False):
+        if got is None:
+            continue
+        frame_id = str(declared.get("frame_id", ""))
+        data, content_type = got
+        out.append((frame_key(user_id, event_id, frame_id), {
+            "user_id": user_id, "event_id": event_id, "frame_id": frame_id,
+            "occurred_at": record["occurred_at"], "content_type": content_type, "data": data,
+        }))
+    return out

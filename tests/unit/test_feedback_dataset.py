@@ -22,7 +22,7 @@ from model.data.feedback import (
     write_dataset,
 )
 from model.data.manifest import load_manifest
-from stream.core.retention import consented, frame_key, key_user
+from stream.core.retention import consented, frame_key, key_user, retained_records
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -107,3 +107,18 @@ def test_retained_frame_keys_and_consent() -> None:
     assert consented({"consent_model_improvement": True})
     assert not consented({"consent_model_improvement": None})
     assert not consented({})
+
+
+def test_only_scored_frames_of_consenting_users_are_retained() -> None:
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(NOW, dt.UTC)
+    record = {"user_id": "u1", "event_id": "e1", "occurred_at": when, "consent_model_improvement": True,
+              "frames": [{"frame_id": "a"}, {"frame_id": "b"}, {"frame_id": "c"}]}
+    got = retained_records(record, [(b"A", "image/jpeg"), None, (b"C", "image/png")])
+    assert [k for k, _ in got] == [frame_key("u1", "e1", "a"), frame_key("u1", "e1", "c")]
+    assert got[1][1] == {"user_id": "u1", "event_id": "e1", "frame_id": "c", "occurred_at": when,
+                         "content_type": "image/png", "data": b"C"}
+    assert retained_records({**record, "consent_model_improvement": False}, [(b"A", "image/jpeg")] * 3) == []
+    assert retained_records({k: v for k, v in record.items() if k != "consent_model_improvement"},
+                            [(b"A", "image/jpeg")] * 3) == []

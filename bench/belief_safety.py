@@ -13,7 +13,10 @@ Variants, side by side on the same frames:
   std, no floor);
 - `independent-calibrated`: calibrated std, but frames still independent and no floor;
 - `floor` (what the worker does): calibrated std, an event's frames as one observation, and the
-  model's error floor: std = sqrt(1/P + floor^2).
+  model's error floor: std = sqrt(1/P + floor^2), Gaussian;
+- `floor+mixture`: the same belief, judged with the model's floor shape (a two-component scale
+  mixture for the person-level error, stream/core/belief.py FloorShape): P(age >= T) and the
+  intervals are the mixture's. Identical to `floor` for a model whose shape is Gaussian.
 
 Reports at 1, 2, 5, 10, 20 and 40 uploads: minors (< 18) ALLOWed, adults 18-24 and 25+ ALLOWed, and
 the share of users whose true age lies inside the belief's 50/80/90/95% intervals. Writes
@@ -48,8 +51,16 @@ from model.data.synthetic import (  # noqa: E402
     sample_attributes,
 )
 from model.engine import EncodedFrame, FrameEstimate, InferenceEngine  # noqa: E402
-from stream.core.belief import YEAR_S, Belief, Evidence, event_evidence, fuse  # noqa: E402
-from stream.core.belief_coverage import interval_shares  # noqa: E402
+from stream.core.belief import (  # noqa: E402
+    GAUSSIAN_FLOOR,
+    YEAR_S,
+    Belief,
+    Evidence,
+    FloorShape,
+    event_evidence,
+    fuse,
+)
+from stream.core.belief_coverage import belief_cdf_at, cdf_shares  # noqa: E402
 from stream.core.policy import Action, PolicyEvent, decide, load_policy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "belief_safety.json"
@@ -58,7 +69,7 @@ START = 1.79e9
 REPORT_AT = (1, 2, 5, 10, 20, 40)
 FRAMES_PER_UPLOAD = 2
 SURFACE = "adult_content"
-VARIANTS = ("independent-raw", "independent-calibrated", "floor")
+VARIANTS = ("independent-raw", "independent-calibrated", "floor", "floor+mixture")
 
 
 @dataclass
@@ -90,7 +101,7 @@ def render_uploads(users: list[User], uploads: int, seed: int) -> list[list[Enco
 
 def evidence_for(variant: str, event_id: str, t: float, ests: list[FrameEstimate], scale: float,
                  floor: float) -> tuple[list[Evidence], float]:
-    if variant == "floor":
+    if variant.startswith("floor"):
         ev = event_evidence(event_id, t, [(e.mean, e.std) for e in ests], floor)
         return ([ev] if ev is not None else []), floor
     raw = variant == "independent-raw"
@@ -98,12 +109,13 @@ def evidence_for(variant: str, event_id: str, t: float, ests: list[FrameEstimate
 
 
 def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: int, scale: float, floor: float,
-             variant: str) -> dict[str, Any]:
+             variant: str, model_shape: FloorShape = GAUSSIAN_FLOOR) -> dict[str, Any]:
     policy = load_policy(None)
+    shape = model_shape if variant == "floor+mixture" else GAUSSIAN_FLOOR
     rows: dict[int, dict[str, Any]] = {}
     allowed = {n: {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0} for n in REPORT_AT if n <= uploads}
     counts = {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0}
-    z: dict[int, list[float]] = {n: [] for n in allowed}
+    cdf: dict[int, list[float]] = {n: [] for n in allowed}  # belief CDF at the true age
     examples: list[dict[str, Any]] = []
     for u, ests in zip(users, estimates, strict=True):
         group = "minor" if u.age < 18 else ("adult_18_24" if u.age < 25 else "adult_25_plus")
@@ -115,7 +127,8 @@ def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: i
             frames = ests[k * FRAMES_PER_UPLOAD:(k + 1) * FRAMES_PER_UPLOAD]
             evs, fl = evidence_for(variant, f"e{k}", t, frames, scale, floor)
             belief = fuse(belief, evs, now=t, half_life_s=policy.half_life_s, model_version="m", floor=fl).belief
-            d = decide(belief, PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev), policy, now=t)
+            d = decide(belief, PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev), policy, now=t,
+                       floor_shape=shape)
             prev = d.action
             n = k + 1
             if n in allowed:
@@ -129,12 +142,12 @@ def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: i
                 elif d.action is Action.ALLOW and group != "minor":  # (a minor who turned 18 counts nowhere)
                     allowed[n][group] += 1
                 if belief is not None:
-                    z[n].append((belief.age_at(t) - true_now) / belief.std_at(t, policy.half_life_s))
+                    cdf[n].append(belief_cdf_at(belief, true_now, t, policy.half_life_s, shape))
     for n in allowed:
         rows[n] = {
             **{f"{g}_allowed": allowed[n][g] / counts[g] if counts[g] else None for g in counts},
             "minors_allowed_count": allowed[n]["minor"],
-            "coverage": interval_shares(z[n]),
+            "coverage": cdf_shares(cdf[n]),
         }
     return {"users": counts, "by_uploads": rows, "minor_allowed_examples": examples}
 
@@ -183,20 +196,28 @@ def main(argv: list[str] | None = None) -> int:
         if not all(isinstance(r, FrameEstimate) for r in scored):
             raise SystemExit("a rendered frame failed to decode")
         estimates.append([r for r in scored if isinstance(r, FrameEstimate)])
-    results = {v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v) for v in VARIANTS}
+    shape = FloorShape.mixture(cal.floor_shape_weight, cal.floor_shape_narrow)
+    results = {v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v, shape)
+               for v in VARIANTS}
     print(f"model {ckpt} (version {engine.model_version}): std_scale {cal.std_scale:.3f}, "
-          f"floor {cal.floor_years:.2f} y ({cal.floor_source})")
+          f"floor {cal.floor_years:.2f} y ({cal.floor_source}), floor shape {shape.weight:.2f} x {shape.narrow:.2f} "
+          f"+ {1 - shape.weight:.2f} x {shape.wide:.2f} ({cal.floor_shape_source}), mean map "
+          f"{len(cal.mean_knots_pred)} knots")
     print(f"population: {len(users)} users ({results['floor']['users']}), one {FRAMES_PER_UPLOAD}-frame upload a "
           f"day to {SURFACE} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
           f"{IMAGE_NOISE_SD} y")
     print(table(results, args.uploads))
-    worst = max(row["minor_allowed"] for row in results["floor"]["by_uploads"].values())
-    print(f"floor variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%)")
+    for variant in ("floor", "floor+mixture"):
+        worst = max(row["minor_allowed"] for row in results[variant]["by_uploads"].values())
+        print(f"{variant} variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%)")
     report = {
         "benchmark": "belief_safety",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "checkpoint": str(ckpt), "model_version": engine.model_version,
-        "uncertainty": {"std_scale": cal.std_scale, "floor_years": cal.floor_years, "floor_source": cal.floor_source},
+        "uncertainty": {"std_scale": cal.std_scale, "floor_years": cal.floor_years, "floor_source": cal.floor_source,
+                        "floor_shape": {"weight": shape.weight, "narrow": shape.narrow, "wide": shape.wide,
+                                        "source": cal.floor_shape_source},
+                        "mean_map_knots": len(cal.mean_knots_pred)},
         "settings": {"users": len(users), "uploads": args.uploads, "seed": args.seed,
                      "frames_per_upload": FRAMES_PER_UPLOAD, "surface": SURFACE, "policy": "DEFAULT"},
         "variants": results,

@@ -25,8 +25,8 @@ from machine import cpu_model  # bench/ is on sys.path when run as a script
 
 from stream.adapters.codec import AvroCodec
 from stream.adapters.confluent_registry import registry_from_settings
-from stream.adapters.registry import UPLOAD
 from stream.config import load_settings
+from stream.core.subjects import UPLOAD
 from stream.tools import events
 
 RESULTS = Path(__file__).resolve().parent / "results" / "registry.json"

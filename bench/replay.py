@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/replay.py [--events 400] [--frames 1]
 
-"worker" is the worker's pipeline (runtime.assemble: micro-batcher, Redis store, KafkaSink to the
-decisions topic) driven by a confluent-kafka loop with the same in-flight window; the faust runtime
-itself is not included. "replay" is `stream.replay.replay` over the same window (merged order,
-fixed-shape batches, undo journal, checkpoints every 1000 events, output to a file).
+"worker" is the worker's pipeline (stream/pipeline/assemble.py: micro-batcher, Redis store, KafkaSink
+to the decisions topic) driven by the one driver (stream/runners/driver.py) from a confluent-kafka
+reader, with the worker's batch size and in-flight window; the faust runtime itself is not included.
+"replay" is `stream.runners.replay.replay` over the same window (merged order, fixed-shape batches,
+undo journal, checkpoints every 1000 events, output to a file).
 Needs the local Kafka and Redis (KAFKA_BOOTSTRAP_SERVERS, REDIS_URL). Writes bench/results/replay.json.
 """
 
@@ -18,52 +19,45 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import deque
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.history, run as a script
 
 import redis.asyncio as aioredis
 from confluent_kafka import Consumer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' history helpers
-
+from bench.history import at, face, produce, source_windows, tiny_checkpoint
 from model.engine import InferenceEngine
 from stream.adapters.belief_store import BeliefStore
 from stream.adapters.kafka_sink import KafkaSink
 from stream.adapters.topics import TopicAdmin
-from stream.config import load_settings
+from stream.config import Settings, load_settings
 from stream.core.policy import load_policy
-from stream.pipeline import InvalidShareGuard
-from stream.replay import MergedReader, ReplayConfig, parse_bound, replay
-from stream.runtime import DAY_S, assemble
+from stream.pipeline.assemble import DAY_S, assemble
+from stream.runners.driver import run_to_end
+from stream.runners.replay import MergedReader, ReplayConfig, parse_bound, replay
 from stream.tools import events
-from tests.integration.replay_support import at, face, produce, source_windows, tiny_checkpoint
 
 
-async def worker_like(settings, engine, in_flight: int) -> float:  # type: ignore[no-untyped-def]
+async def worker_like(settings: Settings, engine: InferenceEngine) -> float:
     client = aioredis.Redis.from_url(settings.redis_url)
     store = BeliefStore(client, prefix=settings.redis_key_prefix, half_life_s=365 * DAY_S, ttl_s=400 * DAY_S)
     sink = KafkaSink(settings)
-    a = assemble(settings, engine=engine, store=store, sink=sink, policy=load_policy(None))
-    a.pipeline.guard = InvalidShareGuard(1.0, 1)
-    a.batcher.start()
+    a = assemble(settings, model=engine, store=store, sink=sink, policy=load_policy(None), stop_on_invalid_share=False)
     consumer = Consumer(settings.kafka_client_config() | {"group.id": settings.consumer_group})
     reader = MergedReader(consumer, source_windows(settings), {})
+    a.start()
     started = time.perf_counter()
-    pending: deque[asyncio.Task[object]] = deque()
-    n = 0
-    while (rec := await reader.next()) is not None:
-        if len(pending) >= in_flight:
-            await pending.popleft()
-        pending.append(asyncio.get_running_loop().create_task(a.pipeline.process(rec)))
-        n += 1
-    while pending:
-        await pending.popleft()
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    await a.batcher.stop()
-    sink.close()
-    await client.aclose()
-    return n / elapsed
+    try:
+        outcomes = await run_to_end(reader.next, a.pipeline.process, max_in_flight=a.max_in_flight,
+                                    batch_events=a.batch_events)
+        elapsed = time.perf_counter() - started
+    finally:
+        consumer.close()
+        await a.stop()
+        sink.close()
+        await client.aclose()
+    return len(outcomes) / elapsed
 
 
 def main() -> None:
@@ -86,7 +80,7 @@ def main() -> None:
                                      frames=frames(i)))
            for i in range(args.events)]
     produce(settings, evs)
-    worker_rate = asyncio.run(worker_like(settings, engine, settings.queue_max_events))
+    worker_rate = asyncio.run(worker_like(settings, engine))
     out = tmp / "replay.jsonl"
     cfg = ReplayConfig(settings=settings, frm=parse_bound("earliest"), to=parse_bound("latest"), out=f"file:{out}",
                        state_path=tmp / "state.json", model=str(ckpt), progress=False,

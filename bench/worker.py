@@ -5,9 +5,14 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
   worker       `agegate worker` draining a backlog, micro-batching on (default settings)
   worker-b1    the same with micro-batching off (AGEGATE_BATCH_MAX_FRAMES=1)
   latency      p50/p99 event-to-decision with the producer paced at half the worker's maximum
+  engine-noop  the engine with its forward pass replaced by a no-op (bench/noop_infer.py): a stand-in
+               for a GPU, where inference is nearly free and the worker's own cost is what remains
+  worker-noop  the worker with the same no-op forward pass (backlog)
+  soak         with --duration S: the worker paced at half its maximum for S seconds; resident memory
+               (VmRSS) sampled at start, middle and end, to show it stays flat
 Peak RSS of the worker process (VmHWM) is reported too. Writes bench/results/worker-<device>.json.
 
-    python bench/worker.py [--quick] [--events N]
+    python bench/worker.py [--quick] [--events N] [--variants engine,worker,...] [--duration S]
 
 Needs the local Kafka and Redis (deploy/local/infra.sh up).
 """
@@ -19,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -60,8 +66,16 @@ def fresh_settings(batch: str) -> Settings:
     return settings
 
 
-def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: int) -> float:
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = ("engine", "worker", "worker-b1", "latency@half", "engine-noop", "worker-noop")
+
+
+def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: int, *, noop: bool = False) -> float:
     engine = InferenceEngine.from_checkpoint(model, device="auto", threads=threads)
+    if noop:
+        from bench.noop_infer import _noop_infer
+
+        engine.infer = _noop_infer.__get__(engine)  # type: ignore[method-assign]
     engine.score(frames[:batch])  # warm-up
     started = time.perf_counter()
     for i in range(0, len(frames), batch):
@@ -69,10 +83,53 @@ def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: in
     return len(frames) / (time.perf_counter() - started)
 
 
-def worker_run(model: Path, n_events: int, *, batch: int, rate: float, threads: int, seed: int) -> dict[str, Any]:
+def _rss_mb(pid: int, field: str) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith(field)).split()[1]) / 1024
+
+
+class RssSampler:
+    """Samples the worker's resident memory once a second while it runs (for the soak row)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(1.0):
+            try:
+                self.samples.append((time.monotonic() - started, _rss_mb(self.pid, "VmRSS")))
+            except (OSError, StopIteration):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def start_middle_end(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        s = self.samples
+        return {"rss_start_mb": s[0][1], "rss_middle_mb": s[len(s) // 2][1], "rss_end_mb": s[-1][1]}
+
+
+def worker_run(
+    model: Path, n_events: int, *, batch: int, rate: float, threads: int, seed: int, noop: bool = False,
+    sample_rss: bool = False,
+) -> dict[str, Any]:
     """Backlog (rate 0: produced before the worker starts) or paced (rate > 0: while it runs)."""
     settings = fresh_settings(f"b{batch}")
     stream = list(synthetic_stream(n_events, seed=seed, bad_share=0.0, frames_per_event=2))
+    noop_env = (
+        {"AGEGATE_BENCH_NOOP_INFER": "1", "PYTHONPATH": f"{REPO / 'bench' / 'noop'}:{REPO}"} if noop else {}
+    )
     env = worker_env(
         settings,
         model=model,
@@ -81,19 +138,23 @@ def worker_run(model: Path, n_events: int, *, batch: int, rate: float, threads: 
         AGEGATE_BATCH_MAX_FRAMES=str(batch),
         AGEGATE_INFERENCE_THREADS=str(threads),
         AGEGATE_BATCH_MAX_WAIT_MS="25",
+        **noop_env,
     )
     log = Path("/tmp") / f"agegate-bench-worker-{uuid.uuid4().hex[:6]}.log"
     produced = produce(settings, stream) if rate == 0 else []
     worker = WorkerProcess(env, log).start()
     reader = OutputReader(settings)
+    rss: dict[str, float] = {}
     try:
         worker.wait_ready(timeout=180)
-        if rate > 0:
-            produced = produce(settings, stream, rate=rate)
-        outputs = reader.poll_until({p.idempotency_key for p in produced}, timeout=900)
         assert worker.proc is not None
-        status = Path(f"/proc/{worker.proc.pid}/status").read_text()
-        peak_rss_mb = int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) / 1024
+        with RssSampler(worker.proc.pid) as sampler:
+            if rate > 0:
+                produced = produce(settings, stream, rate=rate)
+            outputs = reader.poll_until({p.idempotency_key for p in produced}, timeout=900)
+        if sample_rss:
+            rss = sampler.start_middle_end()
+        peak_rss_mb = _rss_mb(worker.proc.pid, "VmHWM")
     finally:
         worker.stop()
         reader.close()
@@ -113,6 +174,7 @@ def worker_run(model: Path, n_events: int, *, batch: int, rate: float, threads: 
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000,
         "peak_rss_mb": peak_rss_mb,
+        **rss,
     }
 
 
@@ -121,7 +183,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
     parser.add_argument("--events", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--duration", type=float, default=0.0, help="paced soak run seconds (0: none)")
     args = parser.parse_args()
+    variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     n = args.events or (300 if args.quick else 1500)
     threads = args.threads or (os.cpu_count() or 1)
     model = train_tiny_checkpoint(Path.home() / ".cache" / "agegate" / "models" / "demo")
@@ -133,26 +198,40 @@ def main() -> int:
         for f in codec.decode(ev.value).record.get("frames", [])
     ]
     rows: dict[str, dict[str, Any]] = {}
-    rows["engine"] = {"frames_per_s": engine_rate(model, frames, settings.batch_max_frames, threads)}
-    rows["worker"] = worker_run(model, n, batch=settings.batch_max_frames, rate=0, threads=threads, seed=5)
-    rows["worker-b1"] = worker_run(model, n, batch=1, rate=0, threads=threads, seed=5)
-    half = rows["worker"]["events_per_s"] / 2
-    rows["latency@half"] = worker_run(model, n, batch=settings.batch_max_frames, rate=half, threads=threads, seed=6)
-    result = {
-        "machine": machine(),
+    batch = settings.batch_max_frames
+    if "engine" in variants:
+        rows["engine"] = {"frames_per_s": engine_rate(model, frames, batch, threads)}
+    if variants & {"worker", "latency@half"} or args.duration:
+        rows["worker"] = worker_run(model, n, batch=batch, rate=0, threads=threads, seed=5)
+    if "worker-b1" in variants:
+        rows["worker-b1"] = worker_run(model, n, batch=1, rate=0, threads=threads, seed=5)
+    half = rows["worker"]["events_per_s"] / 2 if "worker" in rows else 0.0
+    if "latency@half" in variants:
+        rows["latency@half"] = worker_run(model, n, batch=batch, rate=half, threads=threads, seed=6)
+    if "engine-noop" in variants:
+        rows["engine-noop"] = {"frames_per_s": engine_rate(model, frames, batch, threads, noop=True)}
+    if "worker-noop" in variants:
+        rows["worker-noop"] = worker_run(model, max(n, 1000), batch=batch, rate=0, threads=threads, seed=7, noop=True)
+    if args.duration:
+        rows["soak"] = worker_run(model, int(half * args.duration), batch=batch, rate=half, threads=threads, seed=8,
+                                  sample_rss=True)
+    ratios: dict[str, float] = {}
+    for num, den in (("worker", "engine"), ("worker", "worker-b1"), ("worker-noop", "engine-noop")):
+        if num in rows and den in rows:
+            ratios[f"{num}_over_{den}"] = rows[num]["frames_per_s"] / rows[den]["frames_per_s"]
+    host = machine()
+    result: dict[str, Any] = {
+        "machine": host,
         "events": n,
         "threads": threads,
         "batch_max_frames": settings.batch_max_frames,
         "batch_max_wait_ms": 25,
         "model": str(model),
         "rows": rows,
-        "ratios": {
-            "worker_over_engine": rows["worker"]["frames_per_s"] / rows["engine"]["frames_per_s"],
-            "batched_over_b1": rows["worker"]["frames_per_s"] / rows["worker-b1"]["frames_per_s"],
-        },
+        "ratios": ratios,
         "paced_rate_events_per_s": half,
     }
-    device = "cuda" if result["machine"]["cuda"] else "cpu"
+    device = "cuda" if host["cuda"] else "cpu"
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"worker-{device}.json"
     out.write_text(json.dumps(result, indent=2))
@@ -164,10 +243,13 @@ def main() -> int:
             f"{row.get('p50_ms', float('nan')):>8.0f} {row.get('p99_ms', float('nan')):>8.0f} "
             f"{row.get('peak_rss_mb', float('nan')):>12.0f}"
         )
-    print(
-        f"worker / engine frames/s: {result['ratios']['worker_over_engine']:.2f}; "
-        f"batched / batch-1: {result['ratios']['batched_over_b1']:.2f}; latency row paced at {half:.0f} events/s"
-    )
+    for name, value in ratios.items():
+        print(f"{name.replace('_over_', ' / ')} frames/s: {value:.2f}")
+    print(f"latency and soak rows paced at {half:.0f} events/s")
+    if "soak" in rows:
+        soak = rows["soak"]
+        print(f"soak RSS MB start/middle/end: {soak.get('rss_start_mb', float('nan')):.0f} / "
+              f"{soak.get('rss_middle_mb', float('nan')):.0f} / {soak.get('rss_end_mb', float('nan')):.0f}")
     print(f"wrote {out}")
     return 0
 

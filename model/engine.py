@@ -97,8 +97,9 @@ class InferenceEngine:
         self.device = resolve_device(device)
         self.config: ModelConfig = model.config
         self.meta = meta
-        # Calibration fitted at training time: every std this engine returns is scaled by it, so all
-        # consumers (worker, replay, shadow, eval) see calibrated std. Without meta: scale 1, default floor.
+        # Calibration fitted at training time: every mean this engine returns goes through its mean map
+        # and every std is scaled by it, so all consumers (worker, replay, shadow, eval) see calibrated
+        # estimates. Without meta: scale 1, default floor; without a mean map (the default): identity mean.
         self.uncertainty = (
             UncertaintyCalibration.from_meta(meta)
             if meta is not None
@@ -158,7 +159,8 @@ class InferenceEngine:
         return DecodedBatch(pixels, tuple(indices), errors, len(frames))
 
     def infer(self, pixels: torch.Tensor) -> Prediction:
-        """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors, std calibrated (see `uncertainty`)."""
+        """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors, mean through the mean map (identity
+        without one) and std scaled (see `uncertainty`): done here so every consumer sees the same."""
         n = pixels.shape[0]
         if n == 0:
             empty = torch.zeros(0)
@@ -175,13 +177,13 @@ class InferenceEngine:
                     out = self.model(x)
                 pred = self.model.predict(out.float()[:n])
                 return Prediction(
-                    pred.mean.cpu(),
+                    self.uncertainty.apply_mean(pred.mean.cpu()),
                     self.uncertainty.apply(pred.std.cpu()),
                     pred.probs.cpu() if pred.probs is not None else None,
                 )
             out = self.model(pixels)
             pred = self.model.predict(out)
-            return Prediction(pred.mean, self.uncertainty.apply(pred.std), pred.probs)
+            return Prediction(self.uncertainty.apply_mean(pred.mean), self.uncertainty.apply(pred.std), pred.probs)
 
     # -- both --------------------------------------------------------------------------------------
 

@@ -68,6 +68,14 @@ class TrainSettings:
     init_from: str = ""  # fine-tune: start from this checkpoint's weights and architecture
     mix: str = ""  # an extra manifest whose train split joins this one's (e.g. the base dataset)
     mix_max: int = 0  # use at most this many of the mixed manifest's training rows (0: all)
+    # A manifest whose every row calibrates the uncertainty (mean map, std scale, floor, floor shape)
+    # instead of the val split: see `calibration_rows`. "" = the val split.
+    calibration_data: str = ""
+    calibrate_only: bool = False  # refit OUT/best.safetensors's calibration and stop (no training)
+    # Fit the mean map E[true | predicted] too. Off by default: measured not clearly better (it trades
+    # the belief's over-covered centre for under-covered tails; docs/evaluation.md), and on a val split
+    # of a few hundred frames it overfits.
+    mean_map: bool = False
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -188,7 +196,12 @@ def train(s: TrainSettings) -> dict[str, Any]:
     train_rows = manifest.split("train")
     if s.max_train:
         train_rows = train_rows[: s.max_train]
+    if s.calibrate_only:
+        return recalibrate(s, manifest, train_rows, device)
     lineage = data_lineage(manifest, [*train_rows, *manifest.split("val")], content_hash(manifest))
+    cal_split = calibration_rows(s, manifest, train_rows)
+    if s.calibration_data:
+        lineage = with_calibration_lineage(lineage, cal_split)
     t0 = time.perf_counter()
     tr = load_split_tensors(manifest, train_rows, input_size, workers=s.workers)
     va = load_split_tensors(manifest, manifest.split("val"), input_size, workers=s.workers)
@@ -292,7 +305,10 @@ def train(s: TrainSettings) -> dict[str, Any]:
     best_path = Path(best[0][1])
     tmp = out / "best.safetensors.tmp"
     shutil.copyfile(best_path, tmp)
-    calibration, uncertainty = calibrate_uncertainty(tmp, va, device)  # before it becomes visible as best
+    cal_data = va if not s.calibration_data else load_split_tensors(cal_split[0], cal_split[1], config.input_size,
+                                                                    workers=s.workers)
+    # before it becomes visible as best
+    calibration, uncertainty = calibrate_uncertainty(tmp, cal_data, device, mean_map=s.mean_map)
     os.replace(tmp, out / "best.safetensors")  # readers (tests sharing a cache) never see half a file
     result: dict[str, Any] = {
         "best": str(out / "best.safetensors"), "val": read_meta(best_path).metrics, "history": history,
@@ -317,19 +333,73 @@ COVERAGE_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 def coverage_before_after(
     pred: dict[str, torch.Tensor], calibration: UncertaintyCalibration
 ) -> dict[str, dict[str, float]]:
-    """Share of frames whose true age lies in the central 50/80/90/95% Gaussian intervals, raw and calibrated."""
+    """Share of frames whose true age lies in the central 50/80/90/95% Gaussian intervals, raw and calibrated
+    (calibrated = the engine's output: mean through the mean map, std scaled)."""
     age, mean, std = pred["age"].numpy(), pred["mean"].numpy(), pred["std"].numpy()
     return {
         "before": coverage(age, mean, std, COVERAGE_LEVELS),
-        "after": coverage(age, mean, calibration.apply(pred["std"]).numpy(), COVERAGE_LEVELS),
+        "after": coverage(age, calibration.apply_mean(pred["mean"]).numpy(), calibration.apply(pred["std"]).numpy(),
+                          COVERAGE_LEVELS),
     }
 
 
+def calibration_rows(s: TrainSettings, manifest: Any, train_rows: list[Any]) -> tuple[Any, list[Any]]:
+    """The manifest and rows the uncertainty calibration is fitted on.
+
+    The val split by default (what real-data loaders give). The floor's shape, and a mean map that
+    follows the model's bias by age, need far more subjects with several images than a 10% val split
+    of a small training set holds (a few hundred frames overfit the map), so `--calibration-data`
+    names a separate manifest, e.g. `agegate synth --seed 2000 --images 4000 --per-subject 8`:
+    every one of its rows is used whatever its split column says. It must not share a subject with the
+    training rows (a calibration on training subjects would call the model's memory honest); its
+    fingerprints join the checkpoint's lineage, so evaluation refuses it as a benchmark.
+    """
+    if not s.calibration_data:
+        return manifest, manifest.split("val")
+    cal = load_manifest(s.calibration_data)
+    shared = {r.subject_id for r in train_rows} & {r.subject_id for r in cal.rows}
+    if shared:
+        raise SystemExit(f"{s.calibration_data}: shares {len(shared)} subjects with the training rows of {s.data}")
+    if not cal.rows:
+        raise SystemExit(f"{s.calibration_data}: no rows to calibrate on")
+    return cal, list(cal.rows)
+
+
+def with_calibration_lineage(lineage: dict[str, Any], cal_split: tuple[Any, list[Any]]) -> dict[str, Any]:
+    """The lineage plus the calibration rows: a model's calibration data is data it has seen."""
+    manifest, rows = cal_split
+    cal = data_lineage(manifest, rows, content_hash(manifest))
+    merged = dict(lineage)
+    for key in ("images", "subjects"):
+        merged[key] = sorted(set(lineage.get(key, [])) | set(cal.get(key, [])))
+    merged["generator"] = {**lineage.get("generator", {}), "seeds": sorted(
+        set(lineage.get("generator", {}).get("seeds", [])) | set(cal.get("generator", {}).get("seeds", [])))}
+    merged["calibration"] = {"manifest": cal.get("manifest"), "manifest_hash": cal.get("manifest_hash"),
+                             "rows": cal.get("rows")}
+    return merged
+
+
+def recalibrate(s: TrainSettings, manifest: Any, train_rows: list[Any], device: torch.device) -> dict[str, Any]:
+    """`--calibrate-only`: refit OUT/best.safetensors's calibration in place (no training), e.g. on a
+    larger --calibration-data. The lineage gains the calibration rows."""
+    best = Path(s.out) / "best.safetensors"
+    meta = read_meta(best)
+    cal_split = calibration_rows(s, manifest, train_rows)
+    data = load_split_tensors(cal_split[0], cal_split[1], meta.config.input_size, workers=s.workers)
+    _, uncertainty = calibrate_uncertainty(best, data, device, mean_map=s.mean_map)
+    lineage = meta.extra.get("lineage")
+    if s.calibration_data and isinstance(lineage, dict):
+        update_extra(best, {"lineage": with_calibration_lineage(lineage, cal_split)})
+    return {"best": str(best), "uncertainty": uncertainty, "recalibrated": True}
+
+
 def calibrate_uncertainty(
-    checkpoint: Path, va: SplitTensors, device: torch.device
+    checkpoint: Path, va: SplitTensors, device: torch.device, *, mean_map: bool = False
 ) -> tuple[UncertaintyCalibration, dict[str, Any]]:
-    """Fit the std scale and estimate the error floor on the validation split, by subject, and store them
-    in the checkpoint's metadata (extra["uncertainty"]), where the engine reads them.
+    """Fit the std scale, the error floor and the floor's shape (after the mean map when `mean_map`,
+    each on the errors the previous step leaves) on the calibration data (the validation split or
+    --calibration-data), by subject, and store them in the checkpoint's metadata
+    (extra["uncertainty"]), where the engine reads them.
 
     Runs on the checkpoint about to be promoted to best.safetensors, so every promoted model carries
     its calibration. Never the test split: that would grade the calibration on what it was fitted on.
@@ -338,15 +408,27 @@ def calibrate_uncertainty(
     model = loaded.model.to(device)
     pred = predict_split(model, va, device)
     errors = (pred["mean"] - pred["age"]).numpy()
-    calibration = fit_calibration(errors, pred["std"].numpy(), [r.subject_id for r in va.rows])
+    calibration = fit_calibration(
+        errors, pred["std"].numpy(), [r.subject_id for r in va.rows], means=pred["mean"].numpy() if mean_map else None
+    )
     update_extra(checkpoint, {"uncertainty": calibration.to_dict()})
     summary = {**calibration.to_dict(), "val_coverage": coverage_before_after(pred, calibration)}
     return calibration, summary
 
 
+def _knots(u: dict[str, Any]) -> str:
+    n = len(u.get("mean_knots_pred", ()))
+    return f"{n} knots" if n else "none (identity)"
+
+
 def format_uncertainty(u: dict[str, Any]) -> str:
-    lines = [f"uncertainty: std scale {u['std_scale']:.3f} (fitted on {u['fitted_on']} val frames); error floor "
-             f"{u['floor_years']:.2f} years ({u['floor_source']}, {u['floor_subjects']} subjects)"]
+    lines = [f"uncertainty: std scale {u['std_scale']:.3f} (fitted on {u['fitted_on']} calibration frames); "
+             f"error floor {u['floor_years']:.2f} years ({u['floor_source']}, {u['floor_subjects']} subjects); "
+             f"mean map {_knots(u)}"]
+    shape = u.get("floor_shape")
+    if shape:
+        lines.append(f"floor shape: {shape['weight']:.2f} of people at {shape['narrow']:.2f} x floor, the rest at "
+                     f"{shape['wide']:.2f} x floor ({shape['source']}, {shape['subjects']} subjects)")
     for split in ("val", "test"):
         cov = u.get(f"{split}_coverage")
         if cov:
@@ -488,6 +570,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also train on this manifest's train split (e.g. the base dataset beside feedback "
                              "data); validation and test stay those of --data")
     parser.add_argument("--mix-max", type=int, default=0, help="use at most this many --mix training rows (0: all)")
+    parser.add_argument("--calibration-data", default="", metavar="MANIFEST",
+                        help="fit the uncertainty calibration on every row of this manifest (subjects disjoint from "
+                             "training, several images each) instead of the val split; see docs/evaluation.md")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="refit OUT/best.safetensors's calibration (on --calibration-data or the val split), "
+                             "then stop")
+    parser.add_argument("--mean-map", action="store_true",
+                        help="also fit the mean map E[true | predicted] (experimental, off by default: "
+                             "docs/evaluation.md has the measurements)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/recovery.safetensors (also done automatically when it exists)")
 
@@ -520,7 +611,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"agegate train: {exc}", file=sys.stderr)
         return 2
     for s in runs:
-        if not args.resume and (Path(s.out) / "recovery.safetensors").exists():
+        if not args.resume and not s.calibrate_only and (Path(s.out) / "recovery.safetensors").exists():
             print(f"{s.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
                   file=sys.stderr)
             return 2
@@ -532,6 +623,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"agegate train: {exc}", file=sys.stderr)
             return 2
         tag = f" [seed {s.seed}]" if len(runs) > 1 else ""
+        if result.get("recalibrated"):
+            print(format_uncertainty(result["uncertainty"]))
+            print(f"recalibrated {result['best']}{tag}")
+            continue
         print(format_metrics(f"val (best){tag}", result["val"]))
         if "test" in result:
             print(format_metrics(f"test{tag}", result["test"]))

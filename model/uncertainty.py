@@ -1,8 +1,16 @@
 """Calibrated per-frame uncertainty and the per-model error floor.
 
-Two numbers per model version, fitted after training on the validation split and stored in the
-checkpoint metadata (`CheckpointMeta.extra["uncertainty"]`):
+Fitted after training on the calibration data (the validation split, or a separate manifest given
+with `agegate train --calibration-data`) and stored in the checkpoint metadata
+(`CheckpointMeta.extra["uncertainty"]`), in this order (each on the errors the previous one leaves):
 
+- optionally (`--mean-map`; off by default, measured not clearly better: docs/evaluation.md) a mean
+  recalibration: a monotone piecewise-linear map from the model's predicted age to
+  E[true age | predicted age] (isotonic regression on block means, as knots). A regressor is pulled
+  toward the mean at both ends of the age range, so it over-estimates teenagers (the dangerous
+  direction for an age gate) and under-estimates older adults; that bias is the same in every photo
+  of a person, so fusing frames cannot remove it and it would otherwise inflate the floor below. The
+  map is clamped to the range it was fitted on (no extrapolation) and is the identity when absent;
 - `std_scale` k: the model's own std is multiplied by k so that a frame's Gaussian (mean, k*s)
   means what it says (68% of errors inside 1 std). The raw head is trained for accuracy, not for
   honest spread, and comes out too wide or too narrow; one scalar fixes most of it.
@@ -11,7 +19,11 @@ checkpoint metadata (`CheckpointMeta.extra["uncertainty"]`):
   may shrink only the independent part of the error with more frames; the floor stays. Without it
   a belief fed enough frames would claim any certainty, and a 16-year-old who looks 21 would
   eventually be allowed into adult content.
+- the floor's shape: how that persistent error is spread over people, as a two-component scale
+  mixture with the floor as its second moment (`fit_floor_shape`; stream/core/belief.py FloorShape
+  turns it into P(age >= T)). Gaussian unless the data clearly say otherwise.
 
+Checkpoints calibrated before a part existed load without it: identity map, Gaussian shape.
 Pure numpy/torch: imported by the engine, the trainer and benchmarks.
 """
 
@@ -63,12 +75,56 @@ class UncertaintyCalibration:
     floor_subjects: int = 0  # subjects the floor was estimated from; 0 = the default was used
     floor_source: str = "default: not estimated"  # "estimated" or "default: <why>"
     fitted_on: int = 0  # frames the scale was fitted on (0 = not fitted)
+    # Mean recalibration knots (see `fit_mean_map`): strictly increasing predicted ages and the
+    # non-decreasing true ages they map to. Empty = identity (not fitted).
+    mean_knots_pred: tuple[float, ...] = ()
+    mean_knots_true: tuple[float, ...] = ()
+    # The floor's shape (see `fit_floor_shape`): a share `floor_shape_weight` of people has persistent
+    # error sd `floor_shape_narrow * floor`, the rest a wider one fixed by the second moment. Weight 1 =
+    # the plain Gaussian (not fitted, no evidence against it, or a checkpoint from before shapes).
+    floor_shape_weight: float = 1.0
+    floor_shape_narrow: float = 1.0
+    floor_shape_subjects: int = 0
+    floor_shape_source: str = "default: not fitted"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.std_scale) and self.std_scale > 0):
             raise ValueError(f"std_scale must be a positive finite number, got {self.std_scale!r}")
         if not (math.isfinite(self.floor_years) and self.floor_years > 0):
             raise ValueError(f"floor_years must be a positive finite number, got {self.floor_years!r}")
+        if not (0.0 < self.floor_shape_weight <= 1.0 and 0.0 < self.floor_shape_narrow <= 1.0):
+            raise ValueError(f"floor shape needs 0 < weight <= 1 and 0 < narrow <= 1, got "
+                             f"{self.floor_shape_weight!r}, {self.floor_shape_narrow!r}")
+        xp, fp = np.asarray(self.mean_knots_pred, dtype=np.float64), np.asarray(self.mean_knots_true, dtype=np.float64)
+        if xp.shape != fp.shape:
+            raise ValueError(f"mean knots differ in length: {xp.size} predicted vs {fp.size} true")
+        if xp.size == 1:
+            raise ValueError("a mean map needs at least two knots (or none)")
+        if not (np.isfinite(xp).all() and np.isfinite(fp).all()):
+            raise ValueError("mean knots must be finite")
+        if xp.size and not (np.all(np.diff(xp) > 0) and np.all(np.diff(fp) >= 0)):
+            raise ValueError("mean knots must be strictly increasing in predicted age and non-decreasing in true age")
+
+    @property
+    def floor_shape_wide(self) -> float:
+        """The wide component's sd ratio: weight * narrow^2 + (1 - weight) * wide^2 = 1."""
+        return _wide_ratio(self.floor_shape_weight, self.floor_shape_narrow)
+
+    @property
+    def has_mean_map(self) -> bool:
+        return bool(self.mean_knots_pred)
+
+    def apply_mean(self, mean: _Num) -> _Num:
+        """The recalibrated mean (same type as given: float or CPU tensor); identity without a map.
+
+        Linear between knots, clamped to the end knots outside them (np.interp semantics)."""
+        if not self.mean_knots_pred:
+            return mean
+        if isinstance(mean, torch.Tensor):
+            mapped = np.interp(mean.detach().cpu().numpy().astype(np.float64), self.mean_knots_pred,
+                               self.mean_knots_true)
+            return torch.from_numpy(mapped).to(dtype=mean.dtype, device=mean.device)
+        return float(np.interp(float(mean), self.mean_knots_pred, self.mean_knots_true))
 
     def apply(self, std: _Num) -> _Num:
         """The calibrated std (same type as given: float or tensor)."""
@@ -83,16 +139,34 @@ class UncertaintyCalibration:
             "floor_subjects": self.floor_subjects,
             "floor_source": self.floor_source,
             "fitted_on": self.fitted_on,
+            "mean_knots_pred": list(self.mean_knots_pred),
+            "mean_knots_true": list(self.mean_knots_true),
+            "floor_shape": {
+                "weight": self.floor_shape_weight,
+                "narrow": self.floor_shape_narrow,
+                "wide": self.floor_shape_wide,
+                "subjects": self.floor_shape_subjects,
+                "source": self.floor_shape_source,
+            },
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> UncertaintyCalibration:
+        """Checkpoints calibrated before a key existed load with its neutral value: no mean map
+        (identity), a Gaussian floor shape."""
+        shape = raw.get("floor_shape") or {}
         return cls(
             std_scale=float(raw.get("std_scale", 1.0)),
             floor_years=float(raw.get("floor_years", DEFAULT_ERROR_FLOOR_YEARS)),
             floor_subjects=int(raw.get("floor_subjects", 0)),
             floor_source=str(raw.get("floor_source", "default: not recorded")),
             fitted_on=int(raw.get("fitted_on", 0)),
+            mean_knots_pred=tuple(float(v) for v in raw.get("mean_knots_pred", ())),
+            mean_knots_true=tuple(float(v) for v in raw.get("mean_knots_true", ())),
+            floor_shape_weight=float(shape.get("weight", 1.0)),
+            floor_shape_narrow=float(shape.get("narrow", 1.0)),
+            floor_shape_subjects=int(shape.get("subjects", 0)),
+            floor_shape_source=str(shape.get("source", "default: not recorded (Gaussian)")),
         )
 
     @classmethod
@@ -184,16 +258,199 @@ def _default_floor(why: str) -> FloorEstimate:
     return FloorEstimate(DEFAULT_ERROR_FLOOR_YEARS, 0, f"default: {why}", math.nan)
 
 
+# Frames per isotonic block before its mean becomes a knot: fewer and one block's noise is a knot.
+MIN_FRAMES_PER_KNOT = 40
+# Fewer val frames than this (two blocks) and no mean map is fitted: the identity is safer than noise.
+MIN_MEAN_MAP_FRAMES = 2 * MIN_FRAMES_PER_KNOT
+
+
+def _pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted isotonic (non-decreasing) fit of block values y: merged block values, weights, sizes.
+
+    A few dozen blocks at most, so the plain stack form is enough (numpy only: model/ must not need
+    scikit-learn)."""
+    vals: list[float] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for yi, wi in zip(y.tolist(), w.tolist(), strict=True):
+        vals.append(yi)
+        weights.append(wi)
+        sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            v2, w2, n2 = vals.pop(), weights.pop(), sizes.pop()
+            v1, w1, n1 = vals.pop(), weights.pop(), sizes.pop()
+            vals.append((v1 * w1 + v2 * w2) / (w1 + w2))
+            weights.append(w1 + w2)
+            sizes.append(n1 + n2)
+    return np.asarray(vals), np.asarray(weights), np.asarray(sizes)
+
+
+def fit_mean_map(
+    predicted: ArrayLike, true_ages: ArrayLike, *, min_per_knot: int = MIN_FRAMES_PER_KNOT
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Knots of a monotone piecewise-linear estimate of E[true age | predicted age].
+
+    The frames, sorted by predicted age, are cut into equal-count blocks of at least `min_per_knot`
+    frames; the blocks' mean true ages are made non-decreasing by weighted pool-adjacent-violators
+    (isotonic regression on block means), and each pooled block gives one knot (mean predicted age,
+    mean true age). Blocks rather than single frames keep each knot a mean of many frames, so the map
+    follows the model's bias by age, not the noise of one validation split. Returns ((), ()) (the
+    identity) when there are too few frames or fewer than two distinct knots.
+    """
+    x = np.asarray(predicted, dtype=np.float64).reshape(-1)
+    t = np.asarray(true_ages, dtype=np.float64).reshape(-1)
+    if x.shape != t.shape:
+        raise ValueError(f"predicted and true ages differ in length: {x.size} vs {t.size}")
+    keep = np.isfinite(x) & np.isfinite(t)
+    x, t = x[keep], t[keep]
+    if x.size < max(MIN_MEAN_MAP_FRAMES, 2 * min_per_knot):
+        return (), ()
+    order = np.argsort(x, kind="stable")
+    x, t = x[order], t[order]
+    blocks = np.array_split(np.arange(x.size), x.size // min_per_knot)
+    bx = np.array([x[b].mean() for b in blocks])
+    bt = np.array([t[b].mean() for b in blocks])
+    bw = np.array([float(b.size) for b in blocks])
+    knots_t, _, sizes = _pool_adjacent_violators(bt, bw)
+    ends = np.cumsum(sizes)
+    knots_x = np.array([np.average(bx[e - n : e], weights=bw[e - n : e]) for e, n in zip(ends, sizes, strict=True)])
+    # Ties in predicted age (a constant model) would break np.interp: keep strictly increasing knots.
+    strict = np.concatenate([[True], np.diff(knots_x) > 0])
+    knots_x, knots_t = knots_x[strict], knots_t[strict]
+    if knots_x.size < 2:
+        return (), ()
+    return tuple(float(v) for v in knots_x), tuple(float(v) for v in knots_t)
+
+
+def _wide_ratio(weight: float, narrow: float) -> float:
+    if weight >= 1.0:
+        return 1.0
+    return math.sqrt((1.0 - weight * narrow * narrow) / (1.0 - weight))
+
+
+# Fewer subjects with several images than this and the floor's shape is not fitted (Gaussian): a tail
+# is a statement about the few people the model is far off for, so it needs many people to see them.
+MIN_SHAPE_SUBJECTS = 100
+# The widest component allowed, as a multiple of the floor: a handful of outliers must not make one
+# subject in a hundred "20 years off" and the narrow part implausibly certain.
+MAX_WIDE_RATIO = 4.0
+# The mixture replaces the Gaussian only when it is clearly better: twice the log-likelihood gain must
+# exceed this (the 99% point of chi-square with 2 degrees of freedom, the two shape parameters).
+SHAPE_LR_THRESHOLD = 9.21
+_WEIGHT_GRID = np.round(np.arange(0.30, 0.991, 0.01), 2)
+_NARROW_GRID = np.round(np.arange(0.20, 1.0001, 0.01), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class FloorShapeFit:
+    weight: float  # share of the narrow component (1.0 = Gaussian)
+    narrow: float  # its sd / floor
+    wide: float  # the other component's sd / floor
+    subjects: int  # subjects it was fitted on (0 = not fitted)
+    source: str  # "fitted", "gaussian: <why>" or "default: <why>"
+
+
+def fit_floor_shape(
+    errors: ArrayLike,
+    subject_ids: Sequence[Hashable],
+    floor_years: float,
+    within_sd: float,
+    *,
+    min_subjects: int = MIN_SHAPE_SUBJECTS,
+) -> FloorShapeFit:
+    """The shape of the persistent error: a two-component scale mixture with second moment floor^2.
+
+    Each subject i with k_i >= 2 images has a mean error ebar_i = u_i + (mean of k_i independent
+    errors); given the component, ebar_i ~ N(0, (r floor)^2 + within_sd^2 / k_i). The weight w and the
+    narrow ratio r1 maximise the likelihood of the subject means over a grid (w in [0.30, 0.99], r1 in
+    [0.20, 1.00], the wide ratio r2 following from w r1^2 + (1 - w) r2^2 = 1 and capped at
+    MAX_WIDE_RATIO); the floor is kept as estimated, so it keeps its meaning. The Gaussian (w = 1) is
+    kept unless the mixture is clearly better (likelihood-ratio statistic > SHAPE_LR_THRESHOLD), or
+    when fewer than `min_subjects` subjects have several images.
+
+    Why per-subject means: the belief after many uploads is one person's mean estimate, so the shape
+    that matters is that of the per-person error, not of single frames (those add the Gaussian
+    independent part, which the mixture keeps separate).
+    """
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if len(subject_ids) != e.size:
+        raise ValueError(f"errors and subject_ids differ in length: {e.size} vs {len(subject_ids)}")
+    groups: dict[Hashable, list[float]] = {}
+    for sid, err in zip(subject_ids, e.tolist(), strict=True):
+        if math.isfinite(err):
+            groups.setdefault(sid, []).append(err)
+    multi = [v for v in groups.values() if len(v) >= 2]
+    if len(multi) < min_subjects or not (math.isfinite(within_sd) and math.isfinite(floor_years)):
+        return FloorShapeFit(1.0, 1.0, 1.0, 0, f"default: {len(multi)} subjects with several images "
+                             f"(need {min_subjects}); Gaussian")
+    means = np.array([sum(v) / len(v) for v in multi])
+    noise_var = within_sd**2 / np.array([float(len(v)) for v in multi])
+    w = _WEIGHT_GRID[:, None]
+    r1 = _NARROW_GRID[None, :]
+    r2 = np.sqrt((1.0 - w * r1**2) / (1.0 - w))
+    ok = r2 <= MAX_WIDE_RATIO
+
+    def loglik(var: np.ndarray) -> np.ndarray:  # log N(means; 0, var), summed over subjects (last axis)
+        return np.asarray(-0.5 * (np.log(2 * math.pi * var) + means**2 / var))
+
+    f2 = floor_years**2
+    v1 = (r1**2)[..., None] * f2 + noise_var  # (1, R, S)
+    v2 = (r2**2)[..., None] * f2 + noise_var  # (W, R, S)
+    l1, l2 = loglik(v1) + np.log(w)[..., None], loglik(v2) + np.log1p(-w)[..., None]
+    total = np.logaddexp(l1, l2).sum(axis=-1)
+    total = np.where(ok, total, -np.inf)
+    gaussian = float(loglik(f2 + noise_var).sum())
+    i, j = np.unravel_index(int(np.argmax(total)), total.shape)
+    gain = 2.0 * (float(total[i, j]) - gaussian)
+    if not gain > SHAPE_LR_THRESHOLD:
+        return FloorShapeFit(1.0, 1.0, 1.0, len(multi), f"gaussian: mixture not clearly better (2 dlogL {gain:.1f})")
+    weight, narrow = float(_WEIGHT_GRID[i]), float(_NARROW_GRID[j])
+    return FloorShapeFit(weight, narrow, _wide_ratio(weight, narrow), len(multi), "fitted")
+
+
 def fit_calibration(
-    errors: ArrayLike, stds: ArrayLike, subject_ids: Sequence[Hashable], *, min_subjects: int = MIN_FLOOR_SUBJECTS
+    errors: ArrayLike,
+    stds: ArrayLike,
+    subject_ids: Sequence[Hashable],
+    *,
+    means: ArrayLike | None = None,
+    min_subjects: int = MIN_FLOOR_SUBJECTS,
+    shape_subjects: int = MIN_SHAPE_SUBJECTS,
 ) -> UncertaintyCalibration:
-    """Scale and floor from one split's errors (estimate - true age), model stds and subject ids."""
+    """Mean map, scale and floor from one split's errors (estimate - true age), model stds and subject ids.
+
+    With `means` (the model's predicted ages) the mean map is fitted first and the scale and the floor
+    are fitted on the errors it leaves (corrected estimate - true age): the floor is then the
+    persistent error the engine's output still has, not the bias the map removes. Without `means`
+    there is no map (the identity) and the errors are used as given.
+    """
     e, _ = _finite_pair(errors, stds)
+    knots_pred: tuple[float, ...] = ()
+    knots_true: tuple[float, ...] = ()
+    if means is not None:
+        m = np.asarray(means, dtype=np.float64).reshape(-1)
+        raw_err = np.asarray(errors, dtype=np.float64).reshape(-1)
+        if m.shape != raw_err.shape:
+            raise ValueError(f"means and errors differ in length: {m.size} vs {raw_err.size}")
+        true_ages = m - raw_err
+        knots_pred, knots_true = fit_mean_map(m, true_ages)
+        if knots_pred:
+            errors = np.interp(m, knots_pred, knots_true) - true_ages
     floor = estimate_error_floor(errors, subject_ids, min_subjects=min_subjects)
+    if floor.subjects:
+        shape = fit_floor_shape(errors, subject_ids, floor.floor_years, floor.within_sd, min_subjects=shape_subjects)
+    else:
+        shape = FloorShapeFit(1.0, 1.0, 1.0, 0, "default: the floor itself is the default; Gaussian")
     return UncertaintyCalibration(
         std_scale=fit_std_scale(errors, stds),
         floor_years=floor.floor_years,
         floor_subjects=floor.subjects,
         floor_source=floor.source,
         fitted_on=int(e.size),
+        mean_knots_pred=knots_pred,
+        mean_knots_true=knots_true,
+        floor_shape_weight=shape.weight,
+        floor_shape_narrow=shape.narrow,
+        floor_shape_subjects=shape.subjects,
+        floor_shape_source=shape.source,
     )

@@ -46,9 +46,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("stream.tools.evaluate", "evaluate models side by side; optional release gate"),
     "erase": ("stream.tools.erasure", "erase users: delete their beliefs and tombstone their retained frames"),
     "model": ("stream.tools.model_registry", "promote a model through the gate and shadow, roll back, or show status"),
-    "worker": ("stream.worker", "run the enforcement worker (faust)"),
+    "worker": ("stream.runners.worker", "run the enforcement worker (faust)"),
     "produce": ("stream.tools.produce", "produce a synthetic event stream (load generator)"),
-    "replay": ("stream.replay", "replay a historical window through the pipeline"),
+    "replay": ("stream.runners.replay", "replay a historical window through the pipeline"),
     "dead-letters": ("stream.tools.redrive", "list or redrive dead letters"),
     "config": ("stream.config", "show the resolved configuration or its reference table"),
     "schemas": ("stream.tools.schemas", "register or check the packaged Avro schemas in the Schema Registry"),
@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from stream.log import configure_logging, warn_unknown_environment
+    from stream.config import warn_unknown_environment
+    from stream.log import configure_logging
 
     try:
         configure_logging()

@@ -412,54 +412,69 @@ def unknown_environment(environ: Mapping[str, str]) -> list[tuple[str, str | Non
     return out
 
 
+def _read_config_file(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"AGEGATE_CONFIG: file {path} does not exist"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def _checked_value(f: dataclasses.Field[Any], raw: Any, hint: Any, source: str) -> Any:
+    """`raw` converted to the setting's type and matched against its choices; ValueError says why."""
+    try:
+        value = _convert(f.name, raw, hint)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (from {source})") from None
+    choices = f.metadata["choices"]
+    if choices:
+        # People type `debug`, `json`, `CPU`: match case-insensitively, keep the canonical spelling.
+        value = next((c for c in choices if str(value).strip().lower() == c.lower()), value)
+        if value not in choices:
+            raise ValueError(f"{f.name}: {value!r} is not one of {', '.join(map(repr, choices))} (from {source})")
+    return value
+
+
+def warn_unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warn about each `AGEGATE_*` variable no setting or tool reads, with the nearest known name:
+    a misspelled variable otherwise passes silently and its default applies."""
+    from stream.log import get_logger
+
+    warned = []
+    for name, nearest in unknown_environment(os.environ if environ is None else environ):
+        hint = f"; did you mean {nearest}?" if nearest else ""
+        get_logger("agegate.config").warning(f"unknown environment variable {name}{hint}", variable=name)
+        warned.append(name)
+    return warned
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: str | Path | None = None, **overrides: Any
 ) -> Settings:
     """Resolve settings from defaults, an optional TOML file, the environment and explicit overrides."""
     env = os.environ if environ is None else environ
     path = config_file if config_file is not None else env.get("AGEGATE_CONFIG") or None
-    from_file: dict[str, Any] = {}
-    problems: list[str] = []
-    if path:
-        try:
-            from_file = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError([f"AGEGATE_CONFIG: file {path} does not exist"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    hints = get_type_hints(Settings)
+    from_file = _read_config_file(path) if path else {}
     known = {f.name: f for f in dataclasses.fields(Settings)}
-    for key in from_file:
-        if key not in known:
-            problems.append(f"{path}: unknown setting {key!r}")
-    for key in overrides:
-        if key not in known:
-            problems.append(f"unknown setting {key!r} (from argument)")
+    problems = [f"{path}: unknown setting {key!r}" for key in from_file if key not in known]
+    problems += [f"unknown setting {key!r} (from argument)" for key in overrides if key not in known]
+    hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
     for name, f in known.items():
         env_name = f.metadata["env"]
-        source, raw = None, None
         if name in overrides:
             source, raw = "argument", overrides[name]
         elif env_name in env:
             source, raw = env_name, env[env_name]
         elif name in from_file:
             source, raw = f"{path}:{name}", from_file[name]
-        if source is None:
+        else:
             continue
         try:
-            value = _convert(name, raw, hints[name])
+            values[name] = _checked_value(f, raw, hints[name], source)
         except ValueError as exc:
-            problems.append(f"{exc} (from {source})")
-            continue
-        choices = f.metadata["choices"]
-        if choices:
-            # People type `debug`, `json`, `CPU`: match case-insensitively, keep the canonical spelling.
-            value = next((c for c in choices if str(value).strip().lower() == c.lower()), value)
-        if choices and value not in choices:
-            problems.append(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))} (from {source})")
-            continue
-        values[name] = value
+            problems.append(str(exc))
     # Range checks run on the values that did convert, so every problem is reported in one go.
     settings = Settings(**values)
     problems += _validate(settings)

@@ -47,6 +47,13 @@ class DependencyUnavailable(AgegateError):
     """A dependency (Redis, Kafka) is down; the caller retries with backoff, never skips."""
 
 
+class ModelUnavailable(AgegateError):
+    """The model checkpoint is missing or unusable: not there yet, half copied, truncated, not a
+    checkpoint. The model package's own errors (model.errors.ModelError) are wrapped into this at the
+    edge that loads it. The worker waits for a usable one, not ready, instead of crash-looping; a command
+    that needs the model now reports it as a missing file (exit code 2)."""
+
+
 # Exit codes of every `agegate` command (README "Exit codes"); scripts and Kubernetes act on them.
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and its answer is "no": a check found differences, a gate failed

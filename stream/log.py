@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -196,19 +196,6 @@ def error_line(text: str, *, exc: BaseException | None = None, **fields: Any) ->
     if exc is not None:
         traceback.print_exception(exc)
     print(text, file=sys.stderr)
-
-
-def warn_unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Warn about each `AGEGATE_*` variable no setting or tool reads, with the nearest known name:
-    a misspelled variable otherwise passes silently and its default applies."""
-    from stream.config import unknown_environment
-
-    warned = []
-    for name, nearest in unknown_environment(os.environ if environ is None else environ):
-        hint = f"; did you mean {nearest}?" if nearest else ""
-        get_logger("agegate.config").warning(f"unknown environment variable {name}{hint}", variable=name)
-        warned.append(name)
-    return warned
 
 
 def get_logger(name: str) -> Any:

@@ -37,8 +37,9 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_exc
 
 from stream.core.belief import Belief, ClockSkewRule, Evidence, Refusal, RefusalReason
+from stream.core.belief_updates import ApplyResult, BeliefUpdateFailed, SurfaceKey, VerifiedAgeRefused
 from stream.core.policy import Action
-from stream.errors import AgegateError, DependencyUnavailable, InvalidEvent
+from stream.errors import AgegateError, DependencyUnavailable
 from stream.log import get_logger
 
 LUA_SOURCE = importlib.resources.files("stream.adapters").joinpath("belief.lua").read_text()
@@ -75,51 +76,6 @@ def user_key(prefix: str, user_id: str, kind: str) -> str:
 
 class BeliefStoreError(AgegateError):
     """Redis answered, but not as the script promises (a bug or a foreign value in our keys)."""
-
-
-class BeliefUpdateFailed(InvalidEvent):
-    """Redis refused the script for this user's keys (e.g. a foreign value in them): dead-letter the
-    event, keep the partition going. The detail holds the server's message, never the user id."""
-
-    reason = "belief_update_failed"
-
-
-class VerifiedAgeRefused(InvalidEvent):
-    """A verified age that can never be applied (invalid, or dated too far in the future)."""
-
-    reason = "verified_age_refused"
-
-
-@dataclass(frozen=True, slots=True)
-class SurfaceKey:
-    """Where hysteresis state is kept: one last action per user, jurisdiction and surface."""
-
-    user_id: str
-    jurisdiction: str
-    surface: str
-
-    @property
-    def field(self) -> str:
-        return f"a:{self.jurisdiction}/{self.surface}"
-
-
-class ApplyResult(dict[str, Belief]):
-    """Beliefs after a batch (users left without any belief are absent) plus per-event outcomes.
-
-    It is a plain `dict[str, Belief]` for callers that only need beliefs; refusals are never dropped
-    silently: `refused[user_id]` lists them with their reason.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.applied: dict[str, tuple[str, ...]] = {}
-        self.duplicates: dict[str, tuple[str, ...]] = {}
-        self.ignored: dict[str, tuple[str, ...]] = {}
-        self.refused: dict[str, tuple[Refusal, ...]] = {}
-        # Last action per "jurisdiction/surface", read in the same round trip (hysteresis input).
-        self.previous_actions: dict[str, dict[str, Action]] = {}
-        # Users whose update Redis refused (nothing of theirs was applied): dead-letter their events.
-        self.errors: dict[str, BeliefUpdateFailed] = {}
 
 
 @dataclass(slots=True)

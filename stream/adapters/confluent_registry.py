@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from stream.adapters.registry import SUBJECTS, LocalRegistry, RegisteredSchema, SchemaRegistry, UnusableSchema
+from stream.adapters.registry import LocalRegistry, RegisteredSchema, SchemaRegistry, UnusableSchema
 from stream.adapters.topics import TOPICS, topic_name
 from stream.config import Settings
+from stream.core.subjects import SUBJECTS
 from stream.errors import AgegateError, DependencyUnavailable
 
 T = TypeVar("T")

@@ -18,8 +18,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stream.adapters.belief_store import ApplyResult, BeliefStore, RedisClient, SurfaceKey, tag_key, user_tag
+from stream.adapters.belief_store import BeliefStore, RedisClient, tag_key, user_tag
 from stream.core.belief import Belief, Evidence
+from stream.core.belief_updates import ApplyResult, SurfaceKey
 from stream.core.policy import Action
 
 

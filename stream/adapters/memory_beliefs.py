@@ -30,13 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from stream.adapters.belief_store import (
-    ApplyResult,
-    BeliefStoreError,
-    BeliefUpdateFailed,
-    SurfaceKey,
-    VerifiedAgeRefused,
-)
+from stream.adapters.belief_store import BeliefStoreError
 from stream.core.belief import (
     Belief,
     ClockSkewRule,
@@ -47,6 +41,7 @@ from stream.core.belief import (
     is_valid,
     verified_refusal,
 )
+from stream.core.belief_updates import ApplyResult, BeliefUpdateFailed, SurfaceKey, VerifiedAgeRefused
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
 from stream.log import get_logger

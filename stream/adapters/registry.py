@@ -18,13 +18,10 @@ from typing import Any, Protocol
 import fastavro
 
 from schemas import schema_root
+from stream.core.subjects import DECISION, FEEDBACK, RETAINED_FRAME, SIGNUP, SUBJECTS, UPLOAD
 
-SIGNUP = "agegate.events.SignupEvent"
-UPLOAD = "agegate.events.UploadEvent"
-FEEDBACK = "agegate.events.AgeFeedback"
-DECISION = "agegate.decisions.PolicyDecision"
-RETAINED_FRAME = "agegate.training.RetainedFrame"
-SUBJECTS = (SIGNUP, UPLOAD, FEEDBACK, DECISION, RETAINED_FRAME)
+__all__ = ["DECISION", "FEEDBACK", "RETAINED_FRAME", "SIGNUP", "SUBJECTS", "UPLOAD", "LocalRegistry",
+           "RegisteredSchema", "SchemaRegistry", "UnusableSchema"]
 
 
 class UnusableSchema(ValueError):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from stream.adapters.registry import DECISION, FEEDBACK, RETAINED_FRAME, SIGNUP, UPLOAD
 from stream.config import Settings, load_settings
+from stream.core.subjects import DECISION, FEEDBACK, RETAINED_FRAME, SIGNUP, UPLOAD
 from stream.errors import AgegateError, DependencyUnavailable
 
 DAY_MS = 24 * 3600 * 1000

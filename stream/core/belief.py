@@ -101,13 +101,102 @@ class Belief:
         """sqrt(1/P + floor^2) after decay to t: the floor never averages out."""
         return belief_std(decay(self, t, half_life_s).precision, self.floor)
 
-    def p_age_at_least(self, threshold_years: float, t: float, half_life_s: float) -> float:
-        return p_at_least(self.age_at(t), self.std_at(t, half_life_s), threshold_years)
+    def independent_var_at(self, t: float, half_life_s: float) -> float:
+        """1/P after decay to t: the part of the belief's variance that more evidence shrinks."""
+        return 1.0 / decay(self, t, half_life_s).precision
+
+    def p_age_at_least(
+        self, threshold_years: float, t: float, half_life_s: float, shape: FloorShape | None = None
+    ) -> float:
+        """P(age >= threshold) at t, with the floor's error shaped by `shape` (None: Gaussian)."""
+        return p_at_least_shaped(self.age_at(t), self.independent_var_at(t, half_life_s), self.floor,
+                                 threshold_years, shape or GAUSSIAN_FLOOR)
+
+
+@dataclass(frozen=True, slots=True)
+class FloorShape:
+    """The shape of the error that does not average out over one person's photos.
+
+    The floor (years) is that error's root mean square; how it is spread over people is not always
+    Gaussian: a model can be close for most people and far off for a few (a face that looks much
+    older, an age the model handles badly). That is a leptokurtic error, which a single Gaussian
+    cannot describe: any std that holds the 95% interval over-covers the 50% one. The shape is a
+    two-component scale mixture: a share `weight` of people has floor error sd `narrow * floor`, the
+    rest `wide * floor`, with weight * narrow^2 + (1 - weight) * wide^2 = 1 so `floor` keeps its
+    meaning as the second moment (a belief's reported std is unchanged; only P(age >= T) and its
+    intervals see the shape). Fitted per model version with its floor (model/uncertainty.py) and
+    passed in from the live model's calibration; GAUSSIAN_FLOOR (weight 1) is the plain Gaussian.
+    """
+
+    weight: float = 1.0  # share of the narrow component, in (0, 1]
+    narrow: float = 1.0  # its sd as a multiple of the floor, <= 1
+    wide: float = 1.0  # the other component's, >= 1
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.weight <= 1.0 and 0.0 < self.narrow <= 1.0 <= self.wide
+                and math.isfinite(self.wide)):
+            raise ValueError(f"invalid floor shape {self!r}: need 0 < weight <= 1, 0 < narrow <= 1 <= wide")
+        second = self.weight * self.narrow**2 + (1.0 - self.weight) * self.wide**2
+        if abs(second - 1.0) > 1e-6:
+            raise ValueError(f"floor shape must keep the floor's second moment: got {second:.6f}, need 1")
+
+    @classmethod
+    def mixture(cls, weight: float, narrow: float) -> FloorShape:
+        """The shape with this narrow component; the wide ratio follows from the second-moment constraint."""
+        if weight >= 1.0:
+            return GAUSSIAN_FLOOR
+        wide = math.sqrt((1.0 - weight * narrow * narrow) / (1.0 - weight))
+        return cls(weight, narrow, wide)
+
+    @property
+    def components(self) -> tuple[tuple[float, float], ...]:
+        """(weight, ratio) pairs with non-zero weight."""
+        if self.weight >= 1.0:
+            return ((1.0, self.narrow),)
+        return ((self.weight, self.narrow), (1.0 - self.weight, self.wide))
+
+
+GAUSSIAN_FLOOR = FloorShape()
 
 
 def p_at_least(mean: float, std: float, threshold: float) -> float:
     """P(age >= threshold) for a Gaussian belief."""
     return 0.5 * math.erfc((threshold - mean) / (std * math.sqrt(2.0)))
+
+
+def p_at_least_shaped(
+    mean: float, independent_var: float, floor: float, threshold: float, shape: FloorShape
+) -> float:
+    """P(age >= threshold) when the error is the independent part (variance 1/P, Gaussian) plus the
+    floor's error shaped by `shape`: sum_i w_i Phi((mean - T) / sqrt(1/P + (r_i floor)^2)).
+    With GAUSSIAN_FLOOR it equals p_at_least(mean, sqrt(1/P + floor^2), T)."""
+    return sum(w * p_at_least(mean, math.sqrt(independent_var + (r * floor) ** 2), threshold)
+               for w, r in shape.components)
+
+
+def belief_quantile(
+    q: float, mean: float, independent_var: float, floor: float, shape: FloorShape, *, tol: float = 1e-9
+) -> float:
+    """The age a with P(age <= a) = q, by bisection on the (monotone) mixture CDF."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile level must be in (0, 1), got {q}")
+    widest = math.sqrt(independent_var + (max(r for _, r in shape.components) * floor) ** 2)
+    lo, hi = mean - 40.0 * widest, mean + 40.0 * widest
+    while hi - lo > tol * max(1.0, widest):
+        mid = 0.5 * (lo + hi)
+        if 1.0 - p_at_least_shaped(mean, independent_var, floor, mid, shape) < q:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def belief_interval(
+    level: float, mean: float, independent_var: float, floor: float, shape: FloorShape
+) -> tuple[float, float]:
+    """The central `level` interval of the belief (equal tails), by inverting its CDF."""
+    return (belief_quantile(0.5 - level / 2, mean, independent_var, floor, shape),
+            belief_quantile(0.5 + level / 2, mean, independent_var, floor, shape))
 
 
 def belief_std(precision: float, floor: float) -> float:

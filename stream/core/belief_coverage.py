@@ -7,6 +7,12 @@ treated as independent, the reported std would shrink as 1/sqrt(n) while the per
 images, fuse their first n images (each its own event, with the model's error floor) the way the
 worker does, and count how often the true age falls inside the belief's central 50/80/90/95%
 intervals. Calibrated means each share is close to its nominal level at every n.
+
+The intervals are the belief's own: with a FloorShape (the person-level error as a scale mixture)
+they come from inverting the mixture CDF. "True age inside the central L interval" is the same as
+"the belief's CDF at the true age lies in [(1-L)/2, (1+L)/2]", which is what is counted here
+(exact, and no bisection per subject); `belief_interval` in stream/core/belief.py gives the
+interval itself.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
 
-from stream.core.belief import Evidence, event_evidence, fuse
+from stream.core.belief import GAUSSIAN_FLOOR, Belief, Evidence, FloorShape, event_evidence, fuse, p_at_least_shaped
 
 NOMINAL_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 FUSED_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -31,22 +37,38 @@ def interval_shares(z_scores: Sequence[float]) -> dict[str, float | None]:
             for level in NOMINAL_LEVELS}
 
 
+def cdf_shares(cdf_values: Sequence[float]) -> dict[str, float | None]:
+    """Share of beliefs whose CDF at the true age lies inside each nominal central interval, i.e. whose
+    central interval holds the true age (None without data)."""
+    n = len(cdf_values)
+    return {f"{level:.2f}": (sum(abs(u - 0.5) <= level / 2 for u in cdf_values) / n if n else None)
+            for level in NOMINAL_LEVELS}
+
+
+def belief_cdf_at(belief: Belief, age: float, t: float, half_life_s: float, shape: FloorShape) -> float:
+    """P(age' <= age) under the belief at t: where the true age falls in the belief's distribution."""
+    return 1.0 - p_at_least_shaped(belief.age_at(t), belief.independent_var_at(t, half_life_s), belief.floor,
+                                   age, shape)
+
+
 def belief_coverage(
     subjects: Mapping[str, Sequence[tuple[float, float, float]]],
     *,
     floor: float,
     counts: Sequence[int] = FUSED_COUNTS,
+    floor_shape: FloorShape = GAUSSIAN_FLOOR,
 ) -> dict[str, Any]:
     """`subjects`: per subject, its images as (true age, estimated mean, calibrated std), in order.
 
     The target after fusing n images is the mean of their true ages (each estimate is of its own
     image's age). Returns per n: subjects used and the share inside each nominal interval, plus the
-    frame-level figures (every image alone, its own std, no floor) beside them.
+    frame-level figures (every image alone, its own std, no floor) beside them. `floor_shape` shapes
+    the belief's floor error (the model's FloorShape; default Gaussian).
     """
     frame_z = [(m - age) / s for images in subjects.values() for age, m, s in images if s > 0]
     by_count: dict[str, Any] = {}
     for n in counts:
-        zs: list[float] = []
+        cdfs: list[float] = []
         for sid, images in subjects.items():
             if len(images) < n:
                 continue
@@ -60,10 +82,11 @@ def belief_coverage(
             if belief is None:
                 continue
             target = sum(age for age, _, _ in used) / n
-            zs.append((belief.age_at(_NOW) - target) / belief.std_at(_NOW, math.inf))
-        by_count[str(n)] = {"subjects": len(zs), "coverage": interval_shares(zs)}
+            cdfs.append(belief_cdf_at(belief, target, _NOW, math.inf, floor_shape))
+        by_count[str(n)] = {"subjects": len(cdfs), "coverage": cdf_shares(cdfs)}
     return {
         "floor_years": floor,
+        "floor_shape": {"weight": floor_shape.weight, "narrow": floor_shape.narrow, "wide": floor_shape.wide},
         "nominal": [f"{level:.2f}" for level in NOMINAL_LEVELS],
         "frame": {"images": len(frame_z), "coverage": interval_shares(frame_z)},
         "by_fused_count": by_count,

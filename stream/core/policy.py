@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from stream.core.belief import Belief, p_at_least
+from stream.core.belief import GAUSSIAN_FLOOR, Belief, FloorShape, p_at_least_shaped
 from stream.errors import ConfigError
 
 
@@ -286,11 +286,14 @@ def decide(
     dependency_down: bool = False,
     now: float | None = None,
     half_life_s: float | None = None,
+    floor_shape: FloorShape = GAUSSIAN_FLOOR,
 ) -> Decision:
     """The action for one event; pure: same inputs, same decision.
 
     `now` (default: the event time) is when the belief is judged; `half_life_s` (default: the
-    policy's) must match the store's, or pass a belief already decayed to `now`.
+    policy's) must match the store's, or pass a belief already decayed to `now`. `floor_shape` is the
+    live model's shape of the person-level error (stream/core/belief.py FloorShape): every
+    P(age >= T) here is the mixture tail over the belief's floor; the default is the plain Gaussian.
     """
     t = event.event_time if now is None else now
     hl = policy.half_life_s if half_life_s is None else half_life_s
@@ -303,14 +306,16 @@ def decide(
     prev = event.previous_action
 
     mean = std = None
+    ivar = floor = 0.0
     if belief is not None:
         mean = belief.age_at(t)
         std = belief.std_at(t, hl)
+        ivar, floor = belief.independent_var_at(t, hl), belief.floor
     verified = belief is not None and belief.verified
     p_thr = p_buf = None
     if rule is not None and mean is not None and std is not None:
-        p_thr = p_at_least(mean, std, rule.min_age)
-        p_buf = p_at_least(mean, std, rule.min_age + rule.buffer_years)
+        p_thr = p_at_least_shaped(mean, ivar, floor, rule.min_age, floor_shape)
+        p_buf = p_at_least_shaped(mean, ivar, floor, rule.min_age + rule.buffer_years, floor_shape)
 
     def done(action: Action) -> Decision:
         evidence = DecisionEvidence(
@@ -344,7 +349,8 @@ def decide(
 
     action = _estimated_action(rule, policy, prev, p_thr, p_buf, belief.observations, reasons)
     if event.declared_age is not None:
-        p_contra = 1.0 - p_at_least(mean, std, event.declared_age - policy.declared_age_tolerance_years)
+        p_contra = 1.0 - p_at_least_shaped(mean, ivar, floor, event.declared_age - policy.declared_age_tolerance_years,
+                                           floor_shape)
         if p_contra >= policy.declared_contradiction_confidence:
             reasons.append("declared_age_contradicted")
             action = stricter(action, Action.REQUIRE_VERIFICATION)

@@ -211,34 +211,20 @@ def run(args: argparse.Namespace) -> int:
         print("agegate eval: --model, --data and --out are required (or --online)", file=sys.stderr)
         return EXIT_BAD_INPUT
     from model.data.manifest import load_manifest
-    from model.evaluation.gate import DEFAULT_GATE, GateFileError, format_result, load_gate
-    from model.evaluation.predictions import FILENAME, PredictionsError, read_predictions, write_predictions
+    from model.evaluation.gate import GateFileError
+    from model.evaluation.predictions import FILENAME, PredictionsError, read_predictions
     from model.evaluation.report import (
         DatasetMismatchError,
         build_metrics,
-        load_metrics_json,
         model_metrics,
-        require_same_dataset,
-        write_metrics_json,
-        write_report_html,
     )
     from model.evaluation.scoring import score_rows
-    from model.evaluation.seeds import format_seed_summary, seed_summary
+    from model.evaluation.seeds import seed_summary
 
     manifest = load_manifest(args.data)
     data_hash = manifest.content_hash
-    baseline = load_metrics_json(args.baseline) if args.baseline else None
-    gate = None
     try:
-        if args.expect_hash:
-            require_same_dataset(args.expect_hash, data_hash, "--expect-hash")
-        if baseline is not None:
-            require_same_dataset(baseline["dataset"]["content_hash"], data_hash, args.baseline)
-            if baseline["dataset"].get("split") != args.split:
-                raise DatasetMismatchError(
-                    f"{args.baseline} was computed on split {baseline['dataset'].get('split')!r}, not {args.split!r}")
-        if args.gate:
-            gate = load_gate(DEFAULT_GATE if args.gate == "default" else args.gate)
+        baseline, gate = _references(args, data_hash)
     except (DatasetMismatchError, GateFileError) as exc:
         print(f"agegate eval: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -316,35 +302,70 @@ def run(args: argparse.Namespace) -> int:
 
     gate_text, failed = "", False
     if gate is not None:
-        results = run_gate(gate, metrics, baseline, scored, baseline_est)
-        gate_text = "\n".join(format_result(r) for r in results)
-        gate_text = gate_text or "gate: nothing to compare (one model, no --baseline)"
-        metrics["gate"] = {
-            "file": str(gate.source),
-            "confidence": gate.confidence,
-            "passed": all(r.passed for r in results),
-            "results": [
-                {"candidate": r.candidate, "reference": r.reference, "passed": r.passed,
-                 "violations": [{"rule": c.rule, "metric": c.metric, "reference": c.reference,
-                                 "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason,
-                                 "lower_bound": c.lower_bound}
-                                for c in r.violations]}
-                for r in results
-            ],
-        }
+        gate_text, metrics["gate"] = _gate_section(gate, metrics, baseline, scored, baseline_est)
         failed = not metrics["gate"]["passed"]
-    out = Path(args.out)
+    _write_outputs(Path(args.out), metrics, scored, several_seeds=any(len(g) > 1 for g in groups.values()),
+                   gate_text=gate_text, failed=failed)
+    return EXIT_GATE_FAILED if failed else 0
+
+
+def _write_outputs(out: Path, metrics: dict[str, Any], scored: list[tuple[str, Estimates]], *,
+                   several_seeds: bool, gate_text: str, failed: bool) -> None:
+    """metrics.json, the row-level predictions and report.html; the headline (and gate) on the terminal."""
+    from model.evaluation.predictions import FILENAME, write_predictions
+    from model.evaluation.report import write_metrics_json, write_report_html
+    from model.evaluation.seeds import format_seed_summary
+
     write_metrics_json(metrics, out / "metrics.json")
     write_predictions(out / FILENAME, scored)
     write_report_html(metrics, out / "report.html", gate_text, estimates=dict(scored))
     print(_headline_text(metrics["headline"]))
-    if any(len(g) > 1 for g in groups.values()):
+    if several_seeds:
         print("across seeds (mean ± sd):")
         print(format_seed_summary(metrics["seed_summary"]))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     if gate_text:
         print(gate_text, file=sys.stderr if failed else sys.stdout)
-    return EXIT_GATE_FAILED if failed else 0
+
+
+def _references(args: argparse.Namespace, data_hash: str) -> tuple[dict[str, Any] | None, Any]:
+    """The baseline metrics and the gate named on the command line, checked against this dataset first."""
+    from model.evaluation.gate import DEFAULT_GATE, load_gate
+    from model.evaluation.report import DatasetMismatchError, load_metrics_json, require_same_dataset
+
+    if args.expect_hash:
+        require_same_dataset(args.expect_hash, data_hash, "--expect-hash")
+    baseline = load_metrics_json(args.baseline) if args.baseline else None
+    if baseline is not None:
+        require_same_dataset(baseline["dataset"]["content_hash"], data_hash, args.baseline)
+        if baseline["dataset"].get("split") != args.split:
+            raise DatasetMismatchError(
+                f"{args.baseline} was computed on split {baseline['dataset'].get('split')!r}, not {args.split!r}")
+    gate = load_gate(DEFAULT_GATE if args.gate == "default" else args.gate) if args.gate else None
+    return baseline, gate
+
+
+def _gate_section(gate: Any, metrics: dict[str, Any], baseline: dict[str, Any] | None,
+                  scored: list[tuple[str, Estimates]], baseline_est: Estimates | None) -> tuple[str, dict[str, Any]]:
+    """The gate's printed verdict and its metrics.json section."""
+    from model.evaluation.gate import format_result
+
+    results = run_gate(gate, metrics, baseline, scored, baseline_est)
+    text = "\n".join(format_result(r) for r in results) or "gate: nothing to compare (one model, no --baseline)"
+    section = {
+        "file": str(gate.source),
+        "confidence": gate.confidence,
+        "passed": all(r.passed for r in results),
+        "results": [
+            {"candidate": r.candidate, "reference": r.reference, "passed": r.passed,
+             "violations": [{"rule": c.rule, "metric": c.metric, "reference": c.reference,
+                             "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason,
+                             "lower_bound": c.lower_bound}
+                            for c in r.violations]}
+            for r in results
+        ],
+    }
+    return text, section
 
 
 def check_leakage(manifest: Any, rows: Sequence[Any], checkpoints: Sequence[str],

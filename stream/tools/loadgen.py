@@ -21,7 +21,7 @@ import numpy as np
 
 from model.data.synthetic import IMAGE_NOISE_SD, SUBJECT_OFFSET_SD, encode_jpeg, render_face, sample_attributes
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
+from stream.core.subjects import FEEDBACK, SIGNUP, UPLOAD
 from stream.tools import events
 
 # Every one is listed in the default policy (tests/unit/test_policy_load.py checks): generated events are

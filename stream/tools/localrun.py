@@ -25,9 +25,9 @@ from confluent_kafka import Consumer
 
 from stream.adapters.codec import AvroCodec
 from stream.adapters.confluent_registry import registry_from_settings
-from stream.adapters.registry import DECISION
 from stream.adapters.topics import topic_name
 from stream.config import Settings
+from stream.core.subjects import DECISION
 
 
 def free_port() -> int:

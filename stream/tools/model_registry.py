@@ -135,7 +135,7 @@ def promote(
 ) -> tuple[bool, dict[str, Any]]:
     """Run the checks, append the outcome to the history and, when all pass, move the pointer."""
     from model.checkpoint import read_meta
-    from stream.runtime import checkpoint_file
+    from stream.pipeline.assemble import checkpoint_file
 
     history = pointer.history()
     current = check_consistent(pointer, history)
@@ -219,7 +219,7 @@ def rollback(pointer: Pointer, *, reason: str, who: str, now: float | None = Non
 
 
 def _kafka_shadow_source(settings: Any) -> ShadowSource:
-    from stream.shadow import shadow_topic
+    from stream.pipeline.assemble import shadow_topic
     from stream.tools.shadow_window import read_window
 
     def source(model_version: str, window_s: float) -> tuple[float, float, Any]:

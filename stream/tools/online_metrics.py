@@ -304,7 +304,7 @@ def consume(
 
     An undecodable message is logged and skipped: this is a read-only observer, dead-lettering is the
     worker's job. Returns the number of messages read."""
-    from stream.adapters.registry import DECISION, FEEDBACK
+    from stream.core.subjects import DECISION, FEEDBACK
     from stream.errors import DecodeError
 
     read = 0

@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from stream.adapters.confluent_registry import ConfluentRegistry, registry_from_settings
-from stream.adapters.registry import SUBJECTS
 from stream.config import load_settings
+from stream.core.subjects import SUBJECTS
 from stream.errors import AgegateError, ConfigError
 
 

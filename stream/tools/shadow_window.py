@@ -1,6 +1,6 @@
 """How far a shadow model's decisions strayed from the live ones over a window (promotion's guardrail).
 
-The shadow topic (stream/shadow.py) carries one JSON record per shadowed event. Over the records
+The shadow topic (stream/pipeline/shadow.py) carries one JSON record per shadowed event. Over the records
 of one candidate version written in the window, we count events, action changes, changes to ALLOW
 (the direction that can let a minor through) and the mean absolute difference of frame estimates,
 and compare them with the configured bounds. `summarise` and `violations` are pure; `read_window`

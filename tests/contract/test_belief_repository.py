@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
-from stream.adapters.belief_store import BeliefStore, BeliefUpdateFailed, RedisClient, SurfaceKey, VerifiedAgeRefused
+from stream.adapters.belief_store import BeliefStore, RedisClient
 from stream.adapters.memory_beliefs import InMemoryBeliefStore
 from stream.core.belief import (
     YEAR_S,
@@ -34,6 +34,7 @@ from stream.core.belief import (
     fuse,
     verified_refusal,
 )
+from stream.core.belief_updates import BeliefUpdateFailed, SurfaceKey, VerifiedAgeRefused
 from stream.core.policy import Action, PolicyEvent, decide, load_policy
 
 pytestmark = pytest.mark.contract

@@ -444,7 +444,7 @@ def test_replay_job_arguments_parse(rendered: dict[str, list[Manifest]]) -> None
     try:
         __import__(cli.COMMANDS["replay"][0])
     except ModuleNotFoundError:
-        pytest.skip("stream.replay is not written yet")
+        pytest.skip("stream.runners.replay is not written yet")
     parser = cli.build_parser(only="replay")
     args = parser.parse_args(["replay", *c["args"]])
     assert args.command == "replay"

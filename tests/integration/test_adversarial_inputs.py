@@ -20,10 +20,10 @@ import pytest
 
 from model.testing import encode_with_orientation, synthetic_face
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import UPLOAD
 from stream.adapters.topic_reader import read_to_end
 from stream.adapters.topics import topic_name
 from stream.config import Settings, load_settings
+from stream.core.subjects import UPLOAD
 from stream.tools import events
 from tests.support.worker_harness import OutputReader, WorkerProcess, free_port, fresh_settings, produce_raw, worker_env
 

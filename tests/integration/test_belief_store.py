@@ -6,7 +6,7 @@ fusion equal to stream/core/belief.py, decay, verified ages, skew, previous acti
 retention) is the contract in tests/contract/test_belief_repository.py, run against this store and the
 in-memory one. Every test here runs twice: `[redis]` against the plain server, `[cluster]` against the
 Redis Cluster (locally one node owning all 16384 slots, which enforces the same CROSSSLOT rule as a
-many-node cluster), each through `stream.runtime.redis_client`, the factory the worker and replay use.
+many-node cluster), each through `stream.pipeline.assemble.redis_client`, the factory the worker and replay use.
 """
 
 from __future__ import annotations
@@ -19,18 +19,14 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from stream.adapters.belief_store import (
-    BeliefStore,
-    RedisClient,
-    SurfaceKey,
-    user_tag,
-)
+from stream.adapters.belief_store import BeliefStore, RedisClient, user_tag
 from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.config import load_settings
 from stream.core.belief import Belief, Evidence, fuse
+from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
-from stream.runtime import redis_client
+from stream.pipeline.assemble import redis_client
 
 pytestmark = pytest.mark.integration
 

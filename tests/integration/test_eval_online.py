@@ -10,9 +10,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import DECISION, FEEDBACK
 from stream.adapters.topics import TopicAdmin, topic_name
 from stream.config import Settings
+from stream.core.subjects import DECISION, FEEDBACK
 from stream.tools.online_metrics import OnlineMetrics, consume
 
 pytestmark = pytest.mark.integration

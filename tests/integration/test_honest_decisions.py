@@ -23,9 +23,9 @@ import pytest
 from model.testing import synthetic_face_jpeg
 from stream.adapters.belief_store import user_key
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
 from stream.config import Settings
 from stream.core.policy import STRICTNESS, Action
+from stream.core.subjects import FEEDBACK, SIGNUP, UPLOAD
 from stream.tools import events
 from stream.tools.loadgen import SyntheticEvent
 from stream.tools.localrun import OutputReader, WorkerProcess, worker_env

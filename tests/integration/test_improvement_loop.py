@@ -31,7 +31,7 @@ from stream.adapters.topic_reader import read_to_end
 from stream.adapters.topics import topic_name
 from stream.config import Settings
 from stream.core.retention import key_user
-from stream.shadow import ensure_shadow_topic, shadow_topic
+from stream.pipeline.assemble import ensure_shadow_topic, shadow_topic
 from stream.tools import events
 from stream.tools.erasure import erase
 from stream.tools.feedback_dataset import build

@@ -8,9 +8,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import FEEDBACK, SIGNUP, UPLOAD
 from stream.adapters.topics import TOPICS, TopicAdmin, topic_name
 from stream.config import Settings
+from stream.core.subjects import FEEDBACK, SIGNUP, UPLOAD
 from stream.tools import events
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from stream.adapters.registry import SIGNUP, LocalRegistry, RegisteredSchema
 from stream.adapters.topics import TopicAdmin, topic_names
 from stream.config import Settings
 from stream.core.policy import load_policy
-from stream.replay import PartitionWindow
+from stream.runners.replay import PartitionWindow
 from stream.tools import events
 from stream.tools.redrive import REDRIVE_HEADER, read_dead_letters, redrive, summarize
 from tests.integration.replay_support import at, produce, run_live, source_windows, tiny_checkpoint

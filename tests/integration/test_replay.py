@@ -17,7 +17,7 @@ import pytest
 from model.engine import InferenceEngine
 from stream.adapters.topics import TopicAdmin
 from stream.config import Settings, load_settings
-from stream.replay import ReplayConfig, parse_bound, replay
+from stream.runners.replay import ReplayConfig, parse_bound, replay
 from stream.tools import events
 from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
 from tests.integration.replay_support import at, face, produce, snapshot, tiny_checkpoint

@@ -27,12 +27,13 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from stream.adapters.codec import AvroCodec
 from stream.adapters.confluent_registry import ConfluentRegistry, RegistryRefused, record_topics, registry_from_settings
-from stream.adapters.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD, LocalRegistry
+from stream.adapters.registry import LocalRegistry
 from stream.adapters.topic_reader import read_to_end
 from stream.adapters.topics import TopicAdmin, topic_name
 from stream.config import Settings, load_settings
+from stream.core.subjects import DECISION, FEEDBACK, SIGNUP, UPLOAD
 from stream.errors import DependencyUnavailable
-from stream.tools.diff import read_decision_topic
+from stream.runners.diff import read_decision_topic
 from stream.tools.produce import produce
 from tests.support.worker_harness import OutputReader, WorkerProcess, free_port, worker_env
 

@@ -20,8 +20,9 @@ from stream.adapters.kafka_sink import KafkaSink
 from stream.config import Settings
 from stream.core.belief import event_evidence
 from stream.core.policy import Action, PolicyEvent, decide, load_policy
-from stream.pipeline import SourceRecord
-from stream.shadow import ShadowScorer, ensure_shadow_topic, shadow_topic
+from stream.pipeline.assemble import ensure_shadow_topic, shadow_topic
+from stream.pipeline.ports import SourceRecord
+from stream.pipeline.shadow import ShadowScorer
 from stream.tools import events
 from tests.integration.replay_support import at, face, tiny_checkpoint
 

@@ -398,7 +398,7 @@ def test_shadow_model_publishes_one_record_per_scored_event(
 
     from confluent_kafka import Consumer
 
-    from stream.shadow import shadow_topic
+    from stream.pipeline.assemble import shadow_topic
 
     settings = fault_run["settings"]
     worker = start_worker(fault_run, "worker", AGEGATE_SHADOW_MODEL=str(tiny_model_b))

@@ -20,9 +20,9 @@ import redis
 from model.data.synthetic import encode_jpeg, render_face, sample_attributes
 from stream.adapters.belief_store import user_key
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import FEEDBACK, UPLOAD
 from stream.adapters.topics import TopicAdmin
 from stream.config import Settings
+from stream.core.subjects import FEEDBACK, UPLOAD
 from stream.tools import events
 from stream.tools.loadgen import SyntheticEvent
 from stream.tools.produce import Produced, produce

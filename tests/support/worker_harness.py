@@ -83,7 +83,7 @@ def beliefs(redis_url: str, prefix: str, users: Iterable[str]) -> dict[str, Mapp
 # what inference guarantees: float32 convolutions give slightly different outputs for different
 # batch compositions (float32 resolution of an age near 35 is ~4e-6 years, ~2 minutes of birth
 # time), so B agrees to an hour (~1e-4 years) and P to 1e-5. Evidence is dated at processing time
-# (stream/pipeline.py, the time rule), so two runs minutes apart differ in t and B by those minutes
+# (stream/pipeline/pipeline.py, the time rule), so two runs minutes apart differ in t and B by those minutes
 # (an hour's tolerance) while n and P, which a lost or double-counted event would change, do not.
 _TOLERANCE = {"B": (0.0, 3600.0), "P": (1e-5, 0.0), "t": (0.0, 3600.0)}
 

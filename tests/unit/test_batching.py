@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.batching import BatchPolicy, MicroBatcher
+from stream.pipeline.batching import BatchPolicy, MicroBatcher
 
 
 @given(st.integers(1, 256), st.floats(0.001, 1.0), st.integers(0, 600), st.floats(0.0, 2.0))

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from redis import exceptions as redis_exc
 
-from stream.adapters.belief_store import ApplyResult, BeliefStore, BeliefStoreError, BeliefUpdateFailed, SurfaceKey
+from stream.adapters.belief_store import BeliefStore, BeliefStoreError
 from stream.core.belief import Belief, Evidence
+from stream.core.belief_updates import ApplyResult, BeliefUpdateFailed, SurfaceKey
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
-from stream.pipeline import BeliefStage
+from stream.pipeline.fuse import BeliefRequest, BeliefStage, Fused, rounds_by_depth
 
 FLOOR = 2.0
 NOW = 1_750_000_000.0
@@ -140,13 +141,18 @@ class ErroringStore:
 
 async def test_the_belief_stage_fails_only_the_refused_users_event() -> None:
     stage = BeliefStage(ErroringStore("bad"), clock=lambda: NOW, model_version="m", error_floor=FLOOR)  # type: ignore[arg-type]
-    futures = {u: stage.submit(u, [Evidence(f"e-{u}", NOW, 20.0, 2.0)], SurfaceKey(u, "GB", "adult_content"))
-               for u in ("a", "bad", "c")}
+    users = ("a", "bad", "c")
+    requests = [BeliefRequest(u, [Evidence(f"e-{u}", NOW, 20.0, 2.0)], SurfaceKey(u, "GB", "adult_content"))
+                for u in users]
+    (round_,) = rounds_by_depth(requests)
+    out = await stage.fuse_round(round_, {})
     for user in ("a", "c"):
-        belief, previous, refused = await futures[user]
+        fused = out[users.index(user)]
+        assert isinstance(fused, Fused)
+        belief, previous, refused = fused.belief, fused.previous, fused.refused
         assert belief is not None
         assert belief.observations == 1
         assert (previous, refused) == (None, 0)
-    with pytest.raises(BeliefUpdateFailed) as caught:
-        await futures["bad"]
-    assert caught.value.reason == "belief_update_failed"
+    caught = out[users.index("bad")]
+    assert isinstance(caught, BeliefUpdateFailed)
+    assert caught.reason == "belief_update_failed"

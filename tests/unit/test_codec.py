@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import DECISION, FEEDBACK, SIGNUP, UPLOAD, LocalRegistry
+from stream.adapters.registry import LocalRegistry
+from stream.core.subjects import DECISION, FEEDBACK, SIGNUP, UPLOAD
 from stream.errors import DecodeError
 from stream.tools import events
 

@@ -15,7 +15,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from stream.adapters.codec import AvroCodec
 from stream.adapters.confluent_registry import ConfluentRegistry, RegistryRefused, subject_name
-from stream.adapters.registry import DECISION, SIGNUP, UPLOAD, LocalRegistry
+from stream.adapters.registry import LocalRegistry
+from stream.core.subjects import DECISION, SIGNUP, UPLOAD
 from stream.errors import DecodeError, DependencyUnavailable
 from tests.unit.test_codec import decision_record
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.replay import PartitionWindow
-from stream.tools.diff import diff, render_table, window_filter
+from stream.runners.diff import diff, render_table, window_filter
+from stream.runners.replay import PartitionWindow
 
 
 def d(key: str, action: str, jur: str = "DEFAULT", surface: str = "account_creation") -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from model.engine import EncodedFrame, FrameError
-from stream.frames import FRAMES_OVER_LIMIT, FrameResolver, FrameStores
+from stream.pipeline.frames import FRAMES_OVER_LIMIT, FrameResolver, FrameStores
 from stream.tools import events
 
 JPEG = b"\xff\xd8\xff\xe0" + b"x" * 100

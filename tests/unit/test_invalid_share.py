@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.pipeline import InvalidShareGuard
+from stream.pipeline.pipeline import InvalidShareGuard
 
 
 def test_guard_trips_only_on_a_full_window_above_the_limit() -> None:

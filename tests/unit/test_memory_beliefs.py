@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from stream.adapters.belief_store import SurfaceKey
 from stream.adapters.memory_beliefs import InMemoryBeliefStore
 from stream.core.belief import Evidence
+from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from tenacity import wait_none
 
 from model.checkpoint import save_checkpoint
+from model.errors import CheckpointError
 from model.models import create_model
 from stream.config import load_settings
-from stream.runtime import checkpoint_file, load_engine
+from stream.errors import ModelUnavailable
+from stream.pipeline.assemble import checkpoint_file, load_engine, load_engine_when_ready
 
 
 @pytest.fixture
@@ -40,3 +44,41 @@ def test_a_directory_without_a_checkpoint_is_a_clear_missing_file(tmp_path: Path
         checkpoint_file(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no model checkpoint at"):
         checkpoint_file(str(tmp_path / "absent.safetensors"))
+
+
+def test_a_missing_or_unusable_checkpoint_is_model_unavailable(tmp_path: Path) -> None:
+    """Model errors are wrapped at the edge: callers see one stream error, with the cause kept."""
+    settings = load_settings(environ={}, inference_device="cpu")
+    with pytest.raises(ModelUnavailable, match="no model checkpoint at"):
+        load_engine(settings, str(tmp_path / "absent.safetensors"))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(ModelUnavailable) as caught:
+        load_engine(settings, str(truncated))
+    assert isinstance(caught.value.__cause__, CheckpointError)
+
+
+async def test_the_worker_waits_for_a_checkpoint_that_is_missing_then_half_written(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    """A model volume that fills after start: missing, then a partial copy, then the real file. The
+    loader waits through both (the worker stays not ready) instead of crashing on the partial one."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    target = volume / "best.safetensors"
+    seen: list[str] = []
+
+    def the_volume_fills(error: ModelUnavailable, attempt: int) -> None:
+        seen.append(type(error.__cause__).__name__)
+        if attempt == 1:
+            target.write_bytes((run_dir / "best.safetensors").read_bytes()[:100])  # copy still running
+        else:
+            shutil.copyfile(run_dir / "best.safetensors", target)
+
+    settings = load_settings(environ={}, model_checkpoint=str(volume), inference_device="cpu")
+    engine = await load_engine_when_ready(settings, wait=wait_none(), on_wait=the_volume_fills)
+    try:
+        assert engine.model_version.endswith("dir-test")
+    finally:
+        engine.close()
+    assert seen == ["FileNotFoundError", "CheckpointError"]

@@ -77,3 +77,31 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     assert lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[-1] < 0.01
+
+
+def test_calibration_data_replaces_the_val_split_and_joins_the_lineage(
+    manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A separate calibration set: other subjects (another generator seed), several images each.
+    cal_manifest = generate_dataset(tmp_path / "cal", images=480, seed=77, size=32, images_per_subject=6)
+    out = tmp_path / "run"
+    assert train_mod.run(_args(manifest, out, epochs=1, calibration_data=cal_manifest)) == 0
+    best = load_checkpoint(out / "best.safetensors")
+    uncertainty = UncertaintyCalibration.from_dict(best.meta.extra["uncertainty"])
+    assert uncertainty.fitted_on == 480  # every row of the calibration manifest, whatever its split
+    assert uncertainty.floor_source == "estimated"  # 80 subjects with 6 images: enough for a floor
+    assert uncertainty.floor_subjects == 80
+    assert not uncertainty.has_mean_map  # the mean map is opt-in (--mean-map)
+    lineage = best.meta.extra["lineage"]
+    assert 77 in lineage["generator"]["seeds"]  # eval would refuse this calibration set as a benchmark
+    assert lineage["calibration"]["rows"] == 480
+    # --calibrate-only refits the promoted checkpoint in place, without training.
+    with pytest.raises(SystemExit, match=r"shares \d+ subjects with the training rows"):
+        train_mod.run(_args(manifest, out, calibration_data=manifest, calibrate_only=True))
+    other = generate_dataset(tmp_path / "cal2", images=240, seed=78, size=32, images_per_subject=4)
+    assert train_mod.run(_args(manifest, out, calibration_data=other, calibrate_only=True)) == 0
+    again = load_checkpoint(out / "best.safetensors")
+    assert UncertaintyCalibration.from_dict(again.meta.extra["uncertainty"]).fitted_on == 240
+    assert 78 in again.meta.extra["lineage"]["generator"]["seeds"]
+    assert again.meta.weights_sha256 == best.meta.weights_sha256  # only the metadata changed
+    assert "recalibrated" in capsys.readouterr().out

@@ -4,6 +4,7 @@ rides in checkpoint metadata, old checkpoints still load, and the engine applies
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from model.uncertainty import (
     UncertaintyCalibration,
     estimate_error_floor,
     fit_calibration,
+    fit_floor_shape,
+    fit_mean_map,
     fit_std_scale,
 )
 
@@ -115,7 +118,9 @@ def _model() -> AgeModel:
 
 
 CAL = UncertaintyCalibration(std_scale=0.5, floor_years=2.2, floor_subjects=123, floor_source="estimated",
-                             fitted_on=400)
+                             fitted_on=400, mean_knots_pred=(5.0, 20.0, 60.0), mean_knots_true=(8.0, 19.0, 70.0),
+                             floor_shape_weight=0.4, floor_shape_narrow=0.5, floor_shape_subjects=321,
+                             floor_shape_source="fitted")
 
 
 def test_calibration_round_trips_through_checkpoint_metadata(tmp_path: Path) -> None:
@@ -131,6 +136,15 @@ def test_calibration_round_trips_through_checkpoint_metadata(tmp_path: Path) -> 
     assert loaded.meta.extra["epoch"] == 3
     assert loaded.meta.dataset_hash == "sha256:d"
     assert UncertaintyCalibration.from_dict(CAL.to_dict()) == CAL
+
+
+def test_calibration_fitted_before_mean_maps_and_shapes_loads_as_identity_and_gaussian() -> None:
+    old = {k: v for k, v in CAL.to_dict().items() if k not in ("mean_knots_pred", "mean_knots_true", "floor_shape")}
+    cal = UncertaintyCalibration.from_dict(old)
+    assert not cal.has_mean_map
+    assert cal.apply_mean(17.5) == 17.5
+    assert (cal.floor_shape_weight, cal.floor_shape_narrow, cal.floor_shape_wide) == (1.0, 1.0, 1.0)
+    assert cal.floor_years == 2.2
 
 
 def test_an_old_checkpoint_loads_with_a_warning_scale_one_and_the_default_floor(
@@ -163,11 +177,12 @@ def test_engine_applies_the_scale_to_every_frame_std(tmp_path: Path) -> None:
     for r, c in zip(raw, cal, strict=True):
         assert isinstance(r, FrameEstimate)
         assert isinstance(c, FrameEstimate)
-        assert c.mean == r.mean
+        assert c.mean == pytest.approx(float(np.interp(r.mean, CAL.mean_knots_pred, CAL.mean_knots_true)), abs=1e-4)
         assert c.std == pytest.approx(0.5 * r.std, rel=1e-6)
     # The batch step alone (used by replay) is calibrated too.
     pixels = cal_engine.decode(frames).pixels
     assert torch.allclose(cal_engine.infer(pixels).std, 0.5 * raw_engine.infer(pixels).std)
+    assert torch.allclose(cal_engine.infer(pixels).mean, CAL.apply_mean(raw_engine.infer(pixels).mean))
 
 
 @pytest.mark.gpu
@@ -182,3 +197,89 @@ def test_cuda_path_applies_the_scale(tmp_path: Path) -> None:
         assert isinstance(r, FrameEstimate)
         assert isinstance(c, FrameEstimate)
         assert c.std == pytest.approx(0.5 * r.std, rel=1e-5)
+        assert c.mean == pytest.approx(float(np.interp(r.mean, CAL.mean_knots_pred, CAL.mean_knots_true)), abs=1e-3)
+
+
+# --- the mean map ----------------------------------------------------------------------------------
+
+
+def test_mean_map_undoes_a_known_monotone_bias() -> None:
+    rng = np.random.default_rng(21)
+    true = rng.uniform(6, 70, 6000)
+    predicted = 20.0 + 0.6 * (true - 20.0) + rng.normal(0, 1.0, true.size)  # pulled toward 20 at both ends
+    kp, kt = fit_mean_map(predicted, true)
+    assert len(kp) >= 10
+    assert all(b > a for a, b in pairwise(kp))
+    assert all(b >= a for a, b in pairwise(kt))
+    cal = UncertaintyCalibration(mean_knots_pred=kp, mean_knots_true=kt)
+    for age in (10.0, 16.0, 30.0, 50.0):
+        assert cal.apply_mean(20.0 + 0.6 * (age - 20.0)) == pytest.approx(age, abs=1.0)
+    assert cal.apply_mean(-100.0) == kt[0]  # clamped: no extrapolation past the data
+
+
+def test_fit_calibration_with_means_fits_the_floor_on_what_the_map_leaves() -> None:
+    rng = np.random.default_rng(22)
+    errors, ids = _simulate(rng, 1500, 1.5, 1.0)
+    true = np.repeat(rng.uniform(6, 70, 1500), np.bincount([int(i[1:]) for i in ids]))
+    predicted = 20.0 + 0.6 * (true - 20.0) + errors  # a bias by age that is the same in every photo
+    plain = fit_calibration(predicted - true, np.full(true.size, 3.0), ids)
+    mapped = fit_calibration(predicted - true, np.full(true.size, 3.0), ids, means=predicted)
+    assert not plain.has_mean_map
+    assert mapped.has_mean_map
+    assert plain.floor_years > 5.0  # the age bias counts as persistent error without the map
+    assert mapped.floor_years < 2.5  # with it, roughly the subjects' own offset sd (1.5) again
+
+
+def test_mean_map_needs_enough_frames() -> None:
+    assert fit_mean_map(np.arange(50.0), np.arange(50.0)) == ((), ())
+
+
+def test_mean_knots_are_validated() -> None:
+    with pytest.raises(ValueError, match="increasing"):
+        UncertaintyCalibration(mean_knots_pred=(5.0, 4.0), mean_knots_true=(1.0, 2.0))
+    with pytest.raises(ValueError, match="differ in length"):
+        UncertaintyCalibration(mean_knots_pred=(5.0, 6.0), mean_knots_true=(1.0,))
+
+
+# --- the floor's shape -----------------------------------------------------------------------------
+
+
+def _simulate_mixture(rng: np.random.Generator, subjects: int, floor: float, weight: float, narrow: float,
+                      within: float) -> tuple[np.ndarray, list[str]]:
+    wide = np.sqrt((1 - weight * narrow**2) / (1 - weight))
+    errors: list[float] = []
+    ids: list[str] = []
+    for i in range(subjects):
+        k = int(rng.integers(4, 9))
+        sd = floor * (narrow if rng.random() < weight else wide)
+        errors.extend(rng.normal(0, sd) + rng.normal(0, within, k))
+        ids.extend([f"s{i}"] * k)
+    return np.asarray(errors), ids
+
+
+def test_floor_shape_fit_recovers_a_known_mixture() -> None:
+    errors, ids = _simulate_mixture(np.random.default_rng(8), 4000, 3.0, 0.6, 0.4, 1.5)
+    floor = estimate_error_floor(errors, ids)
+    fit = fit_floor_shape(errors, ids, floor.floor_years, floor.within_sd)
+    assert fit.source == "fitted"
+    assert fit.weight == pytest.approx(0.6, abs=0.08)
+    assert fit.narrow == pytest.approx(0.4, abs=0.08)
+    assert fit.weight * fit.narrow**2 + (1 - fit.weight) * fit.wide**2 == pytest.approx(1.0)
+    cal = fit_calibration(errors, np.full(errors.size, 3.0), ids)
+    assert (cal.floor_shape_weight, cal.floor_shape_narrow) == (fit.weight, fit.narrow)
+    assert cal.floor_shape_subjects == 4000
+
+
+def test_a_gaussian_floor_stays_gaussian() -> None:
+    errors, ids = _simulate(np.random.default_rng(9), 2000, 2.0, 1.0)
+    floor = estimate_error_floor(errors, ids)
+    fit = fit_floor_shape(errors, ids, floor.floor_years, floor.within_sd)
+    assert (fit.weight, fit.narrow, fit.wide) == (1.0, 1.0, 1.0)
+    assert fit.source.startswith("gaussian:")
+
+
+def test_too_few_subjects_for_a_shape_give_the_gaussian() -> None:
+    errors, ids = _simulate_mixture(np.random.default_rng(10), 60, 3.0, 0.5, 0.3, 1.0)
+    fit = fit_floor_shape(errors, ids, 3.0, 1.0)
+    assert fit.weight == 1.0
+    assert fit.source.startswith("default:")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.offsets import OffsetTracker
+from stream.runners.offsets import OffsetTracker
 
 
 @given(st.permutations(list(range(30))))

@@ -1,8 +1,8 @@
-"""RecentBeliefs (stream/pipeline.py): the bounded memory that lets the worker notice lost beliefs."""
+"""RecentBeliefs (stream/pipeline/pipeline.py): the bounded memory that lets the worker notice lost beliefs."""
 
 from __future__ import annotations
 
-from stream.pipeline import RecentBeliefs
+from stream.pipeline.fuse import RecentBeliefs
 
 
 def test_remembers_users_and_forgets_the_least_recently_stored_first() -> None:

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from model.engine import FrameError, FrameEstimate
 from stream.core.belief import Belief, event_evidence, fuse
-from stream.shadow import swap_evidence
+from stream.pipeline.shadow import swap_evidence
 
 HL = 365 * 86400.0
 ests = st.lists(st.tuples(st.floats(5, 80), st.floats(0.5, 10)), min_size=1, max_size=4)

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from stream.pipeline import Outcome, SourceRecord
-from stream.replay import (
+from stream.pipeline.ports import Outcome, SourceRecord
+from stream.runners.replay import (
     Bound,
     PartitionWindow,
     RateLimiter,

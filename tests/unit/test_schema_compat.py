@@ -12,7 +12,8 @@ from fastavro.utils import generate_many
 
 from schemas import schema_root
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import SUBJECTS, LocalRegistry, RegisteredSchema
+from stream.adapters.registry import LocalRegistry, RegisteredSchema
+from stream.core.subjects import SUBJECTS
 
 registry = LocalRegistry()
 ALL_VERSIONS = [s for subject in SUBJECTS for s in registry.versions(subject)]

@@ -14,16 +14,11 @@ least one frame:
               "estimates": [[mean, std] | null per frame]},
    "action_changed": bool, "mean_abs_diff_years": float | null}
 
-Wiring in the pipeline (stream/pipeline.py), when `settings.shadow_model_checkpoint` is set:
-  shadow = ShadowScorer.from_settings(settings, policy=policy, sink=sink)  # then shadow.start()
-  - in `_score_frames`, with `resolved` the resolver's output, alongside the live scoring:
-        shadow_results = await shadow.score_resolved(resolved)
-  - in `_decide`, right after `decision = decide(...)`:
-        await shadow.observe(rec, record=record, event=<the PolicyEvent passed to decide>,
-                             live=decision, live_results=results, shadow_results=shadow_results,
-                             belief_after=belief, live_floor=<the live model's floor>,
-                             dependency_down=dependency_down, live_applied=not refused)
-  - on shutdown: await shadow.stop().
+Wiring: `assemble` builds the scorer when a shadow model is configured and hands it to the
+pipeline as its decision observer. The shadow knows nothing of the pipeline's steps: it receives
+each batch's decided events (`observe_decided`, stream/pipeline/decide.py `DecidedEvent`: the
+event, its resolved frames, the live results, decision and belief), scores their frames in its own
+micro-batches, and publishes; the pipeline awaits it with the batch's sends.
 """
 
 from __future__ import annotations
@@ -31,28 +26,20 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
-from stream.batching import BatchPolicy, MicroBatcher
-from stream.config import Settings
 from stream.core.belief import Belief, decay_factor, event_evidence, evidence_point
 from stream.core.policy import Decision, Policy, PolicyEvent, decide
 from stream.log import get_logger
-from stream.pipeline import Sink, SourceRecord
+from stream.pipeline.batching import MicroBatcher
+from stream.pipeline.decide import DecidedEvent
+from stream.pipeline.ports import Sink, SourceRecord
 
 log = get_logger("agegate.shadow")
-
-SHADOW_TOPIC_SUFFIX = "shadow-decisions"
-
-
-def shadow_topic(settings: Settings) -> str:
-    """The shadow topic's name: beside the declared topics, under the same environment prefix."""
-    return settings.topic_prefix + SHADOW_TOPIC_SUFFIX
-
 
 def swap_evidence(
     after: Belief | None,
@@ -117,22 +104,6 @@ class ShadowScorer:
         self.half_life_s = half_life_s
         self._batcher = batcher
 
-    @classmethod
-    def from_settings(cls, settings: Settings, *, policy: Policy, sink: Sink) -> ShadowScorer | None:
-        """None when no shadow model is configured. Its own micro-batcher: the shadow scores the
-        same frames as they arrive, in batches of the same policy, off the event loop."""
-        if not settings.shadow_model_checkpoint:
-            return None
-        from stream.runtime import DAY_S, load_engine
-
-        engine = load_engine(settings, settings.shadow_model_checkpoint)
-        batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
-            engine.score, BatchPolicy(settings.batch_max_frames, settings.batch_max_wait_ms / 1000)
-        )
-        return cls(score=batcher.score, model_version=engine.model_version, policy=policy, sink=sink,
-                   topic=shadow_topic(settings), half_life_s=settings.belief_half_life_days * DAY_S,
-                   error_floor=engine.uncertainty.floor_years, batcher=batcher)
-
     def start(self) -> None:
         if self._batcher is not None:
             self._batcher.start()
@@ -142,15 +113,42 @@ class ShadowScorer:
             await self._batcher.stop()
 
     async def score_resolved(self, resolved: Sequence[EncodedFrame | FrameError]) -> list[FrameResult]:
-        """The shadow's results for the frames the live model is scoring (errors pass through)."""
+        """The shadow's results for the frames the live model scored (errors pass through)."""
+        frames = [f for f in resolved if isinstance(f, EncodedFrame)]
+        if self._batcher is not None:
+            scored = iter(await self._batcher.score_many(frames))
+        else:
+            scored = iter(await asyncio.gather(*(self._score(f) for f in frames)))
+        return [f if isinstance(f, FrameError) else next(scored) for f in resolved]
 
-        async def one(item: EncodedFrame | FrameError) -> FrameResult:
-            return item if isinstance(item, FrameError) else await self._score(item)
+    async def observe_decided(self, decided: Sequence[DecidedEvent]) -> None:
+        """Score a batch's decided events with the shadow model and publish one record per event with frames.
 
-        return list(await asyncio.gather(*(one(item) for item in resolved)))
+        Never raises (but for cancellation): a shadow problem must not hold up live decisions.
+        """
+        with_frames = [d for d in decided if d.prepared.results]
+        if not with_frames:
+            return
+        try:
+            shadow = await self.score_resolved([f for d in with_frames for f in d.prepared.resolved])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("shadow scoring failed; live decision unaffected", error=f"{type(exc).__name__}: {exc}")
+            return
+        start = 0
+        for d in with_frames:
+            n = len(d.prepared.resolved)
+            await self.observe(
+                d.event.source, record={"user_id": d.event.user_id, "event_id": d.event.event_id},
+                event=d.policy_event, live=d.decision, live_results=d.prepared.results,
+                shadow_results=shadow[start : start + n], belief_after=d.belief_after, live_floor=d.live_floor,
+                dependency_down=d.prepared.dependency_down, live_applied=d.live_applied,
+            )
+            start += n
 
     async def observe(
-        self, rec: SourceRecord, *, record: dict[str, Any], event: PolicyEvent, live: Decision,
+        self, rec: SourceRecord, *, record: Mapping[str, Any], event: PolicyEvent, live: Decision,
         live_results: Sequence[FrameResult], shadow_results: Sequence[FrameResult], belief_after: Belief | None,
         live_floor: float, dependency_down: bool = False, live_applied: bool = True,
     ) -> dict[str, Any] | None:
@@ -170,7 +168,7 @@ class ShadowScorer:
             return None
 
     async def _observe(
-        self, rec: SourceRecord, record: dict[str, Any], event: PolicyEvent, live: Decision,
+        self, rec: SourceRecord, record: Mapping[str, Any], event: PolicyEvent, live: Decision,
         live_results: Sequence[FrameResult], shadow_results: Sequence[FrameResult], belief_after: Belief | None,
         live_floor: float, dependency_down: bool, live_applied: bool,
     ) -> dict[str, Any]:
@@ -208,22 +206,3 @@ class ShadowScorer:
                              json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
                              [("content-type", b"application/json")])
         return body
-
-
-def ensure_shadow_topic(settings: Settings, *, partitions: int = 12) -> None:
-    """Create the shadow topic if missing (it is not one of the declared topics: it is optional)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient(settings.kafka_client_config())
-    name = shadow_topic(settings)
-    if name in admin.list_topics(timeout=30).topics:
-        return
-    futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                            replication_factor=settings.topic_replication_factor,
-                                            config={"retention.ms": str(7 * 86400 * 1000)})])
-    for fut in futures.values():
-        try:
-            fut.result(timeout=30)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise

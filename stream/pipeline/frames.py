@@ -12,7 +12,7 @@ the same name), so one event with hundreds of frames costs no more than one with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +56,37 @@ class FrameResolver:
             await self._session.close()
             self._session = None
 
-    async def resolve_all(self, frames: Sequence[dict[str, Any]]) -> list[EncodedFrame | FrameError]:
+    async def resolve_all(self, frames: Sequence[Mapping[str, Any]]) -> list[EncodedFrame | FrameError]:
         """One result per frame, in order; frames past `max_frames` are ignored (`frames_over_limit`)."""
-        kept = list(await asyncio.gather(*(self.resolve(f) for f in frames[: self.max_frames])))
-        ignored = len(frames) - len(kept)
-        over = FrameError(FRAMES_OVER_LIMIT, f"only the first {self.max_frames} frames of an event are scored")
-        return kept + [over] * ignored
+        (resolved,) = await self.resolve_many([frames])
+        return resolved
 
-    async def resolve(self, frame: dict[str, Any]) -> EncodedFrame | FrameError:
+    async def resolve_many(
+        self, per_event: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> list[list[EncodedFrame | FrameError]]:
+        """`resolve_all` for a batch of events: inline frames are checked in place, and only the
+        frames behind URIs are fetched, all concurrently, so a batch of inline frames costs no task."""
+        over = FrameError(FRAMES_OVER_LIMIT, f"only the first {self.max_frames} frames of an event are scored")
+        out: list[list[EncodedFrame | FrameError]] = []
+        fetches: list[tuple[list[EncodedFrame | FrameError], int, Mapping[str, Any]]] = []
+        for frames in per_event:
+            row: list[EncodedFrame | FrameError] = []
+            for frame in frames[: self.max_frames]:
+                source = frame.get("source") or {}
+                if "data" in source:
+                    row.append(self._inline(source["data"], source.get("content_type") or ""))
+                else:
+                    fetches.append((row, len(row), frame))
+                    row.append(over)  # placeholder, replaced below
+            row.extend([over] * max(0, len(frames) - self.max_frames))
+            out.append(row)
+        if fetches:
+            fetched = await asyncio.gather(*(self.resolve(frame) for _, _, frame in fetches))
+            for (row, i, _), result in zip(fetches, fetched, strict=True):
+                row[i] = result
+        return out
+
+    async def resolve(self, frame: Mapping[str, Any]) -> EncodedFrame | FrameError:
         source = frame.get("source") or {}
         if "data" in source:
             return self._inline(source["data"], source.get("content_type") or "")

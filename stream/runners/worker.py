@@ -2,10 +2,13 @@
 
 faust (aiokafka transport) owns group membership, fetching, heartbeats and the web server. The
 guarantees are ours, because faust's do not hold on their own:
-- acks are manual (`noack` stream) and released in offset order per partition by an
-  `OffsetTracker`, so faust never commits past an event still in flight (its gap check is skipped
-  while the committed offset is 0 or None; see tests/unit/test_faust_traps.py);
-- `take()` is not used: it acks a whole batch even when the batch body raises;
+- input arrives in batches (`noack_take`: up to a micro-batch of events, or what came within the
+  batch wait) that are not acked by faust; the one driver (stream/runners/driver.py) runs each
+  batch through the pipeline and releases finished events in offset order per partition, and only
+  then are they acked, so faust never commits past an event still in flight (its gap check is
+  skipped while the committed offset is 0 or None; see tests/unit/test_faust_traps.py);
+- `take()`/`take_events()` are not used: they ack a whole batch when the batch body returns (or
+  raises), before its decisions exist;
 - decisions and dead letters are produced with confluent-kafka and awaited until acknowledged
   (faust's send future does not tell us the broker has the message); the confluent *transport* is
   not used since it drops headers;
@@ -33,8 +36,8 @@ from stream import metrics
 from stream.adapters.topics import topic_name
 from stream.config import Settings, load_settings
 from stream.log import get_logger
-from stream.offsets import OffsetTracker
-from stream.pipeline import SourceRecord
+from stream.pipeline.ports import SourceRecord
+from stream.runners.driver import Done, Driver
 from stream.runners.preflight import preflight, topic_checks
 
 log = get_logger("agegate.worker")
@@ -42,55 +45,65 @@ EXIT_FATAL = 3
 EXIT_GRACE_EXCEEDED = 4
 
 
+def source_record(message: Any) -> SourceRecord:
+    """A faust message as the pipeline's transport-neutral record."""
+    return SourceRecord(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        int(message.timestamp * 1000) if message.timestamp else 0,
+    )
+
+
 class WorkerRuntime:
     """Everything the faust agent needs, created once the model is loaded."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.tracker: OffsetTracker[tuple[Any, Any]] = OffsetTracker()
-        self.slots = asyncio.Semaphore(settings.queue_max_events)
         self.model_loaded = asyncio.Event()
         self.redis_ok_at = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
         self.assembled: Any = None
+        self.driver: Driver[tuple[Any, Any]] | None = None  # payload: (faust stream, event) to ack
         self.sink: Any = None
         self.redis: Any = None
         self.engine: Any = None
-        self.input_open = asyncio.Event()  # cleared while input is paused on the invalid share
-        self.input_open.set()
         self.paused_reason: str | None = None
         self.app: Any = None  # the faust app, set by create_app
         self.revocations = 0  # partition revocations so far: an event held across one is stale
 
     async def start(self) -> None:
         """Load the model (retrying while it is missing: events wait), connect Redis and Kafka."""
-        from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
-
         from stream.adapters.kafka_sink import KafkaSink
-        from stream.runtime import assemble, load_engine, make_store, redis_client
+        from stream.pipeline.assemble import (
+            assemble,
+            ensure_shadow_topic,
+            load_engine_when_ready,
+            make_store,
+            redis_client,
+        )
 
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((FileNotFoundError, OSError)),
-            wait=wait_exponential_jitter(multiplier=1, max=30),
-            before_sleep=lambda s: log.error(
-                "model not loadable; no event is processed until it is",
-                error=str(s.outcome.exception()) if s.outcome else "",
-                attempt=s.attempt_number,
+        self.engine = await load_engine_when_ready(
+            self.settings,
+            on_wait=lambda error, attempt: log.error(
+                "model not loadable; no event is processed until it is", error=str(error), attempt=attempt
             ),
-        ):
-            with attempt:
-                self.engine = await asyncio.to_thread(load_engine, self.settings)
+        )
         self.redis = redis_client(self.settings)
         self.sink = KafkaSink(self.settings)
         self.assembled = assemble(
-            self.settings, engine=self.engine, store=make_store(self.settings, self.redis), sink=self.sink,
+            self.settings, model=self.engine, store=make_store(self.settings, self.redis), sink=self.sink,
             with_shadow=True,  # scores the shadow model too, when AGEGATE_SHADOW_MODEL is set
         )
-        if self.assembled.shadow is not None:
-            from stream.shadow import ensure_shadow_topic
-
+        if self.assembled.has_shadow:
             await asyncio.to_thread(ensure_shadow_topic, self.settings)
         self.assembled.start()
+        self.driver = Driver(
+            self.assembled.pipeline.process, max_in_flight=self.assembled.max_in_flight, release=self._release,
+            on_error=self._failed,
+        )
+        self.driver.start()
         self.model_loaded.set()
         log.info(
             "model loaded",
@@ -100,65 +113,53 @@ class WorkerRuntime:
         )
         metrics.set_build_info(model_version=self.engine.model_version, policy_version=self.assembled.policy.version)
 
-    async def admit(self, stream: Any, event: Any) -> None:
-        """Take one event in; blocks while `queue_max_events` are in flight (backpressure)."""
+    async def admit(self, stream: Any, events: Sequence[Any]) -> None:
+        """Take a batch in; blocks while the driver is full (backpressure) or input is paused."""
         await self.model_loaded.wait()
+        assert self.driver is not None
         revocations = self.revocations
+        batch = [(source_record(event.message), (stream, event)) for event in events]
         while True:
-            if not self.input_open.is_set():
-                await self.input_open.wait()
+            if self.driver.paused:
+                await self.driver.wait_open()
                 if self.revocations != revocations:
-                    # Held unread through a rebalance: the partition restarts from the committed
+                    # Held unread through a rebalance: the partitions restart from the committed
                     # offset (ours again, or another worker's), so this copy is dropped, not acked.
                     return
-            await self.slots.acquire()
-            if self.input_open.is_set():
-                break
-            self.slots.release()  # paused while we waited for a slot: this event stays unread
-        message = event.message
-        rec = SourceRecord(
-            message.topic,
-            message.partition,
-            message.offset,
-            message.key,
-            message.value,
-            int(message.timestamp * 1000) if message.timestamp else 0,
-        )
-        self.tracker.start(rec.topic, rec.partition, rec.offset, (stream, event))
-        metrics.IN_FLIGHT_EVENTS.set(self.tracker.in_flight())
-        task = asyncio.get_running_loop().create_task(self._run(rec))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            if await self.driver.submit(batch):
+                break  # else paused while it waited for room: the batch stays unread
+        metrics.IN_FLIGHT_EVENTS.set(self.driver.in_flight)
 
-    async def _run(self, rec: SourceRecord) -> None:
+    async def _release(self, done: Sequence[Done[tuple[Any, Any]]]) -> None:
+        """Ack finished events in offset order; close the input first if the invalid share tripped
+        (the driver frees these events' room only after this returns, so nothing more is admitted)."""
         paused_now = False
-        try:
-            await self.assembled.pipeline.process(rec)
-        except Exception as exc:  # a bug: never ack what was not handled; stop loudly
-            log.exception("event processing failed", topic=rec.topic, partition=rec.partition, offset=rec.offset)
-            self.fatal(exc)
-            return
-        finally:
-            # Close the input before this event's slot frees, so no further event is admitted.
-            tripped = self.assembled.pipeline.guard.tripped
-            if tripped is not None and self.paused_reason is None:
-                self.pause(tripped)
-                paused_now = True
-            self.slots.release()
-        for stream, event in self.tracker.finish(rec.topic, rec.partition, rec.offset):
+        tripped = self.assembled.pipeline.guard.tripped
+        if tripped is not None and self.paused_reason is None:
+            self.pause(tripped)
+            paused_now = True
+        for item in done:
+            stream, event = item.payload
             await stream.ack(event)
-        metrics.IN_FLIGHT_EVENTS.set(self.tracker.in_flight())
+        assert self.driver is not None
+        metrics.IN_FLIGHT_EVENTS.set(self.driver.in_flight - len(done))
         if paused_now and self.app is not None:
             # Keep our place now, not at the next commit tick: a restart must not redo these.
             await self.app.consumer.commit()
 
+    def _failed(self, exc: BaseException) -> None:
+        """A batch raised (a bug): never ack what was not handled; stop loudly."""
+        log.error("event processing failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        self.fatal(exc)
+
     def pause(self, reason: str) -> None:
         """Stop taking input (events in flight still finish and are committed) until `resume`."""
         self.paused_reason = reason
-        self.input_open.clear()
+        if self.driver is not None:
+            self.driver.pause()
         if self.app is not None:
             # faust waits for every event it handed out to be acked before a rebalance or stop;
-            # the one held unread at the closed input never will be, so do not wait while paused.
+            # the ones held unread at the closed input never will be, so do not wait while paused.
             self.app.conf.stream_wait_empty = False
         metrics.INPUT_PAUSED.set(1)
         log.error("input paused: invalid share exceeded; POST /resume or restart once fixed", reason=reason)
@@ -172,7 +173,8 @@ class WorkerRuntime:
         if self.app is not None:
             self.app.conf.stream_wait_empty = True
         metrics.INPUT_PAUSED.set(0)
-        self.input_open.set()
+        if self.driver is not None:
+            self.driver.resume()
         log.warning("input resumed by an operator")
         return True
 
@@ -206,6 +208,8 @@ class WorkerRuntime:
         return ok, checks
 
     async def stop(self) -> None:
+        if self.driver is not None:
+            await self.driver.stop()
         if self.assembled is not None:
             await self.assembled.stop()
         if self.sink is not None:
@@ -217,6 +221,8 @@ class WorkerRuntime:
 def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
     import faust
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from stream.pipeline.assemble import consumer_batch
 
     broker = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(","))
     app = faust.App(
@@ -248,27 +254,21 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         value_serializer="raw",
     )
 
+    batch_events, batch_wait_s = consumer_batch(settings)
+
     @app.agent(sources, concurrency=1)
     async def enforce(stream: Any) -> None:
-        manual = stream.noack()
-        async for event in manual.events():
-            await runtime.admit(manual, event)
+        # Batches of events faust does not ack: the driver acks each once its decision is stored.
+        async for events in stream.noack_take(batch_events, within=batch_wait_s):
+            await runtime.admit(stream, events)
 
     @app.task
     async def load_model() -> None:
         await runtime.start()
 
     @app.timer(interval=5.0)
-    async def report_lag() -> None:
-        """Consumer lag per assigned partition (high watermark - position), for dashboards and alerts."""
-        assigned = sorted(app.consumer.assignment())
-        if not assigned:
-            return
-        highwaters = await app.consumer.highwaters(*assigned)
-        for tp in assigned:
-            position = await app.consumer.position(tp)
-            if position is not None and tp in highwaters:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwaters[tp] - position))
+    async def lag() -> None:
+        await report_lag(app)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -296,7 +296,8 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
     async def forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
         runtime.revocations += 1
         for tp in revoked:
-            runtime.tracker.forget(tp.topic, tp.partition)
+            if runtime.driver is not None:
+                runtime.driver.forget(tp.topic, tp.partition)
             with contextlib.suppress(KeyError):  # no lag reported for it yet
                 metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
@@ -305,6 +306,18 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         await runtime.stop()
 
     return app, runtime
+
+
+async def report_lag(app: Any) -> None:
+    """Consumer lag per assigned partition (high watermark - position), for dashboards and alerts."""
+    assigned = sorted(app.consumer.assignment())
+    if not assigned:
+        return
+    highwaters = await app.consumer.highwaters(*assigned)
+    for tp in assigned:
+        position = await app.consumer.position(tp)
+        if position is not None and tp in highwaters:
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwaters[tp] - position))
 
 
 def _credentials(settings: Settings) -> Any:

@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -57,12 +57,13 @@ from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.adapters.kafka_sink import KafkaSink
 from stream.adapters.topics import topic_names
 from stream.config import Settings, load_settings
-from stream.core.policy import load_policy
+from stream.core.policy import Policy, load_policy
 from stream.errors import AgegateError
 from stream.log import get_logger
-from stream.pipeline import InvalidShareGuard, Outcome, SourceRecord
+from stream.pipeline.assemble import DAY_S, Assembled, assemble, load_engine, redis_client
+from stream.pipeline.ports import Outcome, SourceRecord
+from stream.runners.driver import Done, Driver
 from stream.runners.preflight import probe_redis
-from stream.runtime import DAY_S, assemble, load_engine, redis_client
 
 log = get_logger("agegate.replay")
 
@@ -317,7 +318,7 @@ class FixedShapeScorer:
         self.engine = engine
         self.size = size
         self.model_version = engine.model_version
-        self.uncertainty = engine.uncertainty
+        self.error_floor_years = engine.error_floor_years
 
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
         out: list[FrameResult] = []
@@ -518,129 +519,155 @@ def _consumer(settings: Settings, run_id: str) -> Consumer:
     })
 
 
-async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) -> ReplaySummary:
-    started = time.monotonic()
-    settings = cfg.settings
-    kind, target = _out_spec(cfg.out)
-    names = topic_names(settings)
-    sources = [(r, names.get(r, r)) for r in cfg.roles]
-    engine = engine or load_engine(settings, cfg.model or None)
-    policy = load_policy(cfg.policy or settings.policy_file or None)
-
-    state: ReplayState
-    resumed = cfg.state_path.exists()
-    if resumed:
+def _open_state(cfg: ReplayConfig, engine: InferenceEngine, policy: Policy) -> tuple[ReplayState, bool]:
+    """The run's state: resumed from the state file (which must be for this model, policy and output),
+    or a new run whose window is resolved now and saved before anything is read."""
+    if cfg.state_path.exists():
         state = ReplayState.from_json(cfg.state_path.read_text())
         for what, have, want in (("model", state.model_version, engine.model_version),
                                  ("policy", state.policy_version, policy.version), ("out", state.out, cfg.out)):
             if have != want:
                 raise ReplayError(f"state file {cfg.state_path} is for {what} {have!r}, not {want!r}")
-    else:
-        run_id = uuid.uuid4().hex[:12]
-        consumer = _consumer(settings, run_id)
+        return state, True
+    names = topic_names(cfg.settings)
+    sources = [(r, names.get(r, r)) for r in cfg.roles]
+    run_id = uuid.uuid4().hex[:12]
+    consumer = _consumer(cfg.settings, run_id)
+    try:
+        windows = resolve_window(consumer, sources, cfg.frm, cfg.to, shard=cfg.shard)
+        as_of = window_as_of(consumer, windows)
+    finally:
+        consumer.close()
+    state = ReplayState(run_id, windows, as_of, engine.model_version, policy.version, cfg.out)
+    state.save(cfg.state_path)
+    return state, False
+
+
+class _Run:
+    """One replay run over an open state: the pipeline, its driver, the output, checkpoints."""
+
+    def __init__(self, cfg: ReplayConfig, state: ReplayState, engine: InferenceEngine, policy: Policy) -> None:
+        settings = cfg.settings
+        self.cfg = cfg
+        self.state = state
+        kind, target = _out_spec(cfg.out)
+        self.redis = redis_client(settings)
+        self.store = JournaledBeliefStore(
+            self.redis, prefix=f"{settings.redis_key_prefix}-replay-{state.run_id}",
+            half_life_s=settings.belief_half_life_days * DAY_S, ttl_s=settings.belief_ttl_days * DAY_S,
+            generation=state.generation,
+        )
+        self.kafka = KafkaSink(settings) if kind == "topic" else None
+        self.output = FileOutput(Path(target), truncate_to=state.out_bytes) if kind == "file" else None
+        sink = ReplaySink(topic_names(settings)["decisions"], target if kind == "topic" else None, self.kafka)
+        as_of = state.as_of
+        self.assembled: Assembled = assemble(
+            settings, model=FixedShapeScorer(engine, settings.batch_max_frames), store=self.store, sink=sink,
+            policy=policy, max_in_flight=cfg.max_in_flight, clock=lambda: as_of,
+            processed_at=lambda rec: _processed_at(rec, as_of), stop_on_invalid_share=False,
+        )
+        self.driver: Driver[None] = Driver(
+            self.assembled.pipeline.process, max_in_flight=cfg.max_in_flight, release=self._release
+        )
+        self.bar = _progress(cfg.progress, state)
+
+    async def _release(self, done: Sequence[Done[None]]) -> None:
+        """Finished events, in the merged order: their output lines, positions and counts."""
+        state = self.state
+        for item in done:
+            rec, outcome = item.record, item.outcome
+            if self.output is not None:
+                self.output.write(outcome_line(rec, outcome))
+            state.positions[f"{rec.topic}/{rec.partition}"] = rec.offset + 1
+            state.events += 1
+            if outcome.kind == "decision":
+                state.decisions += 1
+            else:
+                state.dead_letters += 1
+        if self.bar is not None:
+            self.bar.update(len(done))
+
+    async def checkpoint(self, done: bool = False) -> None:
+        await self.driver.drain()
+        state = self.state
+        state.out_bytes = self.output.durable_size() if self.output is not None else 0
+        if self.kafka is not None:
+            self.kafka.flush(30.0)
+        state.generation += 1
+        state.done = done
+        state.save(self.cfg.state_path)
+        await self.store.commit(state.generation)
+
+    async def run(self) -> None:
+        """Read the window in merged order, in batches that never cross a checkpoint."""
+        cfg = self.cfg
+        consumer = _consumer(cfg.settings, self.state.run_id)
+        reader = MergedReader(consumer, self.state.windows, self.state.positions, buffer=cfg.buffer)
+        limiter = RateLimiter(cfg.rate)
+        size = self.assembled.batch_events
+        processed = 0
+        batch: list[tuple[SourceRecord, None]] = []
+        self.assembled.start()
+        self.driver.start()
         try:
-            windows = resolve_window(consumer, sources, cfg.frm, cfg.to, shard=cfg.shard)
-            as_of = window_as_of(consumer, windows)
+            while (rec := await reader.next()) is not None:
+                wait = limiter.delay()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                batch.append((rec, None))
+                processed += 1
+                crash = bool(cfg.fail_after) and processed >= cfg.fail_after
+                due = processed % cfg.checkpoint_every == 0
+                if len(batch) >= size or crash or due:
+                    await self.driver.submit(batch)
+                    batch = []
+                if crash:
+                    await self._crash()
+                if due:
+                    await self.checkpoint()
+            await self.driver.submit(batch)
+            await self.checkpoint(done=True)
         finally:
             consumer.close()
-        state = ReplayState(run_id, windows, as_of, engine.model_version, policy.version, cfg.out)
-        state.save(cfg.state_path)
+
+    async def _crash(self) -> None:
+        """Testing crash recovery: a crash after the last checkpoint, with writes past it."""
+        await self.driver.drain()
+        if self.output is not None:
+            self.output.durable_size()
+        os._exit(137)
+
+    async def close(self) -> None:
+        await self.driver.stop()
+        if self.bar is not None:
+            self.bar.close()
+        await self.assembled.stop()
+        if self.output is not None:
+            self.output.close()
+        if self.kafka is not None:
+            self.kafka.close()
+
+
+async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) -> ReplaySummary:
+    started = time.monotonic()
+    engine = engine or load_engine(cfg.settings, cfg.model or None)
+    policy = load_policy(cfg.policy or cfg.settings.policy_file or None)
+    state, resumed = _open_state(cfg, engine, policy)
     if state.done:
         log.info("replay already complete", state=str(cfg.state_path))
         return ReplaySummary(state.events, state.decisions, state.dead_letters, 0.0, state.out,
                              _maybe_diff(cfg, state))
-
-    redis = redis_client(settings)
-    store = JournaledBeliefStore(
-        redis, prefix=f"{settings.redis_key_prefix}-replay-{state.run_id}",
-        half_life_s=settings.belief_half_life_days * DAY_S, ttl_s=settings.belief_ttl_days * DAY_S,
-        generation=state.generation,
-    )
+    run = _Run(cfg, state, engine, policy)
     if resumed:
-        undone = await store.rollback()
+        undone = await run.store.rollback()
         log.info("resuming replay", run_id=state.run_id, remaining=state.remaining(), users_rolled_back=undone)
-    kafka = KafkaSink(settings) if kind == "topic" else None
-    output = FileOutput(Path(target), truncate_to=state.out_bytes) if kind == "file" else None
-    sink = ReplaySink(names["decisions"], target if kind == "topic" else None, kafka)
-    scorer = FixedShapeScorer(engine, settings.batch_max_frames)
-    as_of = state.as_of
-    assembled = assemble(
-        settings, engine=cast(InferenceEngine, scorer), store=store, sink=sink, policy=policy,
-        clock=lambda: as_of, processed_at=lambda rec: _processed_at(rec, as_of),
-    )
-    pipeline = assembled.pipeline
-    # A replay reports invalid input in its output; stopping on it (the worker's guard) helps nobody.
-    pipeline.guard = InvalidShareGuard(1.0, 1)
-    assembled.batcher.start()
-    consumer = _consumer(settings, state.run_id)
-    reader = MergedReader(consumer, state.windows, state.positions, buffer=cfg.buffer)
-    limiter = RateLimiter(cfg.rate)
-    bar = _progress(cfg.progress, state)
-    inflight: deque[tuple[SourceRecord, asyncio.Task[Outcome]]] = deque()
-    processed = 0
-
-    async def complete_head() -> None:
-        rec, task = inflight.popleft()
-        outcome = await task
-        if output is not None:
-            output.write(outcome_line(rec, outcome))
-        state.positions[f"{rec.topic}/{rec.partition}"] = rec.offset + 1
-        state.events += 1
-        if outcome.kind == "decision":
-            state.decisions += 1
-        else:
-            state.dead_letters += 1
-        if bar is not None:
-            bar.update(1)
-
-    async def drain() -> None:
-        while inflight:
-            await complete_head()
-
-    async def checkpoint(done: bool = False) -> None:
-        await drain()
-        state.out_bytes = output.durable_size() if output is not None else 0
-        if kafka is not None:
-            kafka.flush(30.0)
-        state.generation += 1
-        state.done = done
-        state.save(cfg.state_path)
-        await store.commit(state.generation)
-
     try:
-        while (rec := await reader.next()) is not None:
-            wait = limiter.delay()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if len(inflight) >= cfg.max_in_flight:
-                await complete_head()
-            inflight.append((rec, asyncio.get_running_loop().create_task(pipeline.process(rec))))
-            processed += 1
-            if cfg.fail_after and processed >= cfg.fail_after:
-                await drain()
-                if output is not None:
-                    output.durable_size()
-                os._exit(137)  # a crash after the last checkpoint, with writes past it
-            if processed % cfg.checkpoint_every == 0:
-                await checkpoint()
-            while inflight and inflight[0][1].done():
-                await complete_head()
-        await checkpoint(done=True)
+        await run.run()
     finally:
-        for _, task in inflight:
-            task.cancel()
-        if bar is not None:
-            bar.close()
-        consumer.close()
-        await assembled.batcher.stop()
-        await assembled.resolver.close()
-        if output is not None:
-            output.close()
-        if kafka is not None:
-            kafka.close()
+        await run.close()
     if not cfg.keep_state:
-        await store.drop_namespace()
-    await redis.aclose()
+        await run.store.drop_namespace()
+    await run.redis.aclose()
     return ReplaySummary(state.events, state.decisions, state.dead_letters, time.monotonic() - started, state.out,
                          _maybe_diff(cfg, state))
 
@@ -657,7 +684,7 @@ def _progress(enabled: bool, state: ReplayState) -> Any:
 def _maybe_diff(cfg: ReplayConfig, state: ReplayState) -> dict[str, Any] | None:
     if not cfg.diff_against:
         return None
-    from stream.tools import diff
+    from stream.runners import diff
 
     kind, target = _out_spec(state.out)
     names = topic_names(cfg.settings)

@@ -1,8 +1,9 @@
 """Micro-batching: frames from many events share one forward pass, bounded by size and by wait.
 
 `BatchPolicy` is the pure decision (flush now? how long may we still wait?), tested without
-clocks or threads. `MicroBatcher` applies it: callers `await score(frame)`; one background task
-forms batches and runs the scorer off the event loop, so consumers keep heartbeating.
+clocks or threads. `MicroBatcher` applies it: callers `await score_many(frames)` (one future per
+call, however many frames: a batch of events is awaited once); one background task forms batches
+from everything pending and runs the scorer off the event loop, so consumers keep heartbeating.
 """
 
 from __future__ import annotations
@@ -34,6 +35,27 @@ class BatchPolicy:
         return max(0.0, self.max_wait_s - oldest_waited_s)
 
 
+class _Group(Generic[R]):
+    """The frames of one `score_many` call: their results, and the one future that delivers them."""
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, n: int, future: asyncio.Future[list[R]]) -> None:
+        self.results: list[R | None] = [None] * n
+        self.left = n
+        self.future = future
+
+    def fill(self, index: int, result: R) -> None:
+        self.results[index] = result
+        self.left -= 1
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(self.results)  # type: ignore[arg-type]  # all filled now
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
 class MicroBatcher(Generic[F, R]):
     """Batches items for `scorer` (a blocking function from a list of items to a list of results).
 
@@ -51,7 +73,7 @@ class MicroBatcher(Generic[F, R]):
         self._scorer = scorer
         self.policy = policy
         self._clock = clock
-        self._pending: deque[tuple[F, asyncio.Future[R], float]] = deque()
+        self._pending: deque[tuple[F, _Group[R], int, float]] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
@@ -75,13 +97,22 @@ class MicroBatcher(Generic[F, R]):
     _closing = False
 
     async def score(self, item: F) -> R:
+        (result,) = await self.score_many([item])
+        return result
+
+    async def score_many(self, items: Sequence[F]) -> list[R]:
+        """Results for `items`, in order; they may share forward passes with any other caller's."""
         if self._task is None:
             raise RuntimeError("MicroBatcher.start() was not called")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future, self._clock()))
-        if len(self._pending) >= self.policy.max_frames or len(self._pending) == 1:
+        if not items:
+            return []
+        group: _Group[R] = _Group(len(items), asyncio.get_running_loop().create_future())
+        was_empty = not self._pending
+        now = self._clock()
+        self._pending.extend((item, group, i, now) for i, item in enumerate(items))
+        if was_empty or len(self._pending) >= self.policy.max_frames:
             self._wakeup.set()
-        return await future
+        return await group.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,7 +123,7 @@ class MicroBatcher(Generic[F, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            waited = self._clock() - self._pending[0][2]
+            waited = self._clock() - self._pending[0][3]
             if not self._closing and not self.policy.should_flush(len(self._pending), waited):
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -100,16 +131,15 @@ class MicroBatcher(Generic[F, R]):
                 continue
             take = min(len(self._pending), self.policy.max_frames)
             batch = [self._pending.popleft() for _ in range(take)]
-            items = [item for item, _, _ in batch]
+            items = [item for item, _, _, _ in batch]
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._scorer, items)
                 if len(results) != len(items):
                     raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
             except Exception as exc:  # the whole batch failed (a bug, or the device): fail its callers
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for _, group, _, _ in batch:
+                    group.fail(exc)
                 continue
             elapsed = time.perf_counter() - started
             self.batches += 1
@@ -117,6 +147,5 @@ class MicroBatcher(Generic[F, R]):
             metrics.INFERENCE_SECONDS.observe(elapsed)
             if self._on_batch:
                 self._on_batch(len(items), elapsed)
-            for (_, future, _), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            for (_, group, index, _), result in zip(batch, results, strict=True):
+                group.fill(index, result)

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from stream.adapters.codec import AvroCodec
 from stream.adapters.confluent_registry import registry_from_settings
-from stream.adapters.registry import DECISION
 from stream.adapters.topic_reader import UnknownTopic, read_to_end
 from stream.config import Settings
+from stream.core.subjects import DECISION
 from stream.errors import DecodeError
 
 EXAMPLES_PER_TRANSITION = 5

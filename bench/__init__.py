@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts); a package so tests can share bench/history.py."""

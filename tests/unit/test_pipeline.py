@@ -1,0 +1,199 @@
+"""The pipeline over batches, without services: a fake sink and scorer and an in-memory belief store.
+
+The belief store here is a minimal fake built on the belief math (stream/core/belief.py `fuse`), with the
+methods the pipeline uses (ports.BeliefRepository). When the in-memory store (InMemoryBeliefStore,
+branch wip/memstore) is merged, it can replace `MemoryBeliefs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from model.engine import EncodedFrame, FrameEstimate, FrameResult
+from stream.adapters.codec import AvroCodec
+from stream.core.belief import Belief, ClockSkewRule, Evidence, apply_verified, decay, fuse
+from stream.core.belief_updates import ApplyResult, SurfaceKey
+from stream.core.policy import Action, load_policy
+from stream.core.subjects import SIGNUP, UPLOAD
+from stream.pipeline.decide import DecidedEvent
+from stream.pipeline.frames import FrameResolver, FrameStores
+from stream.pipeline.pipeline import InvalidShareGuard, Pipeline
+from stream.pipeline.ports import SourceRecord
+from stream.tools import events
+
+DAY_S = 86400.0
+NOW = 1_750_000_000.0
+TOPICS = {"signups": "s", "uploads": "u", "feedback": "f", "decisions": "d", "dead_letters": "dl"}
+SUBJECT_TOPIC = {SIGNUP: "s", UPLOAD: "u"}
+
+
+class MemoryBeliefs:
+    """Beliefs and hysteresis state in dicts; counts what a Redis store would do in round trips."""
+
+    def __init__(self) -> None:
+        self.half_life_s = 365 * DAY_S
+        self.skew = ClockSkewRule(max_past_s=400 * DAY_S)
+        self.beliefs: dict[str, Belief] = {}
+        self.seen: dict[str, frozenset[str]] = {}
+        self.actions: dict[str, dict[str, Action]] = {}
+        self.applies: list[list[str]] = []  # users per `apply` call (one Redis round trip each)
+        self.action_writes: list[dict[SurfaceKey, Action]] = []
+
+    async def apply(
+        self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str, floor: float
+    ) -> ApplyResult:
+        self.applies.append(list(updates))
+        result = ApplyResult()
+        for user, evidences in updates.items():
+            fused = fuse(self.beliefs.get(user), evidences, now=now, half_life_s=self.half_life_s,
+                         model_version=model_version, floor=floor, seen=self.seen.get(user, ()), skew=self.skew)
+            if fused.belief is not None:
+                self.beliefs[user] = result[user] = fused.belief
+            self.seen[user] = fused.seen
+            result.applied[user] = fused.applied
+            result.refused[user] = fused.refused
+            result.previous_actions[user] = dict(self.actions.get(user, {}))
+        return result
+
+    async def apply_verified(
+        self, user_id: str, *, event_id: str, verified_age: float, verified_at: float, now: float
+    ) -> Belief:
+        belief = apply_verified(self.beliefs.get(user_id), verified_age=verified_age, verified_at=verified_at, now=now)
+        self.beliefs[user_id] = belief
+        return belief
+
+    async def record_actions(self, actions: Mapping[SurfaceKey, Action]) -> None:
+        self.action_writes.append(dict(actions))
+        for key, action in actions.items():
+            self.actions.setdefault(key.user_id, {})[key.field.removeprefix("a:")] = action
+
+    async def get_many(self, user_ids: Sequence[str], *, now: float) -> dict[str, Belief | None]:
+        out: dict[str, Belief | None] = {}
+        for u in user_ids:
+            b = self.beliefs.get(u)
+            out[u] = decay(b, now, self.half_life_s) if b is not None else None
+        return out
+
+    async def get_previous_actions(self, keys: Sequence[SurfaceKey]) -> dict[SurfaceKey, Action | None]:
+        return {k: self.actions.get(k.user_id, {}).get(k.field.removeprefix("a:")) for k in keys}
+
+
+class FakeScorer:
+    """A frame's bytes are its age ("35" scores 35 years); a gate can hold scoring back."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.gate: asyncio.Event | None = None
+
+    async def score_many(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
+        self.calls.append(len(frames))
+        if self.gate is not None:
+            await self.gate.wait()
+        return [FrameEstimate(mean=float(f.data.decode()), std=1.0) for f in frames]
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, dict[str, bytes]]] = []
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> tuple[int, int]:
+        self.sent.append((topic, key, value, dict(headers)))
+        return (0, len(self.sent))
+
+
+def make() -> tuple[Pipeline, MemoryBeliefs, FakeScorer, FakeSink]:
+    store, scorer, sink = MemoryBeliefs(), FakeScorer(), FakeSink()
+    pipeline = Pipeline(
+        codec=AvroCodec(), scorer=scorer, model_version="m@1", error_floor=2.0, store=store,
+        policy=load_policy(None), sink=sink,
+        resolver=FrameResolver(FrameStores.parse("", max_bytes=1 << 20, timeout_s=1.0)),
+        topics=TOPICS, guard=InvalidShareGuard(0.5, 100), clock=lambda: NOW,
+    )
+    return pipeline, store, scorer, sink
+
+
+_offsets: dict[str, int] = {}
+
+
+def record(subject: str, value: dict[str, Any]) -> SourceRecord:
+    topic = SUBJECT_TOPIC[subject]
+    offset = _offsets[topic] = _offsets.get(topic, -1) + 1
+    return SourceRecord(topic, 0, offset, value["user_id"].encode(), AvroCodec().encode(subject, value),
+                        int(time.time() * 1000))
+
+
+def upload(user: str, *ages: int) -> SourceRecord:
+    frames = [events.inline_frame(f"f{i}", str(a).encode()) for i, a in enumerate(ages)]
+    return record(UPLOAD, events.upload(user, at=NOW, surface="profile_photo", frames=frames))
+
+
+async def test_a_batch_gives_one_outcome_per_record_in_order_with_frames_scored_in_one_call() -> None:
+    pipeline, _, scorer, sink = make()
+    garbage = SourceRecord("u", 0, 99, b"k", b"\x07not avro", 0)
+    batch = [upload("a", 35, 36), garbage, upload("b", 10), record(SIGNUP, events.signup("c", at=NOW, declared_age=30))]
+    outcomes = await pipeline.process(batch)
+    assert [o.kind for o in outcomes] == ["decision", "dead_letter", "decision", "decision"]
+    assert scorer.calls == [3]  # every frame of the batch in one call
+    assert [o.decision["idempotency_key"] for o in outcomes if o.decision] == [
+        r.idempotency_key for r in batch if r is not garbage
+    ]
+    assert [t for t, *_ in sink.sent] == ["d", "dl", "d", "d"]
+    _, key, value, headers = sink.sent[1]
+    assert (key, value, headers["reason"]) == (b"k", b"\x07not avro", outcomes[1].reason.encode())  # type: ignore[union-attr]
+
+
+async def test_a_users_second_event_in_a_batch_sees_the_belief_after_the_first() -> None:
+    pipeline, store, _, _ = make()
+    outcomes = await pipeline.process([upload("a", 35), upload("b", 40), upload("a", 36)])
+    observations = [o.decision["evidence"]["observations"] for o in outcomes if o.decision]
+    assert observations == [1, 1, 2]
+    assert store.applies == [["a", "b"], ["a"]]  # one round trip per user depth, not per event
+    assert len(store.action_writes) == 1  # the batch's hysteresis state in one write
+    assert set(store.action_writes[0]) == {SurfaceKey(u, "US", "profile_photo") for u in ("a", "b")}
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.decided: list[DecidedEvent] = []
+
+    async def observe_decided(self, decided: Sequence[DecidedEvent]) -> None:
+        self.decided.extend(decided)
+
+
+async def test_a_second_event_in_the_batch_sees_the_action_decided_for_the_first() -> None:
+    pipeline, store, _, _ = make()
+    observer = pipeline.observer = Observer()
+    await pipeline.process([upload("a", 35), upload("b", 12), upload("a", 35)])
+    first, _, second = observer.decided
+    assert first.policy_event.previous_action is None
+    # Not yet written to the store when the second was decided: it came from the batch itself.
+    assert second.policy_event.previous_action == first.decision.action
+    assert store.actions["a"]["US/profile_photo"] == second.decision.action  # written once, after the batch
+
+
+async def test_batches_in_flight_together_reach_the_belief_step_in_admission_order() -> None:
+    pipeline, _, scorer, _ = make()
+    scorer.gate = asyncio.Event()
+    first = asyncio.ensure_future(pipeline.process([upload("a", 35)]))
+    # The second batch has no frames, so it would overtake the first, which waits for inference.
+    second = asyncio.ensure_future(pipeline.process([record(SIGNUP, events.signup("a", at=NOW, declared_age=30))]))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # held behind the first batch's belief step
+    scorer.gate.set()
+    (one,), (two,) = await asyncio.gather(first, second)
+    assert one.decision
+    assert two.decision
+    assert two.decision["evidence"]["observations"] == 1  # the upload's evidence was fused first
+
+
+async def test_the_invalid_share_guard_sees_every_record_of_a_batch() -> None:
+    pipeline, _, _, _ = make()
+    garbage = [SourceRecord("u", 0, 1000 + i, None, b"\x00bad", 0) for i in range(100)]
+    outcomes = await pipeline.process(garbage)
+    assert all(o.kind == "dead_letter" for o in outcomes)
+    assert pipeline.guard.tripped is not None

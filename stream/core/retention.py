@@ -36,25 +36,25 @@ def consented(record: Mapping[str, Any]) -> bool:
 
 
 def retained_records(
-    record: Mapping[str, Any], frames: Sequence[tuple[bytes, str] | None]
+    *, user_id: str, event_id: str, occurred_at: Any, consent: bool, frames: Sequence[Mapping[str, Any]],
+    scored: Sequence[tuple[bytes, str] | None],
 ) -> list[tuple[bytes, dict[str, Any]]]:
     """(key, RetainedFrame record) for each scored frame of a consenting user's event.
 
-    `frames` is aligned with the event's `frames` array: (bytes, content type) for a frame the model
+    `scored` is aligned with the event's `frames`: (bytes, content type) for a frame the model
     scored, None for one it did not (undecodable, over the limit, not fetched): only what the model
     could use is worth keeping. Without consent: nothing.
     """
-    if not consented(record):
+    if not consent:
         return []
-    user_id, event_id = str(record["user_id"]), str(record["event_id"])
     out = []
-    for declared, got in zip(record.get("frames") or [], frames, strict=False):
+    for declared, got in zip(frames, scored, strict=False):
         if got is None:
             continue
         frame_id = str(declared.get("frame_id", ""))
         data, content_type = got
         out.append((frame_key(user_id, event_id, frame_id), {
             "user_id": user_id, "event_id": event_id, "frame_id": frame_id,
-            "occurred_at": record["occurred_at"], "content_type": content_type, "data": data,
+            "occurred_at": occurred_at, "content_type": content_type, "data": data,
         }))
     return out

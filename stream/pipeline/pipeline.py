@@ -24,7 +24,7 @@ from stream.errors import InvalidEvent
 from stream.log import get_logger
 from stream.pipeline.decide import DecidedEvent, Prepared, decide_event, prepare
 from stream.pipeline.decode import Event, decode_batch, subjects_by_topic
-from stream.pipeline.emit import Message, await_all, dead_letter
+from stream.pipeline.emit import Message, await_all, dead_letter, retained_frames
 from stream.pipeline.frames import FrameResolver
 from stream.pipeline.fuse import BeliefStage, Fused, rounds_by_depth
 from stream.pipeline.ports import BeliefRepository, Clock, Codec, Outcome, Scorer, Sink, SourceRecord
@@ -96,9 +96,11 @@ class Pipeline:
         clock: Clock = time.time,
         processed_at: Callable[[SourceRecord], float] | None = None,
         observer: DecisionObserver | None = None,
+        retained_topic: str | None = None,
     ) -> None:
         """`processed_at(record)` is when an event counts as processed (default: `clock()`): every age
-        claim of the event is taken as of then, and its decision is judged then (decide.py)."""
+        claim of the event is taken as of then, and its decision is judged then (decide.py).
+        `retained_topic`: where consenting users' scored frames go (the worker's; None keeps nothing)."""
         self.codec = codec
         self.scorer = scorer
         self.model_version = model_version
@@ -111,6 +113,7 @@ class Pipeline:
         self.guard = guard
         self.clock = clock
         self.observer = observer
+        self.retained_topic = retained_topic
         self._processed_at = processed_at or (lambda _rec: clock())
         self.beliefs = BeliefStage(store, clock=clock, model_version=model_version, error_floor=error_floor)
         self._expected = subjects_by_topic(topics)
@@ -208,6 +211,9 @@ class Pipeline:
             else:
                 value = self.codec.encode(DECISION, item.record)
                 messages.append(Message(self.topics["decisions"], item.event.user_id.encode(), value))
+                if self.retained_topic is not None:
+                    messages += retained_frames(self.retained_topic, self.codec, item.event, item.prepared.resolved,
+                                                item.prepared.results)
                 outcomes.append(Outcome("decision", action=item.decision.action.value, decision=item.record))
         pending: list[Awaitable[object]] = [self.sink.send(m.topic, m.key, m.value, m.headers) for m in messages]
         if self.observer is not None and decided:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -113,12 +114,10 @@ def test_only_scored_frames_of_consenting_users_are_retained() -> None:
     import datetime as dt
 
     when = dt.datetime.fromtimestamp(NOW, dt.UTC)
-    record = {"user_id": "u1", "event_id": "e1", "occurred_at": when, "consent_model_improvement": True,
-              "frames": [{"frame_id": "a"}, {"frame_id": "b"}, {"frame_id": "c"}]}
-    got = retained_records(record, [(b"A", "image/jpeg"), None, (b"C", "image/png")])
+    event: dict[str, Any] = {"user_id": "u1", "event_id": "e1", "occurred_at": when,
+             "frames": [{"frame_id": "a"}, {"frame_id": "b"}, {"frame_id": "c"}]}
+    got = retained_records(**event, consent=True, scored=[(b"A", "image/jpeg"), None, (b"C", "image/png")])
     assert [k for k, _ in got] == [frame_key("u1", "e1", "a"), frame_key("u1", "e1", "c")]
     assert got[1][1] == {"user_id": "u1", "event_id": "e1", "frame_id": "c", "occurred_at": when,
                          "content_type": "image/png", "data": b"C"}
-    assert retained_records({**record, "consent_model_improvement": False}, [(b"A", "image/jpeg")] * 3) == []
-    assert retained_records({k: v for k, v in record.items() if k != "consent_model_improvement"},
-                            [(b"A", "image/jpeg")] * 3) == []
+    assert retained_records(**event, consent=False, scored=[(b"A", "image/jpeg")] * 3) == []

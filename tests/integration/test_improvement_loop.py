@@ -45,13 +45,13 @@ from tests.support.worker_harness import OutputReader, WorkerProcess, fresh_sett
 
 pytestmark = pytest.mark.integration
 
-CONSENTING, NOT_CONSENTING, VERIFIED, SHADOW_USERS = 48, 12, 40, 40
+CONSENTING, NOT_CONSENTING, VERIFIED, SHADOW_USERS = 300, 12, 284, 40
 
 
 def _ages(n: int, seed: int) -> list[float]:
     import numpy as np
 
-    return [float(a) for a in np.random.default_rng(seed).uniform(8, 50, n)]
+    return [float(a) for a in np.random.default_rng(seed).uniform(10, 40, n)]  # many near 13/16/18
 
 
 def _upload(codec: AvroCodec, user: str, age: float, i: int, *, consent: bool, seed: int) -> SyntheticEvent:
@@ -144,7 +144,7 @@ def test_one_turn_of_the_improvement_loop(
     counts["2_erasure"] = result.to_dict()
 
     # 3. Dataset from feedback.
-    feedback = build(settings, tmp_path / "feedback", val=0.15, test=0.3)
+    feedback = build(settings, tmp_path / "feedback", val=0.25, test=0.4)
     report = feedback["report"]
     counts["3_dataset"] = {k: report[k] for k in ("frames_read", "frames_used", "users_with_frames",
                                                   "users_verified", "users_used", "verified_without_frames")}
@@ -160,7 +160,7 @@ def test_one_turn_of_the_improvement_loop(
     # 4. Fine-tune production on the feedback data (mixed with production's base data); a worse one too.
     base_data = tiny_model.parent.parent / "data" / "manifest.csv"
     better = _train("--data", str(manifest), "--out", str(tmp_path / "better"), "--init-from", str(tiny_model),
-                    "--mix", str(base_data), "--mix-max", "1500", "--epochs", "2", "--lr", "1e-3",
+                    "--mix", str(base_data), "--mix-max", "1500", "--epochs", "2", "--lr", "5e-4",
                     "--warmup-steps", "5", "--version", "loop-ft1")
     worse = _train("--data", str(manifest), "--out", str(tmp_path / "worse"), "--epochs", "1", "--lr", "0",
                    "--version", "loop-worse")

@@ -218,7 +218,8 @@ def rollback(pointer: Pointer, *, reason: str, who: str, now: float | None = Non
     return entry
 
 
-def _kafka_shadow_source(settings: Any) -> ShadowSource:
+def kafka_shadow_source(settings: Any) -> ShadowSource:
+    """The shadow records of the configured shadow topic (the candidate's are picked by `summarise`)."""
     from stream.pipeline.assemble import shadow_topic
     from stream.tools.shadow_window import read_window
 
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out or f"promotions/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
         accepted, _ = promote(
             pointer, args.candidate, benchmark=args.benchmark, feedback=args.feedback, reason=args.reason,
-            who=_who(args.by), shadow_source=_kafka_shadow_source(settings),
+            who=_who(args.by), shadow_source=kafka_shadow_source(settings),
             bounds=ShadowBounds.from_settings(settings), out=out, production=args.production,
             deploy_path=args.deploy_path, gate=args.gate, bootstrap=args.bootstrap, device=args.device,
             threads=args.threads,

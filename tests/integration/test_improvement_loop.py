@@ -31,15 +31,15 @@ from stream.adapters.topic_reader import read_to_end
 from stream.adapters.topics import topic_name
 from stream.config import Settings
 from stream.core.retention import key_user
-from stream.pipeline.assemble import ensure_shadow_topic, shadow_topic
+from stream.pipeline.assemble import ensure_shadow_topic
 from stream.tools import events
 from stream.tools.erasure import erase
 from stream.tools.feedback_dataset import build
 from stream.tools.loadgen import SyntheticEvent
 from stream.tools.model_pointer import Pointer
-from stream.tools.model_registry import promote, rollback
+from stream.tools.model_registry import kafka_shadow_source, promote, rollback
 from stream.tools.produce import Produced, produce
-from stream.tools.shadow_window import ShadowBounds, read_window
+from stream.tools.shadow_window import ShadowBounds
 from tests.integration.replay_support import at, face
 from tests.support.worker_harness import OutputReader, WorkerProcess, fresh_settings, worker_env
 
@@ -180,9 +180,7 @@ def test_one_turn_of_the_improvement_loop(
     _run_worker(settings, env2, tmp_path / "worker-2.log", stream2)
     bounds = ShadowBounds(window_s=3600.0, min_events=SHADOW_USERS, max_action_change_rate=0.5,
                           max_new_allow_rate=0.25, max_mean_abs_diff_years=10.0)
-
-    def shadow_source(_version: str, window_s: float) -> tuple[float, float, Any]:
-        return read_window(settings, shadow_topic(settings), window_s=window_s, group=f"sw-{uuid.uuid4().hex}")
+    shadow_source = kafka_shadow_source(settings)  # what `agegate model promote` reads
 
     # 6. Promotion: refused for the worse candidate, accepted for the better one; rollback restores.
     pointer_path = tmp_path / "model.env"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -17,24 +18,29 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from model.checkpoint import LoadedCheckpoint, load_checkpoint, read_meta, save_checkpoint, update_extra
 from model.checkpoint import code_version as package_version
-from model.checkpoint import load_checkpoint, read_meta, save_checkpoint, update_extra
 from model.config import ModelConfig
 from model.data.loaders import SplitTensors, load_split_tensors
-from model.data.manifest import content_hash, load_manifest
+from model.data.manifest import Manifest, content_hash, load_manifest
 from model.engine import resolve_device
+from model.errors import CheckpointError, ModelError
 from model.evaluation.calibration import coverage
 from model.models import AgeModel, BucketClassifier, create_model
 from model.uncertainty import UncertaintyCalibration, fit_calibration
 
 THRESHOLDS: tuple[float, ...] = (13.0, 16.0, 18.0)
+
+
+class TrainingError(ModelError):
+    """A training run that cannot start as asked (e.g. --init-from an incompatible checkpoint)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,9 @@ class TrainSettings:
     stop_after: int = 0  # run at most this many epochs in this invocation (time-sliced runs); 0 = all
     version: str = ""
     workers: int = 2
+    init_from: str = ""  # fine-tune: start from this checkpoint's weights and architecture
+    mix: str = ""  # an extra manifest whose train split joins this one's (e.g. the base dataset)
+    mix_max: int = 0  # use at most this many of the mixed manifest's training rows (0: all)
     # A manifest whose every row calibrates the uncertainty (mean map, std scale, floor, floor shape)
     # instead of the val split: see `calibration_rows`. "" = the val split.
     calibration_data: str = ""
@@ -182,26 +191,36 @@ def train(s: TrainSettings) -> dict[str, Any]:
     out = Path(s.out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(s.data)
-    data_hash = content_hash(manifest)
+    parent = load_parent(s) if s.init_from else None
+    input_size = parent.config.input_size if parent is not None else s.input_size
     train_rows = manifest.split("train")
     if s.max_train:
         train_rows = train_rows[: s.max_train]
     if s.calibrate_only:
         return recalibrate(s, manifest, train_rows, device)
-    lineage = data_lineage(manifest, [*train_rows, *manifest.split("val")], data_hash)
+    lineage = data_lineage(manifest, [*train_rows, *manifest.split("val")], content_hash(manifest))
     cal_split = calibration_rows(s, manifest, train_rows)
     if s.calibration_data:
         lineage = with_calibration_lineage(lineage, cal_split)
     t0 = time.perf_counter()
-    tr = load_split_tensors(manifest, train_rows, s.input_size, workers=s.workers)
-    va = load_split_tensors(manifest, manifest.split("val"), s.input_size, workers=s.workers)
+    tr = load_split_tensors(manifest, train_rows, input_size, workers=s.workers)
+    va = load_split_tensors(manifest, manifest.split("val"), input_size, workers=s.workers)
+    mixed = load_manifest(s.mix) if s.mix else None
+    if mixed is not None:
+        mix_rows = mixed.split("train")[: s.mix_max or None]
+        tr = concat_splits(tr, load_split_tensors(mixed, mix_rows, input_size, workers=s.workers))
+        lineage = merge_lineage(lineage, data_lineage(mixed, mix_rows, content_hash(mixed)))
+    data_hash = combined_hash(manifest, mixed)
+    lineage = finetune_lineage(lineage, s, manifest, mixed, parent)
     if len(tr.ages) == 0 or len(va.ages) == 0:
         raise SystemExit(f"{s.data}: need images in both train and val splits (got {len(tr.ages)}, {len(va.ages)})")
     print(f"loaded train={len(tr.ages)} val={len(va.ages)} in {time.perf_counter() - t0:.1f}s; data {data_hash[:19]}")
 
     config = ModelConfig(name=s.model, version=s.version or time.strftime("%Y%m%d-%H%M%S"), input_size=s.input_size,
                          width=s.width, depth=s.depth, head=s.head)  # type: ignore[arg-type]
-    if s.model == "bucket_classifier":
+    if parent is not None:  # the parent's architecture (and bucket centres), under the new version
+        config = dataclasses.replace(parent.config, version=config.version)
+    elif s.model == "bucket_classifier":
         # Representative age per bucket from the training labels: the fairest mean the baseline can give.
         probe = create_model(config)
         assert isinstance(probe, BucketClassifier)
@@ -211,7 +230,10 @@ def train(s: TrainSettings) -> dict[str, Any]:
             float(tr.ages[idx == b].mean()) if (idx == b).any() else defaults[b] for b in range(config.num_buckets)
         )
         config = dataclasses.replace(config, bucket_centres=centres)
-    model = create_model(config).to(device)
+    model = create_model(config)
+    if parent is not None:
+        model.load_state_dict(parent.model.state_dict(), strict=True)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed)
     steps_per_epoch = max(1, len(tr.ages) // s.batch_size)
@@ -221,7 +243,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
     resolved = {**dataclasses.asdict(s), "dataset_hash": data_hash, "config": config.to_dict(), "device": str(device),
                 "torch": torch.__version__, "code_version": f"{package_version()}+{git_commit() or 'nogit'}"}
     if recovery.exists():
-        loaded = load_checkpoint(recovery, expect={"name": s.model, "input_size": s.input_size})
+        loaded = load_checkpoint(recovery, expect={"name": config.name, "input_size": config.input_size})
         if loaded.meta.dataset_hash != data_hash:
             raise SystemExit(f"{recovery}: was trained on {loaded.meta.dataset_hash}, not {data_hash}; use a new --out")
         config = loaded.config
@@ -283,7 +305,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
     best_path = Path(best[0][1])
     tmp = out / "best.safetensors.tmp"
     shutil.copyfile(best_path, tmp)
-    cal_data = va if not s.calibration_data else load_split_tensors(cal_split[0], cal_split[1], s.input_size,
+    cal_data = va if not s.calibration_data else load_split_tensors(cal_split[0], cal_split[1], config.input_size,
                                                                     workers=s.workers)
     # before it becomes visible as best
     calibration, uncertainty = calibrate_uncertainty(tmp, cal_data, device, mean_map=s.mean_map)
@@ -294,7 +316,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
     }
     te_rows = manifest.split("test")
     if te_rows:
-        te = load_split_tensors(manifest, te_rows, s.input_size, workers=s.workers)
+        te = load_split_tensors(manifest, te_rows, config.input_size, workers=s.workers)
         best_model = load_checkpoint(out / "best.safetensors").model.to(device)
         te_pred = predict_split(best_model, te, device)
         result["test"] = summarize(best_model, te_pred)
@@ -427,6 +449,80 @@ def data_lineage(manifest: Any, rows: list[Any], data_hash: str) -> dict[str, An
     return training_lineage(manifest, rows, data_hash)
 
 
+# --- fine-tuning from a checkpoint (--init-from), optionally mixed with a base manifest (--mix) -----
+
+ARCHITECTURE_FIELDS = ("model", "head", "input_size", "width", "depth")  # TrainSettings -> ModelConfig fields
+
+
+def load_parent(s: TrainSettings) -> LoadedCheckpoint:
+    """The checkpoint to fine-tune, refused (TrainingError) when its architecture contradicts an
+    architecture option given on the command line: its weights only fit the network they came from,
+    so the architecture is the parent's; an option that asks for another would be silently ignored."""
+    try:
+        parent = load_checkpoint(s.init_from)
+    except CheckpointError as exc:
+        raise TrainingError(f"--init-from {s.init_from}: {exc}") from None
+    defaults = TrainSettings(data="", out="")
+    have = {"model": parent.config.name, "head": parent.config.head, "input_size": parent.config.input_size,
+            "width": parent.config.width, "depth": parent.config.depth}
+    clashes = [f"--{f.replace('_', '-')} {getattr(s, f)} (checkpoint: {have[f]})" for f in ARCHITECTURE_FIELDS
+               if getattr(s, f) != getattr(defaults, f) and getattr(s, f) != have[f]]
+    if clashes:
+        raise TrainingError(f"--init-from {s.init_from}: incompatible architecture: " + ", ".join(clashes)
+                            + "; fine-tuning keeps the checkpoint's architecture (drop those options)")
+    return parent
+
+
+def concat_splits(a: SplitTensors, b: SplitTensors) -> SplitTensors:
+    return SplitTensors(images=torch.cat([a.images, b.images]), ages=torch.cat([a.ages, b.ages]),
+                        rows=(*a.rows, *b.rows))
+
+
+def combined_hash(manifest: Manifest, mixed: Manifest | None) -> str:
+    """The dataset hash a run is tied to: the manifest's, or a hash of both content hashes when mixed
+    (a resume must see the same two datasets)."""
+    own = content_hash(manifest)
+    if mixed is None:
+        return own
+    return "sha256:" + hashlib.sha256(f"{own}+{content_hash(mixed)}".encode()).hexdigest()
+
+
+def merge_lineage(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Union of what two lineages saw (images, subjects, generator seeds): the leakage guard must
+    refuse a benchmark that overlaps any of them."""
+    out = dict(a)
+    out["images"] = sorted(set(a.get("images", [])) | set(b.get("images", [])))
+    out["subjects"] = sorted(set(a.get("subjects", [])) | set(b.get("subjects", [])))
+    seeds = set(a.get("generator", {}).get("seeds", [])) | set(b.get("generator", {}).get("seeds", []))
+    out["generator"] = {**a.get("generator", {}), "seeds": sorted(seeds)}
+    out["rows"] = int(a.get("rows", 0)) + int(b.get("rows", 0))
+    return out
+
+
+def finetune_lineage(lineage: Mapping[str, Any], s: TrainSettings, manifest: Manifest, mixed: Manifest | None,
+                     parent: LoadedCheckpoint | None) -> dict[str, Any]:
+    """Lineage plus where the model came from: the parent (version, weights hash, dataset hash),
+    every dataset with its content hash and role, and the seed. A fine-tuned model has also seen
+    everything its parent saw, so the parent's fingerprints are included for the leakage guard."""
+    out = dict(lineage)
+    out["datasets"] = [{"role": "train", "manifest": str(manifest.source or s.data),
+                        "content_hash": content_hash(manifest)}]
+    if mixed is not None:
+        out["datasets"].append({"role": "mix", "manifest": str(mixed.source or s.mix),
+                                "content_hash": content_hash(mixed), "max_rows": s.mix_max})
+    out["seeds"] = {"train": s.seed}
+    if parent is not None:
+        parent_lineage = parent.meta.extra.get("lineage")
+        if isinstance(parent_lineage, Mapping):
+            out = {**merge_lineage(out, parent_lineage), "datasets": out["datasets"], "seeds": out["seeds"]}
+        out["parent"] = {
+            "checkpoint": s.init_from, "model_version": parent.config.version,
+            "weights_sha256": parent.meta.weights_sha256, "dataset_hash": parent.meta.dataset_hash,
+            "lineage_datasets": parent_lineage.get("datasets", []) if isinstance(parent_lineage, Mapping) else [],
+        }
+    return out
+
+
 def format_metrics(name: str, m: dict[str, float]) -> str:
     parts = [f"{name}: n={int(m['n'])} MAE {m['mae']:.2f} CS@5 {m['cs5']:.3f} within1std {m['within_1std']:.3f}"]
     for t in THRESHOLDS:
@@ -467,6 +563,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="", help="model version recorded in the checkpoint (default: timestamp)")
     parser.add_argument("--seeds", default="", metavar="S1,S2,...",
                         help="train one run per seed (OUT/seed-S each, version suffixed -sS); overrides --seed")
+    parser.add_argument("--init-from", default="", metavar="CKPT",
+                        help="fine-tune: start from this checkpoint's weights and architecture; its version, "
+                             "weights hash and datasets are recorded as the parent in the lineage")
+    parser.add_argument("--mix", default="", metavar="MANIFEST",
+                        help="also train on this manifest's train split (e.g. the base dataset beside feedback "
+                             "data); validation and test stay those of --data")
+    parser.add_argument("--mix-max", type=int, default=0, help="use at most this many --mix training rows (0: all)")
     parser.add_argument("--calibration-data", default="", metavar="MANIFEST",
                         help="fit the uncertainty calibration on every row of this manifest (subjects disjoint from "
                              "training, several images each) instead of the val split; see docs/evaluation.md")
@@ -514,7 +617,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
     best = []
     for s in runs:
-        result = train(s)
+        try:
+            result = train(s)
+        except TrainingError as exc:
+            print(f"agegate train: {exc}", file=sys.stderr)
+            return 2
         tag = f" [seed {s.seed}]" if len(runs) > 1 else ""
         if result.get("recalibrated"):
             print(format_uncertainty(result["uncertainty"]))

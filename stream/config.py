@@ -157,6 +157,32 @@ class Settings:
     invalid_share_window: int = setting(
         200, "AGEGATE_INVALID_SHARE_WINDOW", "How many recent events the invalid share is computed over."
     )
+    # --- Model improvement: consented retention and erasure -------------------------------------
+    retained_frames_retention_days: float = setting(
+        90.0, "AGEGATE_RETAINED_FRAMES_RETENTION_DAYS",
+        "How long frames of consenting users stay on the retained-frames topic (its retention.ms; compact+delete).",
+    )
+    # --- Model promotion (agegate model promote) --------------------------------------------------
+    promote_shadow_window_hours: float = setting(
+        24.0, "AGEGATE_PROMOTE_SHADOW_WINDOW_HOURS",
+        "Promotion reads the candidate's shadow records of this many most recent hours.",
+    )
+    promote_shadow_min_events: int = setting(
+        1000, "AGEGATE_PROMOTE_SHADOW_MIN_EVENTS",
+        "Promotion is refused unless the shadow scored at least this many events in the window.",
+    )
+    promote_shadow_max_action_change_rate: float = setting(
+        0.05, "AGEGATE_PROMOTE_SHADOW_MAX_ACTION_CHANGE_RATE",
+        "Largest share of shadowed events whose action the candidate would have changed.",
+    )
+    promote_shadow_max_new_allow_rate: float = setting(
+        0.01, "AGEGATE_PROMOTE_SHADOW_MAX_NEW_ALLOW_RATE",
+        "Largest share of shadowed events the candidate would ALLOW where the live model did not.",
+    )
+    promote_shadow_max_mean_abs_diff_years: float = setting(
+        3.0, "AGEGATE_PROMOTE_SHADOW_MAX_MEAN_ABS_DIFF_YEARS",
+        "Largest mean absolute difference between the candidate's and the live model's frame estimates.",
+    )
     # --- Process ---------------------------------------------------------------------------------
     web_port: int = setting(6066, "AGEGATE_WEB_PORT", "Port of /metrics, /healthz and /readyz.")
     shutdown_grace_s: float = setting(
@@ -282,6 +308,18 @@ def _validate(s: Settings) -> list[str]:
             problems.append(f"{name}: must be > 0, got {getattr(s, name)}")
     if not 1 <= s.web_port <= 65535:
         problems.append(f"web_port: must be a TCP port (1..65535), got {s.web_port}")
+    if s.retained_frames_retention_days <= 0:
+        problems.append(f"retained_frames_retention_days: must be > 0, got {s.retained_frames_retention_days}")
+    if s.promote_shadow_window_hours <= 0:
+        problems.append(f"promote_shadow_window_hours: must be > 0, got {s.promote_shadow_window_hours}")
+    if s.promote_shadow_min_events < 0:
+        problems.append(f"promote_shadow_min_events: must be >= 0, got {s.promote_shadow_min_events}")
+    for name in ("promote_shadow_max_action_change_rate", "promote_shadow_max_new_allow_rate"):
+        if not 0 <= getattr(s, name) <= 1:
+            problems.append(f"{name}: must be in [0, 1], got {getattr(s, name)}")
+    if s.promote_shadow_max_mean_abs_diff_years < 0:
+        problems.append(f"promote_shadow_max_mean_abs_diff_years: must be >= 0, got "
+                        f"{s.promote_shadow_max_mean_abs_diff_years}")
     if not 0 < s.invalid_share_limit <= 1:
         problems.append(f"invalid_share_limit: must be in (0, 1], got {s.invalid_share_limit}")
     if s.inference_threads < 0:

@@ -151,6 +151,11 @@ def build_conditions(out_dir: str | Path, conditions: Mapping[str, Mapping[str, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="datasets_command", required=True, help="build: write the benchmark")
+    add_build_parser(sub)
+
+
+def add_build_parser(sub: Any) -> None:
+    """`build`'s parser, also mounted by `agegate datasets` beside `from-feedback` (stream/tools/datasets_cmd.py)."""
     b = sub.add_parser("build", help="write the synthetic benchmark and record its manifest hash")
     b.add_argument("--out", required=True, type=Path, help="output folder (images and manifest)")
     b.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="number of images")

@@ -7,6 +7,7 @@ the declared suffix, so each environment (or test) gets its own set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream.config import Settings, load_settings
-from stream.core.subjects import DECISION, FEEDBACK, SIGNUP, UPLOAD
+from stream.core.subjects import DECISION, FEEDBACK, RETAINED_FRAME, SIGNUP, UPLOAD
 from stream.errors import AgegateError, DependencyUnavailable
 
 DAY_MS = 24 * 3600 * 1000
@@ -37,8 +38,19 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("feedback", "age-feedback", 6, 30 * DAY_MS, "delete", FEEDBACK, "verified ages (ground truth)"),
     TopicSpec("decisions", "decisions", 12, 30 * DAY_MS, "delete", DECISION, "one decision per evaluated event"),
     TopicSpec("dead_letters", "dead-letters", 3, 30 * DAY_MS, "delete", "original bytes", "bad input, kept to redrive"),
+    # Frames of consenting users, one record per frame (key [user, event, frame]) so compaction keeps
+    # every frame and a tombstone erases one; retention comes from the settings (`declared`).
+    TopicSpec("retained_frames", "retained-frames", 12, 90 * DAY_MS, "compact,delete", RETAINED_FRAME,
+              "consented frames kept for model improvement"),
 )
 ROLES = {spec.role: spec for spec in TOPICS}
+
+
+def declared(settings: Settings) -> tuple[TopicSpec, ...]:
+    """The declarations with what configuration decides (the retained frames' retention)."""
+    retention = int(settings.retained_frames_retention_days * DAY_MS)
+    return tuple(dataclasses.replace(s, retention_ms=retention) if s.role == "retained_frames" else s
+                 for s in TOPICS)
 
 
 def topic_name(role: str, settings: Settings) -> str:
@@ -92,7 +104,7 @@ class TopicAdmin:
                 f"{min(self.timeout_s, METADATA_TIMEOUT_S):g}s ({exc.args[0].str() if exc.args else exc})"
             ) from None
         states = []
-        for spec in TOPICS:
+        for spec in declared(self.settings):
             name = topic_name(spec.role, self.settings)
             meta = metadata.topics.get(name)
             if meta is None or meta.error is not None:

@@ -8,4 +8,5 @@ SIGNUP = "agegate.events.SignupEvent"
 UPLOAD = "agegate.events.UploadEvent"
 FEEDBACK = "agegate.events.AgeFeedback"
 DECISION = "agegate.decisions.PolicyDecision"
-SUBJECTS = (SIGNUP, UPLOAD, FEEDBACK, DECISION)
+RETAINED_FRAME = "agegate.training.RetainedFrame"
+SUBJECTS = (SIGNUP, UPLOAD, FEEDBACK, DECISION, RETAINED_FRAME)

@@ -208,13 +208,16 @@ def assemble(
     processed_at: Callable[[SourceRecord], float] | None = None,
     with_shadow: bool = False,
     stop_on_invalid_share: bool = True,
+    retain_frames: bool = False,
 ) -> Assembled:
     """A ready pipeline; call `start()` inside the running loop before processing.
 
     `model`: the inference engine, or anything scoring frames alike (replay's fixed-shape scorer).
     `with_shadow`: score the configured shadow model too (the worker; never a replay, which must
     not publish anything but its own output). `stop_on_invalid_share=False`: the invalid-share
-    guard never trips (a replay reports invalid input in its output instead).
+    guard never trips (a replay reports invalid input in its output instead). `retain_frames`: keep
+    the scored frames of consenting users on the retained-frames topic (the worker only: a replay
+    must never write them again, e.g. after an erasure).
     """
     policy = policy or load_policy(settings.policy_file or None)
     max_frames = batch_max_frames or settings.batch_max_frames
@@ -246,6 +249,7 @@ def assemble(
         clock=clock,
         processed_at=processed_at,
         observer=shadow,
+        retained_topic=topic_names(settings)["retained_frames"] if retain_frames else None,
     )
     in_flight = max_in_flight or settings.queue_max_events
     events, _ = consumer_batch(settings)

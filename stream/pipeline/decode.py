@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stream.core.retention import consented
 from stream.core.subjects import FEEDBACK, SIGNUP, UPLOAD
 from stream.errors import DecodeError, InvalidEvent
 from stream.pipeline.ports import Codec, SourceRecord
@@ -33,6 +34,7 @@ class Event:
     verified_age: float | None = None  # feedback only
     declared_age: float | None = None  # signups only: as stated
     declared_birth_date: dt.date | None = None  # signups only
+    consent: bool = False  # consented to model improvement: scored frames go to the retained-frames topic
 
     @property
     def event_type(self) -> str:
@@ -83,4 +85,5 @@ def _event(rec: SourceRecord, subject: str, record: Mapping[str, Any]) -> Event:
         verified_age=verified,
         declared_age=declared,
         declared_birth_date=birth,
+        consent=consented(record),
     )

@@ -24,7 +24,7 @@ from stream.errors import InvalidEvent
 from stream.log import get_logger
 from stream.pipeline.decide import DecidedEvent, Prepared, decide_event, prepare
 from stream.pipeline.decode import Event, decode_batch, subjects_by_topic
-from stream.pipeline.emit import Message, await_all, dead_letter
+from stream.pipeline.emit import Message, await_all, dead_letter, retained_frames
 from stream.pipeline.frames import FrameResolver
 from stream.pipeline.fuse import BeliefStage, Fused, rounds_by_depth
 from stream.pipeline.ports import BeliefRepository, Clock, Codec, Outcome, Scorer, Sink, SourceRecord
@@ -97,9 +97,11 @@ class Pipeline:
         clock: Clock = time.time,
         processed_at: Callable[[SourceRecord], float] | None = None,
         observer: DecisionObserver | None = None,
+        retained_topic: str | None = None,
     ) -> None:
         """`processed_at(record)` is when an event counts as processed (default: `clock()`): every age
-        claim of the event is taken as of then, and its decision is judged then (decide.py)."""
+        claim of the event is taken as of then, and its decision is judged then (decide.py).
+        `retained_topic`: where consenting users' scored frames go (the worker's; None keeps nothing)."""
         self.codec = codec
         self.scorer = scorer
         self.model_version = model_version
@@ -112,6 +114,7 @@ class Pipeline:
         self.guard = guard
         self.clock = clock
         self.observer = observer
+        self.retained_topic = retained_topic
         self._processed_at = processed_at or (lambda _rec: clock())
         self.beliefs = BeliefStage(store, clock=clock, model_version=model_version, error_floor=error_floor)
         self._expected = subjects_by_topic(topics)
@@ -209,7 +212,8 @@ class Pipeline:
                 messages.append(dead_letter(self.topics["dead_letters"], rec, item, now=now))
                 outcomes.append(Outcome("dead_letter", reason=item.reason))
             else:
-                messages.append(Message(self.topics["decisions"], item.event.user_id.encode(), encoded[id(item)]))
+                messages.append(Message(self.topics["decisions"], item.event.user_id.encode(), encoded[id(item)][0]))
+                messages += encoded[id(item)][1]
                 outcomes.append(Outcome("decision", action=item.decision.action.value, decision=item.record))
         pending: list[Awaitable[object]] = [self.sink.send(m.topic, m.key, m.value, m.headers) for m in messages]
         if self.observer is not None and decided:
@@ -224,9 +228,21 @@ class Pipeline:
 
         return attempt
 
-    def _encode(self, decided: Sequence[DecidedEvent]) -> Callable[[], Awaitable[dict[int, bytes]]]:
-        async def attempt() -> dict[int, bytes]:
-            return {id(d): self.codec.encode(DECISION, d.record) for d in decided}
+    def _encode(
+        self, decided: Sequence[DecidedEvent]
+    ) -> Callable[[], Awaitable[dict[int, tuple[bytes, list[Message]]]]]:
+        """Each decision's bytes and its retained frames' messages (consenting users, the worker only)."""
+
+        async def attempt() -> dict[int, tuple[bytes, list[Message]]]:
+            out: dict[int, tuple[bytes, list[Message]]] = {}
+            for d in decided:
+                retained = (
+                    retained_frames(self.retained_topic, self.codec, d.event, d.prepared.resolved, d.prepared.results)
+                    if self.retained_topic is not None
+                    else []
+                )
+                out[id(d)] = (self.codec.encode(DECISION, d.record), retained)
+            return out
 
         return attempt
 

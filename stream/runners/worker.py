@@ -96,6 +96,7 @@ class WorkerRuntime:
         self.assembled = assemble(
             self.settings, model=self.engine, store=make_store(self.settings, self.redis), sink=self.sink,
             with_shadow=True,  # scores the shadow model too, when AGEGATE_SHADOW_MODEL is set
+            retain_frames=True,  # consenting users' scored frames go to the retained-frames topic
         )
         if self.assembled.has_shadow:
             await asyncio.to_thread(ensure_shadow_topic, self.settings)

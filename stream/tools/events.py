@@ -30,6 +30,7 @@ def signup(
     frames: Sequence[dict[str, Any]] = (),
     event_id: str | None = None,
     signup_method: str = "email",
+    consent: bool = False,
 ) -> dict[str, Any]:
     return {
         "event_id": event_id or str(uuid.uuid4()),
@@ -39,6 +40,7 @@ def signup(
         "declared_birth_date": None,
         "declared_age": declared_age,
         "signup_method": signup_method,
+        "consent_model_improvement": consent,
         "frames": list(frames),
     }
 
@@ -52,6 +54,7 @@ def upload(
     frames: Sequence[dict[str, Any]] = (),
     content_id: str | None = None,
     event_id: str | None = None,
+    consent: bool = False,
 ) -> dict[str, Any]:
     return {
         "event_id": event_id or str(uuid.uuid4()),
@@ -60,6 +63,7 @@ def upload(
         "jurisdiction": jurisdiction,
         "content_id": content_id or f"c-{uuid.uuid4().hex[:12]}",
         "surface": surface,
+        "consent_model_improvement": consent,
         "frames": list(frames),
     }
 

@@ -10,7 +10,7 @@ import pytest
 
 from model.engine import InferenceEngine
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import LocalRegistry, RegisteredSchema
+from stream.adapters.registry import SIGNUP, LocalRegistry, RegisteredSchema
 from stream.adapters.topics import TopicAdmin, topic_names
 from stream.config import Settings
 from stream.core.policy import load_policy
@@ -29,11 +29,14 @@ from tests.integration.replay_support import at, produce, run_live, source_windo
 pytestmark = pytest.mark.integration
 
 
+NEWEST_SIGNUP_ID = LocalRegistry().writer_for(SIGNUP).schema_id
+
+
 class StaleRegistry(LocalRegistry):
-    """The broken deployment: it does not know schema id 5 (SignupEvent v2) yet."""
+    """The broken deployment: it does not know the newest SignupEvent schema id yet."""
 
     def by_id(self, schema_id: int) -> RegisteredSchema | None:
-        return None if schema_id == 5 else super().by_id(schema_id)
+        return None if schema_id == NEWEST_SIGNUP_ID else super().by_id(schema_id)
 
 
 async def test_broken_schema_dead_letters_are_redriven_and_decided(

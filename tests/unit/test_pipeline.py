@@ -208,3 +208,28 @@ async def test_a_redis_outage_is_waited_out_and_each_event_fused_once() -> None:
     outcomes = await pipeline.process([upload("a", 35), upload("a", 36)])
     assert [o.decision["evidence"]["observations"] for o in outcomes if o.decision] == [1, 2]
     assert store.applies == [["a"], ["a"]]  # the failed attempts applied nothing
+
+
+async def test_scored_frames_of_consenting_users_are_retained_with_the_decision() -> None:
+    from stream.core.retention import frame_key
+    from stream.core.subjects import RETAINED_FRAME
+
+    pipeline, _, _, sink = make()
+    pipeline.retained_topic = "rf"
+    frames = [events.inline_frame(f"f{i}", str(a).encode()) for i, a in enumerate((35, 36))]
+    yes = events.upload("a", at=NOW, surface="profile_photo", frames=frames, consent=True)
+    no = events.upload("b", at=NOW, surface="profile_photo", frames=frames[:1], consent=False)
+    outcomes = await pipeline.process([record(UPLOAD, yes), record(UPLOAD, no)])
+    assert [o.kind for o in outcomes] == ["decision", "decision"]
+    retained = [(key, value) for topic, key, value, _ in sink.sent if topic == "rf"]
+    assert [key for key, _ in retained] == [frame_key("a", str(yes["event_id"]), f"f{i}") for i in range(2)]
+    first = AvroCodec().decode(retained[0][1], RETAINED_FRAME).record
+    assert (first["user_id"], first["frame_id"], first["data"], first["content_type"]) == ("a", "f0", b"35",
+                                                                                          "image/jpeg")
+
+
+async def test_a_pipeline_without_a_retained_topic_keeps_nothing() -> None:
+    pipeline, _, _, sink = make()
+    frames = [events.inline_frame("f0", b"35")]
+    await pipeline.process([record(UPLOAD, events.upload("a", at=NOW, surface="video", frames=frames, consent=True))])
+    assert [t for t, *_ in sink.sent] == ["d"]

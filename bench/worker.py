@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -73,6 +74,8 @@ VARIANTS = ("engine", "worker", "worker-b1", "latency@half", "engine-noop", "wor
 def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: int, *, noop: bool = False) -> float:
     engine = InferenceEngine.from_checkpoint(model, device="auto", threads=threads)
     if noop:
+        if str(REPO) not in sys.path:  # run as a plain script: the checkout is not on the path
+            sys.path.insert(0, str(REPO))
         from bench.noop_infer import _noop_infer
 
         engine.infer = _noop_infer.__get__(engine)  # type: ignore[method-assign]

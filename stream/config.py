@@ -282,48 +282,34 @@ def _convert(name: str, raw: Any, typ: Any) -> Any:
     return str(raw)
 
 
+_POSITIVE = (
+    "topic_replication_factor", "batch_max_frames", "queue_max_events", "frame_max_bytes", "frame_max_pixels",
+    "max_frames_per_event", "web_port", "invalid_share_window", "batch_max_wait_ms", "belief_half_life_days",
+    "belief_ttl_days", "frame_fetch_timeout_s", "shutdown_grace_s", "retained_frames_retention_days",
+    "promote_shadow_window_hours",
+)
+_NON_NEGATIVE = ("promote_shadow_min_events", "promote_shadow_max_mean_abs_diff_years", "inference_threads")
+_SHARES = ("promote_shadow_max_action_change_rate", "promote_shadow_max_new_allow_rate")
+
+
 def _validate(s: Settings) -> list[str]:
-    problems = []
-    positive = (
-        "topic_replication_factor",
-        "batch_max_frames",
-        "queue_max_events",
-        "frame_max_bytes",
-        "frame_max_pixels",
-        "max_frames_per_event",
-        "web_port",
-        "invalid_share_window",
-    )
-    for name in positive:
-        if getattr(s, name) <= 0:
-            problems.append(f"{name}: must be > 0, got {getattr(s, name)}")
-    for name in (
-        "batch_max_wait_ms",
-        "belief_half_life_days",
-        "belief_ttl_days",
-        "frame_fetch_timeout_s",
-        "shutdown_grace_s",
-    ):
-        if getattr(s, name) <= 0:
-            problems.append(f"{name}: must be > 0, got {getattr(s, name)}")
+    return _range_problems(s) + _connection_problems(s) + _registry_problems(s)
+
+
+def _range_problems(s: Settings) -> list[str]:
+    problems = [f"{n}: must be > 0, got {getattr(s, n)}" for n in _POSITIVE if getattr(s, n) <= 0]
+    problems += [f"{n}: must be >= 0, got {getattr(s, n)}" for n in _NON_NEGATIVE if getattr(s, n) < 0]
+    problems += [f"{n}: must be in [0, 1], got {getattr(s, n)}" for n in _SHARES if not 0 <= getattr(s, n) <= 1]
     if not 1 <= s.web_port <= 65535:
         problems.append(f"web_port: must be a TCP port (1..65535), got {s.web_port}")
-    if s.retained_frames_retention_days <= 0:
-        problems.append(f"retained_frames_retention_days: must be > 0, got {s.retained_frames_retention_days}")
-    if s.promote_shadow_window_hours <= 0:
-        problems.append(f"promote_shadow_window_hours: must be > 0, got {s.promote_shadow_window_hours}")
-    if s.promote_shadow_min_events < 0:
-        problems.append(f"promote_shadow_min_events: must be >= 0, got {s.promote_shadow_min_events}")
-    for name in ("promote_shadow_max_action_change_rate", "promote_shadow_max_new_allow_rate"):
-        if not 0 <= getattr(s, name) <= 1:
-            problems.append(f"{name}: must be in [0, 1], got {getattr(s, name)}")
-    if s.promote_shadow_max_mean_abs_diff_years < 0:
-        problems.append(f"promote_shadow_max_mean_abs_diff_years: must be >= 0, got "
-                        f"{s.promote_shadow_max_mean_abs_diff_years}")
     if not 0 < s.invalid_share_limit <= 1:
         problems.append(f"invalid_share_limit: must be in (0, 1], got {s.invalid_share_limit}")
-    if s.inference_threads < 0:
-        problems.append(f"inference_threads: must be >= 0, got {s.inference_threads}")
+    return problems
+
+
+def _connection_problems(s: Settings) -> list[str]:
+    """Kafka security, the Redis URL and key prefix, frame store roots: what a client would reject later."""
+    problems = []
     if s.kafka_security_protocol.startswith("SASL") and not s.kafka_sasl_mechanism:
         problems.append("kafka_sasl_mechanism: required when kafka_security_protocol uses SASL")
     if not urlsplit(s.redis_url).scheme.startswith(("redis", "rediss", "unix")):
@@ -334,7 +320,6 @@ def _validate(s: Settings) -> list[str]:
         problems.append("redis_key_prefix: must not contain '{' or '}' (the user's hash tag decides the cluster slot)")
     if s.redis_cluster and urlsplit(s.redis_url).path not in {"", "/", "/0"}:
         problems.append("redis_url: a Redis Cluster has only database 0")
-    problems += _registry_problems(s)
     for root in filter(None, (r.strip() for r in s.frame_uri_roots.split(","))):
         scheme = urlsplit(root).scheme
         if scheme not in {"file", "http", "https"} or not root.endswith("/"):

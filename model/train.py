@@ -183,6 +183,55 @@ def _progress(total: int, desc: str) -> Any:
         return None
 
 
+def _initial_config(s: TrainSettings, parent: Any, ages: torch.Tensor) -> ModelConfig:
+    """The architecture to train: the parent's under a new version when fine-tuning, else from the settings."""
+    config = ModelConfig(name=s.model, version=s.version or time.strftime("%Y%m%d-%H%M%S"), input_size=s.input_size,
+                         width=s.width, depth=s.depth, head=s.head)  # type: ignore[arg-type]
+    if parent is not None:  # the parent's architecture (and bucket centres), under the new version
+        return dataclasses.replace(parent.config, version=config.version)
+    if s.model != "bucket_classifier":
+        return config
+    # Representative age per bucket from the training labels: the fairest mean the baseline can give.
+    probe = create_model(config)
+    assert isinstance(probe, BucketClassifier)
+    idx = probe.bucket_of(ages)
+    defaults = config.bucket_centres
+    centres = tuple(
+        float(ages[idx == b].mean()) if (idx == b).any() else defaults[b] for b in range(config.num_buckets)
+    )
+    return dataclasses.replace(config, bucket_centres=centres)
+
+
+def _run_epoch(
+    model: Any, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, tr: Any, gen: torch.Generator,
+    s: TrainSettings, device: torch.device, *, epoch: int, steps_per_epoch: int, total_steps: int,
+    amp_dtype: torch.dtype | None,
+) -> tuple[float, int]:
+    """One pass over the training split; (summed loss, images seen). `amp_dtype` None: full precision."""
+    model.train()
+    running, seen = 0.0, 0
+    bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{s.epochs}")
+    for step_in_epoch, idx in enumerate(batches(len(tr.ages), s.batch_size, gen)):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch * steps_per_epoch + step_in_epoch, total_steps, s.lr, s.warmup_steps)
+        x = augment(tr.images[idx], gen).to(device, non_blocking=True)
+        y = tr.ages[idx].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float16, enabled=amp_dtype is not None):
+            loss = model.loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        running += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{running / seen:.3f}")
+    if bar is not None:
+        bar.close()
+    return running, seen
+
+
 def train(s: TrainSettings) -> dict[str, Any]:
     torch.manual_seed(s.seed)
     if s.threads > 0:
@@ -216,20 +265,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
         raise SystemExit(f"{s.data}: need images in both train and val splits (got {len(tr.ages)}, {len(va.ages)})")
     print(f"loaded train={len(tr.ages)} val={len(va.ages)} in {time.perf_counter() - t0:.1f}s; data {data_hash[:19]}")
 
-    config = ModelConfig(name=s.model, version=s.version or time.strftime("%Y%m%d-%H%M%S"), input_size=s.input_size,
-                         width=s.width, depth=s.depth, head=s.head)  # type: ignore[arg-type]
-    if parent is not None:  # the parent's architecture (and bucket centres), under the new version
-        config = dataclasses.replace(parent.config, version=config.version)
-    elif s.model == "bucket_classifier":
-        # Representative age per bucket from the training labels: the fairest mean the baseline can give.
-        probe = create_model(config)
-        assert isinstance(probe, BucketClassifier)
-        idx = probe.bucket_of(tr.ages)
-        defaults = config.bucket_centres
-        centres = tuple(
-            float(tr.ages[idx == b].mean()) if (idx == b).any() else defaults[b] for b in range(config.num_buckets)
-        )
-        config = dataclasses.replace(config, bucket_centres=centres)
+    config = _initial_config(s, parent, tr.ages)
     model = create_model(config)
     if parent is not None:
         model.load_state_dict(parent.model.state_dict(), strict=True)
@@ -262,28 +298,11 @@ def train(s: TrainSettings) -> dict[str, Any]:
     history = []
     last_epoch = s.epochs if not s.stop_after else min(s.epochs, start_epoch + s.stop_after)
     for epoch in range(start_epoch, last_epoch):
-        model.train()
-        t_epoch, running, seen = time.perf_counter(), 0.0, 0
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{s.epochs}")
-        for step_in_epoch, idx in enumerate(batches(len(tr.ages), s.batch_size, gen)):
-            step = epoch * steps_per_epoch + step_in_epoch
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total_steps, s.lr, s.warmup_steps)
-            x = augment(tr.images[idx], gen).to(device, non_blocking=True)
-            y = tr.ages[idx].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = model.loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            running += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{running / seen:.3f}")
-        if bar is not None:
-            bar.close()
+        t_epoch = time.perf_counter()
+        running, seen = _run_epoch(
+            model, opt, scaler, tr, gen, s, device, epoch=epoch, steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps, amp_dtype=amp_dtype if use_amp else None,
+        )
         val = summarize(model, predict_split(model, va, device))
         val["train_loss"] = running / max(1, seen)
         history.append({"epoch": epoch + 1, **val})

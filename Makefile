@@ -39,8 +39,9 @@ test: install tools  ## every test CI runs; integration tests use the real Kafka
 test-unit: install tools
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-lint: install
+lint: install  ## ruff (lint, complexity and format), mypy, the Dockerfile
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	@if [ -x deploy/tools/lint-dockerfile.sh ]; then bash deploy/tools/lint-dockerfile.sh; fi
 

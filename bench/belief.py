@@ -42,11 +42,14 @@ def batches(n_users: int, batch_size: int, rounds: int, per_user: int) -> list[d
     out = []
     for r in range(rounds):
         for start in range(0, n_users, batch_size):
-            out.append({
-                f"u{i}": [Evidence(f"r{r}-u{i}-{k}", NOW + r * 60 + k, 20.0 + (i % 30), 2.5)
-                          for k in range(per_user)]
-                for i in range(start, min(start + batch_size, n_users))
-            })
+            out.append(
+                {
+                    f"u{i}": [
+                        Evidence(f"r{r}-u{i}-{k}", NOW + r * 60 + k, 20.0 + (i % 30), 2.5) for k in range(per_user)
+                    ]
+                    for i in range(start, min(start + batch_size, n_users))
+                }
+            )
     return out
 
 
@@ -75,8 +78,11 @@ def redis_benchmark(url: str, requests: int) -> dict[str, Any]:
     if parts.password:
         base += ["-a", parts.password]
     out: dict[str, Any] = {}
-    for label, extra in (("1 client, no pipeline", ["-c", "1"]), ("1 client, -P 64", ["-c", "1", "-P", "64"]),
-                         ("50 clients, no pipeline", ["-c", "50"])):
+    for label, extra in (
+        ("1 client, no pipeline", ["-c", "1"]),
+        ("1 client, -P 64", ["-c", "1", "-P", "64"]),
+        ("50 clients, no pipeline", ["-c", "50"]),
+    ):
         res = subprocess.run([*base, *extra, "eval", "return 1", "0"], capture_output=True, text=True, timeout=120)
         m = re.search(r"([\d.]+) requests per second", res.stdout)
         out[label] = float(m.group(1)) if m else None
@@ -111,20 +117,34 @@ async def main() -> None:
         ("BeliefStore.apply, one call per user", updates / t_single),
     ] + [(f"redis-benchmark EVAL 'return 1' ({k})", v) for k, v in rb.items() if isinstance(v, float)]
     width = max(len(r[0]) for r in rows)
-    print(f"Redis {server.get('redis_version')} at {urlsplit(url).hostname}:{urlsplit(url).port}; "
-          f"{machine()['cpu']}, {machine()['cores']} cores; {updates} user updates per mode")
+    print(
+        f"Redis {server.get('redis_version')} at {urlsplit(url).hostname}:{urlsplit(url).port}; "
+        f"{machine()['cpu']}, {machine()['cores']} cores; {updates} user updates per mode"
+    )
     print(f"{'what':<{width}}  {'ops/s':>10}")
     for name, rate in rows:
         print(f"{name:<{width}}  {rate:>10,.0f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": machine(), "redis_version": server.get("redis_version"), "quick": args.quick,
-        "users": n_users, "batch_size": batch_size, "rounds": rounds, "evidence_per_update": per_user,
-        "updates_per_mode": updates,
-        "pipelined_updates_per_s": updates / t_pipe, "per_user_updates_per_s": updates / t_single,
-        "redis_benchmark_eval_trivial_ops_per_s": rb,
-        "note": "one evidence per user update; redis-benchmark ran against the same server in the same run",
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "redis_version": server.get("redis_version"),
+                "quick": args.quick,
+                "users": n_users,
+                "batch_size": batch_size,
+                "rounds": rounds,
+                "evidence_per_update": per_user,
+                "updates_per_mode": updates,
+                "pipelined_updates_per_s": updates / t_pipe,
+                "per_user_updates_per_s": updates / t_single,
+                "redis_benchmark_eval_trivial_ops_per_s": rb,
+                "note": "one evidence per user update; redis-benchmark ran against the same server in the same run",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {RESULTS}")
 
 

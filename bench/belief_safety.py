@@ -99,8 +99,9 @@ def render_uploads(users: list[User], uploads: int, seed: int) -> list[list[Enco
     return out
 
 
-def evidence_for(variant: str, event_id: str, t: float, ests: list[FrameEstimate], scale: float,
-                 floor: float) -> tuple[list[Evidence], float]:
+def evidence_for(
+    variant: str, event_id: str, t: float, ests: list[FrameEstimate], scale: float, floor: float
+) -> tuple[list[Evidence], float]:
     if variant.startswith("floor"):
         ev = event_evidence(event_id, t, [(e.mean, e.std) for e in ests], floor)
         return ([ev] if ev is not None else []), floor
@@ -108,8 +109,15 @@ def evidence_for(variant: str, event_id: str, t: float, ests: list[FrameEstimate
     return [Evidence(f"{event_id}/{j}", t, e.mean, e.std / scale if raw else e.std) for j, e in enumerate(ests)], 0.0
 
 
-def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: int, scale: float, floor: float,
-             variant: str, model_shape: FloorShape = GAUSSIAN_FLOOR) -> dict[str, Any]:
+def simulate(
+    users: list[User],
+    estimates: list[list[FrameEstimate]],
+    uploads: int,
+    scale: float,
+    floor: float,
+    variant: str,
+    model_shape: FloorShape = GAUSSIAN_FLOOR,
+) -> dict[str, Any]:
     policy = load_policy(None)
     shape = model_shape if variant == "floor+mixture" else GAUSSIAN_FLOOR
     rows: dict[int, dict[str, Any]] = {}
@@ -124,11 +132,12 @@ def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: i
         prev: Action | None = None
         for k in range(uploads):
             t = START + k * DAY
-            frames = ests[k * FRAMES_PER_UPLOAD:(k + 1) * FRAMES_PER_UPLOAD]
+            frames = ests[k * FRAMES_PER_UPLOAD : (k + 1) * FRAMES_PER_UPLOAD]
             evs, fl = evidence_for(variant, f"e{k}", t, frames, scale, floor)
             belief = fuse(belief, evs, now=t, half_life_s=policy.half_life_s, model_version="m", floor=fl).belief
-            d = decide(belief, PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev), policy, now=t,
-                       floor_shape=shape)
+            d = decide(
+                belief, PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev), policy, now=t, floor_shape=shape
+            )
             prev = d.action
             n = k + 1
             if n in allowed:
@@ -136,9 +145,15 @@ def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: i
                 if d.action is Action.ALLOW and true_now < 18:
                     allowed[n]["minor"] += 1
                     if len(examples) < 5:
-                        examples.append({"uploads": n, "true_age": round(true_now, 2), "look": round(u.look, 2),
-                                         "age_mean": round(d.evidence.age_mean or 0, 2),
-                                         "age_std": round(d.evidence.age_std or 0, 3)})
+                        examples.append(
+                            {
+                                "uploads": n,
+                                "true_age": round(true_now, 2),
+                                "look": round(u.look, 2),
+                                "age_mean": round(d.evidence.age_mean or 0, 2),
+                                "age_std": round(d.evidence.age_std or 0, 3),
+                            }
+                        )
                 elif d.action is Action.ALLOW and group != "minor":  # (a minor who turned 18 counts nowhere)
                     allowed[n][group] += 1
                 if belief is not None:
@@ -153,8 +168,10 @@ def simulate(users: list[User], estimates: list[list[FrameEstimate]], uploads: i
 
 
 def table(results: dict[str, dict[str, Any]], uploads: int) -> str:
-    lines = [f"{'variant':<24} {'uploads':>7} {'minors ALLOWed':>16} {'18-24 ALLOWed':>14} {'25+ ALLOWed':>12} "
-             f"{'cover50':>8} {'cover80':>8} {'cover90':>8} {'cover95':>8}"]
+    lines = [
+        f"{'variant':<24} {'uploads':>7} {'minors ALLOWed':>16} {'18-24 ALLOWed':>14} {'25+ ALLOWed':>12} "
+        f"{'cover50':>8} {'cover80':>8} {'cover90':>8} {'cover95':>8}"
+    ]
     for variant, res in results.items():
         minors = res["users"]["minor"]
         for n, row in res["by_uploads"].items():
@@ -197,15 +214,18 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("a rendered frame failed to decode")
         estimates.append([r for r in scored if isinstance(r, FrameEstimate)])
     shape = FloorShape.mixture(cal.floor_shape_weight, cal.floor_shape_narrow)
-    results = {v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v, shape)
-               for v in VARIANTS}
-    print(f"model {ckpt} (version {engine.model_version}): std_scale {cal.std_scale:.3f}, "
-          f"floor {cal.floor_years:.2f} y ({cal.floor_source}), floor shape {shape.weight:.2f} x {shape.narrow:.2f} "
-          f"+ {1 - shape.weight:.2f} x {shape.wide:.2f} ({cal.floor_shape_source}), mean map "
-          f"{len(cal.mean_knots_pred)} knots")
-    print(f"population: {len(users)} users ({results['floor']['users']}), one {FRAMES_PER_UPLOAD}-frame upload a "
-          f"day to {SURFACE} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
-          f"{IMAGE_NOISE_SD} y")
+    results = {v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v, shape) for v in VARIANTS}
+    print(
+        f"model {ckpt} (version {engine.model_version}): std_scale {cal.std_scale:.3f}, "
+        f"floor {cal.floor_years:.2f} y ({cal.floor_source}), floor shape {shape.weight:.2f} x {shape.narrow:.2f} "
+        f"+ {1 - shape.weight:.2f} x {shape.wide:.2f} ({cal.floor_shape_source}), mean map "
+        f"{len(cal.mean_knots_pred)} knots"
+    )
+    print(
+        f"population: {len(users)} users ({results['floor']['users']}), one {FRAMES_PER_UPLOAD}-frame upload a "
+        f"day to {SURFACE} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
+        f"{IMAGE_NOISE_SD} y"
+    )
     print(table(results, args.uploads))
     for variant in ("floor", "floor+mixture"):
         worst = max(row["minor_allowed"] for row in results[variant]["by_uploads"].values())
@@ -213,18 +233,34 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "belief_safety",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
-        "checkpoint": str(ckpt), "model_version": engine.model_version,
-        "uncertainty": {"std_scale": cal.std_scale, "floor_years": cal.floor_years, "floor_source": cal.floor_source,
-                        "floor_shape": {"weight": shape.weight, "narrow": shape.narrow, "wide": shape.wide,
-                                        "source": cal.floor_shape_source},
-                        "mean_map_knots": len(cal.mean_knots_pred)},
-        "settings": {"users": len(users), "uploads": args.uploads, "seed": args.seed,
-                     "frames_per_upload": FRAMES_PER_UPLOAD, "surface": SURFACE, "policy": "DEFAULT"},
+        "checkpoint": str(ckpt),
+        "model_version": engine.model_version,
+        "uncertainty": {
+            "std_scale": cal.std_scale,
+            "floor_years": cal.floor_years,
+            "floor_source": cal.floor_source,
+            "floor_shape": {
+                "weight": shape.weight,
+                "narrow": shape.narrow,
+                "wide": shape.wide,
+                "source": cal.floor_shape_source,
+            },
+            "mean_map_knots": len(cal.mean_knots_pred),
+        },
+        "settings": {
+            "users": len(users),
+            "uploads": args.uploads,
+            "seed": args.seed,
+            "frames_per_upload": FRAMES_PER_UPLOAD,
+            "surface": SURFACE,
+            "policy": "DEFAULT",
+        },
         "variants": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=lambda x: None if isinstance(x, float)
-                                   and not math.isfinite(x) else x))
+    args.out.write_text(
+        json.dumps(report, indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x)
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -58,8 +58,14 @@ FUSE_COUNTS = (1, 2, 4, 8)
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": None,
+    }
 
 
 def predict(engine: InferenceEngine, split: SplitTensors, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +96,11 @@ def coverage_table(age: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[s
     out = {"all": {"n": float(age.size), "bias": float(np.mean(mean - age)), **coverage(age, mean, std, LEVELS)}}
     for lo, hi in TRUE_BANDS:
         sel = (age >= lo) & (age < hi)
-        out[f"{lo:g}-{hi:g}"] = {"n": float(sel.sum()), "bias": float(np.mean(mean[sel] - age[sel])),
-                                 **coverage(age[sel], mean[sel], std[sel], LEVELS)}
+        out[f"{lo:g}-{hi:g}"] = {
+            "n": float(sel.sum()),
+            "bias": float(np.mean(mean[sel] - age[sel])),
+            **coverage(age[sel], mean[sel], std[sel], LEVELS),
+        }
     return out
 
 
@@ -117,12 +126,18 @@ def fused_coverage(
             stds.append(float(np.sqrt(1.0 / p + (floor**2 if floor is not None else 0.0))))
             ages.append(float(np.mean(age[rows[:n]])))
         e_arr, s_arr, a_arr = np.asarray(errs), np.asarray(stds), np.asarray(ages)
-        out[f"n={n}"] = {"subjects": float(e_arr.size), "bias": float(e_arr.mean()),
-                         **coverage(np.zeros_like(e_arr), e_arr, s_arr, LEVELS)}
+        out[f"n={n}"] = {
+            "subjects": float(e_arr.size),
+            "bias": float(e_arr.mean()),
+            **coverage(np.zeros_like(e_arr), e_arr, s_arr, LEVELS),
+        }
         for lo, hi in TRUE_BANDS:
             sel = (a_arr >= lo) & (a_arr < hi)
-            out[f"n={n} {lo:g}-{hi:g}"] = {"subjects": float(sel.sum()), "bias": float(e_arr[sel].mean()),
-                                           **coverage(np.zeros(int(sel.sum())), e_arr[sel], s_arr[sel], LEVELS)}
+            out[f"n={n} {lo:g}-{hi:g}"] = {
+                "subjects": float(sel.sum()),
+                "bias": float(e_arr[sel].mean()),
+                **coverage(np.zeros(int(sel.sum())), e_arr[sel], s_arr[sel], LEVELS),
+            }
     return out
 
 
@@ -146,8 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir = CACHE / f"bench-s{args.seed}-n{args.images}-k{args.per_subject}-{size}px"
     manifest_path = bench_dir / "manifest.csv"
     if not manifest_path.exists():
-        generate_dataset(bench_dir, images=args.images, seed=args.seed, images_per_subject=args.per_subject,
-                         size=size, workers=min(2, os.cpu_count() or 1))
+        generate_dataset(
+            bench_dir,
+            images=args.images,
+            seed=args.seed,
+            images_per_subject=args.per_subject,
+            size=size,
+            workers=min(2, os.cpu_count() or 1),
+        )
     bench = load_manifest(manifest_path)
     data = load_split_tensors(bench, bench.rows, size, workers=2)  # every split: no benchmark subject was trained on
     age = data.ages.numpy().astype(np.float64)
@@ -168,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     frame = {
         "before": coverage_table(age, mean, raw_std),
         "after": coverage_table(age, mean, std),
-        **({"after_band_scales": coverage_table(age, mean, apply_band_scales(mean, raw_std, val_scales))}
-           if val_scales else {}),
+        **(
+            {"after_band_scales": coverage_table(age, mean, apply_band_scales(mean, raw_std, val_scales))}
+            if val_scales
+            else {}
+        ),
     }
     bench_floor = estimate_error_floor(err, subjects)
     # The model's own bias by true age (2-year bins): persistent for a person, whose images span <= 3 years.
@@ -180,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     implied = float(np.sqrt(GENERATOR_OFFSET_SD**2 + np.mean(bias**2)))
     floor = {
         "stored_val": {"floor_years": cal.floor_years, "subjects": cal.floor_subjects, "source": cal.floor_source},
-        "benchmark": {"floor_years": bench_floor.floor_years, "subjects": bench_floor.subjects,
-                      "within_sd": bench_floor.within_sd},
+        "benchmark": {
+            "floor_years": bench_floor.floor_years,
+            "subjects": bench_floor.subjects,
+            "within_sd": bench_floor.within_sd,
+        },
         "generator_offset_sd": GENERATOR_OFFSET_SD,
         "model_bias_rms": float(np.sqrt(np.mean(bias**2))),
         "implied_by_generator_and_bias": implied,
@@ -191,12 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         "independent": fused_coverage(err, std, age, subjects, None),
     }
     report = {
-        "machine": machine(), "checkpoint": str(ckpt), "model_version": engine.model_version,
+        "machine": machine(),
+        "checkpoint": str(ckpt),
+        "model_version": engine.model_version,
         "benchmark": {"seed": args.seed, "images": len(age), "per_subject": args.per_subject, "size": size},
-        "calibration": cal.to_dict(), "band_scales_val": dict(zip([f"{lo:g}-{hi:g}" for lo, hi in PRED_BANDS],
-                                                                  val_scales or [], strict=False)),
-        "frame_coverage": frame, "floor": floor, "fused_coverage": fused,
-        "mae": float(np.abs(err).mean()), "seconds": round(time.perf_counter() - t0, 1),
+        "calibration": cal.to_dict(),
+        "band_scales_val": dict(zip([f"{lo:g}-{hi:g}" for lo, hi in PRED_BANDS], val_scales or [], strict=False)),
+        "frame_coverage": frame,
+        "floor": floor,
+        "fused_coverage": fused,
+        "mae": float(np.abs(err).mean()),
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, sort_keys=True))
@@ -215,20 +247,26 @@ def print_report(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"\n{m['cpu']} | cores {m['cores']} | torch threads {m['torch_threads']} | torch {m['torch']}")
     c = r["calibration"]
-    print(f"model {r['model_version']} | benchmark seed {r['benchmark']['seed']}, {r['benchmark']['images']} images, "
-          f"{r['benchmark']['per_subject']} per subject | MAE {r['mae']:.2f}")
-    print(f"calibration: std scale {c['std_scale']:.3f}; floor {c['floor_years']:.2f} y ({c['floor_source']}, "
-          f"{c['floor_subjects']} val subjects)")
+    print(
+        f"model {r['model_version']} | benchmark seed {r['benchmark']['seed']}, {r['benchmark']['images']} images, "
+        f"{r['benchmark']['per_subject']} per subject | MAE {r['mae']:.2f}"
+    )
+    print(
+        f"calibration: std scale {c['std_scale']:.3f}; floor {c['floor_years']:.2f} y ({c['floor_source']}, "
+        f"{c['floor_subjects']} val subjects)"
+    )
     nominal = "  ".join(f"{q:.3f}" for q in LEVELS)
     print(f"\nframe coverage {'':>21}         {nominal}   (nominal)")
     for when, table in r["frame_coverage"].items():
         for band, cov in table.items():
             print(_row(f"{when} {band}", cov))
     f = r["floor"]
-    print(f"\nerror floor (sd, years): stored (val) {f['stored_val']['floor_years']:.2f} | re-estimated on benchmark "
-          f"{f['benchmark']['floor_years']:.2f} ({f['benchmark']['subjects']} subjects, within-person sd "
-          f"{f['benchmark']['within_sd']:.2f}) | generator offset sd {f['generator_offset_sd']:.1f}, model bias rms "
-          f"{f['model_bias_rms']:.2f}, together {f['implied_by_generator_and_bias']:.2f}")
+    print(
+        f"\nerror floor (sd, years): stored (val) {f['stored_val']['floor_years']:.2f} | re-estimated on benchmark "
+        f"{f['benchmark']['floor_years']:.2f} ({f['benchmark']['subjects']} subjects, within-person sd "
+        f"{f['benchmark']['within_sd']:.2f}) | generator offset sd {f['generator_offset_sd']:.1f}, model bias rms "
+        f"{f['model_bias_rms']:.2f}, together {f['implied_by_generator_and_bias']:.2f}"
+    )
     print(f"\nbelief coverage, n frames of one person fused {'':>0}  {nominal}")
     for how, table in r["fused_coverage"].items():
         for n, cov in table.items():

@@ -39,8 +39,9 @@ def face(age: float, seed: int) -> bytes:
     return encode_jpeg(render_face(age, sample_attributes(rng), rng), rng)
 
 
-def produce(settings: Settings, events: Sequence[tuple[str, dict[str, Any]]], *,
-            raw: dict[int, bytes] | None = None) -> None:
+def produce(
+    settings: Settings, events: Sequence[tuple[str, dict[str, Any]]], *, raw: dict[int, bytes] | None = None
+) -> None:
     """Produce (role, record) pairs keyed by user id, Kafka timestamp = event time; `raw` replaces the
     bytes of the i-th event (e.g. a broken schema id)."""
     codec = AvroCodec()
@@ -48,8 +49,12 @@ def produce(settings: Settings, events: Sequence[tuple[str, dict[str, Any]]], *,
     producer = Producer(settings.kafka_client_config() | {"enable.idempotence": True, "acks": "all"})
     for i, (role, record) in enumerate(events):
         value = (raw or {}).get(i) or codec.encode(SUBJECT[role], record)
-        producer.produce(names[role], key=record["user_id"].encode(), value=value,
-                         timestamp=int(record["occurred_at"].timestamp() * 1000))
+        producer.produce(
+            names[role],
+            key=record["user_id"].encode(),
+            value=value,
+            timestamp=int(record["occurred_at"].timestamp() * 1000),
+        )
     assert producer.flush(30) == 0
 
 

@@ -96,8 +96,13 @@ def stats(lat: list[float], batch: int) -> dict[str, float]:
 
 
 def bench_device(
-    model: AgeModel, device: torch.device, sizes: list[int], frames: list[EncodedFrame], budget: float,
-    threads: int, state: dict[str, torch.Tensor],
+    model: AgeModel,
+    device: torch.device,
+    sizes: list[int],
+    frames: list[EncodedFrame],
+    budget: float,
+    threads: int,
+    state: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     engine = InferenceEngine(model, device=str(device), threads=threads, max_batch=max(sizes))
     flops = count_flops(engine.model, engine.config.input_size)
@@ -143,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", default=os.environ.get("AGEGATE_BENCH_QUICK") == "1")
     p.add_argument("--checkpoint", help="benchmark this checkpoint instead of a fresh default model")
     p.add_argument("--max-batch", type=int, default=0, help="largest batch size (default 256, quick 64)")
-    p.add_argument("--threads", default=f"1,{os.cpu_count() or 1}",
-                   help="comma-separated torch CPU thread counts, each a variant in the same run")
+    p.add_argument(
+        "--threads",
+        default=f"1,{os.cpu_count() or 1}",
+        help="comma-separated torch CPU thread counts, each a variant in the same run",
+    )
     p.add_argument("--frame-size", type=int, default=128, help="side of the encoded test frames in pixels")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
@@ -166,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for device in devices:
         machine: dict[str, Any] = {
-            "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         }
         runs = []
@@ -188,8 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = run["summary"]["best_end_to_end_frames_per_s"] / base
                 print(f"threads {run['threads']} vs {runs[0]['threads']}: end-to-end x{ratio:.2f}")
         machine.pop("torch_threads")
-        report = {"machine": machine, "quick": args.quick, "frame_size": args.frame_size,
-                  "load_average": list(os.getloadavg()), "config": model.config.to_dict(), "runs": runs}
+        report = {
+            "machine": machine,
+            "quick": args.quick,
+            "frame_size": args.frame_size,
+            "load_average": list(os.getloadavg()),
+            "config": model.config.to_dict(),
+            "runs": runs,
+        }
         path = args.out / f"inference-{device.type}.json"
         path.write_text(json.dumps(report, indent=2))
         print(f"wrote {path}")
@@ -215,12 +232,17 @@ def summarize(result: dict[str, Any], ref_flops: float) -> dict[str, float]:
     return out
 
 
-def print_table(machine: dict[str, Any], result: dict[str, Any], peak: dict[str, float],
-                summary: dict[str, float]) -> None:
-    print(f"\n{machine['cpu']} | cores {machine['cores']} | torch threads {machine['torch_threads']} | "
-          f"torch {machine['torch']} | gpu {machine['gpu']}")
-    print(f"model {result['flops_per_frame'] / 1e6:.1f} MFLOP/frame | matmul "
-          + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
+def print_table(
+    machine: dict[str, Any], result: dict[str, Any], peak: dict[str, float], summary: dict[str, float]
+) -> None:
+    print(
+        f"\n{machine['cpu']} | cores {machine['cores']} | torch threads {machine['torch_threads']} | "
+        f"torch {machine['torch']} | gpu {machine['gpu']}"
+    )
+    print(
+        f"model {result['flops_per_frame'] / 1e6:.1f} MFLOP/frame | matmul "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items())
+    )
     has_unfused = "infer_unfused" in result["rows"][0]
     head = f"{'batch':>5} | {'decode f/s':>10} {'p50':>7} {'p99':>7} | {'infer f/s':>9} {'p50':>7} {'p99':>7} |"
     head += f" {'unfused f/s':>11} {'nchw f/s':>9} |" if has_unfused else ""
@@ -229,13 +251,17 @@ def print_table(machine: dict[str, Any], result: dict[str, Any], peak: dict[str,
     ref = peak.get("bfloat16", peak["float32"])
     for r in result["rows"]:
         d, i, b = r["decode"], r["infer_fused"], r["both"]
-        line = (f"{r['batch']:>5} | {d['frames_per_s']:>10.0f} {d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | "
-                f"{i['frames_per_s']:>9.0f} {i['p50_ms']:>7.2f} {i['p99_ms']:>7.2f} |")
+        line = (
+            f"{r['batch']:>5} | {d['frames_per_s']:>10.0f} {d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | "
+            f"{i['frames_per_s']:>9.0f} {i['p50_ms']:>7.2f} {i['p99_ms']:>7.2f} |"
+        )
         if has_unfused:
             line += f" {r['infer_unfused']['frames_per_s']:>11.0f} {r['infer_nchw']['frames_per_s']:>9.0f} |"
-        line += (f" {b['frames_per_s']:>8.0f} {b['p50_ms']:>7.2f} {b['p99_ms']:>7.2f} | "
-                 f"{r['both_overlapped']['frames_per_s']:>11.0f} | {r['infer_model_flops_per_s'] / 1e9:>7.1f} "
-                 f"{100 * r['infer_model_flops_per_s'] / ref:>4.0f}%")
+        line += (
+            f" {b['frames_per_s']:>8.0f} {b['p50_ms']:>7.2f} {b['p99_ms']:>7.2f} | "
+            f"{r['both_overlapped']['frames_per_s']:>11.0f} | {r['infer_model_flops_per_s'] / 1e9:>7.1f} "
+            f"{100 * r['infer_model_flops_per_s'] / ref:>4.0f}%"
+        )
         print(line)
     print("summary: " + ", ".join(f"{k}={v:.3g}" for k, v in summary.items()))
 

@@ -34,8 +34,12 @@ LOCAL_REGISTRY = "http://127.0.0.1:38081/apis/ccompat/v7"
 
 
 def record() -> dict[str, Any]:
-    return events.upload("bench-user", at=1_790_000_000.0, surface="profile_photo",
-                         frames=[events.inline_frame("f0", b"\xff\xd8" + b"j" * 2000)])
+    return events.upload(
+        "bench-user",
+        at=1_790_000_000.0,
+        surface="profile_photo",
+        frames=[events.inline_frame("f0", b"\xff\xd8" + b"j" * 2000)],
+    )
 
 
 def measure(make: Any, n: int) -> dict[str, float]:
@@ -56,8 +60,12 @@ def measure(make: Any, n: int) -> dict[str, float]:
     for _ in range(n):
         codec.encode(UPLOAD, rec)
     encode = (time.perf_counter() - t0) / n
-    return {"first_encode_ms": first_encode * 1e3, "first_decode_ms": first_decode * 1e3,
-            "cached_decode_us": decode * 1e6, "cached_encode_us": encode * 1e6}
+    return {
+        "first_encode_ms": first_encode * 1e3,
+        "first_decode_ms": first_decode * 1e3,
+        "cached_decode_us": decode * 1e6,
+        "cached_encode_us": encode * 1e6,
+    }
 
 
 def main() -> None:
@@ -65,15 +73,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000, help="encodes and decodes timed per registry")
     args = parser.parse_args()
     url = os.environ.get("SCHEMA_REGISTRY_URL") or LOCAL_REGISTRY
-    settings = load_settings(environ={}, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", schema_registry_url=url,
-                             schema_auto_register=True)
+    settings = load_settings(
+        environ={}, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", schema_registry_url=url, schema_auto_register=True
+    )
     rows = {
         "manifest": measure(AvroCodec, args.n),
         "registry": measure(lambda: AvroCodec(registry_from_settings(settings)), args.n),
     }
     for name, r in rows.items():
-        print(f"{name:9} first encode {r['first_encode_ms']:7.2f} ms  first decode {r['first_decode_ms']:6.2f} ms  "
-              f"cached decode {r['cached_decode_us']:6.1f} us  cached encode {r['cached_encode_us']:6.1f} us")
+        print(
+            f"{name:9} first encode {r['first_encode_ms']:7.2f} ms  first decode {r['first_decode_ms']:6.2f} ms  "
+            f"cached decode {r['cached_decode_us']:6.1f} us  cached encode {r['cached_encode_us']:6.1f} us"
+        )
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
     RESULTS.write_text(json.dumps({"machine": machine, "n": args.n, "results": rows}, indent=1) + "\n")
 

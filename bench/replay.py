@@ -49,8 +49,9 @@ async def worker_like(settings: Settings, engine: InferenceEngine) -> float:
     a.start()
     started = time.perf_counter()
     try:
-        outcomes = await run_to_end(reader.next, a.pipeline.process, max_in_flight=a.max_in_flight,
-                                    batch_events=a.batch_events)
+        outcomes = await run_to_end(
+            reader.next, a.pipeline.process, max_in_flight=a.max_in_flight, batch_events=a.batch_events
+        )
         elapsed = time.perf_counter() - started
     finally:
         consumer.close()
@@ -66,28 +67,53 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1)
     args = ap.parse_args()
     uid = uuid.uuid4().hex[:8]
-    settings = load_settings(topic_prefix=f"bench{uid}.", consumer_group=f"bench{uid}", redis_key_prefix=f"bench{uid}",
-                             inference_device="cpu", inference_threads=1)
+    settings = load_settings(
+        topic_prefix=f"bench{uid}.",
+        consumer_group=f"bench{uid}",
+        redis_key_prefix=f"bench{uid}",
+        inference_device="cpu",
+        inference_threads=1,
+    )
     TopicAdmin(settings).create()
     tmp = Path(tempfile.mkdtemp())
     ckpt = tiny_checkpoint(tmp)
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", threads=1)
     jpegs = [face(20 + i % 40, seed=i) for i in range(32)]
+
     def frames(i: int) -> list[dict[str, object]]:
         return [events.inline_frame(f"f{k}", jpegs[(i + k) % 32]) for k in range(args.frames)]
 
-    evs = [("uploads", events.upload(f"u{i % 97}", at=at(i), surface="profile_photo", event_id=str(uuid.uuid4()),
-                                     frames=frames(i)))
-           for i in range(args.events)]
+    evs = [
+        (
+            "uploads",
+            events.upload(
+                f"u{i % 97}", at=at(i), surface="profile_photo", event_id=str(uuid.uuid4()), frames=frames(i)
+            ),
+        )
+        for i in range(args.events)
+    ]
     produce(settings, evs)
     worker_rate = asyncio.run(worker_like(settings, engine))
     out = tmp / "replay.jsonl"
-    cfg = ReplayConfig(settings=settings, frm=parse_bound("earliest"), to=parse_bound("latest"), out=f"file:{out}",
-                       state_path=tmp / "state.json", model=str(ckpt), progress=False,
-                       max_in_flight=settings.queue_max_events)
+    cfg = ReplayConfig(
+        settings=settings,
+        frm=parse_bound("earliest"),
+        to=parse_bound("latest"),
+        out=f"file:{out}",
+        state_path=tmp / "state.json",
+        model=str(ckpt),
+        progress=False,
+        max_in_flight=settings.queue_max_events,
+    )
     summary = asyncio.run(replay(cfg, engine=engine))
-    rows = {"events": args.events, "frames_per_event": args.frames, "device": "cpu", "threads": 1,
-            "worker_pipeline_events_per_s": round(worker_rate, 1), "replay_events_per_s": round(summary.rate, 1)}
+    rows = {
+        "events": args.events,
+        "frames_per_event": args.frames,
+        "device": "cpu",
+        "threads": 1,
+        "worker_pipeline_events_per_s": round(worker_rate, 1),
+        "replay_events_per_s": round(summary.rate, 1),
+    }
     print(f"{'runner':10} {'events/s':>10}\n{'worker':10} {worker_rate:10.1f}\n{'replay':10} {summary.rate:10.1f}")
     print(f"({args.events} events x {args.frames} frame(s), tiny model, CPU, 1 inference thread)")
     results = Path(__file__).parent / "results"

@@ -124,15 +124,20 @@ class RssSampler:
 
 
 def worker_run(
-    model: Path, n_events: int, *, batch: int, rate: float, threads: int, seed: int, noop: bool = False,
+    model: Path,
+    n_events: int,
+    *,
+    batch: int,
+    rate: float,
+    threads: int,
+    seed: int,
+    noop: bool = False,
     sample_rss: bool = False,
 ) -> dict[str, Any]:
     """Backlog (rate 0: produced before the worker starts) or paced (rate > 0: while it runs)."""
     settings = fresh_settings(f"b{batch}")
     stream = list(synthetic_stream(n_events, seed=seed, bad_share=0.0, frames_per_event=2))
-    noop_env = (
-        {"AGEGATE_BENCH_NOOP_INFER": "1", "PYTHONPATH": f"{REPO / 'bench' / 'noop'}:{REPO}"} if noop else {}
-    )
+    noop_env = {"AGEGATE_BENCH_NOOP_INFER": "1", "PYTHONPATH": f"{REPO / 'bench' / 'noop'}:{REPO}"} if noop else {}
     env = worker_env(
         settings,
         model=model,
@@ -216,8 +221,9 @@ def main() -> int:
     if "worker-noop" in variants:
         rows["worker-noop"] = worker_run(model, max(n, 1000), batch=batch, rate=0, threads=threads, seed=7, noop=True)
     if args.duration:
-        rows["soak"] = worker_run(model, int(half * args.duration), batch=batch, rate=half, threads=threads, seed=8,
-                                  sample_rss=True)
+        rows["soak"] = worker_run(
+            model, int(half * args.duration), batch=batch, rate=half, threads=threads, seed=8, sample_rss=True
+        )
     ratios: dict[str, float] = {}
     for num, den in (("worker", "engine"), ("worker", "worker-b1"), ("worker-noop", "engine-noop")):
         if num in rows and den in rows:
@@ -251,8 +257,10 @@ def main() -> int:
     print(f"latency and soak rows paced at {half:.0f} events/s")
     if "soak" in rows:
         soak = rows["soak"]
-        print(f"soak RSS MB start/middle/end: {soak.get('rss_start_mb', float('nan')):.0f} / "
-              f"{soak.get('rss_middle_mb', float('nan')):.0f} / {soak.get('rss_end_mb', float('nan')):.0f}")
+        print(
+            f"soak RSS MB start/middle/end: {soak.get('rss_start_mb', float('nan')):.0f} / "
+            f"{soak.get('rss_middle_mb', float('nan')):.0f} / {soak.get('rss_end_mb', float('nan')):.0f}"
+        )
     print(f"wrote {out}")
     return 0
 

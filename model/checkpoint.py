@@ -28,7 +28,6 @@ FORMAT = "agegate-checkpoint/1"
 _META_KEY = "agegate"
 
 
-
 @dataclass(frozen=True, slots=True)
 class CheckpointMeta:
     config: ModelConfig

@@ -42,7 +42,6 @@ class DecodeLimits:
     formats: frozenset[str] = field(default_factory=lambda: frozenset({"JPEG", "PNG", "WEBP"}))
 
 
-
 def decode_rgb(data: bytes, content_type: str, size: int, limits: DecodeLimits) -> np.ndarray:
     """Decode one frame to a (size, size, 3) uint8 array, or raise ImageDecodeError."""
     if not data:

@@ -270,5 +270,3 @@ def fuse_for_inference(model: AgeModel) -> AgeModel:
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-

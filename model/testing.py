@@ -33,8 +33,11 @@ def train_tiny_checkpoint(out_dir: Path, *, seed: int = 0, model: str = "age_reg
         try:
             meta = read_meta(best)
             # Without "uncertainty" it was trained before calibration existed: retrain so it has one.
-            if (meta.config.name == model and meta.extra.get("settings", {}).get("seed") == seed
-                    and "uncertainty" in meta.extra):
+            if (
+                meta.config.name == model
+                and meta.extra.get("settings", {}).get("seed") == seed
+                and "uncertainty" in meta.extra
+            ):
                 return best
         except CheckpointError:
             pass  # stale or damaged cache: retrain below
@@ -43,8 +46,19 @@ def train_tiny_checkpoint(out_dir: Path, *, seed: int = 0, model: str = "age_reg
         generate_dataset(out_dir / "data", images=TINY_IMAGES, seed=seed, images_per_subject=4, size=64)
     run_dir = out_dir / "run"
     (run_dir / "recovery.safetensors").unlink(missing_ok=True)
-    train(TrainSettings(data=str(manifest), out=str(run_dir), model=model, epochs=TINY_EPOCHS, batch_size=64,
-                        seed=seed, version=f"tiny-s{seed}", warmup_steps=20, workers=2))
+    train(
+        TrainSettings(
+            data=str(manifest),
+            out=str(run_dir),
+            model=model,
+            epochs=TINY_EPOCHS,
+            batch_size=64,
+            seed=seed,
+            version=f"tiny-s{seed}",
+            warmup_steps=20,
+            workers=2,
+        )
+    )
     return best
 
 

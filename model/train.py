@@ -185,8 +185,14 @@ def _progress(total: int, desc: str) -> Any:
 
 def _initial_config(s: TrainSettings, parent: Any, ages: torch.Tensor) -> ModelConfig:
     """The architecture to train: the parent's under a new version when fine-tuning, else from the settings."""
-    config = ModelConfig(name=s.model, version=s.version or time.strftime("%Y%m%d-%H%M%S"), input_size=s.input_size,
-                         width=s.width, depth=s.depth, head=s.head)  # type: ignore[arg-type]
+    config = ModelConfig(
+        name=s.model,
+        version=s.version or time.strftime("%Y%m%d-%H%M%S"),
+        input_size=s.input_size,
+        width=s.width,
+        depth=s.depth,
+        head=s.head,  # type: ignore[arg-type]
+    )
     if parent is not None:  # the parent's architecture (and bucket centres), under the new version
         return dataclasses.replace(parent.config, version=config.version)
     if s.model != "bucket_classifier":
@@ -203,8 +209,17 @@ def _initial_config(s: TrainSettings, parent: Any, ages: torch.Tensor) -> ModelC
 
 
 def _run_epoch(
-    model: Any, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, tr: Any, gen: torch.Generator,
-    s: TrainSettings, device: torch.device, *, epoch: int, steps_per_epoch: int, total_steps: int,
+    model: Any,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    tr: Any,
+    gen: torch.Generator,
+    s: TrainSettings,
+    device: torch.device,
+    *,
+    epoch: int,
+    steps_per_epoch: int,
+    total_steps: int,
     amp_dtype: torch.dtype | None,
 ) -> tuple[float, int]:
     """One pass over the training split; (summed loss, images seen). `amp_dtype` None: full precision."""
@@ -276,8 +291,14 @@ def train(s: TrainSettings) -> dict[str, Any]:
     total_steps = steps_per_epoch * s.epochs
     start_epoch, best = 0, []  # best: list of (val_mae, path)
     recovery = out / "recovery.safetensors"
-    resolved = {**dataclasses.asdict(s), "dataset_hash": data_hash, "config": config.to_dict(), "device": str(device),
-                "torch": torch.__version__, "code_version": f"{package_version()}+{git_commit() or 'nogit'}"}
+    resolved = {
+        **dataclasses.asdict(s),
+        "dataset_hash": data_hash,
+        "config": config.to_dict(),
+        "device": str(device),
+        "torch": torch.__version__,
+        "code_version": f"{package_version()}+{git_commit() or 'nogit'}",
+    }
     if recovery.exists():
         loaded = load_checkpoint(recovery, expect={"name": config.name, "input_size": config.input_size})
         if loaded.meta.dataset_hash != data_hash:
@@ -300,37 +321,66 @@ def train(s: TrainSettings) -> dict[str, Any]:
     for epoch in range(start_epoch, last_epoch):
         t_epoch = time.perf_counter()
         running, seen = _run_epoch(
-            model, opt, scaler, tr, gen, s, device, epoch=epoch, steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps, amp_dtype=amp_dtype if use_amp else None,
+            model,
+            opt,
+            scaler,
+            tr,
+            gen,
+            s,
+            device,
+            epoch=epoch,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            amp_dtype=amp_dtype if use_amp else None,
         )
         val = summarize(model, predict_split(model, va, device))
         val["train_loss"] = running / max(1, seen)
         history.append({"epoch": epoch + 1, **val})
         ckpt = out / "checkpoints" / f"epoch{epoch + 1:03d}-mae{val['mae']:.3f}.safetensors"
-        save_checkpoint(ckpt, model, dataset_hash=data_hash, metrics=val, code_version_=resolved["code_version"],
-                        extra={"epoch": epoch, "settings": dataclasses.asdict(s), "lineage": lineage})
+        save_checkpoint(
+            ckpt,
+            model,
+            dataset_hash=data_hash,
+            metrics=val,
+            code_version_=resolved["code_version"],
+            extra={"epoch": epoch, "settings": dataclasses.asdict(s), "lineage": lineage},
+        )
         best = sorted([*best, (val["mae"], str(ckpt))])
         for _, dropped in best[s.keep :]:
             Path(dropped).unlink(missing_ok=True)
         best = best[: s.keep]
         opt_tensors, groups = _optimizer_tensors(opt)
-        save_checkpoint(recovery, model, dataset_hash=data_hash, metrics=val, code_version_=resolved["code_version"],
-                        kind="recovery", extra={"epoch": epoch, "best": best, "param_groups": groups},
-                        extra_tensors={**opt_tensors, "rng": gen.get_state()})
-        print(f"epoch {epoch + 1}/{s.epochs} loss {val['train_loss']:.3f} val MAE {val['mae']:.2f} "
-              f"CS@5 {val['cs5']:.3f} "
-              f"({time.perf_counter() - t_epoch:.0f}s, {seen / (time.perf_counter() - t_epoch):.0f} img/s)")
+        save_checkpoint(
+            recovery,
+            model,
+            dataset_hash=data_hash,
+            metrics=val,
+            code_version_=resolved["code_version"],
+            kind="recovery",
+            extra={"epoch": epoch, "best": best, "param_groups": groups},
+            extra_tensors={**opt_tensors, "rng": gen.get_state()},
+        )
+        print(
+            f"epoch {epoch + 1}/{s.epochs} loss {val['train_loss']:.3f} val MAE {val['mae']:.2f} "
+            f"CS@5 {val['cs5']:.3f} "
+            f"({time.perf_counter() - t_epoch:.0f}s, {seen / (time.perf_counter() - t_epoch):.0f} img/s)"
+        )
 
     best_path = Path(best[0][1])
     tmp = out / "best.safetensors.tmp"
     shutil.copyfile(best_path, tmp)
-    cal_data = va if not s.calibration_data else load_split_tensors(cal_split[0], cal_split[1], config.input_size,
-                                                                    workers=s.workers)
+    cal_data = (
+        va
+        if not s.calibration_data
+        else load_split_tensors(cal_split[0], cal_split[1], config.input_size, workers=s.workers)
+    )
     # before it becomes visible as best
     calibration, uncertainty = calibrate_uncertainty(tmp, cal_data, device, mean_map=s.mean_map)
     os.replace(tmp, out / "best.safetensors")  # readers (tests sharing a cache) never see half a file
     result: dict[str, Any] = {
-        "best": str(out / "best.safetensors"), "val": read_meta(best_path).metrics, "history": history,
+        "best": str(out / "best.safetensors"),
+        "val": read_meta(best_path).metrics,
+        "history": history,
         "uncertainty": uncertainty,
     }
     te_rows = manifest.split("test")
@@ -357,8 +407,9 @@ def coverage_before_after(
     age, mean, std = pred["age"].numpy(), pred["mean"].numpy(), pred["std"].numpy()
     return {
         "before": coverage(age, mean, std, COVERAGE_LEVELS),
-        "after": coverage(age, calibration.apply_mean(pred["mean"]).numpy(), calibration.apply(pred["std"]).numpy(),
-                          COVERAGE_LEVELS),
+        "after": coverage(
+            age, calibration.apply_mean(pred["mean"]).numpy(), calibration.apply(pred["std"]).numpy(), COVERAGE_LEVELS
+        ),
     }
 
 
@@ -391,10 +442,17 @@ def with_calibration_lineage(lineage: dict[str, Any], cal_split: tuple[Any, list
     merged = dict(lineage)
     for key in ("images", "subjects"):
         merged[key] = sorted(set(lineage.get(key, [])) | set(cal.get(key, [])))
-    merged["generator"] = {**lineage.get("generator", {}), "seeds": sorted(
-        set(lineage.get("generator", {}).get("seeds", [])) | set(cal.get("generator", {}).get("seeds", [])))}
-    merged["calibration"] = {"manifest": cal.get("manifest"), "manifest_hash": cal.get("manifest_hash"),
-                             "rows": cal.get("rows")}
+    merged["generator"] = {
+        **lineage.get("generator", {}),
+        "seeds": sorted(
+            set(lineage.get("generator", {}).get("seeds", [])) | set(cal.get("generator", {}).get("seeds", []))
+        ),
+    }
+    merged["calibration"] = {
+        "manifest": cal.get("manifest"),
+        "manifest_hash": cal.get("manifest_hash"),
+        "rows": cal.get("rows"),
+    }
     return merged
 
 
@@ -441,13 +499,17 @@ def _knots(u: dict[str, Any]) -> str:
 
 
 def format_uncertainty(u: dict[str, Any]) -> str:
-    lines = [f"uncertainty: std scale {u['std_scale']:.3f} (fitted on {u['fitted_on']} calibration frames); "
-             f"error floor {u['floor_years']:.2f} years ({u['floor_source']}, {u['floor_subjects']} subjects); "
-             f"mean map {_knots(u)}"]
+    lines = [
+        f"uncertainty: std scale {u['std_scale']:.3f} (fitted on {u['fitted_on']} calibration frames); "
+        f"error floor {u['floor_years']:.2f} years ({u['floor_source']}, {u['floor_subjects']} subjects); "
+        f"mean map {_knots(u)}"
+    ]
     shape = u.get("floor_shape")
     if shape:
-        lines.append(f"floor shape: {shape['weight']:.2f} of people at {shape['narrow']:.2f} x floor, the rest at "
-                     f"{shape['wide']:.2f} x floor ({shape['source']}, {shape['subjects']} subjects)")
+        lines.append(
+            f"floor shape: {shape['weight']:.2f} of people at {shape['narrow']:.2f} x floor, the rest at "
+            f"{shape['wide']:.2f} x floor ({shape['source']}, {shape['subjects']} subjects)"
+        )
     for split in ("val", "test"):
         cov = u.get(f"{split}_coverage")
         if cov:
@@ -482,19 +544,31 @@ def load_parent(s: TrainSettings) -> LoadedCheckpoint:
     except CheckpointError as exc:
         raise TrainingError(f"--init-from {s.init_from}: {exc}") from None
     defaults = TrainSettings(data="", out="")
-    have = {"model": parent.config.name, "head": parent.config.head, "input_size": parent.config.input_size,
-            "width": parent.config.width, "depth": parent.config.depth}
-    clashes = [f"--{f.replace('_', '-')} {getattr(s, f)} (checkpoint: {have[f]})" for f in ARCHITECTURE_FIELDS
-               if getattr(s, f) != getattr(defaults, f) and getattr(s, f) != have[f]]
+    have = {
+        "model": parent.config.name,
+        "head": parent.config.head,
+        "input_size": parent.config.input_size,
+        "width": parent.config.width,
+        "depth": parent.config.depth,
+    }
+    clashes = [
+        f"--{f.replace('_', '-')} {getattr(s, f)} (checkpoint: {have[f]})"
+        for f in ARCHITECTURE_FIELDS
+        if getattr(s, f) != getattr(defaults, f) and getattr(s, f) != have[f]
+    ]
     if clashes:
-        raise TrainingError(f"--init-from {s.init_from}: incompatible architecture: " + ", ".join(clashes)
-                            + "; fine-tuning keeps the checkpoint's architecture (drop those options)")
+        raise TrainingError(
+            f"--init-from {s.init_from}: incompatible architecture: "
+            + ", ".join(clashes)
+            + "; fine-tuning keeps the checkpoint's architecture (drop those options)"
+        )
     return parent
 
 
 def concat_splits(a: SplitTensors, b: SplitTensors) -> SplitTensors:
-    return SplitTensors(images=torch.cat([a.images, b.images]), ages=torch.cat([a.ages, b.ages]),
-                        rows=(*a.rows, *b.rows))
+    return SplitTensors(
+        images=torch.cat([a.images, b.images]), ages=torch.cat([a.ages, b.ages]), rows=(*a.rows, *b.rows)
+    )
 
 
 def combined_hash(manifest: Manifest, mixed: Manifest | None) -> str:
@@ -518,25 +592,39 @@ def merge_lineage(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def finetune_lineage(lineage: Mapping[str, Any], s: TrainSettings, manifest: Manifest, mixed: Manifest | None,
-                     parent: LoadedCheckpoint | None) -> dict[str, Any]:
+def finetune_lineage(
+    lineage: Mapping[str, Any],
+    s: TrainSettings,
+    manifest: Manifest,
+    mixed: Manifest | None,
+    parent: LoadedCheckpoint | None,
+) -> dict[str, Any]:
     """Lineage plus where the model came from: the parent (version, weights hash, dataset hash),
     every dataset with its content hash and role, and the seed. A fine-tuned model has also seen
     everything its parent saw, so the parent's fingerprints are included for the leakage guard."""
     out = dict(lineage)
-    out["datasets"] = [{"role": "train", "manifest": str(manifest.source or s.data),
-                        "content_hash": content_hash(manifest)}]
+    out["datasets"] = [
+        {"role": "train", "manifest": str(manifest.source or s.data), "content_hash": content_hash(manifest)}
+    ]
     if mixed is not None:
-        out["datasets"].append({"role": "mix", "manifest": str(mixed.source or s.mix),
-                                "content_hash": content_hash(mixed), "max_rows": s.mix_max})
+        out["datasets"].append(
+            {
+                "role": "mix",
+                "manifest": str(mixed.source or s.mix),
+                "content_hash": content_hash(mixed),
+                "max_rows": s.mix_max,
+            }
+        )
     out["seeds"] = {"train": s.seed}
     if parent is not None:
         parent_lineage = parent.meta.extra.get("lineage")
         if isinstance(parent_lineage, Mapping):
             out = {**merge_lineage(out, parent_lineage), "datasets": out["datasets"], "seeds": out["seeds"]}
         out["parent"] = {
-            "checkpoint": s.init_from, "model_version": parent.config.version,
-            "weights_sha256": parent.meta.weights_sha256, "dataset_hash": parent.meta.dataset_hash,
+            "checkpoint": s.init_from,
+            "model_version": parent.config.version,
+            "weights_sha256": parent.meta.weights_sha256,
+            "dataset_hash": parent.meta.dataset_hash,
             "lineage_datasets": parent_lineage.get("datasets", []) if isinstance(parent_lineage, Mapping) else [],
         }
     return out
@@ -546,8 +634,10 @@ def format_metrics(name: str, m: dict[str, float]) -> str:
     parts = [f"{name}: n={int(m['n'])} MAE {m['mae']:.2f} CS@5 {m['cs5']:.3f} within1std {m['within_1std']:.3f}"]
     for t in THRESHOLDS:
         k = int(t)
-        parts.append(f"@{k} err {m[f't{k}_error']:.3f} (minor->adult {m[f't{k}_minor_as_adult']:.3f}, "
-                     f"adult->minor {m[f't{k}_adult_as_minor']:.3f})")
+        parts.append(
+            f"@{k} err {m[f't{k}_error']:.3f} (minor->adult {m[f't{k}_minor_as_adult']:.3f}, "
+            f"adult->minor {m[f't{k}_adult_as_minor']:.3f})"
+        )
     return "\n  ".join(parts)
 
 
@@ -571,8 +661,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainSettings(data="", out="")
     parser.add_argument("--data", required=True, help="manifest (CSV or JSONL)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, recovery, run_config.json, metrics.json")
-    parser.add_argument("--model", default=d.model, choices=["age_regressor", "bucket_classifier"],
-                        help="architecture: the age regressor, or the legacy bucket classifier (baseline)")
+    parser.add_argument(
+        "--model",
+        default=d.model,
+        choices=["age_regressor", "bucket_classifier"],
+        help="architecture: the age regressor, or the legacy bucket classifier (baseline)",
+    )
     parser.add_argument("--head", default=d.head, choices=["gaussian", "dldl"], help="age_regressor uncertainty head")
     for name, help_text in _INT_OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), help=help_text)
@@ -580,26 +674,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     parser.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--version", default="", help="model version recorded in the checkpoint (default: timestamp)")
-    parser.add_argument("--seeds", default="", metavar="S1,S2,...",
-                        help="train one run per seed (OUT/seed-S each, version suffixed -sS); overrides --seed")
-    parser.add_argument("--init-from", default="", metavar="CKPT",
-                        help="fine-tune: start from this checkpoint's weights and architecture; its version, "
-                             "weights hash and datasets are recorded as the parent in the lineage")
-    parser.add_argument("--mix", default="", metavar="MANIFEST",
-                        help="also train on this manifest's train split (e.g. the base dataset beside feedback "
-                             "data); validation and test stay those of --data")
+    parser.add_argument(
+        "--seeds",
+        default="",
+        metavar="S1,S2,...",
+        help="train one run per seed (OUT/seed-S each, version suffixed -sS); overrides --seed",
+    )
+    parser.add_argument(
+        "--init-from",
+        default="",
+        metavar="CKPT",
+        help="fine-tune: start from this checkpoint's weights and architecture; its version, "
+        "weights hash and datasets are recorded as the parent in the lineage",
+    )
+    parser.add_argument(
+        "--mix",
+        default="",
+        metavar="MANIFEST",
+        help="also train on this manifest's train split (e.g. the base dataset beside feedback "
+        "data); validation and test stay those of --data",
+    )
     parser.add_argument("--mix-max", type=int, default=0, help="use at most this many --mix training rows (0: all)")
-    parser.add_argument("--calibration-data", default="", metavar="MANIFEST",
-                        help="fit the uncertainty calibration on every row of this manifest (subjects disjoint from "
-                             "training, several images each) instead of the val split; see docs/evaluation.md")
-    parser.add_argument("--calibrate-only", action="store_true",
-                        help="refit OUT/best.safetensors's calibration (on --calibration-data or the val split), "
-                             "then stop")
-    parser.add_argument("--mean-map", action="store_true",
-                        help="also fit the mean map E[true | predicted] (experimental, off by default: "
-                             "docs/evaluation.md has the measurements)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/recovery.safetensors (also done automatically when it exists)")
+    parser.add_argument(
+        "--calibration-data",
+        default="",
+        metavar="MANIFEST",
+        help="fit the uncertainty calibration on every row of this manifest (subjects disjoint from "
+        "training, several images each) instead of the val split; see docs/evaluation.md",
+    )
+    parser.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="refit OUT/best.safetensors's calibration (on --calibration-data or the val split), then stop",
+    )
+    parser.add_argument(
+        "--mean-map",
+        action="store_true",
+        help="also fit the mean map E[true | predicted] (experimental, off by default: "
+        "docs/evaluation.md has the measurements)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/recovery.safetensors (also done automatically when it exists)",
+    )
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -617,8 +735,10 @@ def seed_runs(settings: TrainSettings, seeds: list[int]) -> list[TrainSettings]:
     """One settings per seed: its own run folder OUT/seed-S and version suffix, so seeds never share a
     recovery checkpoint and evaluation can tell them apart."""
     base = settings.version or time.strftime("%Y%m%d-%H%M%S")
-    return [dataclasses.replace(settings, seed=s, out=str(Path(settings.out) / f"seed-{s}"), version=f"{base}-s{s}")
-            for s in seeds]
+    return [
+        dataclasses.replace(settings, seed=s, out=str(Path(settings.out) / f"seed-{s}"), version=f"{base}-s{s}")
+        for s in seeds
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -631,8 +751,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for s in runs:
         if not args.resume and not s.calibrate_only and (Path(s.out) / "recovery.safetensors").exists():
-            print(f"{s.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
-                  file=sys.stderr)
+            print(
+                f"{s.out} holds a recovery checkpoint; pass --resume to continue it or choose a new --out",
+                file=sys.stderr,
+            )
             return 2
     best = []
     for s in runs:

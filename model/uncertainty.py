@@ -93,8 +93,10 @@ class UncertaintyCalibration:
         if not (math.isfinite(self.floor_years) and self.floor_years > 0):
             raise ValueError(f"floor_years must be a positive finite number, got {self.floor_years!r}")
         if not (0.0 < self.floor_shape_weight <= 1.0 and 0.0 < self.floor_shape_narrow <= 1.0):
-            raise ValueError(f"floor shape needs 0 < weight <= 1 and 0 < narrow <= 1, got "
-                             f"{self.floor_shape_weight!r}, {self.floor_shape_narrow!r}")
+            raise ValueError(
+                f"floor shape needs 0 < weight <= 1 and 0 < narrow <= 1, got "
+                f"{self.floor_shape_weight!r}, {self.floor_shape_narrow!r}"
+            )
         xp, fp = np.asarray(self.mean_knots_pred, dtype=np.float64), np.asarray(self.mean_knots_true, dtype=np.float64)
         if xp.shape != fp.shape:
             raise ValueError(f"mean knots differ in length: {xp.size} predicted vs {fp.size} true")
@@ -121,8 +123,9 @@ class UncertaintyCalibration:
         if not self.mean_knots_pred:
             return mean
         if isinstance(mean, torch.Tensor):
-            mapped = np.interp(mean.detach().cpu().numpy().astype(np.float64), self.mean_knots_pred,
-                               self.mean_knots_true)
+            mapped = np.interp(
+                mean.detach().cpu().numpy().astype(np.float64), self.mean_knots_pred, self.mean_knots_true
+            )
             return torch.from_numpy(mapped).to(dtype=mean.dtype, device=mean.device)
         return float(np.interp(float(mean), self.mean_knots_pred, self.mean_knots_true))
 
@@ -381,8 +384,9 @@ def fit_floor_shape(
             groups.setdefault(sid, []).append(err)
     multi = [v for v in groups.values() if len(v) >= 2]
     if len(multi) < min_subjects or not (math.isfinite(within_sd) and math.isfinite(floor_years)):
-        return FloorShapeFit(1.0, 1.0, 1.0, 0, f"default: {len(multi)} subjects with several images "
-                             f"(need {min_subjects}); Gaussian")
+        return FloorShapeFit(
+            1.0, 1.0, 1.0, 0, f"default: {len(multi)} subjects with several images (need {min_subjects}); Gaussian"
+        )
     means = np.array([sum(v) / len(v) for v in multi])
     noise_var = within_sd**2 / np.array([float(len(v)) for v in multi])
     w = _WEIGHT_GRID[:, None]

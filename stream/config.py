@@ -81,8 +81,16 @@ class Settings:
         "",
         "AGEGATE_SCHEMA_COMPATIBILITY",
         "Compatibility level set on a subject when agegate registers a schema; empty leaves the registry's own.",
-        choices=("", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE",
-                 "NONE"),
+        choices=(
+            "",
+            "BACKWARD",
+            "BACKWARD_TRANSITIVE",
+            "FORWARD",
+            "FORWARD_TRANSITIVE",
+            "FULL",
+            "FULL_TRANSITIVE",
+            "NONE",
+        ),
     )
     topic_prefix: str = setting("agegate.", "AGEGATE_TOPIC_PREFIX", "Prefix of every topic name (per environment).")
     topic_replication_factor: int = setting(
@@ -159,28 +167,34 @@ class Settings:
     )
     # --- Model improvement: consented retention and erasure -------------------------------------
     retained_frames_retention_days: float = setting(
-        90.0, "AGEGATE_RETAINED_FRAMES_RETENTION_DAYS",
+        90.0,
+        "AGEGATE_RETAINED_FRAMES_RETENTION_DAYS",
         "How long frames of consenting users stay on the retained-frames topic (its retention.ms; compact+delete).",
     )
     # --- Model promotion (agegate model promote) --------------------------------------------------
     promote_shadow_window_hours: float = setting(
-        24.0, "AGEGATE_PROMOTE_SHADOW_WINDOW_HOURS",
+        24.0,
+        "AGEGATE_PROMOTE_SHADOW_WINDOW_HOURS",
         "Promotion reads the candidate's shadow records of this many most recent hours.",
     )
     promote_shadow_min_events: int = setting(
-        1000, "AGEGATE_PROMOTE_SHADOW_MIN_EVENTS",
+        1000,
+        "AGEGATE_PROMOTE_SHADOW_MIN_EVENTS",
         "Promotion is refused unless the shadow scored at least this many events in the window.",
     )
     promote_shadow_max_action_change_rate: float = setting(
-        0.05, "AGEGATE_PROMOTE_SHADOW_MAX_ACTION_CHANGE_RATE",
+        0.05,
+        "AGEGATE_PROMOTE_SHADOW_MAX_ACTION_CHANGE_RATE",
         "Largest share of shadowed events whose action the candidate would have changed.",
     )
     promote_shadow_max_new_allow_rate: float = setting(
-        0.01, "AGEGATE_PROMOTE_SHADOW_MAX_NEW_ALLOW_RATE",
+        0.01,
+        "AGEGATE_PROMOTE_SHADOW_MAX_NEW_ALLOW_RATE",
         "Largest share of shadowed events the candidate would ALLOW where the live model did not.",
     )
     promote_shadow_max_mean_abs_diff_years: float = setting(
-        3.0, "AGEGATE_PROMOTE_SHADOW_MAX_MEAN_ABS_DIFF_YEARS",
+        3.0,
+        "AGEGATE_PROMOTE_SHADOW_MAX_MEAN_ABS_DIFF_YEARS",
         "Largest mean absolute difference between the candidate's and the live model's frame estimates.",
     )
     # --- Process ---------------------------------------------------------------------------------
@@ -283,9 +297,20 @@ def _convert(name: str, raw: Any, typ: Any) -> Any:
 
 
 _POSITIVE = (
-    "topic_replication_factor", "batch_max_frames", "queue_max_events", "frame_max_bytes", "frame_max_pixels",
-    "max_frames_per_event", "web_port", "invalid_share_window", "batch_max_wait_ms", "belief_half_life_days",
-    "belief_ttl_days", "frame_fetch_timeout_s", "shutdown_grace_s", "retained_frames_retention_days",
+    "topic_replication_factor",
+    "batch_max_frames",
+    "queue_max_events",
+    "frame_max_bytes",
+    "frame_max_pixels",
+    "max_frames_per_event",
+    "web_port",
+    "invalid_share_window",
+    "batch_max_wait_ms",
+    "belief_half_life_days",
+    "belief_ttl_days",
+    "frame_fetch_timeout_s",
+    "shutdown_grace_s",
+    "retained_frames_retention_days",
     "promote_shadow_window_hours",
 )
 _NON_NEGATIVE = ("promote_shadow_min_events", "promote_shadow_max_mean_abs_diff_years", "inference_threads")

@@ -76,11 +76,17 @@ class FeedbackReport:
     reader: dict[str, int] = field(default_factory=dict)  # the topic reader's own counts (erased, undecodable)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames_read": self.frames_read, "frames_used": self.frames_used,
-                "users_with_frames": self.users_with_frames, "users_verified": self.users_verified,
-                "users_used": self.users_used, "verified_without_frames": self.verified_without_frames,
-                "skipped_frames": dict(sorted(self.skipped_frames.items())),
-                "skipped_users": dict(sorted(self.skipped_users.items())), "reader": dict(sorted(self.reader.items()))}
+        return {
+            "frames_read": self.frames_read,
+            "frames_used": self.frames_used,
+            "users_with_frames": self.users_with_frames,
+            "users_verified": self.users_verified,
+            "users_used": self.users_used,
+            "verified_without_frames": self.verified_without_frames,
+            "skipped_frames": dict(sorted(self.skipped_frames.items())),
+            "skipped_users": dict(sorted(self.skipped_users.items())),
+            "reader": dict(sorted(self.reader.items())),
+        }
 
 
 def subject_of(user_id: str, key: bytes = DEFAULT_SUBJECT_KEY) -> str:
@@ -96,7 +102,11 @@ def latest_verifications(items: Iterable[Verification]) -> dict[str, Verificatio
 
 
 def join(
-    frames: Iterable[RetainedFrame], verifications: Mapping[str, Verification], *, now: float, retention_s: float,
+    frames: Iterable[RetainedFrame],
+    verifications: Mapping[str, Verification],
+    *,
+    now: float,
+    retention_s: float,
     subject_key: bytes = DEFAULT_SUBJECT_KEY,
 ) -> tuple[list[LabelledFrame], FeedbackReport]:
     """Label every usable frame; count the others by reason (frames and users)."""
@@ -137,8 +147,14 @@ def join(
     return out, report
 
 
-def write_dataset(out_dir: str | Path, labelled: Iterable[LabelledFrame], report: FeedbackReport, *,
-                  val: float = 0.1, test: float = 0.2) -> dict[str, Any]:
+def write_dataset(
+    out_dir: str | Path,
+    labelled: Iterable[LabelledFrame],
+    report: FeedbackReport,
+    *,
+    val: float = 0.1,
+    test: float = 0.2,
+) -> dict[str, Any]:
     """OUT/frames/<content hash>.<ext>, OUT/manifest.csv and OUT/feedback.json (the report with the
     manifest's content hash and split sizes). Identical bytes are stored once."""
     out = Path(out_dir)
@@ -155,10 +171,18 @@ def write_dataset(out_dir: str | Path, labelled: Iterable[LabelledFrame], report
     rows.sort(key=lambda r: (r.subject_id, r.path))
     path = write_manifest(out / "manifest.csv", rows)
     manifest = load_manifest(path)  # also checks subject exclusivity
-    splits = {s: {"frames": len(manifest.split(s)), "subjects": len({r.subject_id for r in manifest.split(s)})}
-              for s in ("train", "val", "test")}
-    record = {"name": "agegate-feedback", "manifest": path.name, "content_hash": content_hash(manifest),
-              "content_hash_with_files": content_hash(manifest, include_files=True), "splits": splits,
-              "split_fractions": {"val": val, "test": test}, "report": report.to_dict()}
+    splits = {
+        s: {"frames": len(manifest.split(s)), "subjects": len({r.subject_id for r in manifest.split(s)})}
+        for s in ("train", "val", "test")
+    }
+    record = {
+        "name": "agegate-feedback",
+        "manifest": path.name,
+        "content_hash": content_hash(manifest),
+        "content_hash_with_files": content_hash(manifest, include_files=True),
+        "splits": splits,
+        "split_fractions": {"val": val, "test": test},
+        "report": report.to_dict(),
+    }
     (out / "feedback.json").write_text(json.dumps(record, indent=1, sort_keys=True))
     return record

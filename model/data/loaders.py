@@ -43,8 +43,9 @@ def parse_utkface_name(name: str) -> ManifestRow | None:
         return None
     gender = UTK_GENDERS.get(parts[1], "unknown") if len(parts) > 1 else "unknown"
     race = UTK_RACES.get(parts[2], "unknown") if len(parts) > 3 else "unknown"
-    return ManifestRow(path=name, age=age, subject_id=stem, split=split_for_subject(stem),
-                       attributes={"sex": gender, "race": race})
+    return ManifestRow(
+        path=name, age=age, subject_id=stem, split=split_for_subject(stem), attributes={"sex": gender, "race": race}
+    )
 
 
 def load_utkface(folder: str | Path) -> Manifest:

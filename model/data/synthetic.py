@@ -222,11 +222,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     path = generate_dataset(
-        args.out, images=args.images, seed=args.seed, images_per_subject=args.per_subject, size=args.size,
-        bias=args.bias, workers=args.workers,
+        args.out,
+        images=args.images,
+        seed=args.seed,
+        images_per_subject=args.per_subject,
+        size=args.size,
+        bias=args.bias,
+        workers=args.workers,
     )
     manifest = load_manifest(path)
     counts = {s: len(manifest.split(s)) for s in ("train", "val", "test")}
-    print(f"wrote {len(manifest.rows)} images to {path} in {time.perf_counter() - start:.1f}s; splits {counts}; "
-          f"content hash {content_hash(manifest)}")
+    print(
+        f"wrote {len(manifest.rows)} images to {path} in {time.perf_counter() - start:.1f}s; splits {counts}; "
+        f"content hash {content_hash(manifest)}"
+    )
     return 0

@@ -40,8 +40,15 @@ class SubjectBootstrap:
     row bootstrap. `weights` is (n_boot, n_rows): how many times each row's subject was drawn.
     """
 
-    def __init__(self, subject_id: Sequence[Any] | NDArray[Any] | None, n_rows: int, *, n_boot: int = DEFAULT_BOOTSTRAP,
-                 seed: int = 0, name: str = "") -> None:
+    def __init__(
+        self,
+        subject_id: Sequence[Any] | NDArray[Any] | None,
+        n_rows: int,
+        *,
+        n_boot: int = DEFAULT_BOOTSTRAP,
+        seed: int = 0,
+        name: str = "",
+    ) -> None:
         if subject_id is None:
             codes = np.arange(n_rows)
         else:
@@ -92,7 +99,6 @@ class SubjectBootstrap:
         return out
 
 
-
 def percentile_interval(reps: ArrayLike, level: float = 0.95) -> list[float] | None:
     """Central percentile interval of the finite replicates; None when there are none."""
     r = np.asarray(reps, dtype=np.float64)
@@ -103,8 +109,9 @@ def percentile_interval(reps: ArrayLike, level: float = 0.95) -> list[float] | N
     return [float(np.quantile(r, a)), float(np.quantile(r, 1.0 - a))]
 
 
-def estimate(boot: SubjectBootstrap, values: ArrayLike, eligible: ArrayLike | None = None,
-             level: float = 0.95) -> dict[str, Any]:
+def estimate(
+    boot: SubjectBootstrap, values: ArrayLike, eligible: ArrayLike | None = None, level: float = 0.95
+) -> dict[str, Any]:
     """{value, ci, n_subjects, n_images} for a mean over eligible rows: the cell every table prints."""
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     e = np.ones(v.shape, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).reshape(-1)
@@ -118,8 +125,9 @@ def estimate(boot: SubjectBootstrap, values: ArrayLike, eligible: ArrayLike | No
     }
 
 
-def estimates(boot: SubjectBootstrap, columns: Sequence[tuple[FloatArray, NDArray[np.bool_]]],
-              level: float = 0.95) -> list[dict[str, Any]]:
+def estimates(
+    boot: SubjectBootstrap, columns: Sequence[tuple[FloatArray, NDArray[np.bool_]]], level: float = 0.95
+) -> list[dict[str, Any]]:
     """`estimate` for many (values, eligible) cells, sharing one pair of matrix products."""
     if not columns:
         return []
@@ -131,10 +139,12 @@ def estimates(boot: SubjectBootstrap, columns: Sequence[tuple[FloatArray, NDArra
         e = eligible[:, i]
         n_images = int(e.sum())
         value = float(values[e, i].mean()) if n_images else math.nan
-        out.append({
-            "value": value if math.isfinite(value) else None,
-            "ci": percentile_interval(reps[:, i], level) if n_images else None,
-            "n_subjects": boot.n_subjects(e) if n_images else 0,
-            "n_images": n_images,
-        })
+        out.append(
+            {
+                "value": value if math.isfinite(value) else None,
+                "ci": percentile_interval(reps[:, i], level) if n_images else None,
+                "n_subjects": boot.n_subjects(e) if n_images else 0,
+                "n_images": n_images,
+            }
+        )
     return out

@@ -62,10 +62,15 @@ def reliability_curve(prob: ArrayLike, outcome: ArrayLike, n_bins: int = 10) -> 
     out = []
     for i in range(n_bins):
         sel = idx == i
-        out.append({
-            "lo": i / n_bins, "hi": (i + 1) / n_bins, "n": float(sel.sum()),
-            "mean_predicted": _mean(p[sel]), "observed": _mean(y[sel]),
-        })
+        out.append(
+            {
+                "lo": i / n_bins,
+                "hi": (i + 1) / n_bins,
+                "n": float(sel.sum()),
+                "mean_predicted": _mean(p[sel]),
+                "observed": _mean(y[sel]),
+            }
+        )
     return out
 
 

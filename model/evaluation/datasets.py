@@ -24,7 +24,11 @@ DEFAULT_IMAGES = 4000
 
 
 def build_benchmark(
-    out_dir: str | Path, *, images: int = DEFAULT_IMAGES, seed: int = DEFAULT_SEED, bias: Any = None,
+    out_dir: str | Path,
+    *,
+    images: int = DEFAULT_IMAGES,
+    seed: int = DEFAULT_SEED,
+    bias: Any = None,
     workers: int = 1,
 ) -> dict[str, Any]:
     from model.data.manifest import content_hash, load_manifest, write_manifest
@@ -61,8 +65,14 @@ DEFAULT_JPEG_QUALITY = 92
 QUALITY_FIELDS = ("q_luminance", "q_sharpness", "q_side_px", "q_jpeg_quality")
 
 
-def degrade(data: bytes, *, jpeg_quality: float = DEFAULT_JPEG_QUALITY, blur_radius: float = 0.0,
-            brightness: float = 1.0, resolution: float = 0) -> tuple[bytes, dict[str, str]]:
+def degrade(
+    data: bytes,
+    *,
+    jpeg_quality: float = DEFAULT_JPEG_QUALITY,
+    blur_radius: float = 0.0,
+    brightness: float = 1.0,
+    resolution: float = 0,
+) -> tuple[bytes, dict[str, str]]:
     """Apply one capture condition to an encoded image; returns the JPEG and its measured quality fields
     (mean luminance, sharpness as the variance of a Laplacian-like difference, side in pixels)."""
     import io
@@ -74,7 +84,8 @@ def degrade(data: bytes, *, jpeg_quality: float = DEFAULT_JPEG_QUALITY, blur_rad
     size = img.size
     if resolution:
         img = img.resize((int(resolution), int(resolution)), Image.Resampling.BILINEAR).resize(
-            size, Image.Resampling.BILINEAR)
+            size, Image.Resampling.BILINEAR
+        )
     if blur_radius:
         img = img.filter(ImageFilter.GaussianBlur(blur_radius))
     if brightness != 1.0:
@@ -128,17 +139,24 @@ def build_conditions(out_dir: str | Path, conditions: Mapping[str, Mapping[str, 
     for name, made in per_set.items():
         rows = []
         for row, f in made:
-            attrs = {**row.attributes, "condition": name,
-                     "sharpness": quality_stratum(float(f["q_sharpness"]), sharp_edges),
-                     "luminance": quality_stratum(float(f["q_luminance"]), lum_edges)}
+            attrs = {
+                **row.attributes,
+                "condition": name,
+                "sharpness": quality_stratum(float(f["q_sharpness"]), sharp_edges),
+                "luminance": quality_stratum(float(f["q_luminance"]), lum_edges),
+            }
             rows.append(dataclasses.replace(row, path=f["path"], attributes=attrs))
             quality_rows.append([f["path"], *(f[k] for k in QUALITY_FIELDS)])
         combined.extend(rows)
-        m_path = write_manifest(out / "conditions" / name / "manifest.csv",
-                                [dataclasses.replace(r, path=str(Path(r.path).relative_to(Path("conditions") / name)))
-                                 for r in rows])
-        record["conditions"][name] = {"params": sets[name], "manifest": str(m_path.relative_to(out)),
-                                      "content_hash": content_hash(load_manifest(m_path))}
+        m_path = write_manifest(
+            out / "conditions" / name / "manifest.csv",
+            [dataclasses.replace(r, path=str(Path(r.path).relative_to(Path("conditions") / name))) for r in rows],
+        )
+        record["conditions"][name] = {
+            "params": sets[name],
+            "manifest": str(m_path.relative_to(out)),
+            "content_hash": content_hash(load_manifest(m_path)),
+        }
     c_path = write_manifest(out / "conditions.csv", combined)
     # The measured values themselves (continuous, so not manifest attributes, which are groups).
     with (out / "quality.csv").open("w", newline="") as fh:
@@ -162,10 +180,13 @@ def add_build_parser(sub: Any) -> None:
     b.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (the recorded hash depends on it)")
     b.add_argument("--bias", default=None, help="inject a cue shift for one group, e.g. skin_tone=dark:+5")
     b.add_argument("--workers", type=int, default=1, help="worker processes")
-    b.add_argument("--conditions", action="store_true",
-                   help="also write held-out capture conditions (JPEG quality, blur, lighting, resolution) under "
-                        "OUT/conditions/, each with its manifest, plus OUT/conditions.csv with a `condition` column "
-                        "and sharpness/luminance strata, and OUT/quality.csv with the measured values")
+    b.add_argument(
+        "--conditions",
+        action="store_true",
+        help="also write held-out capture conditions (JPEG quality, blur, lighting, resolution) under "
+        "OUT/conditions/, each with its manifest, plus OUT/conditions.csv with a `condition` column "
+        "and sharpness/luminance strata, and OUT/quality.csv with the measured values",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

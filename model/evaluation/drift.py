@@ -23,8 +23,7 @@ PSI_EPS = 1e-4
 
 def histogram_proportions(values: ArrayLike, edges: Sequence[float] = PSI_EDGES) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).reshape(-1)
-    counts = np.array([np.sum((v >= lo) & (v < hi)) for lo, hi in itertools.pairwise(edges)],
-                      dtype=np.float64)
+    counts = np.array([np.sum((v >= lo) & (v < hi)) for lo, hi in itertools.pairwise(edges)], dtype=np.float64)
     return counts / v.size if v.size else counts
 
 

@@ -59,20 +59,40 @@ def fairness_specs(est: Estimates, confidence: float = DEFAULT_CONFIDENCE) -> li
         MetricSpec("challenge_25_rate", (m >= 25).astype(float), minors, "minors estimated 25+"),
     ]
     for b in (0, 3, 7):
-        specs.append(MetricSpec(
-            f"under_18_pass_rate_b{b}", (m >= 18 + b).astype(float), minors,
-            f"minors passed by estimate >= {18 + b}",
-        ))
-        specs.append(MetricSpec(
-            f"false_rejection_18_20_b{b}", (m < 18 + b).astype(float), near,
-            f"18-20 year-olds refused by estimate >= {18 + b}",
-        ))
+        specs.append(
+            MetricSpec(
+                f"under_18_pass_rate_b{b}",
+                (m >= 18 + b).astype(float),
+                minors,
+                f"minors passed by estimate >= {18 + b}",
+            )
+        )
+        specs.append(
+            MetricSpec(
+                f"false_rejection_18_20_b{b}",
+                (m < 18 + b).astype(float),
+                near,
+                f"18-20 year-olds refused by estimate >= {18 + b}",
+            )
+        )
     outcome = uncertainty_rule(prob_at_least(est, 18), confidence)
-    specs.append(MetricSpec("fallback_rate_18", outcome.fallback.astype(float), everyone,
-                            f"sent to verification by P(age>=18) at confidence {confidence}"))
+    specs.append(
+        MetricSpec(
+            "fallback_rate_18",
+            outcome.fallback.astype(float),
+            everyone,
+            f"sent to verification by P(age>=18) at confidence {confidence}",
+        )
+    )
     if np.all(np.isfinite(est.std)):
-        specs.append(MetricSpec("coverage_p95", interval_covered(t, m, est.std, 0.95).astype(float), everyone,
-                                "true age inside the 95% interval"))
+        specs.append(
+            MetricSpec(
+                "coverage_p95",
+                interval_covered(t, m, est.std, 0.95).astype(float),
+                everyone,
+                "true age inside the 95% interval",
+            )
+        )
     return specs
 
 
@@ -111,8 +131,13 @@ def group_metric(
         n = int(sel.sum())
         k = boot.n_subjects(sel) if n else 0
         if n == 0 or k < max(min_cell_size, 1):
-            cells[g] = {"n": n, "n_subjects": k, "value": None, "ci": None,
-                        "status": "empty" if n == 0 else "insufficient"}
+            cells[g] = {
+                "n": n,
+                "n_subjects": k,
+                "value": None,
+                "ci": None,
+                "status": "empty" if n == 0 else "insufficient",
+            }
             continue
         r = boot.means(spec.values, sel)
         value = float(spec.values[sel].mean())
@@ -120,16 +145,22 @@ def group_metric(
         cells[g] = {"n": n, "n_subjects": k, "value": value, "ci": ci, "status": "ok"}
         reps[g], points[g] = r, value
     out: dict[str, Any] = {
-        "description": spec.description, "groups": cells, "gap": None, "gap_ci": None, "ratio": None,
-        "max_group": None, "min_group": None, "z": None, "significant": False,
+        "description": spec.description,
+        "groups": cells,
+        "gap": None,
+        "gap_ci": None,
+        "ratio": None,
+        "max_group": None,
+        "min_group": None,
+        "z": None,
+        "significant": False,
     }
     if len(points) < 2:
         return out
     hi = max(points, key=lambda k: points[k])
     lo = min(points, key=lambda k: points[k])
     gap = points[hi] - points[lo]
-    out.update(max_group=hi, min_group=lo, gap=gap,
-               ratio=_num(points[hi] / points[lo]) if points[lo] > 0 else None)
+    out.update(max_group=hi, min_group=lo, gap=gap, ratio=_num(points[hi] / points[lo]) if points[lo] > 0 else None)
     diff = reps[hi] - reps[lo]
     diff = diff[np.isfinite(diff)]
     if diff.size:
@@ -168,8 +199,16 @@ def fairness_report(
     n_tests = len(specs) * sum(k * (k - 1) // 2 for k in n_groups)
     return {
         a: {
-            s.name: group_metric(s, est.attributes[a], attribute=a, min_cell_size=min_cell_size,
-                                 n_boot=n_boot, seed=seed, n_tests=n_tests, boot=boot)
+            s.name: group_metric(
+                s,
+                est.attributes[a],
+                attribute=a,
+                min_cell_size=min_cell_size,
+                n_boot=n_boot,
+                seed=seed,
+                n_tests=n_tests,
+                boot=boot,
+            )
             for s in specs
         }
         for a in names
@@ -179,8 +218,17 @@ def fairness_report(
 def significant_gaps(fairness: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Every flagged gap, largest z first, for the report's summary."""
     flagged = [
-        {"attribute": a, "metric": m, "gap": r["gap"], "gap_ci": r["gap_ci"], "max_group": r["max_group"],
-         "min_group": r["min_group"], "z": r["z"]}
-        for a, per in fairness.items() for m, r in per.items() if r.get("significant")
+        {
+            "attribute": a,
+            "metric": m,
+            "gap": r["gap"],
+            "gap_ci": r["gap_ci"],
+            "max_group": r["max_group"],
+            "min_group": r["min_group"],
+            "z": r["z"],
+        }
+        for a, per in fairness.items()
+        for m, r in per.items()
+        if r.get("significant")
     ]
     return sorted(flagged, key=lambda f: -(f["z"] if f["z"] is not None else math.inf))

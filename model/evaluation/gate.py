@@ -103,11 +103,13 @@ def parse_gate(doc: Mapping[str, Any], source: str = "") -> Gate:
     for i, r in enumerate(raw):
         where = f"{source}: rule {i + 1} ({r.get('name', r.get('metric', '?'))})"
         if ("metric" in r) == ("statistic" in r):
-            raise GateFileError(f"{where}: give exactly one of `metric` (a dotted path into a model's metrics.json"
-                                f" entry) or `statistic` (one of {sorted(STATISTICS)})")
+            raise GateFileError(
+                f"{where}: give exactly one of `metric` (a dotted path into a model's metrics.json"
+                f" entry) or `statistic` (one of {sorted(STATISTICS)})"
+            )
         worse = r.get("worse")
         if worse not in ("higher", "lower"):
-            raise GateFileError(f"{where}: `worse` must be \"higher\" or \"lower\", got {worse!r}")
+            raise GateFileError(f'{where}: `worse` must be "higher" or "lower", got {worse!r}')
         paired = "statistic" in r
         unknown = set(r) - RULE_KEYS - (PARAM_KEYS if paired else set())
         if unknown:
@@ -119,11 +121,18 @@ def parse_gate(doc: Mapping[str, Any], source: str = "") -> Gate:
         except (TypeError, ValueError) as exc:
             raise GateFileError(f"{where}: bad parameter: {exc}") from exc
         key = str(r["statistic"] if paired else r["metric"])
-        rules.append(Rule(
-            name=str(r.get("name", key)), metric=key, worse=worse,
-            tolerance=float(r.get("tolerance", 0.0)), relative_tolerance=float(r.get("relative_tolerance", 0.0)),
-            limit=None if r.get("limit") is None else float(r["limit"]), paired=paired, params=params,
-        ))
+        rules.append(
+            Rule(
+                name=str(r.get("name", key)),
+                metric=key,
+                worse=worse,
+                tolerance=float(r.get("tolerance", 0.0)),
+                relative_tolerance=float(r.get("relative_tolerance", 0.0)),
+                limit=None if r.get("limit") is None else float(r["limit"]),
+                paired=paired,
+                params=params,
+            )
+        )
     return Gate(tuple(rules), source, confidence, int(doc.get("bootstrap", 1000)), int(doc.get("seed", 0)))
 
 
@@ -166,15 +175,29 @@ def check_rule(rule: Rule, metric: str, ref: float | None, cand: float | None) -
             return Check(rule.name, metric, ref, cand, None, True, "not measured for either model")
         return Check(rule.name, metric, ref, cand, None, False, "measured for the reference but not the candidate")
     if rule.limit is not None and sign * (cand - rule.limit) > 0:
-        return Check(rule.name, metric, ref, cand, rule.limit, False,
-                     f"{cand:.4g} is {rule.worse} than the limit {rule.limit:.4g}")
+        return Check(
+            rule.name,
+            metric,
+            ref,
+            cand,
+            rule.limit,
+            False,
+            f"{cand:.4g} is {rule.worse} than the limit {rule.limit:.4g}",
+        )
     if ref is None:
         return Check(rule.name, metric, ref, cand, rule.limit, True, "no reference value; limit only")
     allowed = ref + sign * (rule.tolerance + rule.relative_tolerance * abs(ref))
     # A tiny epsilon keeps an identical candidate passing despite float round-off in the JSON round trip.
     if sign * (cand - allowed) > 1e-12:
-        return Check(rule.name, metric, ref, cand, allowed, False,
-                     f"{cand:.4g} vs reference {ref:.4g}: worse ({rule.worse}) beyond the allowed {allowed:.4g}")
+        return Check(
+            rule.name,
+            metric,
+            ref,
+            cand,
+            allowed,
+            False,
+            f"{cand:.4g} vs reference {ref:.4g}: worse ({rule.worse}) beyond the allowed {allowed:.4g}",
+        )
     return Check(rule.name, metric, ref, cand, allowed, True, "within tolerance")
 
 
@@ -183,8 +206,12 @@ def describe(rule: Rule) -> str:
     if not rule.paired:
         return rule.metric
     names = STATISTICS[rule.metric][1]
-    args = ", ".join(f"{n}={getattr(rule.params, n):g}" if isinstance(getattr(rule.params, n), float)
-                     else f"{n}={getattr(rule.params, n)}" for n in names)
+    args = ", ".join(
+        f"{n}={getattr(rule.params, n):g}"
+        if isinstance(getattr(rule.params, n), float)
+        else f"{n}={getattr(rule.params, n)}"
+        for n in names
+    )
     return f"{rule.metric}({args})"
 
 
@@ -192,8 +219,9 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def check_paired(rule: Rule, confidence: float, reference: Estimates, candidate: Estimates,
-                 boot: SubjectBootstrap) -> Check:
+def check_paired(
+    rule: Rule, confidence: float, reference: Estimates, candidate: Estimates, boot: SubjectBootstrap
+) -> Check:
     """Fail only when the candidate is worse by more than the tolerance with `confidence`: the
     (1 - confidence) quantile of the paired bootstrap difference (oriented so positive = worse)
     exceeds the tolerance. The relative tolerance scales with the reference's point value."""
@@ -210,9 +238,16 @@ def check_paired(rule: Rule, confidence: float, reference: Estimates, candidate:
         reps = r["candidate_reps"][np.isfinite(r["candidate_reps"])]
         bound = float(np.quantile(sign * reps, alpha)) if reps.size else sign * cand
         if bound > sign * rule.limit:
-            return Check(rule.name, label, ref, cand, rule.limit, False,
-                         f"{cand:.4g} is {rule.worse} than the limit {rule.limit:.4g} with {confidence:.0%} "
-                         f"confidence", sign * bound)
+            return Check(
+                rule.name,
+                label,
+                ref,
+                cand,
+                rule.limit,
+                False,
+                f"{cand:.4g} is {rule.worse} than the limit {rule.limit:.4g} with {confidence:.0%} confidence",
+                sign * bound,
+            )
     if ref is None:
         return Check(rule.name, label, ref, cand, rule.limit, True, "no reference value; limit only")
     tol = rule.tolerance + rule.relative_tolerance * abs(ref)
@@ -222,17 +257,37 @@ def check_paired(rule: Rule, confidence: float, reference: Estimates, candidate:
     lower = float(np.quantile(d, alpha)) if d.size else point
     allowed = ref + sign * tol
     if lower > tol + 1e-12:
-        return Check(rule.name, label, ref, cand, allowed, False,
-                     f"{cand:.4g} vs reference {ref:.4g}: worse ({rule.worse}) by {point:.4g}; even the "
-                     f"{confidence:.0%} lower bound {lower:.4g} exceeds the tolerance {tol:.4g}", lower)
-    return Check(rule.name, label, ref, cand, allowed, True,
-                 f"worse by {point:.4g}, {confidence:.0%} lower bound {lower:.4g} within tolerance {tol:.4g}", lower)
+        return Check(
+            rule.name,
+            label,
+            ref,
+            cand,
+            allowed,
+            False,
+            f"{cand:.4g} vs reference {ref:.4g}: worse ({rule.worse}) by {point:.4g}; even the "
+            f"{confidence:.0%} lower bound {lower:.4g} exceeds the tolerance {tol:.4g}",
+            lower,
+        )
+    return Check(
+        rule.name,
+        label,
+        ref,
+        cand,
+        allowed,
+        True,
+        f"worse by {point:.4g}, {confidence:.0%} lower bound {lower:.4g} within tolerance {tol:.4g}",
+        lower,
+    )
 
 
 def evaluate_paired_gate(
-    gate: Gate, reference: Estimates, candidate: Estimates,
-    reference_entry: Mapping[str, Any] | None = None, candidate_entry: Mapping[str, Any] | None = None,
-    reference_name: str = "reference", candidate_name: str = "candidate",
+    gate: Gate,
+    reference: Estimates,
+    candidate: Estimates,
+    reference_entry: Mapping[str, Any] | None = None,
+    candidate_entry: Mapping[str, Any] | None = None,
+    reference_name: str = "reference",
+    candidate_name: str = "candidate",
 ) -> GateResult:
     """Every rule: statistic rules on the two models' aligned rows with one shared subject bootstrap;
     metric rules on the metrics.json entries when given."""
@@ -253,8 +308,17 @@ def evaluate_paired_gate(
     if metric_rules:
         if reference_entry is None or candidate_entry is None:
             for rule in metric_rules:
-                result.checks.append(Check(rule.name, rule.metric, None, None, None, False,
-                                           "metric rule needs both models' metrics.json entries"))
+                result.checks.append(
+                    Check(
+                        rule.name,
+                        rule.metric,
+                        None,
+                        None,
+                        None,
+                        False,
+                        "metric rule needs both models' metrics.json entries",
+                    )
+                )
         else:
             sub_gate = Gate(tuple(metric_rules), gate.source)
             result.checks.extend(evaluate_gate(sub_gate, reference_entry, candidate_entry).checks)
@@ -262,22 +326,43 @@ def evaluate_paired_gate(
 
 
 def evaluate_gate(
-    gate: Gate, reference: Mapping[str, Any], candidate: Mapping[str, Any],
-    reference_name: str = "reference", candidate_name: str = "candidate",
+    gate: Gate,
+    reference: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    reference_name: str = "reference",
+    candidate_name: str = "candidate",
 ) -> GateResult:
     """Compare one candidate model entry with the reference entry by point values (metric rules only;
     statistic rules need row-level estimates: `evaluate_paired_gate`)."""
     result = GateResult(candidate_name, reference_name)
     for rule in gate.rules:
         if rule.paired:
-            result.checks.append(Check(rule.name, rule.metric, None, None, None, False,
-                                       "statistic rule needs both models' row-level estimates"))
+            result.checks.append(
+                Check(
+                    rule.name,
+                    rule.metric,
+                    None,
+                    None,
+                    None,
+                    False,
+                    "statistic rule needs both models' row-level estimates",
+                )
+            )
             continue
         ref_vals = dict(expand(reference, rule.metric))
         cand_vals = dict(expand(candidate, rule.metric))
         if not ref_vals and not cand_vals:
-            result.checks.append(Check(rule.name, rule.metric, None, None, None, False,
-                                       "metric path matches nothing in either model: fix the gate file"))
+            result.checks.append(
+                Check(
+                    rule.name,
+                    rule.metric,
+                    None,
+                    None,
+                    None,
+                    False,
+                    "metric path matches nothing in either model: fix the gate file",
+                )
+            )
             continue
         for path in sorted(set(ref_vals) | set(cand_vals)):
             result.checks.append(check_rule(rule, path, _value(ref_vals.get(path)), _value(cand_vals.get(path))))

@@ -50,25 +50,42 @@ def fingerprints(manifest: Manifest, rows: Sequence[ManifestRow]) -> dict[str, A
 
 def training_lineage(manifest: Manifest, rows: Sequence[ManifestRow], manifest_hash: str) -> dict[str, Any]:
     """What a checkpoint stores about the data it saw (training and validation rows)."""
-    return {"manifest": str(manifest.source or ""), "manifest_hash": manifest_hash, "rows": len(rows),
-            **fingerprints(manifest, rows)}
+    return {
+        "manifest": str(manifest.source or ""),
+        "manifest_hash": manifest_hash,
+        "rows": len(rows),
+        **fingerprints(manifest, rows),
+    }
 
 
 def overlap(lineage: Mapping[str, Any] | None, benchmark: Mapping[str, Any]) -> dict[str, Any]:
     """What the benchmark shares with the training data; `checked` False when the checkpoint has no lineage."""
     if not lineage:
-        return {"checked": False, "shared_images": None, "shared_subjects": None, "shared_generator_seeds": None,
-                "leaks": False}
+        return {
+            "checked": False,
+            "shared_images": None,
+            "shared_subjects": None,
+            "shared_generator_seeds": None,
+            "leaks": False,
+        }
     images = len(set(lineage.get("images", [])) & set(benchmark["images"]))
     subjects = len(set(lineage.get("subjects", [])) & set(benchmark["subjects"]))
     seeds = sorted(set(lineage.get("generator", {}).get("seeds", [])) & set(benchmark["generator"]["seeds"]))
-    return {"checked": True, "training_manifest_hash": lineage.get("manifest_hash"), "shared_images": images,
-            "shared_subjects": subjects, "shared_generator_seeds": seeds, "leaks": bool(images or subjects or seeds)}
+    return {
+        "checked": True,
+        "training_manifest_hash": lineage.get("manifest_hash"),
+        "shared_images": images,
+        "shared_subjects": subjects,
+        "shared_generator_seeds": seeds,
+        "leaks": bool(images or subjects or seeds),
+    }
 
 
 def describe(found: Mapping[str, Any]) -> str:
-    return (f"{found['shared_images']} images, {found['shared_subjects']} subjects and generator seeds "
-            f"{found['shared_generator_seeds']} shared with the training data")
+    return (
+        f"{found['shared_images']} images, {found['shared_subjects']} subjects and generator seeds "
+        f"{found['shared_generator_seeds']} shared with the training data"
+    )
 
 
 def lineage_of(checkpoint: str | Path) -> dict[str, Any] | None:

@@ -25,7 +25,15 @@ BUFFERS: tuple[int, ...] = tuple(range(8))
 CS_KS: tuple[int, ...] = tuple(range(1, 11))
 # Bands put a boundary at every threshold we act on, so a band never straddles a decision.
 AGE_BANDS: tuple[tuple[float, float], ...] = (
-    (0, 13), (13, 16), (16, 18), (18, 21), (21, 25), (25, 30), (30, 40), (40, 60), (60, 200),
+    (0, 13),
+    (13, 16),
+    (16, 18),
+    (18, 21),
+    (21, 25),
+    (25, 30),
+    (30, 40),
+    (40, 60),
+    (60, 200),
 )
 SINGLE_YEARS: tuple[int, int] = (6, 30)  # inclusive range always reported by single year of age
 DEFAULT_CONFIDENCE = 0.95
@@ -92,7 +100,9 @@ class Estimates:
 
     def subset(self, mask: BoolArray) -> Estimates:
         return Estimates(
-            self.true_age[mask], self.mean[mask], self.std[mask],
+            self.true_age[mask],
+            self.mean[mask],
+            self.std[mask],
             {k: v[mask] for k, v in self.attributes.items()},
             None if self.bucket_probs is None else self.bucket_probs[mask],
             0,
@@ -245,7 +255,10 @@ def uncertainty_rule(p_at_least: ArrayLike, confidence: float = DEFAULT_CONFIDEN
 
 
 def uncertainty_rule_rates(
-    true_age: ArrayLike, p_at_least: ArrayLike, threshold: float, confidence: float = DEFAULT_CONFIDENCE,
+    true_age: ArrayLike,
+    p_at_least: ArrayLike,
+    threshold: float,
+    confidence: float = DEFAULT_CONFIDENCE,
     span: float = 3.0,
 ) -> dict[str, float]:
     t = _arr(true_age)
@@ -264,7 +277,9 @@ def uncertainty_rule_rates(
 
 
 def threshold_metrics(
-    est: Estimates, thresholds: Iterable[int] = THRESHOLDS, buffers: Iterable[int] = BUFFERS,
+    est: Estimates,
+    thresholds: Iterable[int] = THRESHOLDS,
+    buffers: Iterable[int] = BUFFERS,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> dict[str, Any]:
     t, p = est.true_age, est.mean
@@ -293,8 +308,9 @@ CHALLENGE_AGES: tuple[int, ...] = (21, 23, 25)
 LEGAL_AGE = 18
 
 
-def challenge_fpr(true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25,
-                  ages: tuple[float, float] = NIST_TEEN_AGES) -> float:
+def challenge_fpr(
+    true_age: ArrayLike, pred: ArrayLike, challenge_age: float = 25, ages: tuple[float, float] = NIST_TEEN_AGES
+) -> float:
     """Challenge-T false positive rate: people with ages[0] <= floor(true age) <= ages[1] estimated at least
     T, i.e. minors a Challenge-T check would not even challenge. NIST's population is 14-17."""
     return pass_rate(true_age, pred, ages[0], ages[1] + 1, challenge_age)
@@ -319,12 +335,15 @@ def challenge_25_rate(true_age: ArrayLike, pred: ArrayLike) -> float:
     return challenge_fpr_under_18(true_age, pred, 25)
 
 
-def challenge_metrics(true_age: ArrayLike, pred: ArrayLike,
-                      challenge_ages: Iterable[int] = CHALLENGE_AGES) -> dict[str, dict[str, float]]:
+def challenge_metrics(
+    true_age: ArrayLike, pred: ArrayLike, challenge_ages: Iterable[int] = CHALLENGE_AGES
+) -> dict[str, dict[str, float]]:
     return {
-        str(c): {"fpr_14_17": challenge_fpr(true_age, pred, c),
-                 "fpr_under_18": challenge_fpr_under_18(true_age, pred, c),
-                 "fnr_adults": challenge_fnr(true_age, pred, c)}
+        str(c): {
+            "fpr_14_17": challenge_fpr(true_age, pred, c),
+            "fpr_under_18": challenge_fpr_under_18(true_age, pred, c),
+            "fnr_adults": challenge_fnr(true_age, pred, c),
+        }
         for c in challenge_ages
     }
 

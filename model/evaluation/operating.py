@@ -60,8 +60,9 @@ def rate_below(score: FloatArray, mask: BoolArray, cutoffs: FloatArray, weights:
     return np.where(np.isfinite(cutoffs), out, np.nan)
 
 
-def matched_point(score: FloatArray, true_age: FloatArray, threshold: float, target: float,
-                  weights: FloatArray | None = None) -> tuple[FloatArray, FloatArray]:
+def matched_point(
+    score: FloatArray, true_age: FloatArray, threshold: float, target: float, weights: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray]:
     """(cutoffs, legal-age rejection rates), one per weight row, for the rule `score >= cutoff` tuned to
     pass at most `target` of the under-T population. No weights: the point estimate, arrays of one."""
     w = np.ones((1, score.size)) if weights is None else np.atleast_2d(weights)
@@ -71,8 +72,9 @@ def matched_point(score: FloatArray, true_age: FloatArray, threshold: float, tar
     return c, rate_below(score, near, c, w)
 
 
-def challenge_age_for_fpr(mean: FloatArray, true_age: FloatArray, target: float,
-                          weights: FloatArray | None = None) -> FloatArray:
+def challenge_age_for_fpr(
+    mean: FloatArray, true_age: FloatArray, target: float, weights: FloatArray | None = None
+) -> FloatArray:
     """Smallest challenge age C with at most `target` of 14-17-year-olds estimated >= C, per weight row."""
     w = np.ones((1, mean.size)) if weights is None else np.atleast_2d(weights)
     yrs = np.floor(true_age)
@@ -88,18 +90,21 @@ def _z_score(est: Estimates, threshold: float) -> FloatArray | None:
     return z
 
 
-def curve(score: FloatArray, true_age: FloatArray, threshold: float, cutoffs: Iterable[float],
-          param: str) -> list[dict[str, Any]]:
+def curve(
+    score: FloatArray, true_age: FloatArray, threshold: float, cutoffs: Iterable[float], param: str
+) -> list[dict[str, Any]]:
     minors = true_age < threshold
     near = (true_age >= threshold) & (true_age < threshold + NEAR_SPAN)
     out = []
     for c in cutoffs:
         passed = score >= c
-        out.append({
-            param: float(c),
-            "under_age_pass_rate": float(passed[minors].mean()) if minors.any() else None,
-            "legal_age_rejection_rate": float((~passed[near]).mean()) if near.any() else None,
-        })
+        out.append(
+            {
+                param: float(c),
+                "under_age_pass_rate": float(passed[minors].mean()) if minors.any() else None,
+                "legal_age_rejection_rate": float((~passed[near]).mean()) if near.any() else None,
+            }
+        )
     return out
 
 
@@ -114,8 +119,12 @@ def _first(x: FloatArray) -> float | None:
 
 
 def operating_report(
-    est: Estimates, boot: SubjectBootstrap, *, thresholds: Sequence[int] = THRESHOLDS,
-    targets: Sequence[float] = MATCHED_TARGETS, fpr_targets: Sequence[float] = FPR_TARGETS,
+    est: Estimates,
+    boot: SubjectBootstrap,
+    *,
+    thresholds: Sequence[int] = THRESHOLDS,
+    targets: Sequence[float] = MATCHED_TARGETS,
+    fpr_targets: Sequence[float] = FPR_TARGETS,
 ) -> dict[str, Any]:
     """Curves for both rule families, matched points with subject-level intervals, and the challenge
     age each FPR target needs."""
@@ -131,12 +140,16 @@ def operating_report(
         }
         for p in targets:
             b, rej = matched_point(buffer_score, t, T, p)
-            cell: dict[str, Any] = {"buffer": _first(b),
-                                    "legal_age_rejection_rate": _cell(rej, matched_point(buffer_score, t, T, p, W)[1])}
+            cell: dict[str, Any] = {
+                "buffer": _first(b),
+                "legal_age_rejection_rate": _cell(rej, matched_point(buffer_score, t, T, p, W)[1]),
+            }
             if z is not None:
                 k, rej_k = matched_point(z, t, T, p)
-                cell["k_std"] = {"k": _first(k),
-                                 "legal_age_rejection_rate": _cell(rej_k, matched_point(z, t, T, p, W)[1])}
+                cell["k_std"] = {
+                    "k": _first(k),
+                    "legal_age_rejection_rate": _cell(rej_k, matched_point(z, t, T, p, W)[1]),
+                }
             entry["matched"][f"{p:g}"] = cell
         out[str(T)] = entry
     out["challenge_age_for_fpr"] = {

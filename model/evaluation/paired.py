@@ -209,19 +209,31 @@ STATISTICS: dict[str, tuple[Statistic, tuple[str, ...], str]] = {
     "challenge_fpr_14_17": (_challenge_fpr_14_17, ("challenge_age",), "14-17 estimated >= challenge age (NIST)"),
     "challenge_fpr_under_18": (_challenge_fpr_under_18, ("challenge_age",), "all under 18 estimated >= challenge age"),
     "challenge_fnr": (_challenge_fnr, ("challenge_age",), "adults >= challenge age estimated under it"),
-    "uncertainty_pass_rate": (_uncertainty_pass, ("threshold", "confidence"),
-                              "under-T passed by P(age >= T) >= confidence"),
+    "uncertainty_pass_rate": (
+        _uncertainty_pass,
+        ("threshold", "confidence"),
+        "under-T passed by P(age >= T) >= confidence",
+    ),
     "fallback_rate": (_fallback, ("threshold", "confidence"), "everyone sent to verification at T"),
-    "matched_rejection": (_matched_rejection, ("threshold", "target", "rule"),
-                          "T..T+2 refused when the cutoff keeps under-T pass <= target"),
-    "matched_challenge_fnr": (_matched_challenge_fnr, ("target", "challenge_age"),
-                              "adults >= challenge_age challenged at the challenge age giving 14-17 FPR <= target"),
+    "matched_rejection": (
+        _matched_rejection,
+        ("threshold", "target", "rule"),
+        "T..T+2 refused when the cutoff keeps under-T pass <= target",
+    ),
+    "matched_challenge_fnr": (
+        _matched_challenge_fnr,
+        ("target", "challenge_age"),
+        "adults >= challenge_age challenged at the challenge age giving 14-17 FPR <= target",
+    ),
     "challenge_age_for_fpr": (_challenge_age_needed, ("target",), "challenge age needed for 14-17 FPR <= target"),
     "coverage_error": (_coverage_error, ("level",), "|coverage of the central interval - nominal|"),
     "nll": (_nll, (), "Gaussian negative log-likelihood, nats"),
     "ece": (_ece, ("threshold",), "expected calibration error of P(age >= T)"),
-    "group_gap": (_group_gap, ("attribute", "group_metric", "threshold", "buffer", "min_subjects"),
-                  "largest - smallest group value of `group_metric` across groups of `attribute`"),
+    "group_gap": (
+        _group_gap,
+        ("attribute", "group_metric", "threshold", "buffer", "min_subjects"),
+        "largest - smallest group value of `group_metric` across groups of `attribute`",
+    ),
 }
 
 
@@ -254,7 +266,9 @@ def align(reference: Estimates, candidate: Estimates) -> tuple[Estimates, Estima
 
 def _take(est: Estimates, order: Any) -> Estimates:
     return Estimates(
-        est.true_age[order], est.mean[order], est.std[order],
+        est.true_age[order],
+        est.mean[order],
+        est.std[order],
         {k: v[order] for k, v in est.attributes.items()},
         None if est.bucket_probs is None else est.bucket_probs[order],
         est.n_errors,
@@ -263,8 +277,9 @@ def _take(est: Estimates, order: Any) -> Estimates:
     )
 
 
-def paired_replicates(name: str, reference: Estimates, candidate: Estimates, params: Params,
-                      boot: SubjectBootstrap) -> dict[str, Any]:
+def paired_replicates(
+    name: str, reference: Estimates, candidate: Estimates, params: Params, boot: SubjectBootstrap
+) -> dict[str, Any]:
     """Point values of both models and replicates of candidate - reference on the same resampled subjects."""
     ref_point = float(compute(name, reference, None, params)[0])
     cand_point = float(compute(name, candidate, None, params)[0])

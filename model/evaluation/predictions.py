@@ -36,8 +36,9 @@ def write_predictions(path: str | Path, named: Sequence[tuple[str, Estimates]]) 
             if est.row_id is None:
                 raise PredictionsError(f"{name}: estimates carry no row ids; nothing could pair them later")
             for i in range(len(est)):
-                probs = ([repr(float(x)) for x in est.bucket_probs[i]] if est.bucket_probs is not None
-                         else [""] * N_BUCKETS)
+                probs = (
+                    [repr(float(x)) for x in est.bucket_probs[i]] if est.bucket_probs is not None else [""] * N_BUCKETS
+                )
                 w.writerow([name, est.row_id[i], repr(float(est.mean[i])), repr(float(est.std[i])), *probs])
     return p
 
@@ -75,6 +76,11 @@ def read_predictions(path: str | Path, rows: Sequence[ManifestRow], model: str |
     names = sorted({k for r in rows for k in r.attributes})
     attrs = {a: [r.attributes.get(a, "unknown") for r in kept] for a in names}
     return chosen, Estimates.build(
-        [r.age for r in kept], means, stds, attrs, None if np.isnan(bp).any() else bp,
-        subject_id=[r.subject_id for r in kept], row_id=[r.path for r in kept],
+        [r.age for r in kept],
+        means,
+        stds,
+        attrs,
+        None if np.isnan(bp).any() else bp,
+        subject_id=[r.subject_id for r in kept],
+        row_id=[r.path for r in kept],
     )

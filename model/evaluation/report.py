@@ -68,10 +68,12 @@ def model_metrics(
     has_std = bool(len(est)) and bool(np.all(np.isfinite(s)))
     uncertainty: dict[str, Any] = {"available": has_std}
     if has_std:
-        uncertainty.update({
-            "gaussian_nll": gaussian_nll(t, m, s),
-            "coverage": {"overall": coverage(t, m, s, COVERAGE_LEVELS), "by_age_band": coverage_by_band(t, m, s)},
-        })
+        uncertainty.update(
+            {
+                "gaussian_nll": gaussian_nll(t, m, s),
+                "coverage": {"overall": coverage(t, m, s, COVERAGE_LEVELS), "by_age_band": coverage_by_band(t, m, s)},
+            }
+        )
     uncertainty["calibration"] = {
         str(T): threshold_calibration(t, prob_at_least(est, T), T) for T in CALIBRATION_THRESHOLDS
     }
@@ -85,8 +87,9 @@ def model_metrics(
     }
     # One subject-level bootstrap for every interval of this model: same people resampled everywhere.
     boot = SubjectBootstrap(est.subject_id, len(est), n_boot=n_boot, seed=seed)
-    fairness = fairness_report(est, min_cell_size=min_cell_size, n_boot=n_boot, seed=seed, confidence=confidence,
-                               boot=boot)
+    fairness = fairness_report(
+        est, min_cell_size=min_cell_size, n_boot=n_boot, seed=seed, confidence=confidence, boot=boot
+    )
     return {
         "name": name,
         "checkpoint": checkpoint,
@@ -124,8 +127,15 @@ def headline(model: Mapping[str, Any]) -> dict[str, Any]:
     for attribute, per in model["fairness"].items():
         r = per.get("mae", {})
         if r.get("gap") is not None and (largest is None or r["gap"] > largest["gap"]):
-            largest = {"attribute": attribute, "metric": "mae", "gap": r["gap"], "gap_ci": r["gap_ci"],
-                       "max_group": r["max_group"], "min_group": r["min_group"], "significant": r["significant"]}
+            largest = {
+                "attribute": attribute,
+                "metric": "mae",
+                "gap": r["gap"],
+                "gap_ci": r["gap_ci"],
+                "max_group": r["max_group"],
+                "min_group": r["min_group"],
+                "significant": r["significant"],
+            }
     return {
         "model": model["name"],
         "mae": model["accuracy"]["overall"]["mae"],
@@ -246,17 +256,29 @@ def _plots(metrics: Mapping[str, Any], estimates: Mapping[str, Estimates] | None
             for m in models:
                 bufs = m["thresholds"][T]["buffers"]
                 bs = sorted(int(b) for b in bufs)
-                line = ax_.plot(bs, [_nan(bufs[str(b)]["under_age_pass_rate"]) for b in bs], marker="o",
-                                label=f"{m['name']} under-{T} pass")
-                ax_.plot(bs, [_nan(bufs[str(b)]["false_rejection_rate"]) for b in bs], ls="--", marker="x",
-                         color=line[0].get_color(), label=f"{m['name']} {T}-{int(T) + 2} rejected")
-            ax_.set(title=f"T={T}: pass if estimate >= T+buffer", xlabel="buffer (years)", ylabel="rate",
-                    ylim=(-0.02, 1.02))
+                line = ax_.plot(
+                    bs,
+                    [_nan(bufs[str(b)]["under_age_pass_rate"]) for b in bs],
+                    marker="o",
+                    label=f"{m['name']} under-{T} pass",
+                )
+                ax_.plot(
+                    bs,
+                    [_nan(bufs[str(b)]["false_rejection_rate"]) for b in bs],
+                    ls="--",
+                    marker="x",
+                    color=line[0].get_color(),
+                    label=f"{m['name']} {T}-{int(T) + 2} rejected",
+                )
+            ax_.set(
+                title=f"T={T}: pass if estimate >= T+buffer", xlabel="buffer (years)", ylabel="rate", ylim=(-0.02, 1.02)
+            )
             ax_.legend(fontsize=7)
         out.append(("Threshold error rates with buffers", _png(fig)))
 
-    fig, axes = plt.subplots(1, len(CALIBRATION_THRESHOLDS), figsize=(3.3 * len(CALIBRATION_THRESHOLDS), 3.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(CALIBRATION_THRESHOLDS), figsize=(3.3 * len(CALIBRATION_THRESHOLDS), 3.3), squeeze=False
+    )
     for ax_, T in zip(axes[0], CALIBRATION_THRESHOLDS, strict=True):
         ax_.plot([0, 1], [0, 1], color="grey", lw=0.5)
         for m in models:
@@ -264,8 +286,12 @@ def _plots(metrics: Mapping[str, Any], estimates: Mapping[str, Estimates] | None
             if not cal:
                 continue
             bins = [b for b in cal["bins"] if b["n"]]
-            ax_.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
-                     label=f"{m['name']} ECE {_nan(cal['ece']):.3f}")
+            ax_.plot(
+                [b["mean_predicted"] for b in bins],
+                [b["observed"] for b in bins],
+                marker="o",
+                label=f"{m['name']} ECE {_nan(cal['ece']):.3f}",
+            )
         ax_.set(title=f"P(age >= {T})", xlabel="predicted", ylabel="observed", xlim=(0, 1), ylim=(0, 1))
         ax_.legend(fontsize=7)
     out.append(("Calibration (reliability curves)", _png(fig)))
@@ -316,14 +342,20 @@ def _reliability_plot(plt: Any, models: Sequence[Mapping[str, Any]]) -> list[tup
                 ys = [cell["coverage"].get(lv) for lv in bc["nominal"]]
                 if not cell.get("subjects") or any(y is None for y in ys):
                     continue
-                ax.plot(levels, ys, marker=".", ls="--", lw=1,
-                        label=f"{m['name']} belief, {n} fused (n={cell['subjects']})")
+                ax.plot(
+                    levels, ys, marker=".", ls="--", lw=1, label=f"{m['name']} belief, {n} fused (n={cell['subjects']})"
+                )
                 drawn = True
     if not drawn:
         plt.close(fig)
         return []
-    ax.set(title="Interval reliability: observed vs nominal coverage", xlabel="nominal coverage",
-           ylabel="observed coverage", xlim=(0.4, 1.0), ylim=(0.0, 1.02))
+    ax.set(
+        title="Interval reliability: observed vs nominal coverage",
+        xlabel="nominal coverage",
+        ylabel="observed coverage",
+        xlim=(0.4, 1.0),
+        ylim=(0.0, 1.02),
+    )
     ax.legend(fontsize=7, loc="lower right")
     return [("Interval reliability (coverage vs nominal)", _png(fig))]
 
@@ -339,23 +371,38 @@ def _operating_plots(plt: Any, models: Sequence[Mapping[str, Any]]) -> list[tupl
     for ax_, T in zip(axes.flat, thresholds, strict=False):
         for m in models:
             op = (m.get("operating") or {}).get(T) or {}
-            pts = [(c["under_age_pass_rate"], c["legal_age_rejection_rate"]) for c in op.get("curve_buffer") or []
-                   if c["under_age_pass_rate"] is not None and c["legal_age_rejection_rate"] is not None]
+            pts = [
+                (c["under_age_pass_rate"], c["legal_age_rejection_rate"])
+                for c in op.get("curve_buffer") or []
+                if c["under_age_pass_rate"] is not None and c["legal_age_rejection_rate"] is not None
+            ]
             if not pts:
                 continue
             line = ax_.plot([a for a, _ in pts], [b for _, b in pts], marker=".", label=m["name"])
             matched = (op.get("matched") or {}).get("0.01") or {}
             rej = (matched.get("legal_age_rejection_rate") or {}).get("value")
             if rej is not None:
-                ax_.plot([0.01], [rej], marker="*", ms=12, ls="none", color=line[0].get_color(),
-                         label=f"{m['name']} matched at 1% pass")
-        ax_.set(title=f"T={T}: estimate >= T+buffer swept", xlabel=f"under-{T} pass rate",
-                ylabel=f"{T}..{int(T) + 2} rejection rate", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+                ax_.plot(
+                    [0.01],
+                    [rej],
+                    marker="*",
+                    ms=12,
+                    ls="none",
+                    color=line[0].get_color(),
+                    label=f"{m['name']} matched at 1% pass",
+                )
+        ax_.set(
+            title=f"T={T}: estimate >= T+buffer swept",
+            xlabel=f"under-{T} pass rate",
+            ylabel=f"{T}..{int(T) + 2} rejection rate",
+            xlim=(-0.02, 1.02),
+            ylim=(-0.02, 1.02),
+        )
         if ax_.get_legend_handles_labels()[0]:
             ax_.legend(fontsize=7)
         else:
             ax_.text(0.5, 0.5, "no under-age or legal-age rows", ha="center", transform=ax_.transAxes)
-    for ax_ in list(axes.flat)[len(thresholds):]:
+    for ax_ in list(axes.flat)[len(thresholds) :]:
         ax_.set_visible(False)
     fig.tight_layout()
     return [("Operating curves (under-age pass vs legal-age rejection)", _png(fig))]
@@ -387,18 +434,31 @@ def _by_year_plots(plt: Any, models: Sequence[Mapping[str, Any]], buffer: str = 
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
                 for x, (_, c) in zip(xs, cells, strict=True):
                     if c.get("n_subjects") is not None:
-                        ax.annotate(f"n={c['n_subjects']}", (x, c["value"]), textcoords="offset points",
-                                    xytext=(0, 6), fontsize=6, ha="center", color=color)
+                        ax.annotate(
+                            f"n={c['n_subjects']}",
+                            (x, c["value"]),
+                            textcoords="offset points",
+                            xytext=(0, 6),
+                            fontsize=6,
+                            ha="center",
+                            color=color,
+                        )
         ax.axvline(int(T) - 0.5, color="grey", lw=0.8, ls=":", label=f"T={T}")
-        ax.set(title=f"T={T}, buffer {buffer} (pass if estimate >= {int(T) + int(buffer)}): rate by true age, "
-               "95% subject-level bands", xlabel="true age (whole years)", ylabel="rate", ylim=(-0.02, 1.05))
+        ax.set(
+            title=f"T={T}, buffer {buffer} (pass if estimate >= {int(T) + int(buffer)}): rate by true age, "
+            "95% subject-level bands",
+            xlabel="true age (whole years)",
+            ylabel="rate",
+            ylim=(-0.02, 1.05),
+        )
         ax.legend(fontsize=7)
         out.append((f"Per-year pass and rejection at T={T} (n = subjects)", _png(fig)))
     return out
 
 
-def _estimate_plots(plt: Any, models: Sequence[Mapping[str, Any]],
-                    estimates: Mapping[str, Estimates]) -> list[tuple[str, str]]:
+def _estimate_plots(
+    plt: Any, models: Sequence[Mapping[str, Any]], estimates: Mapping[str, Estimates]
+) -> list[tuple[str, str]]:
     """Estimate vs true age (2-D histogram, one panel per model) and the signed error histograms."""
     named = [(m["name"], estimates[m["name"]]) for m in models if m["name"] in estimates and len(estimates[m["name"]])]
     if not named:
@@ -415,7 +475,7 @@ def _estimate_plots(plt: Any, models: Sequence[Mapping[str, Any]],
         ax_.plot([lo, hi], [lo, hi], color="red", lw=0.8, label="estimate = true")
         ax_.set(title=f"{name}: estimate vs true age", xlabel="true age (years)", ylabel="estimate (years)")
         ax_.legend(fontsize=7, loc="upper left")
-    for ax_ in list(axes.flat)[len(named):]:
+    for ax_ in list(axes.flat)[len(named) :]:
         ax_.set_visible(False)
     fig.tight_layout()
     out.append(("Estimate vs true age", _png(fig)))
@@ -425,11 +485,19 @@ def _estimate_plots(plt: Any, models: Sequence[Mapping[str, Any]],
     lim = float(max(np.percentile(np.abs(e), 99.5) for e in errs)) or 1.0
     bins = np.linspace(-lim, lim, 61)
     for (name, _), e in zip(named, errs, strict=True):
-        ax.hist(np.clip(e, -lim, lim), bins=bins, histtype="step", lw=1.5,
-                label=f"{name} (mean {e.mean():+.2f}, MAE {np.abs(e).mean():.2f})")
+        ax.hist(
+            np.clip(e, -lim, lim),
+            bins=bins,
+            histtype="step",
+            lw=1.5,
+            label=f"{name} (mean {e.mean():+.2f}, MAE {np.abs(e).mean():.2f})",
+        )
     ax.axvline(0, color="grey", lw=0.8)
-    ax.set(title="Error histogram (estimate - true; tails clipped at the 99.5th percentile)",
-           xlabel="estimate - true age (years)", ylabel="images")
+    ax.set(
+        title="Error histogram (estimate - true; tails clipped at the 99.5th percentile)",
+        xlabel="estimate - true age (years)",
+        ylabel="images",
+    )
     ax.legend(fontsize=7)
     out.append(("Error histograms", _png(fig)))
     return out
@@ -463,18 +531,34 @@ def _ci(cell: Mapping[str, Any] | None) -> str:
 def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence[Mapping[str, Any]]) -> list[str]:
     """Headline with subject-level 95% intervals, matched operating points, per-year rates at 18, seeds."""
     out: list[str] = []
-    keys = ["mae", "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "challenge_25_fnr_25_plus",
-            "under_18_pass_rate_at_21", "false_rejection_18_20_at_21", "fallback_rate_18", "coverage_p95"]
+    keys = [
+        "mae",
+        "challenge_25_fpr_14_17",
+        "challenge_25_fpr_under_18",
+        "challenge_25_fnr_25_plus",
+        "under_18_pass_rate_at_21",
+        "false_rejection_18_20_at_21",
+        "fallback_rate_18",
+        "coverage_p95",
+    ]
     with_sl = [m for m in models if m.get("subject_level")]
     if not with_sl:
         return out
-    out.append("<h2>Headline with subject-level 95% intervals</h2><p>Intervals resample people, not photos; "
-               "n = subjects/images in the population.</p>")
-    out.append(_table(["model", *keys], [
-        [m["name"], *(_ci(m["subject_level"]["headline"].get(k)) for k in keys)] for m in with_sl]))
-    out.append("<h2>Matched operating points</h2><p>Each model at its own cutoff keeping the under-T pass rate "
-               "at most 1%: the legal-age (T..T+2) rejection that costs, and the challenge age each needs for a "
-               "1% 14-17 false positive rate.</p>")
+    out.append(
+        "<h2>Headline with subject-level 95% intervals</h2><p>Intervals resample people, not photos; "
+        "n = subjects/images in the population.</p>"
+    )
+    out.append(
+        _table(
+            ["model", *keys],
+            [[m["name"], *(_ci(m["subject_level"]["headline"].get(k)) for k in keys)] for m in with_sl],
+        )
+    )
+    out.append(
+        "<h2>Matched operating points</h2><p>Each model at its own cutoff keeping the under-T pass rate "
+        "at most 1%: the legal-age (T..T+2) rejection that costs, and the challenge age each needs for a "
+        "1% 14-17 false positive rate.</p>"
+    )
     rows = []
     for m in with_sl:
         op = m.get("operating") or {}
@@ -488,8 +572,12 @@ def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence
         row.append(("—" if k.get("k") is None else f"k={k['k']:.2f}: ") + _ci(k.get("legal_age_rejection_rate")))
         row.append(_ci((op.get("challenge_age_for_fpr") or {}).get("0.01")))
         rows.append(row)
-    out.append(_table(["model", "T=13 buffer: rejection", "T=16", "T=18", "T=18, mean-k*std rule",
-                       "challenge age for 1% FPR"], rows))
+    out.append(
+        _table(
+            ["model", "T=13 buffer: rejection", "T=16", "T=18", "T=18, mean-k*std rule", "challenge age for 1% FPR"],
+            rows,
+        )
+    )
     out.append("<h2>Per single year at 18 (buffer 3: estimate ≥ 21)</h2>")
     years = [str(y) for y in range(10, 23)]
     yrows = []
@@ -499,9 +587,16 @@ def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence
         yrows.append([m["name"], *(_ci(cells.get(y)) for y in years)])
     out.append(_table(["model", *(f"{y} {'pass' if int(y) < 18 else 'rejected'}" for y in years)], yrows))
     if any(len(r.get("entries", [])) > 1 for r in seeds):
-        names = ["mae", "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "under_18_pass_rate_at_21",
-                 "false_rejection_18_20_at_21", "matched_rejection_18_20_at_u18_pass_1pct",
-                 "challenge_age_for_1pct_fpr_14_17", "coverage_p95"]
+        names = [
+            "mae",
+            "challenge_25_fpr_14_17",
+            "challenge_25_fpr_under_18",
+            "under_18_pass_rate_at_21",
+            "false_rejection_18_20_at_21",
+            "matched_rejection_18_20_at_u18_pass_1pct",
+            "challenge_age_for_1pct_fpr_14_17",
+            "coverage_p95",
+        ]
 
         def ms(x: Mapping[str, Any]) -> str:
             if x.get("mean") is None:
@@ -509,8 +604,12 @@ def _subject_level_sections(models: Sequence[Mapping[str, Any]], seeds: Sequence
             return f"{x['mean']:.4g}" + (f" ± {x['std']:.2g}" if x.get("std") is not None else "")
 
         out.append("<h2>Across seeds (mean ± sd)</h2>")
-        out.append(_table(["model", "seeds", *names], [
-            [r["model"], len(r["entries"]), *(ms(r["metrics"][n]) for n in names)] for r in seeds]))
+        out.append(
+            _table(
+                ["model", "seeds", *names],
+                [[r["model"], len(r["entries"]), *(ms(r["metrics"][n]) for n in names)] for r in seeds],
+            )
+        )
     return out
 
 
@@ -518,15 +617,20 @@ def _belief_coverage_section(name: str, cov: Mapping[str, Any]) -> str:
     """Interval reliability of the fused belief by number of images fused, beside the frame-level one."""
     levels = list(cov["nominal"])
     rows = [["one frame (its own std)", cov["frame"]["images"], *(cov["frame"]["coverage"][lv] for lv in levels)]]
-    rows += [[f"{n} fused (floor {cov['floor_years']:.2f} y)", cell["subjects"],
-              *(cell["coverage"][lv] for lv in levels)] for n, cell in cov["by_fused_count"].items()]
-    return (f"<h2>Belief interval coverage: {html.escape(name)}</h2><p>Share of people whose true age lies in the "
-            "fused belief's central interval; honest means each column stays near its nominal level at every "
-            "count.</p>" + _table(["images fused", "n", *(f"nominal {lv}" for lv in levels)], rows))
+    rows += [
+        [f"{n} fused (floor {cov['floor_years']:.2f} y)", cell["subjects"], *(cell["coverage"][lv] for lv in levels)]
+        for n, cell in cov["by_fused_count"].items()
+    ]
+    return (
+        f"<h2>Belief interval coverage: {html.escape(name)}</h2><p>Share of people whose true age lies in the "
+        "fused belief's central interval; honest means each column stays near its nominal level at every "
+        "count.</p>" + _table(["images fused", "n", *(f"nominal {lv}" for lv in levels)], rows)
+    )
 
 
-def render_html(metrics: Mapping[str, Any], gate_text: str = "",
-                estimates: Mapping[str, Estimates] | None = None) -> str:
+def render_html(
+    metrics: Mapping[str, Any], gate_text: str = "", estimates: Mapping[str, Estimates] | None = None
+) -> str:
     """`estimates` (model name -> its rows) adds the estimate-vs-true and error histogram figures; the
     rows stay out of metrics.json (they are in predictions.csv)."""
     metrics = _clean(metrics)
@@ -548,63 +652,173 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "",
     rows = []
     for h in metrics["headline"]:
         g = h["largest_mae_gap"]
-        gap = "—" if not g else (f"{g['attribute']}: {g['gap']:.3g} [{g['gap_ci'][0]:.3g}, {g['gap_ci'][1]:.3g}]"
-                                 f" ({g['max_group']} vs {g['min_group']}){' significant' if g['significant'] else ''}"
-                                 if g.get("gap_ci") else f"{g['attribute']}: {g['gap']:.3g}")
-        rows.append([h["model"], h["mae"], h["cs_5"], h["under_18_pass_rate_at_18"], h["under_18_pass_rate_at_21"],
-                     h["under_18_pass_rate_at_25"], h["false_rejection_18_20_at_18"], h["false_rejection_18_20_at_21"],
-                     h["false_rejection_18_20_at_25"], h["fallback_rate_at_18"], gap])
-    parts.append(_table(["model", "MAE", "CS@5", "u18 pass @18", "u18 pass @21", "u18 pass @25", "18-20 rej @18",
-                         "18-20 rej @21", "18-20 rej @25", "fallback @18", "largest MAE gap [95% CI]"], rows))
+        gap = (
+            "—"
+            if not g
+            else (
+                f"{g['attribute']}: {g['gap']:.3g} [{g['gap_ci'][0]:.3g}, {g['gap_ci'][1]:.3g}]"
+                f" ({g['max_group']} vs {g['min_group']}){' significant' if g['significant'] else ''}"
+                if g.get("gap_ci")
+                else f"{g['attribute']}: {g['gap']:.3g}"
+            )
+        )
+        rows.append(
+            [
+                h["model"],
+                h["mae"],
+                h["cs_5"],
+                h["under_18_pass_rate_at_18"],
+                h["under_18_pass_rate_at_21"],
+                h["under_18_pass_rate_at_25"],
+                h["false_rejection_18_20_at_18"],
+                h["false_rejection_18_20_at_21"],
+                h["false_rejection_18_20_at_25"],
+                h["fallback_rate_at_18"],
+                gap,
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "model",
+                "MAE",
+                "CS@5",
+                "u18 pass @18",
+                "u18 pass @21",
+                "u18 pass @25",
+                "18-20 rej @18",
+                "18-20 rej @21",
+                "18-20 rej @25",
+                "fallback @18",
+                "largest MAE gap [95% CI]",
+            ],
+            rows,
+        )
+    )
     parts.extend(_subject_level_sections(models, metrics.get("seed_summary") or []))
     leaks = [(m["name"], m.get("leakage") or {}) for m in models]
     if any(lk.get("leaks") or not lk.get("checked", True) for _, lk in leaks):
         parts.append("<h2>Training-data overlap</h2><ul>")
         for name, lk in leaks:
             if lk.get("leaks"):
-                parts.append(f"<li class='bad'><b>{html.escape(name)}</b>: {lk.get('shared_images')} images, "
-                             f"{lk.get('shared_subjects')} subjects, generator seeds "
-                             f"{html.escape(str(lk.get('shared_generator_seeds')))} shared with its training data; "
-                             "evaluated with --force-overlap: these numbers are in-sample.</li>")
+                parts.append(
+                    f"<li class='bad'><b>{html.escape(name)}</b>: {lk.get('shared_images')} images, "
+                    f"{lk.get('shared_subjects')} subjects, generator seeds "
+                    f"{html.escape(str(lk.get('shared_generator_seeds')))} shared with its training data; "
+                    "evaluated with --force-overlap: these numbers are in-sample.</li>"
+                )
             elif not lk.get("checked", True):
-                parts.append(f"<li><b>{html.escape(name)}</b>: no training lineage recorded; overlap not checked."
-                             "</li>")
+                parts.append(f"<li><b>{html.escape(name)}</b>: no training lineage recorded; overlap not checked.</li>")
         parts.append("</ul>")
     if gate_text:
-        parts.append("<h2>Release gate</h2><pre style='white-space:pre-wrap;overflow-wrap:anywhere'>"
-                     f"{html.escape(gate_text)}</pre>")
+        parts.append(
+            "<h2>Release gate</h2><pre style='white-space:pre-wrap;overflow-wrap:anywhere'>"
+            f"{html.escape(gate_text)}</pre>"
+        )
     parts.append("<h2>Models</h2>")
-    parts.append(_table(["model", "version", "checkpoint", "scored", "errors", "NLL", "cov50", "cov80", "cov95",
-                         "C25 FPR 14-17 (NIST)", "C25 FPR all <18", "COS TPR 13-16", "COS FPR 8-12", "COS FPR 17-22"], [
-        [m["name"], m["model_version"], m["checkpoint"], m["n_scored"], m["n_errors"],
-         m["uncertainty"].get("gaussian_nll"),
-         *(m["uncertainty"].get("coverage", {}).get("overall", {}).get(k) for k in ("p50", "p80", "p95")),
-         m["nist"]["challenge_25_fpr_14_17"], m["nist"]["challenge_25_fpr_under_18"], m["nist"]["cos_tpr_13_16"],
-         m["nist"]["cos_fpr_8_12"], m["nist"]["cos_fpr_17_22"]] for m in models]))
+    parts.append(
+        _table(
+            [
+                "model",
+                "version",
+                "checkpoint",
+                "scored",
+                "errors",
+                "NLL",
+                "cov50",
+                "cov80",
+                "cov95",
+                "C25 FPR 14-17 (NIST)",
+                "C25 FPR all <18",
+                "COS TPR 13-16",
+                "COS FPR 8-12",
+                "COS FPR 17-22",
+            ],
+            [
+                [
+                    m["name"],
+                    m["model_version"],
+                    m["checkpoint"],
+                    m["n_scored"],
+                    m["n_errors"],
+                    m["uncertainty"].get("gaussian_nll"),
+                    *(m["uncertainty"].get("coverage", {}).get("overall", {}).get(k) for k in ("p50", "p80", "p95")),
+                    m["nist"]["challenge_25_fpr_14_17"],
+                    m["nist"]["challenge_25_fpr_under_18"],
+                    m["nist"]["cos_tpr_13_16"],
+                    m["nist"]["cos_fpr_8_12"],
+                    m["nist"]["cos_fpr_17_22"],
+                ]
+                for m in models
+            ],
+        )
+    )
     parts.append("<h2>Accuracy by age band</h2>")
     bands = list(models[0]["accuracy"]["by_age_band"]) if models else []
-    parts.append(_table(["model", *bands], [
-        [m["name"], *(f"{_fmt(m['accuracy']['by_age_band'][b]['mae'])} (n={int(m['accuracy']['by_age_band'][b]['n'])})"
-                      for b in bands)] for m in models]))
+    parts.append(
+        _table(
+            ["model", *bands],
+            [
+                [
+                    m["name"],
+                    *(
+                        f"{_fmt(m['accuracy']['by_age_band'][b]['mae'])} "
+                        f"(n={int(m['accuracy']['by_age_band'][b]['n'])})"
+                        for b in bands
+                    ),
+                ]
+                for m in models
+            ],
+        )
+    )
     parts.append("<h2>Uncertainty-aware rule (pass when P(age ≥ T) ≥ confidence)</h2>")
-    parts.append(_table(["model", "T", "confidence", "under-age pass", "T..T+2 rejected", "fallback"], [
-        [m["name"], T, r["confidence"], r["under_age_pass_rate"], r["false_rejection_rate"], r["fallback_rate"]]
-        for m in models for T, thr in m["thresholds"].items() for r in [thr["uncertainty_rule"]]]))
+    parts.append(
+        _table(
+            ["model", "T", "confidence", "under-age pass", "T..T+2 rejected", "fallback"],
+            [
+                [m["name"], T, r["confidence"], r["under_age_pass_rate"], r["false_rejection_rate"], r["fallback_rate"]]
+                for m in models
+                for T, thr in m["thresholds"].items()
+                for r in [thr["uncertainty_rule"]]
+            ],
+        )
+    )
     parts.append("<h2>Significant group gaps</h2>")
-    flagged = [[m["name"], f["attribute"], f["metric"], f["gap"], f"[{_fmt(f['gap_ci'][0])}, {_fmt(f['gap_ci'][1])}]"
-                if f.get("gap_ci") else "—", f"{f['max_group']} vs {f['min_group']}", f["z"]]
-               for m in models for f in m["significant_gaps"]]
-    parts.append(_table(["model", "attribute", "metric", "gap", "95% CI", "groups", "z"], flagged)
-                 if flagged else "<p>None (Bonferroni-corrected over every group pair and metric).</p>")
+    flagged = [
+        [
+            m["name"],
+            f["attribute"],
+            f["metric"],
+            f["gap"],
+            f"[{_fmt(f['gap_ci'][0])}, {_fmt(f['gap_ci'][1])}]" if f.get("gap_ci") else "—",
+            f"{f['max_group']} vs {f['min_group']}",
+            f["z"],
+        ]
+        for m in models
+        for f in m["significant_gaps"]
+    ]
+    parts.append(
+        _table(["model", "attribute", "metric", "gap", "95% CI", "groups", "z"], flagged)
+        if flagged
+        else "<p>None (Bonferroni-corrected over every group pair and metric).</p>"
+    )
     for m in models:
         if m.get("policy_replay"):
             pr = m["policy_replay"]
             actions = pr["actions"]
-            parts.append(f"<h2>Policy replay: {html.escape(m['name'])} ({html.escape(str(pr.get('policy_version')))},"
-                         f" {html.escape(str(pr.get('jurisdiction')))}/{html.escape(str(pr.get('surface')))})</h2>")
-            parts.append(_table(["true age band", "n", *actions], [
-                [band, cell["n"], *(cell["rates"].get(a) for a in actions)]
-                for band, cell in pr["by_age_band"].items()]))
+            parts.append(
+                f"<h2>Policy replay: {html.escape(m['name'])} ({html.escape(str(pr.get('policy_version')))},"
+                f" {html.escape(str(pr.get('jurisdiction')))}/{html.escape(str(pr.get('surface')))})</h2>"
+            )
+            parts.append(
+                _table(
+                    ["true age band", "n", *actions],
+                    [
+                        [band, cell["n"], *(cell["rates"].get(a) for a in actions)]
+                        for band, cell in pr["by_age_band"].items()
+                    ],
+                )
+            )
             if pr.get("belief_coverage"):
                 parts.append(_belief_coverage_section(m["name"], pr["belief_coverage"]))
     for title, uri in _plots(metrics, estimates):
@@ -613,8 +827,9 @@ def render_html(metrics: Mapping[str, Any], gate_text: str = "",
     return "".join(parts)
 
 
-def write_report_html(metrics: Mapping[str, Any], path: str | Path, gate_text: str = "",
-                      estimates: Mapping[str, Estimates] | None = None) -> Path:
+def write_report_html(
+    metrics: Mapping[str, Any], path: str | Path, gate_text: str = "", estimates: Mapping[str, Estimates] | None = None
+) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(render_html(metrics, gate_text, estimates), encoding="utf-8")

@@ -40,7 +40,7 @@ def score_rows(engine: Scorer, manifest: Manifest, rows: Sequence[ManifestRow], 
     kept: list[ManifestRow] = []
     errors = 0
     for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
+        chunk = rows[start : start + batch]
         frames = [_frame(manifest.resolve(r).read_bytes(), r.path) for r in chunk]
         results = engine.score(frames)
         if len(results) != len(chunk):
@@ -59,5 +59,13 @@ def score_rows(engine: Scorer, manifest: Manifest, rows: Sequence[ManifestRow], 
     bucket = None
     if kept and all(p is not None for p in probs):
         bucket = np.asarray(probs, dtype=np.float64)
-    return Estimates.build(true_age, means, stds, attrs, bucket, n_errors=errors,
-                          subject_id=[r.subject_id for r in kept], row_id=[r.path for r in kept])
+    return Estimates.build(
+        true_age,
+        means,
+        stds,
+        attrs,
+        bucket,
+        n_errors=errors,
+        subject_id=[r.subject_id for r in kept],
+        row_id=[r.path for r in kept],
+    )

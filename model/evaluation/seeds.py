@@ -15,16 +15,41 @@ from typing import Any
 
 # name -> key path into one model's metrics.json entry (tuples: keys such as "0.01" hold dots)
 SEED_METRICS: dict[str, tuple[str, ...]] = {
-    **{k: ("subject_level", "headline", k, "value") for k in (
-        "mae", "cs_5", "under_18_pass_rate_at_18", "under_18_pass_rate_at_21", "under_18_pass_rate_at_25",
-        "false_rejection_18_20_at_18", "false_rejection_18_20_at_21", "false_rejection_18_20_at_25",
-        "challenge_25_fpr_14_17", "challenge_25_fpr_under_18", "challenge_25_fnr_25_plus", "fallback_rate_18",
-        "coverage_p95",
-    )},
-    "matched_rejection_18_20_at_u18_pass_1pct": ("operating", "18", "matched", "0.01", "legal_age_rejection_rate",
-                                                  "value"),
-    "matched_rejection_18_20_at_u18_pass_1pct_k_std": ("operating", "18", "matched", "0.01", "k_std",
-                                                       "legal_age_rejection_rate", "value"),
+    **{
+        k: ("subject_level", "headline", k, "value")
+        for k in (
+            "mae",
+            "cs_5",
+            "under_18_pass_rate_at_18",
+            "under_18_pass_rate_at_21",
+            "under_18_pass_rate_at_25",
+            "false_rejection_18_20_at_18",
+            "false_rejection_18_20_at_21",
+            "false_rejection_18_20_at_25",
+            "challenge_25_fpr_14_17",
+            "challenge_25_fpr_under_18",
+            "challenge_25_fnr_25_plus",
+            "fallback_rate_18",
+            "coverage_p95",
+        )
+    },
+    "matched_rejection_18_20_at_u18_pass_1pct": (
+        "operating",
+        "18",
+        "matched",
+        "0.01",
+        "legal_age_rejection_rate",
+        "value",
+    ),
+    "matched_rejection_18_20_at_u18_pass_1pct_k_std": (
+        "operating",
+        "18",
+        "matched",
+        "0.01",
+        "k_std",
+        "legal_age_rejection_rate",
+        "value",
+    ),
     "challenge_age_for_1pct_fpr_14_17": ("operating", "challenge_age_for_fpr", "0.01", "value"),
     "gaussian_nll": ("uncertainty", "gaussian_nll"),
 }
@@ -47,9 +72,12 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "values": []}
     return {
-        "n": len(values), "mean": statistics.fmean(values),
+        "n": len(values),
+        "mean": statistics.fmean(values),
         "std": statistics.stdev(values) if len(values) > 1 else None,
-        "min": min(values), "max": max(values), "values": list(values),
+        "min": min(values),
+        "max": max(values),
+        "values": list(values),
     }
 
 
@@ -61,18 +89,30 @@ def seed_summary(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict
         for key, path in SEED_METRICS.items():
             vals = [v for e in entries if (v := _value(e, path)) is not None]
             metrics[key] = spread(vals)
-        out.append({"model": name, "entries": [e["name"] for e in entries],
-                    "checkpoints": [e.get("checkpoint", "") for e in entries], "metrics": metrics})
+        out.append(
+            {
+                "model": name,
+                "entries": [e["name"] for e in entries],
+                "checkpoints": [e.get("checkpoint", "") for e in entries],
+                "metrics": metrics,
+            }
+        )
     return out
 
 
 def format_seed_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     """Plain-text table: mean ± sd across seeds for the figures a release note quotes."""
-    cols = [("MAE", "mae"), ("C25 FPR 14-17", "challenge_25_fpr_14_17"), ("C25 all<18", "challenge_25_fpr_under_18"),
-            ("C25 FNR 25+", "challenge_25_fnr_25_plus"), ("u18 pass @21", "under_18_pass_rate_at_21"),
-            ("18-20 rej @21", "false_rejection_18_20_at_21"),
-            ("18-20 rej @u18 pass 1%", "matched_rejection_18_20_at_u18_pass_1pct"),
-            ("challenge age @1% FPR", "challenge_age_for_1pct_fpr_14_17"), ("cov95", "coverage_p95")]
+    cols = [
+        ("MAE", "mae"),
+        ("C25 FPR 14-17", "challenge_25_fpr_14_17"),
+        ("C25 all<18", "challenge_25_fpr_under_18"),
+        ("C25 FNR 25+", "challenge_25_fnr_25_plus"),
+        ("u18 pass @21", "under_18_pass_rate_at_21"),
+        ("18-20 rej @21", "false_rejection_18_20_at_21"),
+        ("18-20 rej @u18 pass 1%", "matched_rejection_18_20_at_u18_pass_1pct"),
+        ("challenge age @1% FPR", "challenge_age_for_1pct_fpr_14_17"),
+        ("cov95", "coverage_p95"),
+    ]
 
     def cell(s: Mapping[str, Any]) -> str:
         if s["mean"] is None:

@@ -44,13 +44,14 @@ DEFINITIONS: dict[str, str] = {
     "by_year.T.B.under_age_pass.Y": "floor(true age) == Y (Y = 10..T-1) with estimate >= T + B",
     "by_year.T.B.false_rejection.Y": "floor(true age) == Y (Y = T..T+4) with estimate < T + B",
     "operating.T.matched.P": "smallest cutoff keeping the under-T pass rate <= P, and the rejection of "
-                             "T <= true age < T+3 it costs (each model at its own cutoff)",
+    "T <= true age < T+3 it costs (each model at its own cutoff)",
     "operating.challenge_age_for_fpr.P": "smallest challenge age C with the 14-17 false positive rate <= P",
 }
 
 
-def headline_cells(est: Estimates, boot: SubjectBootstrap,
-                   confidence: float = DEFAULT_CONFIDENCE) -> dict[str, dict[str, Any]]:
+def headline_cells(
+    est: Estimates, boot: SubjectBootstrap, confidence: float = DEFAULT_CONFIDENCE
+) -> dict[str, dict[str, Any]]:
     """The figures a release note quotes, each with a subject-level 95% interval and its counts."""
     t, m = est.true_age, est.mean
     err = m - t
@@ -78,8 +79,9 @@ def headline_cells(est: Estimates, boot: SubjectBootstrap,
     return cells
 
 
-def by_year_cells(est: Estimates, boot: SubjectBootstrap, thresholds: Iterable[int] = THRESHOLDS,
-                  buffers: Iterable[int] = BUFFERS) -> dict[str, Any]:
+def by_year_cells(
+    est: Estimates, boot: SubjectBootstrap, thresholds: Iterable[int] = THRESHOLDS, buffers: Iterable[int] = BUFFERS
+) -> dict[str, Any]:
     """{T: {B: {"under_age_pass": {year: cell}, "false_rejection": {year: cell}}}}: the per-year rates
     with n and interval, because a pooled under-18 rate hides that 17-year-olds pass far more often."""
     t, m = est.true_age, est.mean

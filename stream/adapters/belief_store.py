@@ -55,8 +55,13 @@ RedisClient = aioredis.Redis | aioredis.RedisCluster
 
 # Replies that say the server (not this user's data) is in trouble: retried like an outage.
 _SERVER_STATE_ERRORS = (
-    redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.OutOfMemoryError, redis_exc.ReadOnlyError,
-    redis_exc.ClusterDownError, redis_exc.TryAgainError, redis_exc.AskError,
+    redis_exc.ConnectionError,
+    redis_exc.TimeoutError,
+    redis_exc.OutOfMemoryError,
+    redis_exc.ReadOnlyError,
+    redis_exc.ClusterDownError,
+    redis_exc.TryAgainError,
+    redis_exc.AskError,
 )
 
 
@@ -150,9 +155,7 @@ class BeliefStore:
             result.duplicates[user_id] = tuple(e.event_id for e, c in pairs if c == "D")
             result.ignored[user_id] = tuple(e.event_id for e, c in pairs if c == "I")
             result.refused[user_id] = tuple(
-                Refusal(e.event_id, _REFUSAL_CODES[c], e.observed_at)
-                for e, c in pairs
-                if c in _REFUSAL_CODES
+                Refusal(e.event_id, _REFUSAL_CODES[c], e.observed_at) for e, c in pairs if c in _REFUSAL_CODES
             )
         return result
 
@@ -171,8 +174,10 @@ class BeliefStore:
             raise reply
         codes, belief, _ = self._parse_reply(reply)
         if codes in _REFUSAL_CODES:
-            raise VerifiedAgeRefused(f"verified age refused: {_REFUSAL_CODES[codes].value}",
-                                     reason=f"verified_age_{_REFUSAL_CODES[codes].value}")
+            raise VerifiedAgeRefused(
+                f"verified age refused: {_REFUSAL_CODES[codes].value}",
+                reason=f"verified_age_{_REFUSAL_CODES[codes].value}",
+            )
         if belief is None:  # pragma: no cover - the script always leaves a belief after 'A' or 'D'
             raise BeliefStoreError("verified age left no belief")
         return belief
@@ -213,6 +218,7 @@ class BeliefStore:
 
     async def get_previous_actions(self, keys: Sequence[SurfaceKey]) -> dict[SurfaceKey, Action | None]:
         """The last action per user and surface; None where there is none or it is unreadable."""
+
         async def run() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -238,8 +244,16 @@ class BeliefStore:
     # --- internals -------------------------------------------------------------------------------
 
     def _common_args(self, mode: str, now: float, model_version: str, floor: float) -> list[str]:
-        return [mode, _num(now), _num(self.half_life_s), self._ttl_ms, _num(self.skew.future_tolerance_s),
-                _num(self.skew.max_past_s), model_version, _num(floor)]
+        return [
+            mode,
+            _num(now),
+            _num(self.half_life_s),
+            self._ttl_ms,
+            _num(self.skew.future_tolerance_s),
+            _num(self.skew.max_past_s),
+            model_version,
+            _num(floor),
+        ]
 
     async def _hgetall_many(self, user_ids: Sequence[str]) -> list[dict[Any, Any]]:
         async def run() -> list[dict[Any, Any]]:
@@ -322,8 +336,12 @@ class BeliefStore:
         belief = None
         if parts[1] == "1":
             belief = Belief(
-                birth_time=float(parts[2]), precision=float(parts[3]), updated_at=float(parts[4]),
-                observations=int(parts[5]), verified=parts[6] == "1", model_version=parts[7],
+                birth_time=float(parts[2]),
+                precision=float(parts[3]),
+                updated_at=float(parts[4]),
+                observations=int(parts[5]),
+                verified=parts[6] == "1",
+                model_version=parts[7],
                 floor=float(parts[8]),
             )
         actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(9, len(parts) - 1, 2)}
@@ -373,6 +391,11 @@ def _belief_from_hash(fields: Mapping[Any, Any]) -> Belief | None:
     if "B" not in f:
         return None
     return Belief(
-        birth_time=float(f["B"]), precision=float(f["P"]), updated_at=float(f["t"]), observations=int(f["n"]),
-        verified=f["v"] == "1", model_version=f.get("mv", ""), floor=float(f.get("f", "0")),
+        birth_time=float(f["B"]),
+        precision=float(f["P"]),
+        updated_at=float(f["t"]),
+        observations=int(f["n"]),
+        verified=f["v"] == "1",
+        model_version=f.get("mv", ""),
+        floor=float(f.get("f", "0")),
     )

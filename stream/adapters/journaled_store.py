@@ -25,8 +25,9 @@ from stream.core.policy import Action
 
 
 class JournaledBeliefStore(BeliefStore):
-    def __init__(self, redis: RedisClient, *, prefix: str, half_life_s: float, ttl_s: float,
-                 generation: int = 0) -> None:
+    def __init__(
+        self, redis: RedisClient, *, prefix: str, half_life_s: float, ttl_s: float, generation: int = 0
+    ) -> None:
         super().__init__(redis, prefix=prefix, half_life_s=half_life_s, ttl_s=ttl_s)
         self._client = redis
         self.prefix = prefix
@@ -63,11 +64,13 @@ class JournaledBeliefStore(BeliefStore):
         await self._before_write(list(updates))
         return await super().apply(updates, now=now, model_version=model_version, floor=floor)
 
-    async def apply_verified(self, user_id: str, *, event_id: str, verified_age: float, verified_at: float,
-                             now: float) -> Belief:
+    async def apply_verified(
+        self, user_id: str, *, event_id: str, verified_age: float, verified_at: float, now: float
+    ) -> Belief:
         await self._before_write([user_id])
-        return await super().apply_verified(user_id, event_id=event_id, verified_age=verified_age,
-                                            verified_at=verified_at, now=now)
+        return await super().apply_verified(
+            user_id, event_id=event_id, verified_age=verified_age, verified_at=verified_at, now=now
+        )
 
     async def record_actions(self, actions: Mapping[SurfaceKey, Action]) -> None:
         await self._before_write([k.user_id for k in actions])

@@ -107,8 +107,16 @@ class InMemoryBeliefStore:
                 result.errors[user_id] = _foreign_value()
                 continue
             prior = stored.belief if stored is not None else None
-            fused = fuse(prior, evidences, now=now, half_life_s=self.half_life_s, model_version=model_version,
-                         floor=floor, seen=seen.scores, skew=self.skew)
+            fused = fuse(
+                prior,
+                evidences,
+                now=now,
+                half_life_s=self.half_life_s,
+                model_version=model_version,
+                floor=floor,
+                seen=seen.scores,
+                skew=self.skew,
+            )
             accepted = {*fused.applied, *fused.ignored}
             if accepted:
                 for ev in evidences:  # the accepted occurrence of each id (an earlier one may be refused)
@@ -221,8 +229,11 @@ class InMemoryBeliefStore:
             raise DependencyUnavailable("in-memory belief store: marked unavailable")
 
     def _acceptable(self, ev: Evidence, now: float) -> bool:
-        return (is_valid(ev) and ev.observed_at <= now + self.skew.future_tolerance_s
-                and ev.observed_at >= now - self.skew.max_past_s)
+        return (
+            is_valid(ev)
+            and ev.observed_at <= now + self.skew.future_tolerance_s
+            and ev.observed_at >= now - self.skew.max_past_s
+        )
 
     def _hash(self, user_id: str) -> _BeliefHash | None:
         stored = self._beliefs.get(user_id)
@@ -246,8 +257,9 @@ class InMemoryBeliefStore:
         expires_at = self._clock() + self.ttl_s
         stored.expires_at = expires_at
         if len(ids.scores) > MAX_EVENT_IDS:
-            newest = heapq.nlargest(MAX_EVENT_IDS, ids.scores.items(),
-                                    key=lambda kv: (kv[1], kv[0].encode("utf-8", "surrogatepass")))
+            newest = heapq.nlargest(
+                MAX_EVENT_IDS, ids.scores.items(), key=lambda kv: (kv[1], kv[0].encode("utf-8", "surrogatepass"))
+            )
             ids.scores = dict(newest)
         ids.expires_at = expires_at
         self._events[user_id] = ids

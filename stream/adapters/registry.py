@@ -20,8 +20,18 @@ import fastavro
 from schemas import schema_root
 from stream.core.subjects import DECISION, FEEDBACK, RETAINED_FRAME, SIGNUP, SUBJECTS, UPLOAD
 
-__all__ = ["DECISION", "FEEDBACK", "RETAINED_FRAME", "SIGNUP", "SUBJECTS", "UPLOAD", "LocalRegistry",
-           "RegisteredSchema", "SchemaRegistry", "UnusableSchema"]
+__all__ = [
+    "DECISION",
+    "FEEDBACK",
+    "RETAINED_FRAME",
+    "SIGNUP",
+    "SUBJECTS",
+    "UPLOAD",
+    "LocalRegistry",
+    "RegisteredSchema",
+    "SchemaRegistry",
+    "UnusableSchema",
+]
 
 
 class UnusableSchema(ValueError):

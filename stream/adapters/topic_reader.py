@@ -21,7 +21,9 @@ class UnknownTopic(AgegateError):
 def read_to_end(settings: Settings, topic: str, *, group: str, timeout_s: float = 30.0) -> Iterator[Message]:
     """Every message from each partition's low watermark to its high watermark at the start."""
     conf: dict[str, Any] = settings.kafka_client_config() | {
-        "group.id": group, "enable.auto.commit": False, "enable.partition.eof": False,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
     }
     consumer = Consumer(conf)
     try:

@@ -40,8 +40,15 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("dead_letters", "dead-letters", 3, 30 * DAY_MS, "delete", "original bytes", "bad input, kept to redrive"),
     # Frames of consenting users, one record per frame (key [user, event, frame]) so compaction keeps
     # every frame and a tombstone erases one; retention comes from the settings (`declared`).
-    TopicSpec("retained_frames", "retained-frames", 12, 90 * DAY_MS, "compact,delete", RETAINED_FRAME,
-              "consented frames kept for model improvement"),
+    TopicSpec(
+        "retained_frames",
+        "retained-frames",
+        12,
+        90 * DAY_MS,
+        "compact,delete",
+        RETAINED_FRAME,
+        "consented frames kept for model improvement",
+    ),
 )
 ROLES = {spec.role: spec for spec in TOPICS}
 
@@ -49,8 +56,7 @@ ROLES = {spec.role: spec for spec in TOPICS}
 def declared(settings: Settings) -> tuple[TopicSpec, ...]:
     """The declarations with what configuration decides (the retained frames' retention)."""
     retention = int(settings.retained_frames_retention_days * DAY_MS)
-    return tuple(dataclasses.replace(s, retention_ms=retention) if s.role == "retained_frames" else s
-                 for s in TOPICS)
+    return tuple(dataclasses.replace(s, retention_ms=retention) if s.role == "retained_frames" else s for s in TOPICS)
 
 
 def topic_name(role: str, settings: Settings) -> str:

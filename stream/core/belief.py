@@ -49,9 +49,9 @@ MIN_INDEPENDENT_VARIANCE_SHARE = 0.25
 
 
 class RefusalReason(StrEnum):
-    FUTURE = "future"      # observed_at > now + future_tolerance_s
-    TOO_OLD = "too_old"    # observed_at < now - max_past_s
-    INVALID = "invalid"    # non-finite or out-of-range mean/std
+    FUTURE = "future"  # observed_at > now + future_tolerance_s
+    TOO_OLD = "too_old"  # observed_at < now - max_past_s
+    INVALID = "invalid"  # non-finite or out-of-range mean/std
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +109,13 @@ class Belief:
         self, threshold_years: float, t: float, half_life_s: float, shape: FloorShape | None = None
     ) -> float:
         """P(age >= threshold) at t, with the floor's error shaped by `shape` (None: Gaussian)."""
-        return p_at_least_shaped(self.age_at(t), self.independent_var_at(t, half_life_s), self.floor,
-                                 threshold_years, shape or GAUSSIAN_FLOOR)
+        return p_at_least_shaped(
+            self.age_at(t),
+            self.independent_var_at(t, half_life_s),
+            self.floor,
+            threshold_years,
+            shape or GAUSSIAN_FLOOR,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +138,7 @@ class FloorShape:
     wide: float = 1.0  # the other component's, >= 1
 
     def __post_init__(self) -> None:
-        if not (0.0 < self.weight <= 1.0 and 0.0 < self.narrow <= 1.0 <= self.wide
-                and math.isfinite(self.wide)):
+        if not (0.0 < self.weight <= 1.0 and 0.0 < self.narrow <= 1.0 <= self.wide and math.isfinite(self.wide)):
             raise ValueError(f"invalid floor shape {self!r}: need 0 < weight <= 1, 0 < narrow <= 1 <= wide")
         second = self.weight * self.narrow**2 + (1.0 - self.weight) * self.wide**2
         if abs(second - 1.0) > 1e-6:
@@ -164,14 +168,13 @@ def p_at_least(mean: float, std: float, threshold: float) -> float:
     return 0.5 * math.erfc((threshold - mean) / (std * math.sqrt(2.0)))
 
 
-def p_at_least_shaped(
-    mean: float, independent_var: float, floor: float, threshold: float, shape: FloorShape
-) -> float:
+def p_at_least_shaped(mean: float, independent_var: float, floor: float, threshold: float, shape: FloorShape) -> float:
     """P(age >= threshold) when the error is the independent part (variance 1/P, Gaussian) plus the
     floor's error shaped by `shape`: sum_i w_i Phi((mean - T) / sqrt(1/P + (r_i floor)^2)).
     With GAUSSIAN_FLOOR it equals p_at_least(mean, sqrt(1/P + floor^2), T)."""
-    return sum(w * p_at_least(mean, math.sqrt(independent_var + (r * floor) ** 2), threshold)
-               for w, r in shape.components)
+    return sum(
+        w * p_at_least(mean, math.sqrt(independent_var + (r * floor) ** 2), threshold) for w, r in shape.components
+    )
 
 
 def belief_quantile(
@@ -195,8 +198,10 @@ def belief_interval(
     level: float, mean: float, independent_var: float, floor: float, shape: FloorShape
 ) -> tuple[float, float]:
     """The central `level` interval of the belief (equal tails), by inverting its CDF."""
-    return (belief_quantile(0.5 - level / 2, mean, independent_var, floor, shape),
-            belief_quantile(0.5 + level / 2, mean, independent_var, floor, shape))
+    return (
+        belief_quantile(0.5 - level / 2, mean, independent_var, floor, shape),
+        belief_quantile(0.5 + level / 2, mean, independent_var, floor, shape),
+    )
 
 
 def belief_std(precision: float, floor: float) -> float:
@@ -247,9 +252,7 @@ def decay(belief: Belief, t: float, half_life_s: float) -> Belief:
         return belief
     if belief.verified:
         return replace(belief, updated_at=t)
-    return replace(
-        belief, precision=belief.precision * decay_factor(t - belief.updated_at, half_life_s), updated_at=t
-    )
+    return replace(belief, precision=belief.precision * decay_factor(t - belief.updated_at, half_life_s), updated_at=t)
 
 
 def is_valid(ev: Evidence) -> bool:
@@ -321,8 +324,7 @@ def fuse(
         points.append((t, b, p))
         applied.append(ev.event_id)
     result = _combine(belief, points, half_life_s=half_life_s, model_version=model_version, floor=floor)
-    return FuseResult(result, tuple(applied), tuple(duplicates), tuple(ignored), tuple(refused),
-                      frozenset(seen_now))
+    return FuseResult(result, tuple(applied), tuple(duplicates), tuple(ignored), tuple(refused), frozenset(seen_now))
 
 
 def _combine(
@@ -382,8 +384,9 @@ def verified_refusal(
     event_id: str, verified_age: float, verified_at: float, now: float, skew: ClockSkewRule
 ) -> Refusal | None:
     """Why a verified age cannot be applied, or None. Old verifications stay valid (no TOO_OLD)."""
-    if not (math.isfinite(verified_age) and math.isfinite(verified_at)
-            and MIN_AGE_YEARS <= verified_age <= MAX_AGE_YEARS):
+    if not (
+        math.isfinite(verified_age) and math.isfinite(verified_at) and MIN_AGE_YEARS <= verified_age <= MAX_AGE_YEARS
+    ):
         return Refusal(event_id, RefusalReason.INVALID, verified_at)
     if verified_at > now + skew.future_tolerance_s:
         return Refusal(event_id, RefusalReason.FUTURE, verified_at)

@@ -33,22 +33,24 @@ _Z = {level: NormalDist().inv_cdf(0.5 + level / 2) for level in NOMINAL_LEVELS}
 def interval_shares(z_scores: Sequence[float]) -> dict[str, float | None]:
     """Share of |z| inside each nominal central interval (None without data)."""
     n = len(z_scores)
-    return {f"{level:.2f}": (sum(abs(z) <= _Z[level] for z in z_scores) / n if n else None)
-            for level in NOMINAL_LEVELS}
+    return {f"{level:.2f}": (sum(abs(z) <= _Z[level] for z in z_scores) / n if n else None) for level in NOMINAL_LEVELS}
 
 
 def cdf_shares(cdf_values: Sequence[float]) -> dict[str, float | None]:
     """Share of beliefs whose CDF at the true age lies inside each nominal central interval, i.e. whose
     central interval holds the true age (None without data)."""
     n = len(cdf_values)
-    return {f"{level:.2f}": (sum(abs(u - 0.5) <= level / 2 for u in cdf_values) / n if n else None)
-            for level in NOMINAL_LEVELS}
+    return {
+        f"{level:.2f}": (sum(abs(u - 0.5) <= level / 2 for u in cdf_values) / n if n else None)
+        for level in NOMINAL_LEVELS
+    }
 
 
 def belief_cdf_at(belief: Belief, age: float, t: float, half_life_s: float, shape: FloorShape) -> float:
     """P(age' <= age) under the belief at t: where the true age falls in the belief's distribution."""
-    return 1.0 - p_at_least_shaped(belief.age_at(t), belief.independent_var_at(t, half_life_s), belief.floor,
-                                   age, shape)
+    return 1.0 - p_at_least_shaped(
+        belief.age_at(t), belief.independent_var_at(t, half_life_s), belief.floor, age, shape
+    )
 
 
 def belief_coverage(

@@ -88,17 +88,26 @@ def lineage_of_dead_letter(headers: Headers, timestamp_ms: int) -> Lineage:
     """A dead letter's lineage from its headers. Dead letters written before lineage headers existed
     name only the failing record's position: that is their origin, and they count 0 redrives."""
     origin = header(headers, ORIGIN_HEADER) or position(
-        header(headers, "source_topic"), _int(header(headers, "source_partition"), -1),
+        header(headers, "source_topic"),
+        _int(header(headers, "source_partition"), -1),
         _int(header(headers, "source_offset"), -1),
     )
-    return Lineage(origin, _int(header(headers, FIRST_SEEN_HEADER), timestamp_ms),
-                   _int(header(headers, REDRIVES_HEADER), 0))
+    return Lineage(
+        origin, _int(header(headers, FIRST_SEEN_HEADER), timestamp_ms), _int(header(headers, REDRIVES_HEADER), 0)
+    )
 
 
 def redrive_marker(lineage: Lineage, *, from_ref: str, reason: str, source: str, at_ms: int) -> bytes:
     """The marker a redriven copy carries: its lineage one redrive further, and where it came from."""
     return json.dumps(
-        {"origin": lineage.origin, "first_seen_ms": lineage.first_seen_ms, "count": lineage.redrives + 1,
-         "from": from_ref, "reason": reason, "source": source, "at_ms": at_ms},
+        {
+            "origin": lineage.origin,
+            "first_seen_ms": lineage.first_seen_ms,
+            "count": lineage.redrives + 1,
+            "from": from_ref,
+            "reason": reason,
+            "source": source,
+            "at_ms": at_ms,
+        },
         sort_keys=True,
     ).encode()

@@ -119,8 +119,13 @@ class Decision:
 # --- loading -------------------------------------------------------------------------------------
 
 _TOP_KEYS = {"version", "default_jurisdiction", "settings", "jurisdictions"}
-_SETTINGS_KEYS = {"half_life_days", "min_observations", "hysteresis_margin", "declared_age_tolerance_years",
-                  "declared_contradiction_confidence"}
+_SETTINGS_KEYS = {
+    "half_life_days",
+    "min_observations",
+    "hysteresis_margin",
+    "declared_age_tolerance_years",
+    "declared_contradiction_confidence",
+}
 _SURFACE_KEYS = {"min_age", "buffer_years", "required_confidence", "under_age_action"}
 
 
@@ -163,8 +168,9 @@ class _Problems:
             return {}
         return value
 
-    def number(self, where: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
-               hi_open: bool = False) -> float:
+    def number(
+        self, where: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+    ) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             self.err(where, f"expected a number, got {value!r}")
             return math.nan
@@ -191,16 +197,24 @@ def _parse_settings(raw: Any, problems: _Problems) -> _Settings:
         problems.err("settings.min_observations", f"expected an integer >= 1, got {min_obs!r}")
         min_obs = 1
     return _Settings(
-        half_life_days=problems.number("settings.half_life_days", settings.get("half_life_days", 365.0), 0, 1e6,
-                                       lo_open=True),
+        half_life_days=problems.number(
+            "settings.half_life_days", settings.get("half_life_days", 365.0), 0, 1e6, lo_open=True
+        ),
         min_observations=min_obs,
-        hysteresis_margin=problems.number("settings.hysteresis_margin", settings.get("hysteresis_margin", 0.05),
-                                          0, 0.5, hi_open=True),
+        hysteresis_margin=problems.number(
+            "settings.hysteresis_margin", settings.get("hysteresis_margin", 0.05), 0, 0.5, hi_open=True
+        ),
         declared_age_tolerance_years=problems.number(
-            "settings.declared_age_tolerance_years", settings.get("declared_age_tolerance_years", 4.0), 0, 100),
+            "settings.declared_age_tolerance_years", settings.get("declared_age_tolerance_years", 4.0), 0, 100
+        ),
         declared_contradiction_confidence=problems.number(
-            "settings.declared_contradiction_confidence", settings.get("declared_contradiction_confidence", 0.95),
-            0.5, 1, lo_open=True, hi_open=True),
+            "settings.declared_contradiction_confidence",
+            settings.get("declared_contradiction_confidence", 0.95),
+            0.5,
+            1,
+            lo_open=True,
+            hi_open=True,
+        ),
     )
 
 
@@ -210,11 +224,13 @@ def _parse_surface(where: str, sdata: dict[str, Any], margin: float, problems: _
         problems.err(f"{where}.{key}", "required")
     min_age = problems.number(f"{where}.min_age", sdata.get("min_age", 0), 0, 120)
     buffer = problems.number(f"{where}.buffer_years", sdata.get("buffer_years", 0), 0, 20)
-    conf = problems.number(f"{where}.required_confidence", sdata.get("required_confidence", 0.9), 0.5, 1,
-                           lo_open=True, hi_open=True)
+    conf = problems.number(
+        f"{where}.required_confidence", sdata.get("required_confidence", 0.9), 0.5, 1, lo_open=True, hi_open=True
+    )
     if math.isfinite(conf) and math.isfinite(margin) and conf - margin <= 0.5:
-        problems.err(f"{where}.required_confidence",
-                     f"minus settings.hysteresis_margin ({margin}) must stay > 0.5, got {conf}")
+        problems.err(
+            f"{where}.required_confidence", f"minus settings.hysteresis_margin ({margin}) must stay > 0.5, got {conf}"
+        )
     raw_action = sdata.get("under_age_action", "BLOCK")
     if raw_action not in ("RESTRICT", "BLOCK"):
         problems.err(f"{where}.under_age_action", f"must be RESTRICT or BLOCK, got {raw_action!r}")
@@ -264,12 +280,13 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
     if problems.errors:
         raise PolicyError(problems.errors)
     defaults = parsed[default_name]
-    jurisdictions = {
-        name: Jurisdiction(name, {**defaults, **rules}) for name, rules in parsed.items()
-    }
+    jurisdictions = {name: Jurisdiction(name, {**defaults, **rules}) for name, rules in parsed.items()}
     return Policy(
-        version=str(version), default_jurisdiction=default_name, jurisdictions=jurisdictions,
-        half_life_s=settings.half_life_days * 86400.0, min_observations=settings.min_observations,
+        version=str(version),
+        default_jurisdiction=default_name,
+        jurisdictions=jurisdictions,
+        half_life_s=settings.half_life_days * 86400.0,
+        min_observations=settings.min_observations,
         hysteresis_margin=settings.hysteresis_margin,
         declared_age_tolerance_years=settings.declared_age_tolerance_years,
         declared_contradiction_confidence=settings.declared_contradiction_confidence,
@@ -277,6 +294,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>") -> Policy
 
 
 # --- deciding ------------------------------------------------------------------------------------
+
 
 def decide(
     belief: Belief | None,
@@ -319,11 +337,17 @@ def decide(
 
     def done(action: Action) -> Decision:
         evidence = DecisionEvidence(
-            age_mean=mean, age_std=std, observations=belief.observations if belief is not None else 0,
-            threshold=rule.min_age if rule else None, buffer=rule.buffer_years if rule else None,
+            age_mean=mean,
+            age_std=std,
+            observations=belief.observations if belief is not None else 0,
+            threshold=rule.min_age if rule else None,
+            buffer=rule.buffer_years if rule else None,
             required_confidence=rule.required_confidence if rule else None,
-            p_at_least_threshold=p_thr, p_at_least_threshold_plus_buffer=p_buf, verified=verified,
-            declared_age=event.declared_age, previous_action=prev,
+            p_at_least_threshold=p_thr,
+            p_at_least_threshold_plus_buffer=p_buf,
+            verified=verified,
+            declared_age=event.declared_age,
+            previous_action=prev,
         )
         return Decision(action, tuple(reasons), evidence, policy.version, jur.name, event.surface)
 
@@ -349,8 +373,9 @@ def decide(
 
     action = _estimated_action(rule, policy, prev, p_thr, p_buf, belief.observations, reasons)
     if event.declared_age is not None:
-        p_contra = 1.0 - p_at_least_shaped(mean, ivar, floor, event.declared_age - policy.declared_age_tolerance_years,
-                                           floor_shape)
+        p_contra = 1.0 - p_at_least_shaped(
+            mean, ivar, floor, event.declared_age - policy.declared_age_tolerance_years, floor_shape
+        )
         if p_contra >= policy.declared_contradiction_confidence:
             reasons.append("declared_age_contradicted")
             action = stricter(action, Action.REQUIRE_VERIFICATION)
@@ -358,7 +383,12 @@ def decide(
 
 
 def _estimated_action(
-    rule: SurfaceRule, policy: Policy, prev: Action | None, p_thr: float, p_buf: float, observations: int,
+    rule: SurfaceRule,
+    policy: Policy,
+    prev: Action | None,
+    p_thr: float,
+    p_buf: float,
+    observations: int,
     reasons: list[str],
 ) -> Action:
     """The action an estimated belief earns: ALLOW needs enough observations and P(age >= threshold +

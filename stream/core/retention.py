@@ -36,7 +36,12 @@ def consented(record: Mapping[str, Any]) -> bool:
 
 
 def retained_records(
-    *, user_id: str, event_id: str, occurred_at: Any, consent: bool, frames: Sequence[Mapping[str, Any]],
+    *,
+    user_id: str,
+    event_id: str,
+    occurred_at: Any,
+    consent: bool,
+    frames: Sequence[Mapping[str, Any]],
     scored: Sequence[tuple[bytes, str] | None],
 ) -> list[tuple[bytes, dict[str, Any]]]:
     """(key, RetainedFrame record) for each scored frame of a consenting user's event.
@@ -53,8 +58,17 @@ def retained_records(
             continue
         frame_id = str(declared.get("frame_id", ""))
         data, content_type = got
-        out.append((frame_key(user_id, event_id, frame_id), {
-            "user_id": user_id, "event_id": event_id, "frame_id": frame_id,
-            "occurred_at": occurred_at, "content_type": content_type, "data": data,
-        }))
+        out.append(
+            (
+                frame_key(user_id, event_id, frame_id),
+                {
+                    "user_id": user_id,
+                    "event_id": event_id,
+                    "frame_id": frame_id,
+                    "occurred_at": occurred_at,
+                    "content_type": content_type,
+                    "data": data,
+                },
+            )
+        )
     return out

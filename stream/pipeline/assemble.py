@@ -64,7 +64,9 @@ def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceE
     limits = DecodeLimits(max_bytes=settings.frame_max_bytes, max_pixels=settings.frame_max_pixels)
     try:
         return InferenceEngine.from_checkpoint(
-            checkpoint_file(path), device=settings.inference_device, threads=settings.inference_threads,
+            checkpoint_file(path),
+            device=settings.inference_device,
+            threads=settings.inference_threads,
             limits=limits,
         )
     except (OSError, ModelError) as exc:  # FileNotFoundError is an OSError
@@ -86,9 +88,11 @@ async def load_engine_when_ready(
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(ModelUnavailable),
         wait=wait or wait_exponential_jitter(multiplier=1, max=30),
-        before_sleep=lambda s: on_wait(s.outcome.exception(), s.attempt_number)  # type: ignore[arg-type,union-attr]
-        if on_wait is not None
-        else None,
+        before_sleep=lambda s: (
+            on_wait(s.outcome.exception(), s.attempt_number)  # type: ignore[arg-type,union-attr]
+            if on_wait is not None
+            else None
+        ),
     ):
         with attempt:
             return await asyncio.to_thread(load_engine, settings, checkpoint)
@@ -128,9 +132,16 @@ def ensure_shadow_topic(settings: Settings, *, partitions: int = 12) -> None:
     name = shadow_topic(settings)
     if name in admin.list_topics(timeout=30).topics:
         return
-    futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                            replication_factor=settings.topic_replication_factor,
-                                            config={"retention.ms": str(7 * 86400 * 1000)})])
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=settings.topic_replication_factor,
+                config={"retention.ms": str(7 * 86400 * 1000)},
+            )
+        ]
+    )
     for fut in futures.values():
         try:
             fut.result(timeout=30)
@@ -154,9 +165,16 @@ def shadow_scorer(settings: Settings, *, policy: Policy, sink: Sink) -> ShadowSc
     batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
         engine.score, BatchPolicy(settings.batch_max_frames, settings.batch_max_wait_ms / 1000)
     )
-    return ShadowScorer(score=batcher.score, model_version=engine.model_version, policy=policy, sink=sink,
-                        topic=shadow_topic(settings), half_life_s=settings.belief_half_life_days * DAY_S,
-                        error_floor=engine.uncertainty.floor_years, batcher=batcher)
+    return ShadowScorer(
+        score=batcher.score,
+        model_version=engine.model_version,
+        policy=policy,
+        sink=sink,
+        topic=shadow_topic(settings),
+        half_life_s=settings.belief_half_life_days * DAY_S,
+        error_floor=engine.uncertainty.floor_years,
+        batcher=batcher,
+    )
 
 
 @dataclass
@@ -254,6 +272,12 @@ def assemble(
     in_flight = max_in_flight or settings.queue_max_events
     events, _ = consumer_batch(settings)
     return Assembled(
-        pipeline, policy, batch_events=max(1, min(in_flight, events, max_frames)), batch_wait_s=wait_s,
-        max_in_flight=in_flight, _batcher=batcher, _resolver=resolver, _shadow=shadow,
+        pipeline,
+        policy,
+        batch_events=max(1, min(in_flight, events, max_frames)),
+        batch_wait_s=wait_s,
+        max_in_flight=in_flight,
+        _batcher=batcher,
+        _resolver=resolver,
+        _shadow=shadow,
     )

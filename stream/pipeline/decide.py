@@ -70,8 +70,13 @@ class DecidedEvent:
 
 
 def prepare(
-    event: Event, resolved: Sequence[EncodedFrame | FrameError], results: Sequence[FrameResult], *,
-    judged_at: float, policy: Policy, error_floor: float,
+    event: Event,
+    resolved: Sequence[EncodedFrame | FrameError],
+    results: Sequence[FrameResult],
+    *,
+    judged_at: float,
+    policy: Policy,
+    error_floor: float,
 ) -> Prepared:
     """Raises InvalidEvent (dead-letter it) when every frame failed for a reason that is the event's."""
     estimates = [r for r in results if isinstance(r, FrameEstimate)]
@@ -95,24 +100,40 @@ def prepare(
     # An event's frames share pose, light and camera: together they are one observation.
     evidence = event_evidence(event.event_id, judged_at, [(e.mean, e.std) for e in estimates], error_floor)
     request = BeliefRequest(
-        event.user_id, [evidence] if evidence is not None else [],
-        SurfaceKey(event.user_id, jurisdiction, event.surface), verified,
+        event.user_id,
+        [evidence] if evidence is not None else [],
+        SurfaceKey(event.user_id, jurisdiction, event.surface),
+        verified,
     )
-    return Prepared(event, resolved, results, judged_at, jurisdiction, declared_age(event, judged_at),
-                    dependency_down, request)
+    return Prepared(
+        event, resolved, results, judged_at, jurisdiction, declared_age(event, judged_at), dependency_down, request
+    )
 
 
 def decide_event(
-    prepared: Prepared, fused: Fused, *, policy: Policy, half_life_s: float, skew: ClockSkewRule,
-    model_version: str, error_floor: float,
+    prepared: Prepared,
+    fused: Fused,
+    *,
+    policy: Policy,
+    half_life_s: float,
+    skew: ClockSkewRule,
+    model_version: str,
+    error_floor: float,
 ) -> DecidedEvent:
     event = prepared.event
     policy_event = PolicyEvent(
-        prepared.jurisdiction, event.surface, prepared.judged_at, declared_age=prepared.declared_age,
+        prepared.jurisdiction,
+        event.surface,
+        prepared.judged_at,
+        declared_age=prepared.declared_age,
         previous_action=fused.previous,
     )
     decision = decide(
-        fused.belief, policy_event, policy, dependency_down=prepared.dependency_down, now=prepared.judged_at,
+        fused.belief,
+        policy_event,
+        policy,
+        dependency_down=prepared.dependency_down,
+        now=prepared.judged_at,
         half_life_s=half_life_s,
     )
     estimates, errors = prepared.estimates, prepared.errors
@@ -124,14 +145,17 @@ def decide_event(
     if fused.refused:
         reasons.append("evidence_refused_clock_skew")
     reasons.extend(time_reasons(event.occurred_at.timestamp(), prepared.judged_at, skew))
-    record = decision_record(
-        event, decision, reasons, len(estimates), len(errors), prepared.judged_at, model_version
-    )
+    record = decision_record(event, decision, reasons, len(estimates), len(errors), prepared.judged_at, model_version)
     return DecidedEvent(prepared, policy_event, decision, fused.belief, error_floor, fused.refused == 0, record)
 
 
 def decision_record(
-    event: Event, decision: Decision, reasons: list[str], scored: int, failed: int, judged_at: float,
+    event: Event,
+    decision: Decision,
+    reasons: list[str],
+    scored: int,
+    failed: int,
+    judged_at: float,
     model_version: str,
 ) -> dict[str, Any]:
     ev = decision.evidence

@@ -53,10 +53,18 @@ def retained_frames(
     """One RetainedFrame message per scored frame of a consenting user's event (none without consent)."""
     if not event.consent:
         return []
-    scored = [(r.data, r.content_type) if isinstance(r, EncodedFrame) and isinstance(res, FrameEstimate) else None
-              for r, res in zip(resolved, results, strict=False)]
-    records = retained_records(user_id=event.user_id, event_id=event.event_id, occurred_at=event.occurred_at,
-                               consent=True, frames=event.frames, scored=scored)
+    scored = [
+        (r.data, r.content_type) if isinstance(r, EncodedFrame) and isinstance(res, FrameEstimate) else None
+        for r, res in zip(resolved, results, strict=False)
+    ]
+    records = retained_records(
+        user_id=event.user_id,
+        event_id=event.event_id,
+        occurred_at=event.occurred_at,
+        consent=True,
+        frames=event.frames,
+        scored=scored,
+    )
     return [Message(topic, key, codec.encode(RETAINED_FRAME, record)) for key, record in records]
 
 

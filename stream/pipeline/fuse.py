@@ -145,7 +145,9 @@ class BeliefStage:
                 out[i] = exc
         if estimated:
             result = await self.store.apply(
-                {r.user_id: r.evidences for _, r in estimated}, now=now, model_version=self.model_version,
+                {r.user_id: r.evidences for _, r in estimated},
+                now=now,
+                model_version=self.model_version,
                 floor=self.error_floor,
             )
             for i, r in estimated:
@@ -176,8 +178,11 @@ class BeliefStage:
         lost = [u for u, was in existed.items() if not was and u in self.recent]
         if lost:
             metrics.BELIEFS_LOST.inc(len(lost))
-            log.error("beliefs this worker stored are gone from redis; those users are judged as new "
-                      "(check for FLUSHALL, a failover without persistence, or eviction)", users=len(lost))
+            log.error(
+                "beliefs this worker stored are gone from redis; those users are judged as new "
+                "(check for FLUSHALL, a failover without persistence, or eviction)",
+                users=len(lost),
+            )
         for u, belief in beliefs.items():
             if belief is not None:
                 self.recent.add(u)

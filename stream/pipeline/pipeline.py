@@ -161,15 +161,21 @@ class Pipeline:
                 continue
             row, results = per_event[id(item)]
             try:
-                out.append(prepare(item, row, results, judged_at=self._processed_at(item.source),
-                                   policy=self.policy, error_floor=self.error_floor))
+                out.append(
+                    prepare(
+                        item,
+                        row,
+                        results,
+                        judged_at=self._processed_at(item.source),
+                        policy=self.policy,
+                        error_floor=self.error_floor,
+                    )
+                )
             except InvalidEvent as exc:
                 out.append(exc)
         return out
 
-    async def _fuse_and_decide(
-        self, prepared: Sequence[Prepared | InvalidEvent]
-    ) -> list[DecidedEvent | InvalidEvent]:
+    async def _fuse_and_decide(self, prepared: Sequence[Prepared | InvalidEvent]) -> list[DecidedEvent | InvalidEvent]:
         """Belief rounds by user depth, each event decided as soon as its round is back; the batch's
         hysteresis state is written before the next batch's belief step may start."""
         valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Prepared)]
@@ -195,8 +201,13 @@ class Pipeline:
 
     def _decide(self, prepared: Prepared, fused: Fused) -> DecidedEvent:
         return decide_event(
-            prepared, fused, policy=self.policy, half_life_s=self.store.half_life_s, skew=self.store.skew,
-            model_version=self.model_version, error_floor=self.error_floor,
+            prepared,
+            fused,
+            policy=self.policy,
+            half_life_s=self.store.half_life_s,
+            skew=self.store.skew,
+            model_version=self.model_version,
+            error_floor=self.error_floor,
         )
 
     async def _emit(
@@ -251,8 +262,9 @@ class Pipeline:
         for rec, item in zip(records, done, strict=True):
             if isinstance(item, InvalidEvent):
                 metrics.DEAD_LETTERS.labels(item.reason).inc()
-                log.warning("dead letter", reason=item.reason, topic=rec.topic, partition=rec.partition,
-                            offset=rec.offset)
+                log.warning(
+                    "dead letter", reason=item.reason, topic=rec.topic, partition=rec.partition, offset=rec.offset
+                )
                 self.guard.record(True)
                 continue
             metrics.DECISIONS.labels(item.decision.action.value, item.event.surface).inc()

@@ -41,6 +41,7 @@ from stream.pipeline.ports import Sink, SourceRecord
 
 log = get_logger("agegate.shadow")
 
+
 def swap_evidence(
     after: Belief | None,
     at: float,
@@ -76,9 +77,14 @@ def swap_evidence(
     observations = after.observations - (live_ev is not None) + (shadow_ev is not None)
     if observations <= 0 or precision <= after.precision * 1e-12:
         return None
-    return replace(after, birth_time=anchor + weighted / precision, precision=precision,
-                   observations=observations, model_version=model_version,
-                   floor=max(after.floor, shadow_floor))
+    return replace(
+        after,
+        birth_time=anchor + weighted / precision,
+        precision=precision,
+        observations=observations,
+        model_version=model_version,
+        floor=max(after.floor, shadow_floor),
+    )
 
 
 def _pairs(results: Sequence[FrameResult]) -> list[list[float] | None]:
@@ -91,8 +97,15 @@ def _finite(x: float | None) -> float | None:
 
 class ShadowScorer:
     def __init__(
-        self, *, score: Callable[[EncodedFrame], Awaitable[FrameResult]], model_version: str, policy: Policy,
-        sink: Sink, topic: str, half_life_s: float, error_floor: float,
+        self,
+        *,
+        score: Callable[[EncodedFrame], Awaitable[FrameResult]],
+        model_version: str,
+        policy: Policy,
+        sink: Sink,
+        topic: str,
+        half_life_s: float,
+        error_floor: float,
         batcher: MicroBatcher[EncodedFrame, FrameResult] | None = None,
     ) -> None:
         self._score = score
@@ -140,17 +153,32 @@ class ShadowScorer:
         for d in with_frames:
             n = len(d.prepared.resolved)
             await self.observe(
-                d.event.source, record={"user_id": d.event.user_id, "event_id": d.event.event_id},
-                event=d.policy_event, live=d.decision, live_results=d.prepared.results,
-                shadow_results=shadow[start : start + n], belief_after=d.belief_after, live_floor=d.live_floor,
-                dependency_down=d.prepared.dependency_down, live_applied=d.live_applied,
+                d.event.source,
+                record={"user_id": d.event.user_id, "event_id": d.event.event_id},
+                event=d.policy_event,
+                live=d.decision,
+                live_results=d.prepared.results,
+                shadow_results=shadow[start : start + n],
+                belief_after=d.belief_after,
+                live_floor=d.live_floor,
+                dependency_down=d.prepared.dependency_down,
+                live_applied=d.live_applied,
             )
             start += n
 
     async def observe(
-        self, rec: SourceRecord, *, record: Mapping[str, Any], event: PolicyEvent, live: Decision,
-        live_results: Sequence[FrameResult], shadow_results: Sequence[FrameResult], belief_after: Belief | None,
-        live_floor: float, dependency_down: bool = False, live_applied: bool = True,
+        self,
+        rec: SourceRecord,
+        *,
+        record: Mapping[str, Any],
+        event: PolicyEvent,
+        live: Decision,
+        live_results: Sequence[FrameResult],
+        shadow_results: Sequence[FrameResult],
+        belief_after: Belief | None,
+        live_floor: float,
+        dependency_down: bool = False,
+        live_applied: bool = True,
     ) -> dict[str, Any] | None:
         """Publish the shadow record for one event and update the disagreement metrics.
 
@@ -159,8 +187,18 @@ class ShadowScorer:
         if not live_results:
             return None
         try:
-            return await self._observe(rec, record, event, live, live_results, shadow_results, belief_after,
-                                       live_floor, dependency_down, live_applied)
+            return await self._observe(
+                rec,
+                record,
+                event,
+                live,
+                live_results,
+                shadow_results,
+                belief_after,
+                live_floor,
+                dependency_down,
+                live_applied,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -168,20 +206,45 @@ class ShadowScorer:
             return None
 
     async def _observe(
-        self, rec: SourceRecord, record: Mapping[str, Any], event: PolicyEvent, live: Decision,
-        live_results: Sequence[FrameResult], shadow_results: Sequence[FrameResult], belief_after: Belief | None,
-        live_floor: float, dependency_down: bool, live_applied: bool,
+        self,
+        rec: SourceRecord,
+        record: Mapping[str, Any],
+        event: PolicyEvent,
+        live: Decision,
+        live_results: Sequence[FrameResult],
+        shadow_results: Sequence[FrameResult],
+        belief_after: Belief | None,
+        live_floor: float,
+        dependency_down: bool,
+        live_applied: bool,
     ) -> dict[str, Any]:
         belief = (
-            swap_evidence(belief_after, event.event_time, live_results, shadow_results,
-                          half_life_s=self.half_life_s, model_version=self.model_version,
-                          live_floor=live_floor, shadow_floor=self.error_floor)
-            if live_applied else belief_after
+            swap_evidence(
+                belief_after,
+                event.event_time,
+                live_results,
+                shadow_results,
+                half_life_s=self.half_life_s,
+                model_version=self.model_version,
+                live_floor=live_floor,
+                shadow_floor=self.error_floor,
+            )
+            if live_applied
+            else belief_after
         )
-        shadow = decide(belief, event, self.policy, dependency_down=dependency_down, now=event.event_time,
-                        half_life_s=self.half_life_s)
-        diffs = [abs(a.mean - b.mean) for a, b in zip(live_results, shadow_results, strict=True)
-                 if isinstance(a, FrameEstimate) and isinstance(b, FrameEstimate)]
+        shadow = decide(
+            belief,
+            event,
+            self.policy,
+            dependency_down=dependency_down,
+            now=event.event_time,
+            half_life_s=self.half_life_s,
+        )
+        diffs = [
+            abs(a.mean - b.mean)
+            for a, b in zip(live_results, shadow_results, strict=True)
+            if isinstance(a, FrameEstimate) and isinstance(b, FrameEstimate)
+        ]
         for d in diffs:
             metrics.SHADOW_ABS_DIFF_YEARS.observe(d)
         changed = shadow.action != live.action
@@ -194,15 +257,26 @@ class ShadowScorer:
             "event_time": event.event_time,
             "jurisdiction": live.jurisdiction,
             "surface": live.surface,
-            "live": {"model_version": belief_after.model_version if belief_after else None,
-                     "action": live.action.value, "estimates": _pairs(live_results)},
-            "shadow": {"model_version": self.model_version, "action": shadow.action.value,
-                       "reason_codes": list(shadow.reason_codes), "age_mean": _finite(shadow.evidence.age_mean),
-                       "age_std": _finite(shadow.evidence.age_std), "estimates": _pairs(shadow_results)},
+            "live": {
+                "model_version": belief_after.model_version if belief_after else None,
+                "action": live.action.value,
+                "estimates": _pairs(live_results),
+            },
+            "shadow": {
+                "model_version": self.model_version,
+                "action": shadow.action.value,
+                "reason_codes": list(shadow.reason_codes),
+                "age_mean": _finite(shadow.evidence.age_mean),
+                "age_std": _finite(shadow.evidence.age_std),
+                "estimates": _pairs(shadow_results),
+            },
             "action_changed": changed,
             "mean_abs_diff_years": sum(diffs) / len(diffs) if diffs else None,
         }
-        await self.sink.send(self.topic, str(record["user_id"]).encode(),
-                             json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
-                             [("content-type", b"application/json")])
+        await self.sink.send(
+            self.topic,
+            str(record["user_id"]).encode(),
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
+            [("content-type", b"application/json")],
+        )
         return body

@@ -36,14 +36,18 @@ from stream.errors import DecodeError
 
 EXAMPLES_PER_TRANSITION = 5
 CAUSES = ("model_or_policy", "inputs", "unexplained")
-_COLUMNS = ("key TEXT PRIMARY KEY, action TEXT, jurisdiction TEXT, surface TEXT, user_id TEXT, event_id TEXT,"
-            " observations INTEGER, verified INTEGER, model_version TEXT, policy_version TEXT")
+_COLUMNS = (
+    "key TEXT PRIMARY KEY, action TEXT, jurisdiction TEXT, surface TEXT, user_id TEXT, event_id TEXT,"
+    " observations INTEGER, verified INTEGER, model_version TEXT, policy_version TEXT"
+)
 # The cause of a changed decision (o: the other side, n: the replay), first match wins (module doc).
 # A side without evidence (NULL) is not counted as differing.
 _INPUTS_DIFFER = "(o.observations != n.observations OR o.verified != n.verified)"
-_CAUSE_SQL = (f"CASE WHEN {_INPUTS_DIFFER} THEN 'inputs'"
-              " WHEN o.model_version IS NOT n.model_version OR o.policy_version IS NOT n.policy_version"
-              " THEN 'model_or_policy' ELSE 'unexplained' END")
+_CAUSE_SQL = (
+    f"CASE WHEN {_INPUTS_DIFFER} THEN 'inputs'"
+    " WHEN o.model_version IS NOT n.model_version OR o.policy_version IS NOT n.policy_version"
+    " THEN 'model_or_policy' ELSE 'unexplained' END"
+)
 
 
 class _Window(Protocol):
@@ -60,10 +64,18 @@ class _Window(Protocol):
 def _row(d: Mapping[str, Any]) -> tuple[Any, ...]:
     ev = d.get("evidence") or {}
     obs, verified = ev.get("observations"), ev.get("verified")
-    return (str(d["idempotency_key"]), str(d["action"]), str(d.get("jurisdiction") or ""),
-            str(d.get("surface") or ""), str(d.get("user_id") or ""), str(d.get("event_id") or ""),
-            None if obs is None else int(obs), None if verified is None else int(bool(verified)),
-            d.get("model_version"), d.get("policy_version"))
+    return (
+        str(d["idempotency_key"]),
+        str(d["action"]),
+        str(d.get("jurisdiction") or ""),
+        str(d.get("surface") or ""),
+        str(d.get("user_id") or ""),
+        str(d.get("event_id") or ""),
+        None if obs is None else int(obs),
+        None if verified is None else int(bool(verified)),
+        d.get("model_version"),
+        d.get("policy_version"),
+    )
 
 
 class DecisionJoin:
@@ -114,8 +126,12 @@ class DecisionJoin:
         by_js: dict[str, dict[str, dict[str, int]]] = {}
         causes = dict.fromkeys(CAUSES, 0)
         for old, new, jur, surf, cause, count in rows:
-            for m in (matrix, by_j.setdefault(jur, {}), by_s.setdefault(surf, {}),
-                      by_js.setdefault(f"{jur}/{surf}", {})):
+            for m in (
+                matrix,
+                by_j.setdefault(jur, {}),
+                by_s.setdefault(surf, {}),
+                by_js.setdefault(f"{jur}/{surf}", {}),
+            ):
                 m.setdefault(old, {})
                 m[old][new] = m[old].get(new, 0) + count
             if old != new:
@@ -136,19 +152,37 @@ class DecisionJoin:
         ):
             lst = ex.setdefault(f"{old}->{new}", [])
             if len(lst) < examples:
-                lst.append({"idempotency_key": key, "jurisdiction": jur, "surface": surf, "user_id": user,
-                            "event_id": event, "cause": cause})
+                lst.append(
+                    {
+                        "idempotency_key": key,
+                        "jurisdiction": jur,
+                        "surface": surf,
+                        "user_id": user,
+                        "event_id": event,
+                        "cause": cause,
+                    }
+                )
         return {
             "against": self.against,
-            "matched": matched, "changed": changed, "unchanged": matched - changed,
-            "only_replayed": only_replayed, "only_recorded": only_recorded,
-            "causes": causes, "matrix_by_cause": by_cause,
+            "matched": matched,
+            "changed": changed,
+            "unchanged": matched - changed,
+            "only_replayed": only_replayed,
+            "only_recorded": only_recorded,
+            "causes": causes,
+            "matrix_by_cause": by_cause,
             "inputs_differ": {
-                "matched": inputs[5], "changed": inputs[4] or 0,
-                "more_observations_before": inputs[0] or 0, "fewer_observations_before": inputs[1] or 0,
-                "verified_only_before": inputs[2] or 0, "verified_only_replayed": inputs[3] or 0,
+                "matched": inputs[5],
+                "changed": inputs[4] or 0,
+                "more_observations_before": inputs[0] or 0,
+                "fewer_observations_before": inputs[1] or 0,
+                "verified_only_before": inputs[2] or 0,
+                "verified_only_replayed": inputs[3] or 0,
             },
-            "matrix": matrix, "by_jurisdiction": by_j, "by_surface": by_s, "by_jurisdiction_surface": by_js,
+            "matrix": matrix,
+            "by_jurisdiction": by_j,
+            "by_surface": by_s,
+            "by_jurisdiction_surface": by_js,
             "examples": ex,
         }
 
@@ -156,8 +190,9 @@ class DecisionJoin:
         self.db.close()
 
 
-def diff(replayed: Iterable[Mapping[str, Any]], recorded: Iterable[Mapping[str, Any]], *,
-         against: str = "recorded") -> dict[str, Any]:
+def diff(
+    replayed: Iterable[Mapping[str, Any]], recorded: Iterable[Mapping[str, Any]], *, against: str = "recorded"
+) -> dict[str, Any]:
     join = DecisionJoin(against=against)
     try:
         join.add_replayed(replayed)
@@ -174,8 +209,9 @@ def _matrix_table(title: str, matrix: Mapping[str, Mapping[str, int]], before: s
     lines = [title, corner.ljust(width) + "".join(a.rjust(width) for a in actions)]
     for old in actions:
         row = matrix.get(old, {})
-        cells = "".join((str(row.get(new, 0)) if old != new else f"({row.get(new, 0)})").rjust(width)
-                        for new in actions)
+        cells = "".join(
+            (str(row.get(new, 0)) if old != new else f"({row.get(new, 0)})").rjust(width) for new in actions
+        )
         lines.append(old.ljust(width) + cells)
     return lines
 
@@ -219,8 +255,10 @@ def render_table(report: Mapping[str, Any]) -> str:
     if report["examples"]:
         lines += ["", "examples"]
         for transition, refs in sorted(report["examples"].items()):
-            lines.append(f"  {transition}: " + ", ".join(
-                r["idempotency_key"] + (f" ({r['cause']})" if "cause" in r else "") for r in refs))
+            lines.append(
+                f"  {transition}: "
+                + ", ".join(r["idempotency_key"] + (f" ({r['cause']})" if "cause" in r else "") for r in refs)
+            )
     return "\n".join(lines) + "\n"
 
 

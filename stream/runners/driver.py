@@ -118,8 +118,12 @@ class Driver(Generic[T]):
         n = len(batch)
         async with self._changed:
             await self._changed.wait_for(
-                lambda: self.paused or self._error is not None
-                or self._in_flight == 0 or self._in_flight + n <= self.max_in_flight
+                lambda: (
+                    self.paused
+                    or self._error is not None
+                    or self._in_flight == 0
+                    or self._in_flight + n <= self.max_in_flight
+                )
             )
             self._raise_error()
             if self.paused:
@@ -216,7 +220,10 @@ async def batches(
 
 
 async def run_to_end(
-    next_record: Callable[[], Awaitable[SourceRecord | None]], process: Process, *, max_in_flight: int,
+    next_record: Callable[[], Awaitable[SourceRecord | None]],
+    process: Process,
+    *,
+    max_in_flight: int,
     batch_events: int,
 ) -> list[Outcome]:
     """Drive a finite reader (a replay window, a benchmark's backlog) through `process`; every

@@ -36,8 +36,10 @@ def preflight(settings: Settings) -> Policy:
         problems += [f"policy: {p}" for p in exc.problems]
     if not settings.model_checkpoint:
         problems.append("AGEGATE_MODEL: not set (a checkpoint directory or .safetensors file)")
-    for env, value in (("AGEGATE_MODEL", settings.model_checkpoint), ("AGEGATE_SHADOW_MODEL",
-                                                                        settings.shadow_model_checkpoint)):
+    for env, value in (
+        ("AGEGATE_MODEL", settings.model_checkpoint),
+        ("AGEGATE_SHADOW_MODEL", settings.shadow_model_checkpoint),
+    ):
         if value and not Path(value).exists():
             # A volume may still be filling: the worker waits for it, logging each attempt.
             log.warning("model path does not exist yet; the worker waits for it", setting=env, path=value)

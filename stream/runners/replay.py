@@ -151,7 +151,12 @@ class PartitionWindow:
 
 
 def resolve_window(
-    consumer: Consumer, topics: Sequence[tuple[str, str]], frm: Bound, to: Bound, *, shard: tuple[int, int] = (0, 1),
+    consumer: Consumer,
+    topics: Sequence[tuple[str, str]],
+    frm: Bound,
+    to: Bound,
+    *,
+    shard: tuple[int, int] = (0, 1),
     timeout_s: float = 30.0,
 ) -> list[PartitionWindow]:
     """Per-partition [start, end) for `topics` ((role, name) pairs), clamped to what exists now."""
@@ -177,8 +182,9 @@ def resolve_window(
     return windows
 
 
-def _bound_offset(consumer: Consumer, bound: Bound, role: str, name: str, p: int, low: int, high: int,
-                  default: int, timeout_s: float) -> int:
+def _bound_offset(
+    consumer: Consumer, bound: Bound, role: str, name: str, p: int, low: int, high: int, default: int, timeout_s: float
+) -> int:
     if bound.kind == "earliest":
         return low
     if bound.kind == "latest":
@@ -198,8 +204,15 @@ def message_record(m: Message) -> SourceRecord:
     if topic is None or partition is None or offset is None:
         raise ReplayError(f"message without a position: {m.error()}")
     key, value = m.key(), m.value()
-    return SourceRecord(topic, partition, offset, key if isinstance(key, bytes) else None,
-                        value if isinstance(value, bytes) else None, m.timestamp()[1], record_headers(m.headers()))
+    return SourceRecord(
+        topic,
+        partition,
+        offset,
+        key if isinstance(key, bytes) else None,
+        value if isinstance(value, bytes) else None,
+        m.timestamp()[1],
+        record_headers(m.headers()),
+    )
 
 
 def _processed_at(rec: SourceRecord, as_of: float) -> float:
@@ -251,16 +264,20 @@ class MergedReader:
     partition (memory bound); an empty one is never paused, so the merge always makes progress.
     """
 
-    def __init__(self, consumer: Consumer, windows: Sequence[PartitionWindow], positions: dict[str, int],
-                 *, buffer: int = 256) -> None:
+    def __init__(
+        self, consumer: Consumer, windows: Sequence[PartitionWindow], positions: dict[str, int], *, buffer: int = 256
+    ) -> None:
         self.consumer = consumer
         self.cap = buffer
         self.windows = {(w.topic, w.partition): w for w in windows}
         self.next_fetch = {k: positions.get(w.tp, w.start) for k, w in self.windows.items()}
         self.buffers: dict[tuple[str, int], deque[SourceRecord]] = {k: deque() for k in self.windows}
         self.paused: set[tuple[str, int]] = set()
-        live = [TopicPartition(t, p, self.next_fetch[(t, p)]) for (t, p), w in self.windows.items()
-                if self.next_fetch[(t, p)] < w.end]
+        live = [
+            TopicPartition(t, p, self.next_fetch[(t, p)])
+            for (t, p), w in self.windows.items()
+            if self.next_fetch[(t, p)] < w.end
+        ]
         if live:
             consumer.assign(live)
 
@@ -301,8 +318,9 @@ class MergedReader:
                 k = (str(tp.topic), int(tp.partition or 0))
                 if tp.offset is not None and tp.offset >= 0:
                     self.next_fetch[k] = max(self.next_fetch[k], min(tp.offset, self.windows[k].end))
-        to_pause = [k for k in self.windows if k not in self.paused
-                    and (self._exhausted(k) or len(self.buffers[k]) >= self.cap)]
+        to_pause = [
+            k for k in self.windows if k not in self.paused and (self._exhausted(k) or len(self.buffers[k]) >= self.cap)
+        ]
         if to_pause:
             self.consumer.pause([TopicPartition(*k) for k in to_pause])
             self.paused.update(to_pause)
@@ -358,11 +376,13 @@ def _json_default(value: Any) -> Any:
 def outcome_line(rec: SourceRecord, outcome: Outcome) -> bytes:
     """One output line; sorted keys and fixed separators so equal outcomes give equal bytes."""
     if outcome.kind == "decision":
-        body: dict[str, Any] = {"kind": "decision", "idempotency_key": rec.idempotency_key,
-                                "decision": outcome.decision}
+        body: dict[str, Any] = {
+            "kind": "decision",
+            "idempotency_key": rec.idempotency_key,
+            "decision": outcome.decision,
+        }
     else:
-        body = {"kind": "dead_letter", "idempotency_key": rec.idempotency_key, "reason": outcome.reason,
-                "key": rec.key}
+        body = {"kind": "dead_letter", "idempotency_key": rec.idempotency_key, "reason": outcome.reason, "key": rec.key}
     return (json.dumps(body, sort_keys=True, separators=(",", ":"), default=_json_default) + "\n").encode()
 
 
@@ -397,8 +417,9 @@ class ReplaySink:
         self.kafka = kafka
         self._n = 0
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None,
-                   headers: Sequence[tuple[str, bytes]] = ()) -> tuple[int, int]:
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> tuple[int, int]:
         if topic == self.decisions_topic and self.kafka is not None and self.out_topic is not None:
             return await self.kafka.send(self.out_topic, key, value, headers)
         self._n += 1
@@ -518,18 +539,28 @@ def _out_spec(out: str) -> tuple[str, str]:
 
 def _consumer(settings: Settings, run_id: str) -> Consumer:
     # group.id is required by librdkafka but unused: partitions are assigned, nothing is committed.
-    return Consumer(settings.kafka_client_config() | {
-        "group.id": f"agegate-replay-{run_id}", "enable.auto.commit": False, "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest", "enable.partition.eof": False, "fetch.max.bytes": 16 * 1024 * 1024,
-    })
+    return Consumer(
+        settings.kafka_client_config()
+        | {
+            "group.id": f"agegate-replay-{run_id}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+        }
+    )
 
 
 def _pins(cfg: ReplayConfig, engine: InferenceEngine, policy: Policy) -> dict[str, Any]:
     model = cfg.model or cfg.settings.model_checkpoint
     return output_settings(
-        cfg.settings, model_file=checkpoint_file(model) if model else None,
+        cfg.settings,
+        model_file=checkpoint_file(model) if model else None,
         policy_file=Path(cfg.policy or cfg.settings.policy_file or default_policy_path()),
-        model_version=engine.model_version, policy_version=policy.version, device=str(engine.device.type),
+        model_version=engine.model_version,
+        policy_version=policy.version,
+        device=str(engine.device.type),
         out=cfg.out,
     )
 
@@ -543,7 +574,8 @@ def _open_state(cfg: ReplayConfig, engine: InferenceEngine, policy: Policy) -> t
         if diffs := differences(state.pinned, pins):
             raise ReplayError(
                 f"state file {cfg.state_path} was written with other output-changing settings ("
-                + "; ".join(diffs) + "): resume with the original ones, or start a new replay (another --out)"
+                + "; ".join(diffs)
+                + "): resume with the original ones, or start a new replay (another --out)"
             )
         return state, True
     names = topic_names(cfg.settings)
@@ -570,8 +602,10 @@ class _Run:
         kind, target = _out_spec(cfg.out)
         self.redis = redis_client(settings)
         self.store = JournaledBeliefStore(
-            self.redis, prefix=f"{settings.redis_key_prefix}-replay-{state.run_id}",
-            half_life_s=settings.belief_half_life_days * DAY_S, ttl_s=settings.belief_ttl_days * DAY_S,
+            self.redis,
+            prefix=f"{settings.redis_key_prefix}-replay-{state.run_id}",
+            half_life_s=settings.belief_half_life_days * DAY_S,
+            ttl_s=settings.belief_ttl_days * DAY_S,
             generation=state.generation,
         )
         self.kafka = KafkaSink(settings) if kind == "topic" else None
@@ -579,9 +613,15 @@ class _Run:
         sink = ReplaySink(topic_names(settings)["decisions"], target if kind == "topic" else None, self.kafka)
         as_of = state.as_of
         self.assembled: Assembled = assemble(
-            settings, model=FixedShapeScorer(engine, settings.batch_max_frames), store=self.store, sink=sink,
-            policy=policy, max_in_flight=cfg.max_in_flight, clock=lambda: as_of,
-            processed_at=lambda rec: _processed_at(rec, as_of), stop_on_invalid_share=False,
+            settings,
+            model=FixedShapeScorer(engine, settings.batch_max_frames),
+            store=self.store,
+            sink=sink,
+            policy=policy,
+            max_in_flight=cfg.max_in_flight,
+            clock=lambda: as_of,
+            processed_at=lambda rec: _processed_at(rec, as_of),
+            stop_on_invalid_share=False,
         )
         self.driver: Driver[None] = Driver(
             self.assembled.pipeline.process, max_in_flight=cfg.max_in_flight, release=self._release
@@ -672,8 +712,7 @@ async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) ->
     state, resumed = _open_state(cfg, engine, policy)
     if state.done:
         log.info("replay already complete", state=str(cfg.state_path))
-        return ReplaySummary(state.events, state.decisions, state.dead_letters, 0.0, state.out,
-                             _maybe_diff(cfg, state))
+        return ReplaySummary(state.events, state.decisions, state.dead_letters, 0.0, state.out, _maybe_diff(cfg, state))
     events_before = state.events
     run = _Run(cfg, state, engine, policy)
     if resumed:
@@ -686,8 +725,15 @@ async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) ->
     if not cfg.keep_state:
         await run.store.drop_namespace()
     await run.redis.aclose()
-    return ReplaySummary(state.events, state.decisions, state.dead_letters, time.monotonic() - started, state.out,
-                         _maybe_diff(cfg, state), events_this_run=state.events - events_before)
+    return ReplaySummary(
+        state.events,
+        state.decisions,
+        state.dead_letters,
+        time.monotonic() - started,
+        state.out,
+        _maybe_diff(cfg, state),
+        events_this_run=state.events - events_before,
+    )
 
 
 def _progress(enabled: bool, state: ReplayState) -> Any:
@@ -695,8 +741,15 @@ def _progress(enabled: bool, state: ReplayState) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=state.remaining() + state.events, initial=state.events, unit="ev", desc="replay",
-                smoothing=0.1, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(
+        total=state.remaining() + state.events,
+        initial=state.events,
+        unit="ev",
+        desc="replay",
+        smoothing=0.1,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 def _maybe_diff(cfg: ReplayConfig, state: ReplayState) -> dict[str, Any] | None:
@@ -709,8 +762,7 @@ def _maybe_diff(cfg: ReplayConfig, state: ReplayState) -> dict[str, Any] | None:
     # file:PATH: a baseline replay's output (the rollout comparison); otherwise recorded decisions.
     baseline = cfg.diff_against.removeprefix("file:") if cfg.diff_against.startswith("file:") else None
     base = Path(target) if kind == "file" else cfg.state_path
-    join = diff.DecisionJoin(base.with_name(base.name + ".diff.sqlite"),
-                             against="baseline" if baseline else "recorded")
+    join = diff.DecisionJoin(base.with_name(base.name + ".diff.sqlite"), against="baseline" if baseline else "recorded")
     try:
         in_window = diff.window_filter(state.windows)
         if kind == "file":
@@ -738,19 +790,31 @@ def _maybe_diff(cfg: ReplayConfig, state: ReplayState) -> dict[str, Any] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="frm", required=True,
-                        help="window start: ISO time, @epoch-ms, earliest, or P=OFFSET[,...] / ROLE/P=OFFSET")
+    parser.add_argument(
+        "--from",
+        dest="frm",
+        required=True,
+        help="window start: ISO time, @epoch-ms, earliest, or P=OFFSET[,...] / ROLE/P=OFFSET",
+    )
     parser.add_argument("--to", default="latest", help="window end (exclusive), same forms; default latest")
     parser.add_argument("--topics", default=",".join(SOURCE_ROLES), help="roles or topic names, comma separated")
     parser.add_argument("--model", default="", help="checkpoint (default: AGEGATE_MODEL)")
     parser.add_argument("--policy", default="", help="policy TOML (default: AGEGATE_POLICY or the packaged one)")
     parser.add_argument("--out", required=True, help="file:PATH.jsonl or topic:NAME")
-    parser.add_argument("--diff-against", default=None,
-                        help="file:BASELINE.jsonl (a baseline replay of the same window: the rollout comparison), "
-                             "or recorded decisions: a role (decisions) or topic")
+    parser.add_argument(
+        "--diff-against",
+        default=None,
+        help="file:BASELINE.jsonl (a baseline replay of the same window: the rollout comparison), "
+        "or recorded decisions: a role (decisions) or topic",
+    )
     parser.add_argument("--rate", type=float, default=0.0, help="events/s cap (0: unlimited)")
-    parser.add_argument("--resume", "--state", dest="state", default=None,
-                        help="state file: created on the first run, resumed from afterwards")
+    parser.add_argument(
+        "--resume",
+        "--state",
+        dest="state",
+        default=None,
+        help="state file: created on the first run, resumed from afterwards",
+    )
     parser.add_argument("--shard", default=None, help="I/N: only partitions p with p %% N == I")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="events between checkpoints")
     parser.add_argument("--max-in-flight", type=int, default=0, help="events in the pipeline (0: queue_max_events)")
@@ -764,12 +828,22 @@ def config_from_args(args: argparse.Namespace, settings: Settings | None = None)
     kind, target = _out_spec(args.out)
     state = Path(args.state) if args.state else Path((target if kind == "file" else f"replay-{target}") + ".state.json")
     return ReplayConfig(
-        settings=settings, frm=parse_bound(args.frm), to=parse_bound(args.to), out=args.out, state_path=state,
-        model=args.model, policy=args.policy, roles=[r.strip() for r in args.topics.split(",") if r.strip()],
-        diff_against=args.diff_against, rate=args.rate, shard=parse_shard(args.shard),
+        settings=settings,
+        frm=parse_bound(args.frm),
+        to=parse_bound(args.to),
+        out=args.out,
+        state_path=state,
+        model=args.model,
+        policy=args.policy,
+        roles=[r.strip() for r in args.topics.split(",") if r.strip()],
+        diff_against=args.diff_against,
+        rate=args.rate,
+        shard=parse_shard(args.shard),
         checkpoint_every=max(1, args.checkpoint_every),
-        max_in_flight=args.max_in_flight or settings.queue_max_events, progress=not args.no_progress,
-        keep_state=args.keep_state, fail_after=args.fail_after,
+        max_in_flight=args.max_in_flight or settings.queue_max_events,
+        progress=not args.no_progress,
+        keep_state=args.keep_state,
+        fail_after=args.fail_after,
     )
 
 
@@ -781,8 +855,18 @@ def run(args: argparse.Namespace) -> int:
     except AgegateError as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"events": summary.events, "decisions": summary.decisions, "dead_letters": summary.dead_letters,
-                      "events_this_run": summary.events_this_run, "elapsed_s": round(summary.elapsed_s, 3),
-                      "events_per_s": round(summary.rate, 1), "out": summary.out}, sort_keys=True))
+    print(
+        json.dumps(
+            {
+                "events": summary.events,
+                "decisions": summary.decisions,
+                "dead_letters": summary.dead_letters,
+                "events_this_run": summary.events_this_run,
+                "elapsed_s": round(summary.elapsed_s, 3),
+                "events_per_s": round(summary.rate, 1),
+                "out": summary.out,
+            },
+            sort_keys=True,
+        )
+    )
     return 0
-

@@ -30,8 +30,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def output_settings(settings: Settings, *, model_file: Path | None, policy_file: Path, model_version: str,
-                    policy_version: str, device: str, out: str) -> dict[str, Any]:
+def output_settings(
+    settings: Settings,
+    *,
+    model_file: Path | None,
+    policy_file: Path,
+    model_version: str,
+    policy_version: str,
+    device: str,
+    out: str,
+) -> dict[str, Any]:
     """Every setting that can change a replay's output bytes for the same window."""
     return {
         "model_version": model_version,
@@ -54,5 +62,8 @@ def output_settings(settings: Settings, *, model_file: Path | None, policy_file:
 
 def differences(pinned: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """One "name: pinned -> now" per setting that differs, in name order."""
-    return [f"{k}: {pinned.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(pinned) | set(now))
-            if pinned.get(k) != now.get(k)]
+    return [
+        f"{k}: {pinned.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(pinned) | set(now))
+        if pinned.get(k) != now.get(k)
+    ]

@@ -94,7 +94,10 @@ class WorkerRuntime:
         self.redis = redis_client(self.settings)
         self.sink = KafkaSink(self.settings)
         self.assembled = assemble(
-            self.settings, model=self.engine, store=make_store(self.settings, self.redis), sink=self.sink,
+            self.settings,
+            model=self.engine,
+            store=make_store(self.settings, self.redis),
+            sink=self.sink,
             with_shadow=True,  # scores the shadow model too, when AGEGATE_SHADOW_MODEL is set
             retain_frames=True,  # consenting users' scored frames go to the retained-frames topic
         )
@@ -102,7 +105,9 @@ class WorkerRuntime:
             await asyncio.to_thread(ensure_shadow_topic, self.settings)
         self.assembled.start()
         self.driver = Driver(
-            self.assembled.pipeline.process, max_in_flight=self.assembled.max_in_flight, release=self._release,
+            self.assembled.pipeline.process,
+            max_in_flight=self.assembled.max_in_flight,
+            release=self._release,
             on_error=self._failed,
         )
         self.driver.start()

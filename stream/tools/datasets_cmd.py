@@ -11,8 +11,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model.evaluation.datasets import add_build_parser
     from stream.tools import feedback_dataset
 
-    sub = parser.add_subparsers(dest="datasets_command", required=True,
-                                help="build: the synthetic benchmark; from-feedback: training data from verified ages")
+    sub = parser.add_subparsers(
+        dest="datasets_command",
+        required=True,
+        help="build: the synthetic benchmark; from-feedback: training data from verified ages",
+    )
     add_build_parser(sub)
     fb = sub.add_parser("from-feedback", help="join consented retained frames with verified ages into a manifest")
     feedback_dataset.add_arguments(fb)

@@ -48,11 +48,15 @@ async def delete_beliefs(settings: Settings, user_ids: Sequence[str]) -> None:
     from stream.adapters.belief_store import BeliefStore
 
     client: Any = (aioredis.RedisCluster if settings.redis_cluster else aioredis.Redis).from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+    )
     try:
-        store = BeliefStore(client, prefix=settings.redis_key_prefix,
-                            half_life_s=settings.belief_half_life_days * DAY_S,
-                            ttl_s=settings.belief_ttl_days * DAY_S)
+        store = BeliefStore(
+            client,
+            prefix=settings.redis_key_prefix,
+            half_life_s=settings.belief_half_life_days * DAY_S,
+            ttl_s=settings.belief_ttl_days * DAY_S,
+        )
         await store.delete(list(user_ids))
     finally:
         await client.aclose()

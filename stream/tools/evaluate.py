@@ -37,37 +37,66 @@ EXIT_BAD_INPUT = 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model.evaluation.fairness import DEFAULT_BOOTSTRAP, DEFAULT_MIN_CELL_SIZE
 
-    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]CKPT[,CKPT...]",
-                        help="checkpoint(s) to evaluate; NAME=C1,C2,... gives several seeds of one model (mean and "
-                             "spread reported); repeat for side by side (the first model is the gate's reference)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]CKPT[,CKPT...]",
+        help="checkpoint(s) to evaluate; NAME=C1,C2,... gives several seeds of one model (mean and "
+        "spread reported); repeat for side by side (the first model is the gate's reference)",
+    )
     parser.add_argument("--name", action="append", default=[], help="display name per --model, in order")
     parser.add_argument("--data", metavar="MANIFEST", help="dataset manifest (.csv/.jsonl)")
     parser.add_argument("--split", default="test", help="manifest split to evaluate (default: test)")
     parser.add_argument("--out", metavar="DIR", help="output folder for metrics.json and report.html")
     parser.add_argument("--policy", metavar="FILE", help="policy file to replay over the estimates")
-    parser.add_argument("--jurisdiction", default="",
-                        help="jurisdiction for the policy replay (default: the policy's default jurisdiction)")
+    parser.add_argument(
+        "--jurisdiction",
+        default="",
+        help="jurisdiction for the policy replay (default: the policy's default jurisdiction)",
+    )
     parser.add_argument("--surface", default="", help="surface for the policy replay (default: adult_content)")
-    parser.add_argument("--gate", metavar="FILE", nargs="?", const="default",
-                        help="release gate TOML (bare --gate: model/evaluation/default_gate.toml)")
-    parser.add_argument("--baseline", metavar="METRICS_JSON",
-                        help="earlier metrics.json to compare against; refused unless its dataset hash matches")
+    parser.add_argument(
+        "--gate",
+        metavar="FILE",
+        nargs="?",
+        const="default",
+        help="release gate TOML (bare --gate: model/evaluation/default_gate.toml)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="METRICS_JSON",
+        help="earlier metrics.json to compare against; refused unless its dataset hash matches",
+    )
     parser.add_argument("--expect-hash", default="", help="refuse to run unless the manifest's content hash is this")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                        help="inference device (default cpu)")
+    parser.add_argument(
+        "--device", default="cpu", choices=("auto", "cpu", "cuda"), help="inference device (default cpu)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: torch default)")
-    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
-                        help="confidence of the uncertainty-aware rule (pass when P(age>=T) >= this)")
-    parser.add_argument("--min-cell-size", type=int, default=DEFAULT_MIN_CELL_SIZE,
-                        help="groups with fewer subjects than this are marked insufficient")
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        help="confidence of the uncertainty-aware rule (pass when P(age>=T) >= this)",
+    )
+    parser.add_argument(
+        "--min-cell-size",
+        type=int,
+        default=DEFAULT_MIN_CELL_SIZE,
+        help="groups with fewer subjects than this are marked insufficient",
+    )
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="subject-level bootstrap replicates")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows of the split (smoke runs)")
-    parser.add_argument("--force-overlap", action="store_true",
-                        help="evaluate even when the data shares images, subjects or a generator seed with a "
-                             "model's training data (the report then says so)")
-    parser.add_argument("--online", action="store_true",
-                        help="run the online-metrics consumer instead (stream/tools/online_metrics.py)")
+    parser.add_argument(
+        "--force-overlap",
+        action="store_true",
+        help="evaluate even when the data shares images, subjects or a generator seed with a "
+        "model's training data (the report then says so)",
+    )
+    parser.add_argument(
+        "--online", action="store_true", help="run the online-metrics consumer instead (stream/tools/online_metrics.py)"
+    )
     from stream.tools.online_metrics import add_arguments as add_online
 
     add_online(parser.add_argument_group("online metrics (with --online)"))
@@ -121,8 +150,14 @@ DEFAULT_REPLAY_SURFACE = "adult_content"  # the 18+ surface: the threshold the h
 
 
 def replay_policy(
-    est: Estimates, policy_path: str | None, *, floor: float, jurisdiction: str = "", surface: str = "",
-    model_version: str = "", now: float = 1.7e9,
+    est: Estimates,
+    policy_path: str | None,
+    *,
+    floor: float,
+    jurisdiction: str = "",
+    surface: str = "",
+    model_version: str = "",
+    now: float = 1.7e9,
 ) -> dict[str, Any]:
     """Run the real policy engine over the estimates; action rates by true-age band.
 
@@ -151,12 +186,22 @@ def replay_policy(
     reasons: dict[str, int] = {}
     for user, idx in users.items():
         evidences = [
-            bl.event_evidence(f"{user}/{k}", now - 60.0 * (len(idx) - k),
-                              [(float(est.mean[i]), float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)], floor)
+            bl.event_evidence(
+                f"{user}/{k}",
+                now - 60.0 * (len(idx) - k),
+                [(float(est.mean[i]), float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)],
+                floor,
+            )
             for k, i in enumerate(idx)
         ]
-        fused = bl.fuse(None, [e for e in evidences if e is not None], now=now, half_life_s=policy.half_life_s,
-                        model_version=model_version, floor=floor)
+        fused = bl.fuse(
+            None,
+            [e for e in evidences if e is not None],
+            now=now,
+            half_life_s=policy.half_life_s,
+            model_version=model_version,
+            floor=floor,
+        )
         decision = pol.decide(fused.belief, event, policy, now=now)
         for r in decision.reason_codes:
             reasons[r] = reasons.get(r, 0) + 1
@@ -236,9 +281,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"agegate eval: split {args.split!r} of {args.data} has no rows", file=sys.stderr)
         return EXIT_BAD_INPUT
     config = {
-        "split": args.split, "confidence": args.confidence, "min_cell_size": args.min_cell_size,
-        "bootstrap": args.bootstrap, "seed": args.seed, "limit": args.limit,
-        "policy": args.policy, "gate": args.gate, "force_overlap": args.force_overlap,
+        "split": args.split,
+        "confidence": args.confidence,
+        "min_cell_size": args.min_cell_size,
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "limit": args.limit,
+        "policy": args.policy,
+        "gate": args.gate,
+        "force_overlap": args.force_overlap,
     }
     specs = parse_model_specs(args.model, args.name)
     leakage = check_leakage(manifest, rows, [c for _, ckpts in specs for c in ckpts], args.force_overlap)
@@ -256,8 +307,7 @@ def run(args: argparse.Namespace) -> int:
     scored: list[tuple[str, Estimates]] = []
     used: set[str] = set()
     groups: dict[str, list[dict[str, Any]]] = {}
-    jobs = [(group, ckpt, k, len(ckpts)) for group, ckpts in specs
-            for k, ckpt in enumerate(ckpts)]
+    jobs = [(group, ckpt, k, len(ckpts)) for group, ckpts in specs for k, ckpt in enumerate(ckpts)]
     for group, ckpt, k, n_seeds in jobs:
         engine = _load_engine(ckpt, args.device, args.threads)
         try:
@@ -275,16 +325,25 @@ def run(args: argparse.Namespace) -> int:
         used.add(name)
         log.info("scored %s: %d rows, %d errors, %.1fs", name, len(est), est.n_errors, elapsed)
         entry = model_metrics(
-            est, name=name, checkpoint=str(ckpt), model_version=engine.model_version, confidence=args.confidence,
-            min_cell_size=args.min_cell_size, n_boot=args.bootstrap, seed=args.seed,
+            est,
+            name=name,
+            checkpoint=str(ckpt),
+            model_version=engine.model_version,
+            confidence=args.confidence,
+            min_cell_size=args.min_cell_size,
+            n_boot=args.bootstrap,
+            seed=args.seed,
         )
         entry["scoring_seconds"] = elapsed
         if args.policy is not None:
             # `--policy default` replays the built-in policy file.
             floor = engine.uncertainty.floor_years
             entry["policy_replay"] = replay_policy(
-                est, None if args.policy == "default" else args.policy, floor=floor,
-                jurisdiction=args.jurisdiction, surface=args.surface,
+                est,
+                None if args.policy == "default" else args.policy,
+                floor=floor,
+                jurisdiction=args.jurisdiction,
+                surface=args.surface,
                 model_version=engine.model_version,
             )
             entry["policy_replay"]["belief_coverage"] = belief_coverage(subject_images(est), floor=floor)
@@ -294,7 +353,10 @@ def run(args: argparse.Namespace) -> int:
         scored.append((name, est))
         groups.setdefault(base, []).append(entry)
     dataset = {
-        "manifest": str(args.data), "content_hash": data_hash, "split": args.split, "n_rows": len(rows),
+        "manifest": str(args.data),
+        "content_hash": data_hash,
+        "split": args.split,
+        "n_rows": len(rows),
         "attributes": manifest.attribute_names(),
     }
     metrics = build_metrics(models, dataset=dataset, config=config)
@@ -304,13 +366,26 @@ def run(args: argparse.Namespace) -> int:
     if gate is not None:
         gate_text, metrics["gate"] = _gate_section(gate, metrics, baseline, scored, baseline_est)
         failed = not metrics["gate"]["passed"]
-    _write_outputs(Path(args.out), metrics, scored, several_seeds=any(len(g) > 1 for g in groups.values()),
-                   gate_text=gate_text, failed=failed)
+    _write_outputs(
+        Path(args.out),
+        metrics,
+        scored,
+        several_seeds=any(len(g) > 1 for g in groups.values()),
+        gate_text=gate_text,
+        failed=failed,
+    )
     return EXIT_GATE_FAILED if failed else 0
 
 
-def _write_outputs(out: Path, metrics: dict[str, Any], scored: list[tuple[str, Estimates]], *,
-                   several_seeds: bool, gate_text: str, failed: bool) -> None:
+def _write_outputs(
+    out: Path,
+    metrics: dict[str, Any],
+    scored: list[tuple[str, Estimates]],
+    *,
+    several_seeds: bool,
+    gate_text: str,
+    failed: bool,
+) -> None:
     """metrics.json, the row-level predictions and report.html; the headline (and gate) on the terminal."""
     from model.evaluation.predictions import FILENAME, write_predictions
     from model.evaluation.report import write_metrics_json, write_report_html
@@ -340,13 +415,19 @@ def _references(args: argparse.Namespace, data_hash: str) -> tuple[dict[str, Any
         require_same_dataset(baseline["dataset"]["content_hash"], data_hash, args.baseline)
         if baseline["dataset"].get("split") != args.split:
             raise DatasetMismatchError(
-                f"{args.baseline} was computed on split {baseline['dataset'].get('split')!r}, not {args.split!r}")
+                f"{args.baseline} was computed on split {baseline['dataset'].get('split')!r}, not {args.split!r}"
+            )
     gate = load_gate(DEFAULT_GATE if args.gate == "default" else args.gate) if args.gate else None
     return baseline, gate
 
 
-def _gate_section(gate: Any, metrics: dict[str, Any], baseline: dict[str, Any] | None,
-                  scored: list[tuple[str, Estimates]], baseline_est: Estimates | None) -> tuple[str, dict[str, Any]]:
+def _gate_section(
+    gate: Any,
+    metrics: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    scored: list[tuple[str, Estimates]],
+    baseline_est: Estimates | None,
+) -> tuple[str, dict[str, Any]]:
     """The gate's printed verdict and its metrics.json section."""
     from model.evaluation.gate import format_result
 
@@ -357,19 +438,32 @@ def _gate_section(gate: Any, metrics: dict[str, Any], baseline: dict[str, Any] |
         "confidence": gate.confidence,
         "passed": all(r.passed for r in results),
         "results": [
-            {"candidate": r.candidate, "reference": r.reference, "passed": r.passed,
-             "violations": [{"rule": c.rule, "metric": c.metric, "reference": c.reference,
-                             "candidate": c.candidate, "allowed": c.allowed, "reason": c.reason,
-                             "lower_bound": c.lower_bound}
-                            for c in r.violations]}
+            {
+                "candidate": r.candidate,
+                "reference": r.reference,
+                "passed": r.passed,
+                "violations": [
+                    {
+                        "rule": c.rule,
+                        "metric": c.metric,
+                        "reference": c.reference,
+                        "candidate": c.candidate,
+                        "allowed": c.allowed,
+                        "reason": c.reason,
+                        "lower_bound": c.lower_bound,
+                    }
+                    for c in r.violations
+                ],
+            }
             for r in results
         ],
     }
     return text, section
 
 
-def check_leakage(manifest: Any, rows: Sequence[Any], checkpoints: Sequence[str],
-                  force: bool) -> dict[str, dict[str, Any]] | None:
+def check_leakage(
+    manifest: Any, rows: Sequence[Any], checkpoints: Sequence[str], force: bool
+) -> dict[str, dict[str, Any]] | None:
     """Per checkpoint, what the evaluated rows share with its training data. None (after printing why)
     when something is shared and `force` is off: an in-sample score must not pass for a release number."""
     from model.errors import CheckpointError
@@ -396,8 +490,11 @@ def check_leakage(manifest: Any, rows: Sequence[Any], checkpoints: Sequence[str]
 
 
 def run_gate(
-    gate: Any, metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None,
-    scored: Sequence[tuple[str, Estimates]], baseline_est: Estimates | None = None,
+    gate: Any,
+    metrics: Mapping[str, Any],
+    baseline: Mapping[str, Any] | None,
+    scored: Sequence[tuple[str, Estimates]],
+    baseline_est: Estimates | None = None,
 ) -> list[Any]:
     """Reference: the baseline report's first model when given, else this run's first model. Each
     candidate is paired with the reference on the rows both scored (evaluate_paired_gate)."""

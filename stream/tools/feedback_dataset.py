@@ -65,13 +65,22 @@ def read_retained(settings: Settings, codec: AvroCodec, counts: ReadCounts, *, g
         except InvalidEvent:
             counts.add("retained_undecodable")
             continue
-        frames.append(RetainedFrame(str(r["user_id"]), str(r["event_id"]), str(r["frame_id"]),
-                                    _seconds(r["occurred_at"]), str(r["content_type"]), bytes(r["data"])))
+        frames.append(
+            RetainedFrame(
+                str(r["user_id"]),
+                str(r["event_id"]),
+                str(r["frame_id"]),
+                _seconds(r["occurred_at"]),
+                str(r["content_type"]),
+                bytes(r["data"]),
+            )
+        )
     return frames
 
 
-def read_verifications(settings: Settings, codec: AvroCodec, counts: ReadCounts, *,
-                       group: str) -> dict[str, Verification]:
+def read_verifications(
+    settings: Settings, codec: AvroCodec, counts: ReadCounts, *, group: str
+) -> dict[str, Verification]:
     items = []
     for m in read_to_end(settings, topic_name("feedback", settings), group=group):
         try:
@@ -79,32 +88,56 @@ def read_verifications(settings: Settings, codec: AvroCodec, counts: ReadCounts,
         except InvalidEvent:
             counts.add("feedback_undecodable")
             continue
-        items.append(Verification(str(r["user_id"]), _seconds(r["occurred_at"]), float(r["verified_age"]),
-                                  str(r.get("method") or "OTHER")))
+        items.append(
+            Verification(
+                str(r["user_id"]), _seconds(r["occurred_at"]), float(r["verified_age"]), str(r.get("method") or "OTHER")
+            )
+        )
     return latest_verifications(items)
 
 
-def build(settings: Settings, out: str | Path, *, now: float | None = None, subject_key: bytes = DEFAULT_SUBJECT_KEY,
-          val: float = 0.1, test: float = 0.2, group: str = "agegate-datasets-from-feedback") -> dict[str, Any]:
+def build(
+    settings: Settings,
+    out: str | Path,
+    *,
+    now: float | None = None,
+    subject_key: bytes = DEFAULT_SUBJECT_KEY,
+    val: float = 0.1,
+    test: float = 0.2,
+    group: str = "agegate-datasets-from-feedback",
+) -> dict[str, Any]:
     from stream.adapters.confluent_registry import registry_from_settings
 
     codec = AvroCodec(registry_from_settings(settings))
     counts = ReadCounts()
     frames = read_retained(settings, codec, counts, group=group)
     verifications = read_verifications(settings, codec, counts, group=group)
-    labelled, report = join(frames, verifications, now=time.time() if now is None else now,
-                            retention_s=settings.retained_frames_retention_days * DAY_S, subject_key=subject_key)
+    labelled, report = join(
+        frames,
+        verifications,
+        now=time.time() if now is None else now,
+        retention_s=settings.retained_frames_retention_days * DAY_S,
+        subject_key=subject_key,
+    )
     report.reader = counts.counts
     return write_dataset(out, labelled, report, val=val, test=test)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder: manifest.csv, frames/, feedback.json")
-    parser.add_argument("--subject-key-file", type=Path, default=None,
-                        help="secret key of the subject hash (HMAC); without it a fixed public key is used")
+    parser.add_argument(
+        "--subject-key-file",
+        type=Path,
+        default=None,
+        help="secret key of the subject hash (HMAC); without it a fixed public key is used",
+    )
     parser.add_argument("--val", type=float, default=0.1, help="share of subjects in the validation split")
-    parser.add_argument("--test", type=float, default=0.2,
-                        help="share of subjects held out (the test split `agegate model promote --feedback` gates on)")
+    parser.add_argument(
+        "--test",
+        type=float,
+        default=0.2,
+        help="share of subjects held out (the test split `agegate model promote --feedback` gates on)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

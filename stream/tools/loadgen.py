@@ -107,8 +107,13 @@ def synthetic_stream(
 
         def frames(n: int, u: _User = user) -> list[dict[str, Any]]:
             return [
-                events.inline_frame(f"f{j}", encode_jpeg(render_face(u.age + u.look + rng.normal(0.0, IMAGE_NOISE_SD),
-                                                                     u.attrs, rng, size=image_size), rng))
+                events.inline_frame(
+                    f"f{j}",
+                    encode_jpeg(
+                        render_face(u.age + u.look + rng.normal(0.0, IMAGE_NOISE_SD), u.attrs, rng, size=image_size),
+                        rng,
+                    ),
+                )
                 for j in range(n)
             ]
 

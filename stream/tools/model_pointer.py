@@ -31,7 +31,7 @@ HISTORY_NAME = "model-history.jsonl"
 _HEADER = (
     "# The model the worker scores with (the agegate-env ConfigMap reads this file). Written by\n"
     "# `agegate model promote` and `agegate model rollback`, which append why to model-history.jsonl\n"
-    "# beside it (docs/operations.md, \"The improvement loop\"). Do not edit by hand.\n"
+    '# beside it (docs/operations.md, "The improvement loop"). Do not edit by hand.\n'
 )
 
 

@@ -63,9 +63,14 @@ class DecisionFact:
     def from_record(cls, r: Mapping[str, Any]) -> DecisionFact:
         ev = r.get("evidence") or {}
         return cls(
-            key=str(r.get("idempotency_key") or r.get("decision_id")), user_id=str(r["user_id"]),
-            event_time=_seconds(r["event_time"]), jurisdiction=str(r["jurisdiction"]), surface=str(r["surface"]),
-            action=str(r["action"]), age_mean=ev.get("age_mean"), threshold=ev.get("threshold"),
+            key=str(r.get("idempotency_key") or r.get("decision_id")),
+            user_id=str(r["user_id"]),
+            event_time=_seconds(r["event_time"]),
+            jurisdiction=str(r["jurisdiction"]),
+            surface=str(r["surface"]),
+            action=str(r["action"]),
+            age_mean=ev.get("age_mean"),
+            threshold=ev.get("threshold"),
             verified=bool(ev.get("verified", False)),
         )
 
@@ -172,8 +177,15 @@ class OnlineMetrics:
         for d in decisions:
             assert d.age_mean is not None
             # A sample enters the window when it is labelled, so a late verification still counts.
-            s = Sample(max(d.event_time, at), d.jurisdiction, d.surface, d.action, float(d.age_mean),
-                       age - (at - d.event_time) / YEAR_S, d.threshold)
+            s = Sample(
+                max(d.event_time, at),
+                d.jurisdiction,
+                d.surface,
+                d.action,
+                float(d.age_mean),
+                age - (at - d.event_time) / YEAR_S,
+                d.threshold,
+            )
             out.append(s)
             self.samples.append(s)
         self.joined_total += len(out)
@@ -215,8 +227,11 @@ class OnlineMetrics:
         ready = len(self._reference) >= self.reference_size and len(self._current) >= self.current_size
         psi = population_stability_index(self._reference, list(self._current)) if ready else None
         return {
-            "psi": psi, "alert": bool(psi is not None and psi > self.psi_alert), "threshold": self.psi_alert,
-            "reference_n": len(self._reference), "current_n": len(self._current),
+            "psi": psi,
+            "alert": bool(psi is not None and psi > self.psi_alert),
+            "threshold": self.psi_alert,
+            "reference_n": len(self._reference),
+            "current_n": len(self._current),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -248,18 +263,22 @@ class Exporter:
         # Rolling-window MAE of estimates against verified ages, per cohort (all/all = overall).
         self.mae = Gauge("agegate_online_mae_years", "Online MAE vs verified ages", labels, registry=registry)
         # Rolling-window mean signed error (positive: the model overestimates, which lets minors through).
-        self.mse = Gauge("agegate_online_mean_signed_error_years", "Online mean signed error", labels,
-                         registry=registry)
+        self.mse = Gauge(
+            "agegate_online_mean_signed_error_years", "Online mean signed error", labels, registry=registry
+        )
         # Decisions labelled with a verified age inside the window.
-        self.joined = Gauge("agegate_online_joined_decisions", "Labelled decisions in window", labels,
-                            registry=registry)
+        self.joined = Gauge(
+            "agegate_online_joined_decisions", "Labelled decisions in window", labels, registry=registry
+        )
         # under_age_pass: ALLOW for users under the threshold; false_rejection: RESTRICT/BLOCK of T..T+2;
         # fallback: REQUIRE_VERIFICATION among all labelled decisions.
-        self.errors = Gauge("agegate_online_error_rate", "Online threshold error rates", [*labels, "kind"],
-                            registry=registry)
+        self.errors = Gauge(
+            "agegate_online_error_rate", "Online threshold error rates", [*labels, "kind"], registry=registry
+        )
         # Share of each action among labelled decisions.
-        self.actions = Gauge("agegate_online_action_rate", "Online action rates", [*labels, "action"],
-                             registry=registry)
+        self.actions = Gauge(
+            "agegate_online_action_rate", "Online action rates", [*labels, "action"], registry=registry
+        )
         # Population stability index of recent estimates vs the reference window.
         self.psi = Gauge("agegate_estimate_psi", "PSI of estimates vs reference", registry=registry)
         # 1 when the PSI exceeds its alert threshold.
@@ -329,8 +348,9 @@ def consume(
             else:
                 continue
         except (DecodeError, KeyError, TypeError, ValueError) as exc:
-            log.warning("skipping undecodable message on %s[%d]@%d: %s", msg.topic(), msg.partition(),
-                        msg.offset(), exc)
+            log.warning(
+                "skipping undecodable message on %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc
+            )
             continue
         if on_update is not None:
             on_update(state, new)
@@ -341,14 +361,20 @@ def add_arguments(parser: Any) -> None:
     """Options of `agegate eval --online` (added to eval's parser as an argument group)."""
     parser.add_argument("--metrics-port", type=int, default=9464, help="Prometheus port (0: do not serve)")
     parser.add_argument("--window-days", type=float, default=7.0, help="rolling window of online metrics")
-    parser.add_argument("--join-window-days", type=float, default=30.0,
-                        help="how long a decision waits for its user's verified age")
-    parser.add_argument("--reference-size", type=int, default=1000,
-                        help="first N estimates form the drift reference window")
+    parser.add_argument(
+        "--join-window-days", type=float, default=30.0, help="how long a decision waits for its user's verified age"
+    )
+    parser.add_argument(
+        "--reference-size", type=int, default=1000, help="first N estimates form the drift reference window"
+    )
     parser.add_argument("--current-size", type=int, default=1000, help="latest N estimates form the current window")
     parser.add_argument("--psi-alert", type=float, default=DEFAULT_PSI_ALERT, help="PSI above which drift alerts")
-    parser.add_argument("--idle-exit-s", type=float, default=None,
-                        help="exit after this long without messages (batch runs); default: run until SIGTERM")
+    parser.add_argument(
+        "--idle-exit-s",
+        type=float,
+        default=None,
+        help="exit after this long without messages (batch runs); default: run until SIGTERM",
+    )
     parser.add_argument("--max-messages", type=int, default=None, help="exit after reading this many messages")
     parser.add_argument("--snapshot", type=Path, default=None, help="write the final metrics as JSON here")
     parser.add_argument("--group", default="agegate-online-metrics", help="consumer group (no offsets are committed)")
@@ -366,14 +392,21 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     decisions, feedback = topic_name("decisions", settings), topic_name("feedback", settings)
-    consumer = Consumer({
-        **settings.kafka_client_config(), "group.id": args.group, "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-    })
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": args.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([decisions, feedback])
     state = OnlineMetrics(
-        window_s=args.window_days * DAY_S, join_window_s=args.join_window_days * DAY_S,
-        reference_size=args.reference_size, current_size=args.current_size, psi_alert=args.psi_alert,
+        window_s=args.window_days * DAY_S,
+        join_window_s=args.join_window_days * DAY_S,
+        reference_size=args.reference_size,
+        current_size=args.current_size,
+        psi_alert=args.psi_alert,
     )
     exporter = Exporter(REGISTRY)
     if args.metrics_port:
@@ -392,9 +425,17 @@ def run(args: argparse.Namespace) -> int:
             last_export = time.monotonic()
 
     try:
-        n = consume(consumer, AvroCodec(registry_from_settings(settings)), state,
-                    decisions_topic=decisions, feedback_topic=feedback, stop=stop,
-                    max_messages=args.max_messages, idle_exit_s=args.idle_exit_s, on_update=on_update)
+        n = consume(
+            consumer,
+            AvroCodec(registry_from_settings(settings)),
+            state,
+            decisions_topic=decisions,
+            feedback_topic=feedback,
+            stop=stop,
+            max_messages=args.max_messages,
+            idle_exit_s=args.idle_exit_s,
+            on_update=on_update,
+        )
     finally:
         consumer.close()
     snap = state.snapshot()

@@ -76,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
     path = args.file or os.environ.get("AGEGATE_POLICY") or None
     policy = load_policy(path)  # PolicyError -> one line and exit code 2 (stream/cli.py)
     print(f"policy {path or default_policy_path()}: valid")
-    print(f"version {policy.version}; default jurisdiction {policy.default_jurisdiction}; "
-          f"min_observations {policy.min_observations}; hysteresis_margin {policy.hysteresis_margin:g}; "
-          f"half_life_days {policy.half_life_s / 86400:g}")
+    print(
+        f"version {policy.version}; default jurisdiction {policy.default_jurisdiction}; "
+        f"min_observations {policy.min_observations}; hysteresis_margin {policy.hysteresis_margin:g}; "
+        f"half_life_days {policy.half_life_s / 86400:g}"
+    )
     print()
     print(policy_table(policy), end="")
     print()

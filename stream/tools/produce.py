@@ -57,8 +57,15 @@ def produce(
     sent = (
         list(stream)
         if stream is not None
-        else list(synthetic_stream(n, seed=seed, bad_share=bad_share, frames_per_event=frames,
-                                   codec=AvroCodec(registry_from_settings(settings))))
+        else list(
+            synthetic_stream(
+                n,
+                seed=seed,
+                bad_share=bad_share,
+                frames_per_event=frames,
+                codec=AvroCodec(registry_from_settings(settings)),
+            )
+        )
     )
     failures: list[str] = []
     landed: dict[int, Produced] = {}

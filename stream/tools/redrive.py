@@ -37,8 +37,15 @@ from stream.config import Settings, load_settings
 from stream.core.lineage import REDRIVE_HEADER, Lineage, lineage_of_dead_letter, redrive_marker
 from stream.errors import AgegateError, DependencyUnavailable
 
-__all__ = ["REDRIVE_HEADER", "DeadLetter", "all_dead_letters", "latest_per_event", "read_dead_letters", "redrive",
-           "summarize"]
+__all__ = [
+    "REDRIVE_HEADER",
+    "DeadLetter",
+    "all_dead_letters",
+    "latest_per_event",
+    "read_dead_letters",
+    "redrive",
+    "summarize",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +117,27 @@ def all_dead_letters(settings: Settings, timeout_s: float = 30.0) -> Iterator[De
             part, offset, key, value = m.partition(), m.offset(), m.key(), m.value()
             raw_headers: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
             headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in raw_headers)
-            yield DeadLetter(part or 0, offset or 0, m.timestamp()[1], key if isinstance(key, bytes) else None,
-                             value if isinstance(value, bytes) else None, headers)
+            yield DeadLetter(
+                part or 0,
+                offset or 0,
+                m.timestamp()[1],
+                key if isinstance(key, bytes) else None,
+                value if isinstance(value, bytes) else None,
+                headers,
+            )
     except UnknownTopic:
         raise AgegateError(f"dead-letter topic {topic} does not exist") from None
 
 
-def read_dead_letters(settings: Settings, *, reason: str | None = None, since_ms: int = 0,
-                      timeout_s: float = 30.0) -> list[DeadLetter]:
+def read_dead_letters(
+    settings: Settings, *, reason: str | None = None, since_ms: int = 0, timeout_s: float = 30.0
+) -> list[DeadLetter]:
     """The latest dead letter of every event (see the module doc) that matches the filters."""
-    return [dl for dl in latest_per_event(all_dead_letters(settings, timeout_s))
-            if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms]
+    return [
+        dl
+        for dl in latest_per_event(all_dead_letters(settings, timeout_s))
+        if (reason is None or dl.reason == reason) and dl.first_seen_ms >= since_ms
+    ]
 
 
 @dataclass(frozen=True)
@@ -131,14 +148,14 @@ class RedriveResult:
     skipped: tuple[str, ...]  # no usable source topic
 
 
-def redrive(settings: Settings, letters: Sequence[DeadLetter] | Iterator[DeadLetter], *,
-            now: float | None = None) -> RedriveResult:
+def redrive(
+    settings: Settings, letters: Sequence[DeadLetter] | Iterator[DeadLetter], *, now: float | None = None
+) -> RedriveResult:
     """Re-inject dead letters into their source topics; returns once every copy is acknowledged."""
     names = topic_names(settings)
     sources = {names[r] for r in ("signups", "uploads", "feedback")}
     dead_topic = names["dead_letters"]
-    producer = Producer(settings.kafka_client_config() | {"enable.idempotence": True, "acks": "all",
-                                                          "linger.ms": 5})
+    producer = Producer(settings.kafka_client_config() | {"enable.idempotence": True, "acks": "all", "linger.ms": 5})
     at_ms = int((time.time() if now is None else now) * 1000)
     failed: list[str] = []
     skipped: list[str] = []
@@ -152,6 +169,7 @@ def redrive(settings: Settings, letters: Sequence[DeadLetter] | Iterator[DeadLet
                 failed.append(f"{ref}: {err.str()}")
             else:
                 acked += 1
+
         return cb
 
     for dl in letters:
@@ -160,15 +178,24 @@ def redrive(settings: Settings, letters: Sequence[DeadLetter] | Iterator[DeadLet
         if dl.source_topic not in sources:  # never re-inject into a topic the worker does not consume
             skipped.append(f"{dl.partition}/{dl.offset}: source topic {dl.source_topic!r} is not a source topic")
             continue
-        marker = redrive_marker(dl.lineage, from_ref=ref, reason=dl.reason, at_ms=at_ms,
-                                source=f"{dl.source_topic}/{dl.header('source_partition')}/"
-                                       f"{dl.header('source_offset')}")
+        marker = redrive_marker(
+            dl.lineage,
+            from_ref=ref,
+            reason=dl.reason,
+            at_ms=at_ms,
+            source=f"{dl.source_topic}/{dl.header('source_partition')}/{dl.header('source_offset')}",
+        )
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in dl.headers if k != REDRIVE_HEADER]
         headers.append((REDRIVE_HEADER, marker))
         while True:
             try:
-                producer.produce(dl.source_topic, key=dl.key, value=dl.value, headers=headers,
-                                 on_delivery=on_delivery(f"{dl.partition}/{dl.offset}"))
+                producer.produce(
+                    dl.source_topic,
+                    key=dl.key,
+                    value=dl.value,
+                    headers=headers,
+                    on_delivery=on_delivery(f"{dl.partition}/{dl.offset}"),
+                )
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -183,9 +210,18 @@ def summarize(letters: Iterable[DeadLetter]) -> dict[str, dict[str, object]]:
     """Per reason: events (`count`), their dead letters (`copies`), the most redrives of one event."""
     out: dict[str, dict[str, object]] = {}
     for dl in letters:
-        row = out.setdefault(dl.reason, {"count": 0, "copies": 0, "max_redrives": 0, "first_ms": dl.first_seen_ms,
-                                         "last_ms": dl.first_seen_ms, "sources": set(),
-                                         "example": f"{dl.partition}/{dl.offset}"})
+        row = out.setdefault(
+            dl.reason,
+            {
+                "count": 0,
+                "copies": 0,
+                "max_redrives": 0,
+                "first_ms": dl.first_seen_ms,
+                "last_ms": dl.first_seen_ms,
+                "sources": set(),
+                "example": f"{dl.partition}/{dl.offset}",
+            },
+        )
         row["count"] = int(str(row["count"])) + 1
         row["copies"] = int(str(row["copies"])) + dl.copies
         row["max_redrives"] = max(int(str(row["max_redrives"])), dl.lineage.redrives)
@@ -225,12 +261,16 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(summary, indent=1, sort_keys=True))
                 return 0
-            print(f"{'reason':28} {'events':>7} {'copies':>7} {'redrives':>8}  {'first seen':25} {'last seen':25} "
-                  "sources (example)")
+            print(
+                f"{'reason':28} {'events':>7} {'copies':>7} {'redrives':>8}  {'first seen':25} {'last seen':25} "
+                "sources (example)"
+            )
             for reason, row in sorted(summary.items()):
-                print(f"{reason:28} {row['count']:>7} {row['copies']:>7} {row['max_redrives']:>8}  "
-                      f"{_iso(row['first_ms']):25} {_iso(row['last_ms']):25} "
-                      f"{','.join(row['sources'])} ({row['example']})")  # type: ignore[arg-type]
+                print(
+                    f"{reason:28} {row['count']:>7} {row['copies']:>7} {row['max_redrives']:>8}  "
+                    f"{_iso(row['first_ms']):25} {_iso(row['last_ms']):25} "
+                    f"{','.join(row['sources'])} ({row['example']})"  # type: ignore[arg-type]
+                )
             return 0
         if args.dry_run:
             print(f"would redrive {len(letters)} events ({sum(dl.copies for dl in letters)} dead letters)")
@@ -241,6 +281,15 @@ def run(args: argparse.Namespace) -> int:
     except AgegateError as exc:
         print(f"dead-letters: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"selected": result.selected, "redriven": result.redriven, "failed": list(result.failed),
-                      "skipped": list(result.skipped)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "selected": result.selected,
+                "redriven": result.redriven,
+                "failed": list(result.failed),
+                "skipped": list(result.skipped),
+            },
+            indent=1,
+        )
+    )
     return 1 if result.failed else 0

@@ -19,7 +19,8 @@ from stream.errors import AgegateError, ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "action", choices=("register", "check"),
+        "action",
+        choices=("register", "check"),
         help="register: file every packaged schema version under its subject; check: look the newest ones up",
     )
 

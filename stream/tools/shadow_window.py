@@ -31,10 +31,13 @@ class ShadowBounds:
 
     @classmethod
     def from_settings(cls, s: Settings) -> ShadowBounds:
-        return cls(window_s=s.promote_shadow_window_hours * 3600.0, min_events=s.promote_shadow_min_events,
-                   max_action_change_rate=s.promote_shadow_max_action_change_rate,
-                   max_new_allow_rate=s.promote_shadow_max_new_allow_rate,
-                   max_mean_abs_diff_years=s.promote_shadow_max_mean_abs_diff_years)
+        return cls(
+            window_s=s.promote_shadow_window_hours * 3600.0,
+            min_events=s.promote_shadow_min_events,
+            max_action_change_rate=s.promote_shadow_max_action_change_rate,
+            max_new_allow_rate=s.promote_shadow_max_new_allow_rate,
+            max_mean_abs_diff_years=s.promote_shadow_max_mean_abs_diff_years,
+        )
 
 
 @dataclass(slots=True)
@@ -64,11 +67,20 @@ class ShadowSummary:
         return self.diff_sum / self.diff_events if self.diff_events else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_version": self.model_version, "since": self.since, "until": self.until,
-                "events": self.events, "action_changes": self.action_changes, "new_allows": self.new_allows,
-                "action_change_rate": self.action_change_rate, "new_allow_rate": self.new_allow_rate,
-                "mean_abs_diff_years": self.mean_abs_diff_years, "other_versions": self.other_versions,
-                "unreadable": self.unreadable, "changes": dict(sorted(self.changes.items()))}
+        return {
+            "model_version": self.model_version,
+            "since": self.since,
+            "until": self.until,
+            "events": self.events,
+            "action_changes": self.action_changes,
+            "new_allows": self.new_allows,
+            "action_change_rate": self.action_change_rate,
+            "new_allow_rate": self.new_allow_rate,
+            "mean_abs_diff_years": self.mean_abs_diff_years,
+            "other_versions": self.other_versions,
+            "unreadable": self.unreadable,
+            "changes": dict(sorted(self.changes.items())),
+        }
 
 
 def summarise(records: Iterable[tuple[float, bytes]], model_version: str, since: float, until: float) -> ShadowSummary:
@@ -105,8 +117,10 @@ def violations(summary: ShadowSummary, bounds: ShadowBounds) -> list[str]:
     """Each bound the summary breaks, as a sentence; empty when the shadow run is acceptable."""
     problems = []
     if summary.events < max(1, bounds.min_events):
-        problems.append(f"shadow scored {summary.events} events of {summary.model_version} in the window; "
-                        f"at least {max(1, bounds.min_events)} are needed")
+        problems.append(
+            f"shadow scored {summary.events} events of {summary.model_version} in the window; "
+            f"at least {max(1, bounds.min_events)} are needed"
+        )
         return problems
     checks = (
         ("action change rate", summary.action_change_rate, bounds.max_action_change_rate),
@@ -119,8 +133,9 @@ def violations(summary: ShadowSummary, bounds: ShadowBounds) -> list[str]:
     return problems
 
 
-def read_window(settings: Settings, topic: str, *, window_s: float, now: float | None = None,
-                group: str = "agegate-model-promote") -> tuple[float, float, Iterator[tuple[float, bytes]]]:
+def read_window(
+    settings: Settings, topic: str, *, window_s: float, now: float | None = None, group: str = "agegate-model-promote"
+) -> tuple[float, float, Iterator[tuple[float, bytes]]]:
     """(since, until, records) of the shadow topic; the message timestamp places a record in time."""
     from stream.adapters.topic_reader import read_to_end
 

@@ -113,18 +113,20 @@ async def redis_backend(name: str, url: str) -> Backend:
     async def cleanup() -> None:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
         for i in range(0, len(keys), 500):
-            await client.delete(*keys[i:i + 500])
+            await client.delete(*keys[i : i + 500])
         await client.aclose()
 
     closers.append(cleanup)  # closed last: teardown runs the closers in reverse
     return Backend(name, store, handle, corrupt, lambda _: None, closers)
 
 
-@pytest.fixture(params=[
-    "memory",
-    pytest.param("redis", marks=pytest.mark.integration),
-    pytest.param("cluster", marks=pytest.mark.integration),
-])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("cluster", marks=pytest.mark.integration),
+    ]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         yield memory_backend()
@@ -149,7 +151,12 @@ def same(a: Belief | None, b: Belief | None) -> None:
     assert a.birth_time == pytest.approx(b.birth_time, rel=0, abs=1e-3)  # seconds
     assert a.precision == pytest.approx(b.precision, rel=1e-12)
     assert (a.updated_at, a.observations, a.verified, a.model_version, a.floor) == (
-        b.updated_at, b.observations, b.verified, b.model_version, b.floor)
+        b.updated_at,
+        b.observations,
+        b.verified,
+        b.model_version,
+        b.floor,
+    )
 
 
 def test_the_in_memory_store_has_the_public_api_of_the_redis_store() -> None:
@@ -157,8 +164,11 @@ def test_the_in_memory_store_has_the_public_api_of_the_redis_store() -> None:
     redis_only = {"belief_key", "events_key"}
 
     def api(cls: type) -> dict[str, inspect.Signature]:
-        return {n: inspect.signature(f) for n, f in inspect.getmembers(cls, inspect.isfunction)
-                if not n.startswith("_") and n not in redis_only}
+        return {
+            n: inspect.signature(f)
+            for n, f in inspect.getmembers(cls, inspect.isfunction)
+            if not n.startswith("_") and n not in redis_only
+        }
 
     memory_only = {"corrupt"}  # the test hook standing in for a foreign value in Redis
     memory = {n: s for n, s in api(InMemoryBeliefStore).items() if n not in memory_only}
@@ -198,8 +208,16 @@ async def test_the_store_agrees_with_the_pure_fusion_on_random_histories(store: 
         result = await store.apply(batch, now=now, model_version=f"m{round_no}", floor=floor)
         for u in users:
             belief, seen = model[u]
-            r = fuse(belief, batch[u], now=now, half_life_s=HALF_LIFE, model_version=f"m{round_no}", floor=floor,
-                     seen=seen, skew=skew)
+            r = fuse(
+                belief,
+                batch[u],
+                now=now,
+                half_life_s=HALF_LIFE,
+                model_version=f"m{round_no}",
+                floor=floor,
+                seen=seen,
+                skew=skew,
+            )
             model[u] = (r.belief, r.seen)
             assert result.applied[u] == r.applied
             assert result.duplicates[u] == r.duplicates
@@ -234,8 +252,9 @@ async def test_concurrent_updates_of_one_user_lose_nothing(backend: Backend) -> 
         [Evidence(f"t{k}-{j}", NOW - (k * 5 + j) * 3600.0, 10.0 + k + j / 5, 1.0 + j / 4) for j in range(5)]
         for k in range(20)
     ]
-    await asyncio.gather(*(s.apply({"alice": b}, now=NOW, model_version="m", floor=FLOOR) for s, b in
-                           zip(stores, batches, strict=True)))
+    await asyncio.gather(
+        *(s.apply({"alice": b}, now=NOW, model_version="m", floor=FLOOR) for s, b in zip(stores, batches, strict=True))
+    )
     got = (await backend.store.get_many(["alice"], now=NOW))["alice"]
     everything = [e for b in batches for e in b]
     expected = fuse(None, everything, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR).belief
@@ -252,8 +271,9 @@ async def test_redelivered_events_change_nothing(store: Repository) -> None:
     first = await store.apply({"bob": evs}, now=NOW, model_version="m", floor=FLOOR)
     assert first.applied["bob"] == ("a", "b")
     assert first["bob"].observations == 2
-    again = await store.apply({"bob": [*evs, Evidence("c", NOW, 21.0, 2.0)]}, now=NOW + 60, model_version="m",
-                              floor=FLOOR)
+    again = await store.apply(
+        {"bob": [*evs, Evidence("c", NOW, 21.0, 2.0)]}, now=NOW + 60, model_version="m", floor=FLOOR
+    )
     assert again.duplicates["bob"] == ("a", "b")
     assert again.applied["bob"] == ("c",)
     assert again["bob"].observations == 3
@@ -270,8 +290,12 @@ async def test_redelivered_events_change_nothing(store: Repository) -> None:
 
 async def test_events_of_one_user_keep_their_order_and_late_ones_count_as_if_in_order(store: Repository) -> None:
     """Outcomes come in input order; an id repeated in one batch counts once, its first valid occurrence."""
-    batch = [Evidence("x", NOW, math.nan, 2.0), Evidence("x", NOW - DAY, 30.0, 2.0), Evidence("y", NOW, 10.0, 1.0),
-             Evidence("x", NOW, 50.0, 2.0)]
+    batch = [
+        Evidence("x", NOW, math.nan, 2.0),
+        Evidence("x", NOW - DAY, 30.0, 2.0),
+        Evidence("y", NOW, 10.0, 1.0),
+        Evidence("x", NOW, 50.0, 2.0),
+    ]
     r = await store.apply({"olga": batch}, now=NOW, model_version="m", floor=FLOOR)
     assert r.applied["olga"] == ("x", "y")
     assert r.duplicates["olga"] == ("x",)
@@ -301,8 +325,9 @@ async def test_get_many_decays_to_now_and_reports_missing(store: Repository) -> 
     # Reading never changes what is stored: a read at an earlier time sees the undecayed belief.
     assert (await store.get_many(["gina"], now=NOW))["gina"].precision == pytest.approx(0.25)  # type: ignore[union-attr]
     # Decay over time also weighs old evidence less when new evidence arrives.
-    r = await store.apply({"gina": [Evidence("b", NOW + HALF_LIFE, 30.0, 2.0)]}, now=NOW + HALF_LIFE,
-                          model_version="m", floor=FLOOR)
+    r = await store.apply(
+        {"gina": [Evidence("b", NOW + HALF_LIFE, 30.0, 2.0)]}, now=NOW + HALF_LIFE, model_version="m", floor=FLOOR
+    )
     assert r["gina"].precision == pytest.approx(0.25 / 2 + 0.25)
     # Birth times: 20 y before NOW (weight 1/8) and 30 y before NOW + HALF_LIFE (weight 1/4).
     b_old, b_new = NOW - 20.0 * YEAR_S, NOW + HALF_LIFE - 30.0 * YEAR_S
@@ -315,13 +340,15 @@ async def test_a_verified_age_overrides_estimates_and_does_not_decay(store: Repo
     assert v.verified
     assert v.age_at(NOW) == pytest.approx(16.0)
     assert (v.observations, v.model_version, v.floor) == (2, "m1", 0.0)  # the floor does not apply to an ID
-    later = await store.apply({"val": [Evidence("b", NOW + DAY, 30.0, 1.0)]}, now=NOW + DAY, model_version="m2",
-                              floor=FLOOR)
+    later = await store.apply(
+        {"val": [Evidence("b", NOW + DAY, 30.0, 1.0)]}, now=NOW + DAY, model_version="m2", floor=FLOOR
+    )
     assert later.ignored["val"] == ("b",)
     assert later.applied["val"] == ()
     assert later["val"] == v
-    again = await store.apply({"val": [Evidence("b", NOW + DAY, 30.0, 1.0)]}, now=NOW + DAY, model_version="m2",
-                              floor=FLOOR)
+    again = await store.apply(
+        {"val": [Evidence("b", NOW + DAY, 30.0, 1.0)]}, now=NOW + DAY, model_version="m2", floor=FLOOR
+    )
     assert again.duplicates["val"] == ("b",)  # an ignored event's id is remembered too
     read = (await store.get_many(["val"], now=NOW + 10 * HALF_LIFE))["val"]
     assert read is not None
@@ -342,20 +369,28 @@ async def test_the_belief_keeps_the_largest_error_floor_of_the_versions_fused(st
 
 async def test_evidence_outside_the_clock_skew_window_is_refused(store: Repository) -> None:
     tol, past = store.skew.future_tolerance_s, store.skew.max_past_s
-    batch = [Evidence("far-future", NOW + tol + 1, 20.0, 2.0), Evidence("too-old", NOW - past - 1, 20.0, 2.0),
-             Evidence("near-future", NOW + tol - 1, 20.0, 2.0), Evidence("oldest-kept", NOW - past + 1, 20.0, 2.0)]
+    batch = [
+        Evidence("far-future", NOW + tol + 1, 20.0, 2.0),
+        Evidence("too-old", NOW - past - 1, 20.0, 2.0),
+        Evidence("near-future", NOW + tol - 1, 20.0, 2.0),
+        Evidence("oldest-kept", NOW - past + 1, 20.0, 2.0),
+    ]
     r = await store.apply({"sam": batch}, now=NOW, model_version="m", floor=FLOOR)
     assert [(x.event_id, x.reason, x.observed_at) for x in r.refused["sam"]] == [
-        ("far-future", RefusalReason.FUTURE, NOW + tol + 1), ("too-old", RefusalReason.TOO_OLD, NOW - past - 1)]
+        ("far-future", RefusalReason.FUTURE, NOW + tol + 1),
+        ("too-old", RefusalReason.TOO_OLD, NOW - past - 1),
+    ]
     assert r.applied["sam"] == ("near-future", "oldest-kept")
     assert r["sam"].updated_at == NOW  # a small future skew is clamped to now
     # A refused id is not remembered: once valid it applies.
-    r2 = await store.apply({"sam": [Evidence("far-future", NOW + tol + 1, 20.0, 2.0)]}, now=NOW + 2, model_version="m",
-                           floor=FLOOR)
+    r2 = await store.apply(
+        {"sam": [Evidence("far-future", NOW + tol + 1, 20.0, 2.0)]}, now=NOW + 2, model_version="m", floor=FLOOR
+    )
     assert r2.applied["sam"] == ("far-future",)
     # Only everything refused: no belief, and nothing stored.
-    r3 = await store.apply({"hank": [Evidence("future", NOW + 3600, 20.0, 2.0)]}, now=NOW, model_version="m",
-                           floor=FLOOR)
+    r3 = await store.apply(
+        {"hank": [Evidence("future", NOW + 3600, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR
+    )
     assert "hank" not in r3
     assert [x.event_id for x in r3.refused["hank"]] == ["future"]
     assert (await store.get_many(["hank"], now=NOW))["hank"] is None
@@ -369,10 +404,20 @@ async def test_evidence_outside_the_clock_skew_window_is_refused(store: Reposito
 
 async def test_invalid_values_are_refused_per_event_and_per_user(store: Repository) -> None:
     """A broken estimate or verified age is that event's alone: the user's other events and other users go on."""
-    bad = [Evidence("nan", NOW, math.nan, 2.0), Evidence("neg", NOW, -3.0, 2.0), Evidence("old", NOW, 131.0, 2.0),
-           Evidence("sure", NOW, 20.0, 0.01), Evidence("inf", NOW, 20.0, math.inf), Evidence("t", math.nan, 20.0, 2.0)]
-    r = await store.apply({"ursula": [*bad, Evidence("ok", NOW, 20.0, 2.0)], "victor": [Evidence("v", NOW, 30.0, 2.0)]},
-                          now=NOW, model_version="m", floor=FLOOR)
+    bad = [
+        Evidence("nan", NOW, math.nan, 2.0),
+        Evidence("neg", NOW, -3.0, 2.0),
+        Evidence("old", NOW, 131.0, 2.0),
+        Evidence("sure", NOW, 20.0, 0.01),
+        Evidence("inf", NOW, 20.0, math.inf),
+        Evidence("t", math.nan, 20.0, 2.0),
+    ]
+    r = await store.apply(
+        {"ursula": [*bad, Evidence("ok", NOW, 20.0, 2.0)], "victor": [Evidence("v", NOW, 30.0, 2.0)]},
+        now=NOW,
+        model_version="m",
+        floor=FLOOR,
+    )
     assert [(x.event_id, x.reason) for x in r.refused["ursula"]] == [(e.event_id, RefusalReason.INVALID) for e in bad]
     assert r.applied == {"ursula": ("ok",), "victor": ("v",)}
     assert r["ursula"].observations == 1
@@ -393,8 +438,9 @@ async def test_previous_actions_round_trip(store: Repository) -> None:
     assert r.previous_actions["ivy"] == {"GB/adult_content": Action.RESTRICT}
     await store.record_actions({key: Action.ALLOW, other: Action.BLOCK})
     assert await store.get_previous_actions([key, other]) == {key: Action.ALLOW, other: Action.BLOCK}
-    refused = await store.apply({"ivy": [Evidence("f", NOW + DAY, 20.0, 2.0)]}, now=NOW, model_version="m",
-                                floor=FLOOR)  # nothing applied: the actions come back all the same
+    refused = await store.apply(
+        {"ivy": [Evidence("f", NOW + DAY, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR
+    )  # nothing applied: the actions come back all the same
     assert refused.previous_actions["ivy"] == {"GB/adult_content": Action.ALLOW, "DEFAULT/adult_content": Action.BLOCK}
     assert (await store.get_many(["ivy"], now=NOW))["ivy"] == r["ivy"]  # actions never touch the belief
     # A user with hysteresis state but no belief yet has no belief.
@@ -409,8 +455,12 @@ async def test_previous_actions_round_trip(store: Repository) -> None:
 
 async def test_delete_erases_belief_actions_and_remembered_ids(store: Repository) -> None:
     key = SurfaceKey("lee", "GB", "adult_content")
-    await store.apply({"lee": [Evidence("a", NOW, 20.0, 2.0)], "max": [Evidence("a", NOW, 30.0, 2.0)]}, now=NOW,
-                      model_version="m", floor=FLOOR)
+    await store.apply(
+        {"lee": [Evidence("a", NOW, 20.0, 2.0)], "max": [Evidence("a", NOW, 30.0, 2.0)]},
+        now=NOW,
+        model_version="m",
+        floor=FLOOR,
+    )
     await store.record_actions({key: Action.BLOCK})
     await store.delete(["lee", "never-seen"])
     read = await store.get_many(["lee", "max"], now=NOW)
@@ -434,8 +484,12 @@ async def test_worked_example_signup_three_uploads_verified_age(store: Repositor
         prev = await store.get_previous_actions(keys)
         out = {}
         for key in keys:
-            d = decide(belief, PolicyEvent("DEFAULT", key.surface, t, declared, prev[key]), policy,
-                       half_life_s=store.half_life_s)
+            d = decide(
+                belief,
+                PolicyEvent("DEFAULT", key.surface, t, declared, prev[key]),
+                policy,
+                half_life_s=store.half_life_s,
+            )
             out[key.surface] = (d.action, d.reason_codes)
         await store.record_actions({k: out[k.surface][0] for k in keys})
         return out
@@ -449,15 +503,39 @@ async def test_worked_example_signup_three_uploads_verified_age(store: Repositor
     frame_std = math.sqrt(4.0 + floor**2)
     contradicted = "declared_age_contradicted"
     steps = [
-        ("up1", NOW + 1 * DAY, 14.0, 14.0, frame_std,
-         {"messaging_unknown_adults": (RV, ("insufficient_evidence",)),
-          "adult_content": (BLOCK, ("estimated_under_age",))}),
-        ("up2", NOW + 2 * DAY, 13.5, 13.75, math.sqrt(2.0 + floor**2),
-         {"messaging_unknown_adults": (RV, ("uncertain", contradicted)),
-          "adult_content": (BLOCK, ("estimated_under_age", contradicted))}),
-        ("up3", NOW + 3 * DAY, 14.2, 13.9, math.sqrt(4.0 / 3 + floor**2),
-         {"messaging_unknown_adults": (RV, ("uncertain", contradicted)),
-          "adult_content": (BLOCK, ("estimated_under_age", contradicted))}),
+        (
+            "up1",
+            NOW + 1 * DAY,
+            14.0,
+            14.0,
+            frame_std,
+            {
+                "messaging_unknown_adults": (RV, ("insufficient_evidence",)),
+                "adult_content": (BLOCK, ("estimated_under_age",)),
+            },
+        ),
+        (
+            "up2",
+            NOW + 2 * DAY,
+            13.5,
+            13.75,
+            math.sqrt(2.0 + floor**2),
+            {
+                "messaging_unknown_adults": (RV, ("uncertain", contradicted)),
+                "adult_content": (BLOCK, ("estimated_under_age", contradicted)),
+            },
+        ),
+        (
+            "up3",
+            NOW + 3 * DAY,
+            14.2,
+            13.9,
+            math.sqrt(4.0 / 3 + floor**2),
+            {
+                "messaging_unknown_adults": (RV, ("uncertain", contradicted)),
+                "adult_content": (BLOCK, ("estimated_under_age", contradicted)),
+            },
+        ),
     ]
     for event_id, at, mean, age, std, expected in steps:
         ev = event_evidence(event_id, at, [(mean, frame_std)], floor)
@@ -468,8 +546,9 @@ async def test_worked_example_signup_three_uploads_verified_age(store: Repositor
         assert b.std_at(at, HALF_LIFE) == pytest.approx(std, abs=0.001)
         assert await decide_all(at) == expected
     # Day 10, an ID check says 17.0: authoritative, overriding the estimate and the held RESTRICT.
-    v = await store.apply_verified(user, event_id="id-check", verified_age=17.0, verified_at=NOW + 10 * DAY,
-                                   now=NOW + 10 * DAY)
+    v = await store.apply_verified(
+        user, event_id="id-check", verified_age=17.0, verified_at=NOW + 10 * DAY, now=NOW + 10 * DAY
+    )
     assert v.verified
     assert v.age_at(NOW + 10 * DAY) == pytest.approx(17.0)
     assert await decide_all(NOW + 10 * DAY) == {
@@ -477,15 +556,33 @@ async def test_worked_example_signup_three_uploads_verified_age(store: Repositor
         "adult_content": (BLOCK, ("verified_under_age",)),
     }
     # A later upload that looks 25 changes nothing: the verified belief ignores estimates.
-    r = await store.apply({user: [Evidence("up4", NOW + 11 * DAY, 25.0, 2.0)]}, now=NOW + 11 * DAY,
-                          model_version="m1", floor=FLOOR)
+    r = await store.apply(
+        {user: [Evidence("up4", NOW + 11 * DAY, 25.0, 2.0)]}, now=NOW + 11 * DAY, model_version="m1", floor=FLOOR
+    )
     assert r.ignored[user] == ("up4",)
     assert r[user] == v
 
 
 # Ids no key name should carry raw (empty, braces, 10 KB, control characters, lone surrogates).
-ODD_IDS = ["", "}", "{", "}{", "{}", "{abc}", "abc", "x" * 10_240, "a\x00b", "line\nbreak", "\r\n", " ",
-           "\U0001f476\U0001f3fd emoji", "\udc80lone-surrogate", "\ud800", "caf\u00e9", "cafe\u0301"]
+ODD_IDS = [
+    "",
+    "}",
+    "{",
+    "}{",
+    "{}",
+    "{abc}",
+    "abc",
+    "x" * 10_240,
+    "a\x00b",
+    "line\nbreak",
+    "\r\n",
+    " ",
+    "\U0001f476\U0001f3fd emoji",
+    "\udc80lone-surrogate",
+    "\ud800",
+    "caf\u00e9",
+    "cafe\u0301",
+]
 
 
 async def test_any_user_id_works_and_users_never_collide(store: Repository) -> None:
@@ -498,8 +595,9 @@ async def test_any_user_id_works_and_users_never_collide(store: Repository) -> N
     r2 = await store.apply(second, now=NOW, model_version="m", floor=FLOOR)
     assert r2.errors == {}
     for u in users:  # a collision would fuse another user's evidence in: counts and ages would differ
-        expected = fuse(None, [*first[u], *second[u]], now=NOW, half_life_s=HALF_LIFE, model_version="m",
-                        floor=FLOOR).belief
+        expected = fuse(
+            None, [*first[u], *second[u]], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR
+        ).belief
         same(r2[u], expected)
         assert r2[u].observations == 2
     surface = {u: SurfaceKey(u, "GB", f"s{i}") for u, i in users.items()}
@@ -573,17 +671,19 @@ async def test_event_ids_are_remembered_for_the_skew_window_only(store: Reposito
     await store.apply_verified("rita", event_id="v", verified_age=30.0, verified_at=NOW, now=NOW)
     within = await store.apply_verified("rita", event_id="v", verified_age=30.0, verified_at=NOW, now=NOW + past)
     assert within.observations == 1
-    beyond = await store.apply_verified("rita", event_id="v", verified_age=30.0, verified_at=NOW,
-                                        now=NOW + past + 1)
+    beyond = await store.apply_verified("rita", event_id="v", verified_age=30.0, verified_at=NOW, now=NOW + past + 1)
     assert beyond.observations == 2
-    r = await store.apply({"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + past + 1,
-                          model_version="m", floor=FLOOR)
+    r = await store.apply(
+        {"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + past + 1, model_version="m", floor=FLOOR
+    )
     assert r.ignored["rita"] == ("e",)
-    edge = await store.apply({"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + 2 * past + 1,
-                             model_version="m", floor=FLOOR)
+    edge = await store.apply(
+        {"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + 2 * past + 1, model_version="m", floor=FLOOR
+    )
     assert edge.duplicates["rita"] == ("e",)  # exactly `max_past_s` old: still remembered, still accepted
-    late = await store.apply({"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + 2 * past + 2,
-                             model_version="m", floor=FLOOR)
+    late = await store.apply(
+        {"rita": [Evidence("e", NOW + past + 1, 20.0, 2.0)]}, now=NOW + 2 * past + 2, model_version="m", floor=FLOOR
+    )
     assert [(x.event_id, x.reason) for x in late.refused["rita"]] == [("e", RefusalReason.TOO_OLD)]
     # An estimate's id is remembered by its event time, not by when it arrived.
     old = Evidence("o", NOW - past + 1, 20.0, 2.0)
@@ -618,8 +718,12 @@ async def test_a_string_that_is_not_utf8_fails_the_whole_call_and_stores_nothing
     before anything is sent, for every user of the call. Unreachable from Kafka (Avro strings are UTF-8)."""
     bad = "\udc80"
     with pytest.raises(UnicodeEncodeError):
-        await store.apply({"ok": [Evidence("fine", NOW, 20.0, 2.0)], "odd": [Evidence(bad, NOW, 20.0, 2.0)]},
-                          now=NOW, model_version="m", floor=FLOOR)
+        await store.apply(
+            {"ok": [Evidence("fine", NOW, 20.0, 2.0)], "odd": [Evidence(bad, NOW, 20.0, 2.0)]},
+            now=NOW,
+            model_version="m",
+            floor=FLOOR,
+        )
     with pytest.raises(UnicodeEncodeError):
         await store.apply({"ok": [Evidence("fine", NOW, 20.0, 2.0)]}, now=NOW, model_version=bad, floor=FLOOR)
     with pytest.raises(UnicodeEncodeError):

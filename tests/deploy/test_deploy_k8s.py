@@ -384,8 +384,13 @@ def test_keda_topics_follow_the_topic_prefix(kustomize: str, tmp_path: Path) -> 
     text = config.read_text()
     assert "AGEGATE_TOPIC_PREFIX=agegate." in text
     config.write_text(text.replace("AGEGATE_TOPIC_PREFIX=agegate.", "AGEGATE_TOPIC_PREFIX=staging."))
-    proc = subprocess.run([kustomize, "build", str(tmp_path / "k8s" / "overlays" / "cpu")], capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [kustomize, "build", str(tmp_path / "k8s" / "overlays" / "cpu")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     scaled = one([d for d in yaml.safe_load_all(proc.stdout) if d], "ScaledObject")
     assert {t["metadata"]["topic"] for t in scaled["spec"]["triggers"]} == {"staging.signups", "staging.uploads"}

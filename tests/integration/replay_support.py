@@ -24,22 +24,38 @@ from stream.runners.replay import MergedReader, PartitionWindow
 __all__ = ["at", "face", "produce", "run_live", "snapshot", "source_windows", "tiny_checkpoint"]
 
 
-async def run_live(settings: Settings, engine: InferenceEngine, policy: Policy, *, codec: AvroCodec | None = None,
-                   windows: Sequence[PartitionWindow] | None = None) -> list[Outcome]:
+async def run_live(
+    settings: Settings,
+    engine: InferenceEngine,
+    policy: Policy,
+    *,
+    codec: AvroCodec | None = None,
+    windows: Sequence[PartitionWindow] | None = None,
+) -> list[Outcome]:
     """Process the source topics' current content like the worker: production prefix, real sink."""
     client = aioredis.Redis.from_url(settings.redis_url)
-    store = BeliefStore(client, prefix=settings.redis_key_prefix, half_life_s=settings.belief_half_life_days * DAY_S,
-                        ttl_s=settings.belief_ttl_days * DAY_S)
+    store = BeliefStore(
+        client,
+        prefix=settings.redis_key_prefix,
+        half_life_s=settings.belief_half_life_days * DAY_S,
+        ttl_s=settings.belief_ttl_days * DAY_S,
+    )
     sink = KafkaSink(settings)
-    assembled = assemble(settings, model=engine, store=store, sink=sink, policy=policy, codec=codec,
-                         stop_on_invalid_share=False)
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": settings.consumer_group,
-                                                          "enable.auto.commit": False})
+    assembled = assemble(
+        settings, model=engine, store=store, sink=sink, policy=policy, codec=codec, stop_on_invalid_share=False
+    )
+    consumer = Consumer(
+        settings.kafka_client_config() | {"group.id": settings.consumer_group, "enable.auto.commit": False}
+    )
     reader = MergedReader(consumer, windows if windows is not None else source_windows(settings), {})
     assembled.start()
     try:
-        return await run_to_end(reader.next, assembled.pipeline.process, max_in_flight=assembled.max_in_flight,
-                                batch_events=assembled.batch_events)
+        return await run_to_end(
+            reader.next,
+            assembled.pipeline.process,
+            max_in_flight=assembled.max_in_flight,
+            batch_events=assembled.batch_events,
+        )
     finally:
         consumer.close()
         await assembled.stop()

@@ -45,21 +45,26 @@ def _upload(user: str, k: int, frames: list[dict[str, Any]], surface: str = "adu
 
 def _face_frames(age: float, seed: int, orientation: int, n: int = 2) -> list[dict[str, Any]]:
     return [
-        events.inline_frame(f"f{j}", encode_with_orientation(synthetic_face(age, seed=seed * 10 + j), orientation,
-                                                             quality=92))
+        events.inline_frame(
+            f"f{j}", encode_with_orientation(synthetic_face(age, seed=seed * 10 + j), orientation, quality=92)
+        )
         for j in range(n)
     ]
 
 
 @pytest.fixture(scope="module")
-def run(settings: Settings, redis_url: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    dict[str, Any]
-]:
+def run(
+    settings: Settings, redis_url: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     """One worker at DEBUG level with a frame cap of 16 takes every adversarial input of this module."""
     tmp = tmp_path_factory.mktemp("adversarial")
     env = worker_env(
-        settings, model=tiny_model, redis_url=redis_url, redis_prefix=f"adv{uuid.uuid4().hex[:6]}",
-        AGEGATE_LOG_LEVEL="DEBUG", AGEGATE_MAX_FRAMES_PER_EVENT="16",
+        settings,
+        model=tiny_model,
+        redis_url=redis_url,
+        redis_prefix=f"adv{uuid.uuid4().hex[:6]}",
+        AGEGATE_LOG_LEVEL="DEBUG",
+        AGEGATE_MAX_FRAMES_PER_EVENT="16",
     )
     worker = WorkerProcess(env, tmp / "worker.log").start()
     uploads = topic_name("uploads", settings)
@@ -73,8 +78,9 @@ def run(settings: Settings, redis_url: str, tiny_model: Path, tmp_path_factory: 
             for child in range(5):
                 user = f"sideways{orientation}-{child}-{uuid.uuid4().hex[:6]}"
                 for k in range(4):
-                    records.append((user.encode(), _upload(user, k, _face_frames(8 + child % 3, child * 7 + k,
-                                                                                  orientation))))
+                    records.append(
+                        (user.encode(), _upload(user, k, _face_frames(8 + child % 3, child * 7 + k, orientation)))
+                    )
             offsets = produce_raw(settings, uploads, records, partition=orientation)
             keys = [f"{uploads}/{orientation}/{o}" for o in offsets]
             produced[f"orientation{orientation}"] = keys
@@ -91,8 +97,9 @@ def run(settings: Settings, redis_url: str, tiny_model: Path, tmp_path_factory: 
             users |= {key: (r[0] or b"").decode() for key, r in zip(keys, records, strict=True)}
         # One event with 200 frames.
         user = f"many-frames-{uuid.uuid4().hex[:6]}"
-        frames = [events.inline_frame(f"f{j}", encode_with_orientation(synthetic_face(35, seed=j), 1))
-                  for j in range(200)]
+        frames = [
+            events.inline_frame(f"f{j}", encode_with_orientation(synthetic_face(35, seed=j), 1)) for j in range(200)
+        ]
         (offset,) = produce_raw(settings, uploads, [(user.encode(), _upload(user, 0, frames))], partition=9)
         produced["200_frames"] = [f"{uploads}/9/{offset}"]
         users[produced["200_frames"][0]] = user
@@ -152,8 +159,10 @@ def test_a_debug_level_worker_log_holds_no_user_id(run: dict[str, Any]) -> None:
 def test_confluent_readers_read_every_codec(settings: Settings, run: dict[str, Any]) -> None:
     """diff, dead-letter listing/redrive (stream/adapters/topic_reader.py) and replay use librdkafka: every codec."""
     uploads = topic_name("uploads", settings)
-    seen = {f"{m.topic()}/{m.partition()}/{m.offset()}": m.key() for m in
-            read_to_end(settings, uploads, group=f"reader-{uuid.uuid4().hex[:6]}")}
+    seen = {
+        f"{m.topic()}/{m.partition()}/{m.offset()}": m.key()
+        for m in read_to_end(settings, uploads, group=f"reader-{uuid.uuid4().hex[:6]}")
+    }
     for codec in CODECS:
         for key in run["produced"][codec]:
             assert seen[key] == run["users"][key].encode()
@@ -204,8 +213,12 @@ def test_worker_waits_for_kafka_at_start_then_decides(
     settings: Settings, redis_url: str, tiny_model: Path, tmp_path: Path
 ) -> None:
     proxy = _LateProxy(settings.kafka_bootstrap_servers.split(",")[0])
-    late = load_settings(environ={}, kafka_bootstrap_servers=f"127.0.0.1:{proxy.port}",
-                         topic_prefix=settings.topic_prefix, consumer_group=f"late{uuid.uuid4().hex[:6]}")
+    late = load_settings(
+        environ={},
+        kafka_bootstrap_servers=f"127.0.0.1:{proxy.port}",
+        topic_prefix=settings.topic_prefix,
+        consumer_group=f"late{uuid.uuid4().hex[:6]}",
+    )
     env = worker_env(late, model=tiny_model, redis_url=redis_url, redis_prefix=f"late{uuid.uuid4().hex[:6]}")
     worker = WorkerProcess(env, tmp_path / "late.log").start()
     try:
@@ -230,8 +243,9 @@ def test_worker_waits_for_kafka_at_start_then_decides(
         worker.wait_ready(timeout=180)
         user = f"late-{uuid.uuid4().hex[:6]}"
         uploads = topic_name("uploads", settings)
-        (offset,) = produce_raw(settings, uploads, [(user.encode(), _upload(user, 0, _face_frames(40, 1, 1)))],
-                                partition=11)
+        (offset,) = produce_raw(
+            settings, uploads, [(user.encode(), _upload(user, 0, _face_frames(40, 1, 1)))], partition=11
+        )
         reader = OutputReader(settings)
         try:
             outputs = reader.poll_until([f"{uploads}/11/{offset}"], timeout=120)

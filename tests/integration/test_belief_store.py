@@ -67,7 +67,7 @@ async def prefix(client: RedisClient) -> AsyncIterator[str]:
     yield p
     keys = [k async for k in client.scan_iter(match=f"{p}:*", count=1000)]
     for i in range(0, len(keys), 500):
-        await client.delete(*keys[i:i + 500])
+        await client.delete(*keys[i : i + 500])
 
 
 @pytest.fixture
@@ -81,7 +81,12 @@ def same(a: Belief | None, b: Belief | None) -> None:
     assert a.birth_time == pytest.approx(b.birth_time, rel=0, abs=1e-3)  # seconds
     assert a.precision == pytest.approx(b.precision, rel=1e-12)
     assert (a.updated_at, a.observations, a.verified, a.model_version, a.floor) == (
-        b.updated_at, b.observations, b.verified, b.model_version, b.floor)
+        b.updated_at,
+        b.observations,
+        b.verified,
+        b.model_version,
+        b.floor,
+    )
 
 
 async def test_ttl_is_set_and_refreshed_on_both_keys(store: BeliefStore, client: RedisClient) -> None:
@@ -106,8 +111,12 @@ async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, clie
     sha = store._script.sha
     await client.script_flush()
     assert await client.script_exists(sha) == [False]
-    r = await store.apply({"erin": [Evidence("b", NOW, 24.0, 2.0)], "frank": [Evidence("c", NOW, 30.0, 3.0)]},
-                          now=NOW, model_version="m", floor=FLOOR)
+    r = await store.apply(
+        {"erin": [Evidence("b", NOW, 24.0, 2.0)], "frank": [Evidence("c", NOW, 30.0, 3.0)]},
+        now=NOW,
+        model_version="m",
+        floor=FLOOR,
+    )
     assert r["erin"].observations == 2
     assert r["frank"].observations == 1
     assert await client.script_exists(sha) == [True]
@@ -116,8 +125,9 @@ async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, clie
     assert b.verified
 
 
-async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, client: RedisClient,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_batch_of_1000_users_in_one_round_trip(
+    store: BeliefStore, client: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # loads the script
     await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
     pipelines = 0
@@ -129,8 +139,10 @@ async def test_a_batch_of_1000_users_in_one_round_trip(store: BeliefStore, clien
         return real_pipeline(*args, **kwargs)
 
     monkeypatch.setattr(client, "pipeline", counting_pipeline)
-    batch = {f"user{i}": [Evidence(f"e{i}", NOW, 10 + i % 50, 2.0), Evidence(f"f{i}", NOW - DAY, 11 + i % 50, 3.0)]
-             for i in range(1000)}
+    batch = {
+        f"user{i}": [Evidence(f"e{i}", NOW, 10 + i % 50, 2.0), Evidence(f"f{i}", NOW - DAY, 11 + i % 50, 3.0)]
+        for i in range(1000)
+    }
     result = await store.apply(batch, now=NOW, model_version="m", floor=FLOOR)
     assert pipelines == 1
     assert len(result) == 1000
@@ -155,8 +167,25 @@ async def test_redis_down_is_dependency_unavailable(cluster: bool) -> None:
 
 # Ids that broke the raw `{user_id}` hash tag (empty, braces) or that no key name should carry
 # (10 KB, control characters, text that is not valid UTF-8 on its own).
-ODD_IDS = ["", "}", "{", "}{", "{}", "{abc}", "abc", "x" * 10_240, "a\x00b", "line\nbreak", "\r\n", " ",
-           "\U0001f476\U0001f3fd emoji", "\udc80lone-surrogate", "\ud800", "caf\u00e9", "cafe\u0301"]
+ODD_IDS = [
+    "",
+    "}",
+    "{",
+    "}{",
+    "{}",
+    "{abc}",
+    "abc",
+    "x" * 10_240,
+    "a\x00b",
+    "line\nbreak",
+    "\r\n",
+    " ",
+    "\U0001f476\U0001f3fd emoji",
+    "\udc80lone-surrogate",
+    "\ud800",
+    "caf\u00e9",
+    "cafe\u0301",
+]
 
 
 async def server_slot(client: RedisClient, key: str) -> int:
@@ -166,13 +195,14 @@ async def server_slot(client: RedisClient, key: str) -> int:
     return int(key_slot(key.encode()))
 
 
-async def test_any_user_id_gets_both_keys_in_one_slot_and_no_raw_id_in_redis(store: BeliefStore,
-                                                                               client: RedisClient,
-                                                                               prefix: str) -> None:
+async def test_any_user_id_gets_both_keys_in_one_slot_and_no_raw_id_in_redis(
+    store: BeliefStore, client: RedisClient, prefix: str
+) -> None:
     """Key names and slots on the server (the behaviour for any id is in tests/contract/)."""
     users = {u: i for i, u in enumerate(ODD_IDS)}
-    r = await store.apply({u: [Evidence(f"a{i}", NOW, 10.0 + i, 2.0)] for u, i in users.items()}, now=NOW,
-                          model_version="m", floor=FLOOR)
+    r = await store.apply(
+        {u: [Evidence(f"a{i}", NOW, 10.0 + i, 2.0)] for u, i in users.items()}, now=NOW, model_version="m", floor=FLOOR
+    )
     assert r.errors == {}
     await store.record_actions({SurfaceKey(u, "GB", "adult_content"): Action.RESTRICT for u in users})
     keys = {u: (store.belief_key(u), store.events_key(u)) for u in users}
@@ -187,8 +217,9 @@ async def test_any_user_id_gets_both_keys_in_one_slot_and_no_raw_id_in_redis(sto
         assert await client.exists(b) + await client.exists(e) == 0
 
 
-async def test_a_script_error_names_the_server_reason_and_leaves_the_value_alone(store: BeliefStore,
-                                                                                 client: RedisClient) -> None:
+async def test_a_script_error_names_the_server_reason_and_leaves_the_value_alone(
+    store: BeliefStore, client: RedisClient
+) -> None:
     """A foreign value in one user's key (the contract is in tests/contract/): what Redis says and keeps."""
     await client.set(store.belief_key("poisoned-user"), "not a hash")
     batch = {u: [Evidence(f"e-{u}", NOW, 20.0, 2.0)] for u in ("before", "poisoned-user")}
@@ -204,16 +235,22 @@ async def test_a_script_error_names_the_server_reason_and_leaves_the_value_alone
     assert await store.get_previous_actions([garbled]) == {garbled: None}
 
 
-async def test_replay_journal_rolls_back_odd_ids_and_keeps_raw_ids_out_of_redis(client: RedisClient,
-                                                                                prefix: str) -> None:
+async def test_replay_journal_rolls_back_odd_ids_and_keeps_raw_ids_out_of_redis(
+    client: RedisClient, prefix: str
+) -> None:
     """The replay's undo journal (stream/adapters/journaled_store.py) on both backends, keyed by the user's tag."""
     journal = JournaledBeliefStore(client, prefix=prefix, half_life_s=HALF_LIFE, ttl_s=TTL)
     users = ["", "}", "{abc}"]
-    await journal.apply({u: [Evidence(f"a-{i}", NOW, 20.0, 2.0)] for i, u in enumerate(users)}, now=NOW,
-                        model_version="m", floor=FLOOR)
+    await journal.apply(
+        {u: [Evidence(f"a-{i}", NOW, 20.0, 2.0)] for i, u in enumerate(users)}, now=NOW, model_version="m", floor=FLOOR
+    )
     await journal.commit(1)
-    await journal.apply({u: [Evidence(f"b-{i}", NOW, 30.0, 2.0)] for i, u in enumerate([*users, "new"])},
-                        now=NOW, model_version="m", floor=FLOOR)
+    await journal.apply(
+        {u: [Evidence(f"b-{i}", NOW, 30.0, 2.0)] for i, u in enumerate([*users, "new"])},
+        now=NOW,
+        model_version="m",
+        floor=FLOOR,
+    )
     fields = await client.hkeys(journal.journal_key(1))
     tags = sorted(f.decode() if isinstance(f, bytes) else f for f in fields)
     assert tags == sorted(user_tag(u) for u in [*users, "new"])

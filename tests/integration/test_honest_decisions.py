@@ -52,8 +52,10 @@ class Scenario:
 
     def frames(self, apparent: float, n: int = 2) -> list[dict[str, Any]]:
         return [
-            events.inline_frame(f"f{j}", synthetic_face_jpeg(apparent + float(self.rng.normal(0, 1.0)),
-                                                             seed=int(self.rng.integers(1 << 30))))
+            events.inline_frame(
+                f"f{j}",
+                synthetic_face_jpeg(apparent + float(self.rng.normal(0, 1.0)), seed=int(self.rng.integers(1 << 30))),
+            )
             for j in range(n)
         ]
 
@@ -77,13 +79,15 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def scenario(kafka_bootstrap: str, redis_url: str, tiny_model: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+def scenario(
+    kafka_bootstrap: str, redis_url: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scenario]:
     run = uuid.uuid4().hex[:8]
     settings = fresh_settings(kafka_bootstrap, "h")
     log = tmp_path_factory.mktemp("honest") / "worker.log"
-    worker = WorkerProcess(worker_env(settings, model=tiny_model, redis_url=redis_url, redis_prefix=f"h{run}"),
-                           log).start()
+    worker = WorkerProcess(
+        worker_env(settings, model=tiny_model, redis_url=redis_url, redis_prefix=f"h{run}"), log
+    ).start()
     assert worker.env["AGEGATE_REDIS_PREFIX"] == f"h{run}"
     reader = OutputReader(settings)
     try:
@@ -100,11 +104,21 @@ def test_one_face_is_one_person_a_minor_who_looks_older_is_never_allowed(scenari
     evs = []
     for k in range(UPLOADS):
         at = s.now + k
-        evs.append(s.event("uploads", events.upload(minor, at=at, surface="adult_content", jurisdiction="DEFAULT",
-                                                    frames=s.frames(21.0)), 16.0))
+        evs.append(
+            s.event(
+                "uploads",
+                events.upload(minor, at=at, surface="adult_content", jurisdiction="DEFAULT", frames=s.frames(21.0)),
+                16.0,
+            )
+        )
         if k < 8:
-            evs.append(s.event("uploads", events.upload(adult, at=at, surface="adult_content",
-                                                        jurisdiction="DEFAULT", frames=s.frames(35.0)), 35.0))
+            evs.append(
+                s.event(
+                    "uploads",
+                    events.upload(adult, at=at, surface="adult_content", jurisdiction="DEFAULT", frames=s.frames(35.0)),
+                    35.0,
+                )
+            )
     decisions = list(s.send(evs).values())
     minor_d = [d for d in decisions if d["user_id"] == minor]
     adult_d = [d for d in decisions if d["user_id"] == adult]
@@ -127,15 +141,40 @@ def test_the_producers_clock_never_buys_a_more_permissive_action(scenario: Scena
     # History, dated now, identical for the three users of each kind.
     history = []
     for dating in DATINGS:
-        history.append(s.event("feedback", events.feedback(_dated(s, "verified", dating), at=s.now, verified_age=10.0,
-                                                           jurisdiction="DEFAULT"), 10.0))
+        history.append(
+            s.event(
+                "feedback",
+                events.feedback(_dated(s, "verified", dating), at=s.now, verified_age=10.0, jurisdiction="DEFAULT"),
+                10.0,
+            )
+        )
         for k in range(3):
-            history.append(s.event("uploads", events.upload(_dated(s, "estimated", dating), at=s.now + k,
-                                                            surface="adult_content", jurisdiction="DEFAULT",
-                                                            frames=s.frames(12.0)), 12.0))
-            history.append(s.event("uploads", events.upload(_dated(s, "declared", dating), at=s.now + k,
-                                                            surface="profile_photo", jurisdiction="DEFAULT",
-                                                            frames=s.frames(15.0)), 15.0))
+            history.append(
+                s.event(
+                    "uploads",
+                    events.upload(
+                        _dated(s, "estimated", dating),
+                        at=s.now + k,
+                        surface="adult_content",
+                        jurisdiction="DEFAULT",
+                        frames=s.frames(12.0),
+                    ),
+                    12.0,
+                )
+            )
+            history.append(
+                s.event(
+                    "uploads",
+                    events.upload(
+                        _dated(s, "declared", dating),
+                        at=s.now + k,
+                        surface="profile_photo",
+                        jurisdiction="DEFAULT",
+                        frames=s.frames(15.0),
+                    ),
+                    15.0,
+                )
+            )
     s.send(history)
 
     # The same final event for each, dated now, ten years ahead, ten years back.
@@ -143,14 +182,33 @@ def test_the_producers_clock_never_buys_a_more_permissive_action(scenario: Scena
     final: dict[tuple[str, str], SyntheticEvent] = {}
     for dating, shift in DATINGS.items():
         at = s.now + shift
-        final[("verified", dating)] = s.event("uploads", events.upload(
-            _dated(s, "verified", dating), at=at, surface="adult_content", jurisdiction="DEFAULT",
-            frames=s.frames(10.0)), 10.0)
-        final[("estimated", dating)] = s.event("uploads", events.upload(
-            _dated(s, "estimated", dating), at=at, surface="adult_content", jurisdiction="DEFAULT",
-            frames=s.frames(12.0)), 12.0)
-        final[("declared", dating)] = s.event("signups", events.signup(
-            _dated(s, "declared", dating), at=at, jurisdiction="DEFAULT", declared_age=30), 15.0)
+        final[("verified", dating)] = s.event(
+            "uploads",
+            events.upload(
+                _dated(s, "verified", dating),
+                at=at,
+                surface="adult_content",
+                jurisdiction="DEFAULT",
+                frames=s.frames(10.0),
+            ),
+            10.0,
+        )
+        final[("estimated", dating)] = s.event(
+            "uploads",
+            events.upload(
+                _dated(s, "estimated", dating),
+                at=at,
+                surface="adult_content",
+                jurisdiction="DEFAULT",
+                frames=s.frames(12.0),
+            ),
+            12.0,
+        )
+        final[("declared", dating)] = s.event(
+            "signups",
+            events.signup(_dated(s, "declared", dating), at=at, jurisdiction="DEFAULT", declared_age=30),
+            15.0,
+        )
         signup = events.signup(_dated(s, "birth-date", dating), at=at, jurisdiction="DEFAULT")
         signup["declared_birth_date"] = birth_date
         final[("birth-date", dating)] = s.event("signups", signup, 10.0)
@@ -180,16 +238,31 @@ def test_a_belief_that_vanished_from_redis_is_counted_and_logged(scenario: Scena
 
     s = scenario
     user = s.user("vanishes")
-    s.send([s.event("uploads", events.upload(user, at=s.now, surface="profile_photo", jurisdiction="DEFAULT",
-                                             frames=s.frames(30.0)), 30.0)])
+    s.send(
+        [
+            s.event(
+                "uploads",
+                events.upload(user, at=s.now, surface="profile_photo", jurisdiction="DEFAULT", frames=s.frames(30.0)),
+                30.0,
+            )
+        ]
+    )
     before = s.worker.metric("agegate_beliefs_lost_total")
     client = redis.Redis.from_url(s.redis_url)
     prefix = s.worker.env["AGEGATE_REDIS_PREFIX"]
     assert client.delete(user_key(prefix, user, "b"), user_key(prefix, user, "e")) == 2  # what FLUSHALL does to it
     client.close()
-    (after_loss,) = s.send([s.event("uploads", events.upload(user, at=s.now + 1, surface="profile_photo",
-                                                             jurisdiction="DEFAULT", frames=s.frames(30.0)),
-                                    30.0)]).values()
+    (after_loss,) = s.send(
+        [
+            s.event(
+                "uploads",
+                events.upload(
+                    user, at=s.now + 1, surface="profile_photo", jurisdiction="DEFAULT", frames=s.frames(30.0)
+                ),
+                30.0,
+            )
+        ]
+    ).values()
     assert after_loss["evidence"]["observations"] == 1  # judged as new, so safe: no ALLOW on one event
     assert after_loss["action"] != "ALLOW"
     assert s.worker.metric("agegate_beliefs_lost_total") == before + 1

@@ -124,16 +124,24 @@ def test_one_turn_of_the_improvement_loop(
     ages = dict(zip(consenting + others, _ages(CONSENTING + NOT_CONSENTING, 7), strict=True))
 
     # 1. Traffic: two upload events of two frames per user; only consenting users' frames are kept.
-    stream = [_upload(codec, u, ages[u], 2 * i + e, consent=u in consenting, seed=1000 * i + e)
-              for i, u in enumerate(consenting + others) for e in range(2)]
-    verified_users = consenting[:VERIFIED - 4] + others[:4]
+    stream = [
+        _upload(codec, u, ages[u], 2 * i + e, consent=u in consenting, seed=1000 * i + e)
+        for i, u in enumerate(consenting + others)
+        for e in range(2)
+    ]
+    verified_users = consenting[: VERIFIED - 4] + others[:4]
     stream += [_verified(codec, u, ages[u], 500 + i) for i, u in enumerate(verified_users)]
     env = worker_env(settings, model=tiny_model, redis_url=redis_url, redis_prefix=prefix)
     sent = _run_worker(settings, env, tmp_path / "worker-1.log", stream)
     retained = _retained_by_user(settings)
-    counts["1_traffic"] = {"events": len(sent), "consenting_users": CONSENTING, "other_users": NOT_CONSENTING,
-                           "verified_users": len(verified_users), "retained_frames": sum(retained.values()),
-                           "retained_users": len(retained)}
+    counts["1_traffic"] = {
+        "events": len(sent),
+        "consenting_users": CONSENTING,
+        "other_users": NOT_CONSENTING,
+        "verified_users": len(verified_users),
+        "retained_frames": sum(retained.values()),
+        "retained_users": len(retained),
+    }
     assert set(retained) == set(consenting)  # without consent nothing is kept
     assert sum(retained.values()) == CONSENTING * 4
 
@@ -148,10 +156,23 @@ def test_one_turn_of_the_improvement_loop(
     # 3. Dataset from feedback.
     feedback = build(settings, tmp_path / "feedback", val=0.25, test=0.4)
     report = feedback["report"]
-    counts["3_dataset"] = {k: report[k] for k in ("frames_read", "frames_used", "users_with_frames",
-                                                  "users_verified", "users_used", "verified_without_frames")}
-    counts["3_dataset"] |= {"skipped_frames": report["skipped_frames"], "erased": report["reader"]["retained_erased"],
-                            "splits": feedback["splits"], "content_hash": feedback["content_hash"][:19]}
+    counts["3_dataset"] = {
+        k: report[k]
+        for k in (
+            "frames_read",
+            "frames_used",
+            "users_with_frames",
+            "users_verified",
+            "users_used",
+            "verified_without_frames",
+        )
+    }
+    counts["3_dataset"] |= {
+        "skipped_frames": report["skipped_frames"],
+        "erased": report["reader"]["retained_erased"],
+        "splits": feedback["splits"],
+        "content_hash": feedback["content_hash"][:19],
+    }
     assert report["frames_used"] == (VERIFIED - 4 - 1) * 4  # consenting, verified, not erased
     assert report["skipped_frames"] == {"no_verification": (CONSENTING - VERIFIED + 4) * 4}
     assert report["reader"]["retained_erased"] == 4
@@ -161,11 +182,38 @@ def test_one_turn_of_the_improvement_loop(
 
     # 4. Fine-tune production on the feedback data (mixed with production's base data); a worse one too.
     base_data = tiny_model.parent.parent / "data" / "manifest.csv"
-    better = _train("--data", str(manifest), "--out", str(tmp_path / "better"), "--init-from", str(tiny_model),
-                    "--mix", str(base_data), "--mix-max", "3000", "--epochs", "2", "--lr", "2e-4",
-                    "--warmup-steps", "5", "--version", "loop-ft1")
-    worse = _train("--data", str(manifest), "--out", str(tmp_path / "worse"), "--epochs", "1", "--lr", "0",
-                   "--version", "loop-worse")
+    better = _train(
+        "--data",
+        str(manifest),
+        "--out",
+        str(tmp_path / "better"),
+        "--init-from",
+        str(tiny_model),
+        "--mix",
+        str(base_data),
+        "--mix-max",
+        "3000",
+        "--epochs",
+        "2",
+        "--lr",
+        "2e-4",
+        "--warmup-steps",
+        "5",
+        "--version",
+        "loop-ft1",
+    )
+    worse = _train(
+        "--data",
+        str(manifest),
+        "--out",
+        str(tmp_path / "worse"),
+        "--epochs",
+        "1",
+        "--lr",
+        "0",
+        "--version",
+        "loop-worse",
+    )
     bench = tmp_path / "bench"
     build_benchmark(bench, images=400, seed=4242)
 
@@ -173,13 +221,20 @@ def test_one_turn_of_the_improvement_loop(
     ensure_shadow_topic(settings, partitions=3)
     shadow_users = [f"s{i}" for i in range(SHADOW_USERS)]
     shadow_ages = dict(zip(shadow_users, _ages(SHADOW_USERS, 11), strict=True))
-    stream2 = [_upload(codec, u, shadow_ages[u], 700 + i, consent=False, seed=50_000 + i)
-               for i, u in enumerate(shadow_users)]
-    env2 = worker_env(settings, model=tiny_model, redis_url=redis_url, redis_prefix=prefix,
-                      AGEGATE_SHADOW_MODEL=str(better))
+    stream2 = [
+        _upload(codec, u, shadow_ages[u], 700 + i, consent=False, seed=50_000 + i) for i, u in enumerate(shadow_users)
+    ]
+    env2 = worker_env(
+        settings, model=tiny_model, redis_url=redis_url, redis_prefix=prefix, AGEGATE_SHADOW_MODEL=str(better)
+    )
     _run_worker(settings, env2, tmp_path / "worker-2.log", stream2)
-    bounds = ShadowBounds(window_s=3600.0, min_events=SHADOW_USERS, max_action_change_rate=0.5,
-                          max_new_allow_rate=0.25, max_mean_abs_diff_years=10.0)
+    bounds = ShadowBounds(
+        window_s=3600.0,
+        min_events=SHADOW_USERS,
+        max_action_change_rate=0.5,
+        max_new_allow_rate=0.25,
+        max_mean_abs_diff_years=10.0,
+    )
     shadow_source = kafka_shadow_source(settings)  # what `agegate model promote` reads
 
     # 6. Promotion: refused for the worse candidate, accepted for the better one; rollback restores.
@@ -187,21 +242,47 @@ def test_one_turn_of_the_improvement_loop(
     pointer_path.write_text(f"AGEGATE_MODEL={tiny_model}\n")
     pointer = Pointer(pointer_path)
     printed: list[str] = []
-    ok_worse, refused = promote(pointer, str(worse), benchmark=str(bench / "manifest.csv"), feedback=str(manifest),
-                                reason="loop test: worse", who="ci", shadow_source=shadow_source, bounds=bounds,
-                                out=tmp_path / "promote-worse", bootstrap=300, threads=1, echo=printed.append)
+    ok_worse, refused = promote(
+        pointer,
+        str(worse),
+        benchmark=str(bench / "manifest.csv"),
+        feedback=str(manifest),
+        reason="loop test: worse",
+        who="ci",
+        shadow_source=shadow_source,
+        bounds=bounds,
+        out=tmp_path / "promote-worse",
+        bootstrap=300,
+        threads=1,
+        echo=printed.append,
+    )
     assert not ok_worse
     assert pointer.read() == str(tiny_model)
-    ok_better, accepted = promote(pointer, str(better), benchmark=str(bench / "manifest.csv"), feedback=str(manifest),
-                                  reason="loop test: fine-tuned on feedback", who="ci", shadow_source=shadow_source,
-                                  bounds=bounds, out=tmp_path / "promote-better", bootstrap=300, threads=1,
-                                  echo=printed.append)
+    ok_better, accepted = promote(
+        pointer,
+        str(better),
+        benchmark=str(bench / "manifest.csv"),
+        feedback=str(manifest),
+        reason="loop test: fine-tuned on feedback",
+        who="ci",
+        shadow_source=shadow_source,
+        bounds=bounds,
+        out=tmp_path / "promote-better",
+        bootstrap=300,
+        threads=1,
+        echo=printed.append,
+    )
     assert ok_better, "\n".join(printed)
     assert pointer.read() == str(better)
     counts["6_promotion"] = {
         "worse": {"action": refused["action"], "refused_because": refused["refused_because"]},
-        "better": {"action": accepted["action"], "shadow": {k: accepted["evidence"]["shadow"][k] for k in (
-            "events", "action_changes", "new_allows", "action_change_rate", "mean_abs_diff_years")}},
+        "better": {
+            "action": accepted["action"],
+            "shadow": {
+                k: accepted["evidence"]["shadow"][k]
+                for k in ("events", "action_changes", "new_allows", "action_change_rate", "mean_abs_diff_years")
+            },
+        },
     }
     back = rollback(pointer, reason="loop test: restore", who="ci")
     assert pointer.read() == str(tiny_model)

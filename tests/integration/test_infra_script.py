@@ -31,8 +31,11 @@ def port_open(port: int) -> bool:
 @pytest.fixture
 def isolated_env(tmp_path: Path) -> dict[str, str]:
     """Other ports and a private state folder; the resolved-jar cache is shared when present."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL", "SCHEMA_REGISTRY_URL"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL", "SCHEMA_REGISTRY_URL"}
+    }
     env |= {
         "AGEGATE_KAFKA_PORT": str(free_port()),
         "AGEGATE_KAFKA_CONTROLLER_PORT": str(free_port()),
@@ -122,8 +125,11 @@ def test_up_twice_then_down_stops_exactly_what_up_started(isolated_env: dict[str
 
 
 def test_external_services_are_never_started(isolated_env: dict[str, str]) -> None:
-    isolated_env |= {"KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9092", "REDIS_URL": "redis://redis.example:6379/0",
-                     "REDIS_CLUSTER_URL": "redis://redis-cluster.example:6379/0"}
+    isolated_env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9092",
+        "REDIS_URL": "redis://redis.example:6379/0",
+        "REDIS_CLUSTER_URL": "redis://redis-cluster.example:6379/0",
+    }
     result = infra(isolated_env, "up")
     assert result.returncode == 0
     assert "kafka: external" in result.stdout

@@ -26,7 +26,10 @@ def test_every_line_of_a_worker_in_json_mode_is_a_json_object(
     settings = fresh_settings(kafka_bootstrap, "jl")
     log_path = tmp_path / "worker.log"
     env = worker_env(
-        settings, model=tiny_model, redis_url=redis_url, redis_prefix=f"jl{uuid.uuid4().hex[:6]}",
+        settings,
+        model=tiny_model,
+        redis_url=redis_url,
+        redis_prefix=f"jl{uuid.uuid4().hex[:6]}",
         AGEGATE_LOG_FORMAT="json",
     )
     worker = WorkerProcess(env, log_path).start()

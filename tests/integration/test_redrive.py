@@ -45,13 +45,23 @@ async def test_broken_schema_dead_letters_are_redriven_and_decided(
     import dataclasses
     from pathlib import Path
 
-    settings = dataclasses.replace(kafka_settings, redis_url=redis_url, inference_device="cpu", inference_threads=1,
-                                   redis_key_prefix=f"rd{uuid.uuid4().hex[:8]}")
+    settings = dataclasses.replace(
+        kafka_settings,
+        redis_url=redis_url,
+        inference_device="cpu",
+        inference_threads=1,
+        redis_key_prefix=f"rd{uuid.uuid4().hex[:8]}",
+    )
     TopicAdmin(settings).create()
     engine = InferenceEngine.from_checkpoint(tiny_checkpoint(Path(str(tmp_path))), device="cpu", threads=1)
     users = [f"u{i}" for i in range(5)]
-    produce(settings, [("signups", events.signup(u, at=at(i), declared_age=30, event_id=str(uuid.uuid4())))
-                       for i, u in enumerate(users)])
+    produce(
+        settings,
+        [
+            ("signups", events.signup(u, at=at(i), declared_age=30, event_id=str(uuid.uuid4())))
+            for i, u in enumerate(users)
+        ],
+    )
     # A healthy upload too: it must not be selected by --reason, nor redriven.
     produce(settings, [("uploads", events.upload("ok", at=at(9), surface="profile_photo"))])
     before = source_windows(settings)
@@ -70,8 +80,9 @@ async def test_broken_schema_dead_letters_are_redriven_and_decided(
 
     # The fixed deployment (full registry) consumes only what the redrive appended.
     ends = {(w.topic, w.partition): w.end for w in before}
-    redriven = [PartitionWindow(w.topic, w.partition, ends[(w.topic, w.partition)], w.end)
-                for w in source_windows(settings)]
+    redriven = [
+        PartitionWindow(w.topic, w.partition, ends[(w.topic, w.partition)], w.end) for w in source_windows(settings)
+    ]
     assert sum(w.end - w.start for w in redriven) == 5
     fixed = await run_live(settings, engine, load_policy(None), windows=redriven)
     assert [o.kind for o in fixed] == ["decision"] * 5
@@ -90,8 +101,9 @@ async def test_broken_schema_dead_letters_are_redriven_and_decided(
 
 def _appended(settings: Settings, before: list[PartitionWindow]) -> list[PartitionWindow]:
     ends = {(w.topic, w.partition): w.end for w in before}
-    return [PartitionWindow(w.topic, w.partition, ends[(w.topic, w.partition)], w.end)
-            for w in source_windows(settings)]
+    return [
+        PartitionWindow(w.topic, w.partition, ends[(w.topic, w.partition)], w.end) for w in source_windows(settings)
+    ]
 
 
 async def test_redrive_repeated_over_an_unfixed_cause_selects_each_event_once(
@@ -102,14 +114,24 @@ async def test_redrive_repeated_over_an_unfixed_cause_selects_each_event_once(
     import dataclasses
     from pathlib import Path
 
-    settings = dataclasses.replace(kafka_settings, redis_url=redis_url, inference_device="cpu", inference_threads=1,
-                                   redis_key_prefix=f"rr{uuid.uuid4().hex[:8]}")
+    settings = dataclasses.replace(
+        kafka_settings,
+        redis_url=redis_url,
+        inference_device="cpu",
+        inference_threads=1,
+        redis_key_prefix=f"rr{uuid.uuid4().hex[:8]}",
+    )
     TopicAdmin(settings).create()
     engine = InferenceEngine.from_checkpoint(tiny_checkpoint(Path(str(tmp_path))), device="cpu", threads=1)
     broken = AvroCodec(StaleRegistry())
     users = [f"u{i}" for i in range(4)]
-    produce(settings, [("signups", events.signup(u, at=at(i), declared_age=30, event_id=str(uuid.uuid4())))
-                       for i, u in enumerate(users)])
+    produce(
+        settings,
+        [
+            ("signups", events.signup(u, at=at(i), declared_age=30, event_id=str(uuid.uuid4())))
+            for i, u in enumerate(users)
+        ],
+    )
     before = source_windows(settings)
     first = await run_live(settings, engine, load_policy(None), codec=broken)
     assert [o.kind for o in first] == ["dead_letter"] * 4

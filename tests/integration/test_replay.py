@@ -66,14 +66,26 @@ def history() -> list[tuple[str, dict[str, Any]]]:
         evs.append(("signups", events.signup(f"s{n}", at=at(len(evs)), declared_age=age, event_id=eid(f"s{n}"))))
     for n in (1, 2):
         evs.append(("feedback", events.feedback(f"v{n}", at=at(len(evs)), verified_age=16, event_id=eid(f"v{n}"))))
-    evs.append(("signups", events.signup("e1", at=at(len(evs)), jurisdiction="EU", declared_age=15,
-                                         event_id=eid("e1"))))
+    evs.append(
+        ("signups", events.signup("e1", at=at(len(evs)), jurisdiction="EU", declared_age=15, event_id=eid("e1")))
+    )
     i = len(evs)
     for rnd in range(2):
         for n in (1, 2, 3):
             frames = [events.inline_frame(f"f{k}", face(20 + 5 * n, seed=100 * n + 10 * rnd + k)) for k in range(2)]
-            evs.append(("uploads", events.upload(f"m{n}", at=at(i), surface="profile_photo", frames=frames,
-                                                 event_id=eid(f"ev-m{n}-{rnd}"), content_id=f"c{n}{rnd}")))
+            evs.append(
+                (
+                    "uploads",
+                    events.upload(
+                        f"m{n}",
+                        at=at(i),
+                        surface="profile_photo",
+                        frames=frames,
+                        event_id=eid(f"ev-m{n}-{rnd}"),
+                        content_id=f"c{n}{rnd}",
+                    ),
+                )
+            )
             i += 1
     return evs
 
@@ -82,9 +94,17 @@ def history() -> list[tuple[str, dict[str, Any]]]:
 def env(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     uid = uuid.uuid4().hex[:10]
-    settings = load_settings(environ={}, kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url,
-                             topic_prefix=f"r{uid}.", consumer_group=f"g{uid}", redis_key_prefix=f"prod{uid}",
-                             inference_device="cpu", inference_threads=1, batch_max_frames=8)
+    settings = load_settings(
+        environ={},
+        kafka_bootstrap_servers=kafka_bootstrap,
+        redis_url=redis_url,
+        topic_prefix=f"r{uid}.",
+        consumer_group=f"g{uid}",
+        redis_key_prefix=f"prod{uid}",
+        inference_device="cpu",
+        inference_threads=1,
+        batch_max_frames=8,
+    )
     TopicAdmin(settings).create()
     tmp = tmp_path_factory.mktemp("replay")
     ckpt = tiny_checkpoint(tmp, seed=0)
@@ -92,8 +112,13 @@ def env(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathF
     produce(settings, history())
     # The recorded decisions come from the real worker (`agegate worker`), run over the history.
     worker = WorkerProcess(
-        worker_env(settings, model=ckpt, redis_url=redis_url, redis_prefix=settings.redis_key_prefix,
-                   AGEGATE_BATCH_MAX_FRAMES="8"),
+        worker_env(
+            settings,
+            model=ckpt,
+            redis_url=redis_url,
+            redis_prefix=settings.redis_key_prefix,
+            AGEGATE_BATCH_MAX_FRAMES="8",
+        ),
         tmp / "worker.log",
     ).start()
     reader = OutputReader(settings)
@@ -115,9 +140,17 @@ def env(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathF
 
 
 def _cfg(env: dict[str, Any], out: Path, **kw: Any) -> ReplayConfig:
-    return ReplayConfig(settings=env["settings"], frm=parse_bound("earliest"), to=parse_bound("latest"),
-                        out=f"file:{out}", state_path=out.with_suffix(".state.json"), model=str(env["ckpt"]),
-                        progress=False, checkpoint_every=4, **kw)
+    return ReplayConfig(
+        settings=env["settings"],
+        frm=parse_bound("earliest"),
+        to=parse_bound("latest"),
+        out=f"file:{out}",
+        state_path=out.with_suffix(".state.json"),
+        model=str(env["ckpt"]),
+        progress=False,
+        checkpoint_every=4,
+        **kw,
+    )
 
 
 async def test_stricter_policy_diff_shows_exactly_the_expected_changes(env: dict[str, Any], redis_url: str) -> None:
@@ -125,8 +158,7 @@ async def test_stricter_policy_diff_shows_exactly_the_expected_changes(env: dict
     before = await snapshot(redis_url, settings.redis_key_prefix)
     assert before, "the live run must have written production beliefs"
     out = env["tmp"] / "stricter.jsonl"
-    summary = await replay(_cfg(env, out, policy=str(env["stricter"]), diff_against="decisions"),
-                           engine=env["engine"])
+    summary = await replay(_cfg(env, out, policy=str(env["stricter"]), diff_against="decisions"), engine=env["engine"])
     assert summary.events == len(history())
     assert summary.dead_letters == 0
     report = summary.diff
@@ -172,13 +204,32 @@ def test_killed_replay_resumes_to_the_uninterrupted_output(env: dict[str, Any], 
     asyncio.run(replay(_cfg(env, whole), engine=env["engine"]))
     out = env["tmp"] / "resumed.jsonl"
     child_env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "REDIS_URL": redis_url,
-        "AGEGATE_TOPIC_PREFIX": settings.topic_prefix, "AGEGATE_REDIS_PREFIX": settings.redis_key_prefix,
-        "AGEGATE_DEVICE": "cpu", "AGEGATE_INFERENCE_THREADS": "1", "AGEGATE_BATCH_MAX_FRAMES": "8",
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "REDIS_URL": redis_url,
+        "AGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+        "AGEGATE_REDIS_PREFIX": settings.redis_key_prefix,
+        "AGEGATE_DEVICE": "cpu",
+        "AGEGATE_INFERENCE_THREADS": "1",
+        "AGEGATE_BATCH_MAX_FRAMES": "8",
         "AGEGATE_LOG_LEVEL": "WARNING",
     }
-    cmd = [sys.executable, "-m", "stream.cli", "replay", "--from", "earliest", "--to", "latest",
-           "--model", str(env["ckpt"]), "--out", f"file:{out}", "--checkpoint-every", "7", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stream.cli",
+        "replay",
+        "--from",
+        "earliest",
+        "--to",
+        "latest",
+        "--model",
+        str(env["ckpt"]),
+        "--out",
+        f"file:{out}",
+        "--checkpoint-every",
+        "7",
+        "--no-progress",
+    ]
     # Dies after 13 events: a checkpoint after 7, then both uploads of m1 and m2 fused into Redis and
     # written to the file; without the rollback, m1's first upload would be re-decided on 4 observations.
     crashed = subprocess.run([*cmd, "--fail-after", "13"], env=child_env, capture_output=True, timeout=300)

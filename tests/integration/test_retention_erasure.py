@@ -47,10 +47,16 @@ def settings(kafka_settings: Settings, redis_url: str, unique_id: str) -> Settin
     # The retained-frames topic as declared, with a cleaner that runs within seconds (test only).
     admin = AdminClient(s.kafka_client_config())
     name = topic_name("retained_frames", s)
-    config = {"cleanup.policy": "compact,delete", "retention.ms": str(int(s.retained_frames_retention_days * DAY_MS)),
-              "segment.ms": "100", "min.cleanable.dirty.ratio": "0.001", "min.compaction.lag.ms": "0"}
-    for fut in admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1,
-                                             config=config)]).values():
+    config = {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(int(s.retained_frames_retention_days * DAY_MS)),
+        "segment.ms": "100",
+        "min.cleanable.dirty.ratio": "0.001",
+        "min.compaction.lag.ms": "0",
+    }
+    for fut in admin.create_topics(
+        [NewTopic(name, num_partitions=PARTITIONS, replication_factor=1, config=config)]
+    ).values():
         fut.result(timeout=30)
     TopicAdmin(s).create()
     return s
@@ -70,17 +76,29 @@ def _retained(s: Settings, codec: AvroCodec, user: str, n: int, shade: int) -> l
     out: list[tuple[str, bytes, bytes | None]] = []
     for i in range(n):
         event = str(uuid.uuid4())
-        record = {"user_id": user, "event_id": event, "frame_id": "f0",
-                  "occurred_at": dt.datetime.fromtimestamp(NOW - (i + 1) * DAY, dt.UTC),
-                  "content_type": "image/jpeg", "data": _jpeg(shade + 7 * i)}
-        out.append((topic_name("retained_frames", s), frame_key(user, event, "f0"),
-                    codec.encode(RETAINED_FRAME, record)))
+        record = {
+            "user_id": user,
+            "event_id": event,
+            "frame_id": "f0",
+            "occurred_at": dt.datetime.fromtimestamp(NOW - (i + 1) * DAY, dt.UTC),
+            "content_type": "image/jpeg",
+            "data": _jpeg(shade + 7 * i),
+        }
+        out.append(
+            (topic_name("retained_frames", s), frame_key(user, event, "f0"), codec.encode(RETAINED_FRAME, record))
+        )
     return out
 
 
 def _feedback(s: Settings, codec: AvroCodec, user: str, age: float) -> tuple[str, bytes, bytes | None]:
-    record = {"event_id": str(uuid.uuid4()), "user_id": user, "occurred_at": dt.datetime.fromtimestamp(NOW, dt.UTC),
-              "verified_age": age, "method": "ID_CHECK", "jurisdiction": None}
+    record = {
+        "event_id": str(uuid.uuid4()),
+        "user_id": user,
+        "occurred_at": dt.datetime.fromtimestamp(NOW, dt.UTC),
+        "verified_age": age,
+        "method": "ID_CHECK",
+        "jurisdiction": None,
+    }
     return topic_name("feedback", s), user.encode(), codec.encode(FEEDBACK, record)
 
 

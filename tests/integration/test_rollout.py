@@ -70,9 +70,19 @@ def backlog() -> list[tuple[str, dict[str, Any]]]:
         evs.append(("signups", events.signup(f"s{n}", at=at(len(evs)), declared_age=age, event_id=eid(f"s{n}"))))
     for rnd in range(2):
         for n in range(6):
-            evs.append(("uploads", events.upload(f"m{n}", at=at(len(evs)), surface="profile_photo",
-                                                 frames=frames(f"m{n}", 1 + (n + rnd) % 3, 100 * rnd + n),
-                                                 event_id=eid(f"m{n}-{rnd}"), content_id=f"c{n}{rnd}")))
+            evs.append(
+                (
+                    "uploads",
+                    events.upload(
+                        f"m{n}",
+                        at=at(len(evs)),
+                        surface="profile_photo",
+                        frames=frames(f"m{n}", 1 + (n + rnd) % 3, 100 * rnd + n),
+                        event_id=eid(f"m{n}-{rnd}"),
+                        content_id=f"c{n}{rnd}",
+                    ),
+                )
+            )
     return evs
 
 
@@ -81,35 +91,66 @@ def backlog() -> list[tuple[str, dict[str, Any]]]:
 LIVE_ORDER: list[tuple[str, dict[str, Any]]] = [
     # w1's verification happened after its upload, but the worker saw it first.
     ("feedback", events.feedback("w1", at=at(41), verified_age=16, event_id=eid("w1-fb"))),
-    ("uploads", events.upload("w1", at=at(40), surface="profile_photo", frames=frames("w1", 2, 900),
-                              event_id=eid("w1-up"), content_id="w1")),
+    (
+        "uploads",
+        events.upload(
+            "w1",
+            at=at(40),
+            surface="profile_photo",
+            frames=frames("w1", 2, 900),
+            event_id=eid("w1-up"),
+            content_id="w1",
+        ),
+    ),
     # f1's upload came after its signup (with a selfie), but the worker took the uploads topic first:
     # it fused the upload's frames into the signup's decision. (Within one topic a user's events stay
     # in offset order, live and in the replay; across topics only the replay orders by event time.)
-    ("uploads", events.upload("f1", at=at(51), surface="profile_photo", frames=frames("f1", 2, 910),
-                              event_id=eid("f1-up"), content_id="f1")),
-    ("signups", events.signup("f1", at=at(50), declared_age=30, frames=frames("f1", 2, 920),
-                              event_id=eid("f1-su"))),
+    (
+        "uploads",
+        events.upload(
+            "f1",
+            at=at(51),
+            surface="profile_photo",
+            frames=frames("f1", 2, 910),
+            event_id=eid("f1-up"),
+            content_id="f1",
+        ),
+    ),
+    ("signups", events.signup("f1", at=at(50), declared_age=30, frames=frames("f1", 2, 920), event_id=eid("f1-su"))),
 ]
 EVENTS = len(backlog()) + len(LIVE_ORDER)
 
 
 @pytest.fixture(scope="module")
-def env(kafka_bootstrap: str, redis_url: str, tiny_model: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def env(
+    kafka_bootstrap: str, redis_url: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     # A trained model: an untrained one's activations are too uniform for batch fill to change a bit.
     uid = uuid.uuid4().hex[:10]
-    settings = load_settings(environ={}, kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url,
-                             topic_prefix=f"ro{uid}.", consumer_group=f"g{uid}", redis_key_prefix=f"prod{uid}",
-                             inference_device="cpu", inference_threads=1, batch_max_frames=8)
+    settings = load_settings(
+        environ={},
+        kafka_bootstrap_servers=kafka_bootstrap,
+        redis_url=redis_url,
+        topic_prefix=f"ro{uid}.",
+        consumer_group=f"g{uid}",
+        redis_key_prefix=f"prod{uid}",
+        inference_device="cpu",
+        inference_threads=1,
+        batch_max_frames=8,
+    )
     TopicAdmin(settings).create()
     tmp = tmp_path_factory.mktemp("rollout")
     ckpt = tiny_model
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", threads=1)
     produce(settings, backlog())
     worker = WorkerProcess(
-        worker_env(settings, model=ckpt, redis_url=redis_url, redis_prefix=settings.redis_key_prefix,
-                   AGEGATE_BATCH_MAX_FRAMES="8"),
+        worker_env(
+            settings,
+            model=ckpt,
+            redis_url=redis_url,
+            redis_prefix=settings.redis_key_prefix,
+            AGEGATE_BATCH_MAX_FRAMES="8",
+        ),
         tmp / "worker.log",
     ).start()
     reader = OutputReader(settings)
@@ -132,28 +173,63 @@ def env(kafka_bootstrap: str, redis_url: str, tiny_model: Path,
         reader.close()
     stricter = tmp / "stricter.toml"
     stricter.write_text(STRICTER)
-    yield {"settings": settings, "engine": engine, "ckpt": ckpt, "tmp": tmp, "stricter": stricter,
-           "redis_url": redis_url}
+    yield {
+        "settings": settings,
+        "engine": engine,
+        "ckpt": ckpt,
+        "tmp": tmp,
+        "stricter": stricter,
+        "redis_url": redis_url,
+    }
     engine.close()
 
 
 def _cfg(env: dict[str, Any], out: Path, **kw: Any) -> ReplayConfig:
     kw.setdefault("checkpoint_every", 1000)
-    return ReplayConfig(settings=env["settings"], frm=parse_bound("earliest"), to=parse_bound("latest"),
-                        out=f"file:{out}", state_path=out.with_suffix(".state.json"), model=str(env["ckpt"]),
-                        progress=False, **kw)
+    return ReplayConfig(
+        settings=env["settings"],
+        frm=parse_bound("earliest"),
+        to=parse_bound("latest"),
+        out=f"file:{out}",
+        state_path=out.with_suffix(".state.json"),
+        model=str(env["ckpt"]),
+        progress=False,
+        **kw,
+    )
 
 
 def _cli(env: dict[str, Any], out: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[bytes]:
     settings = env["settings"]
-    child_env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "REDIS_URL": env["redis_url"],
-        "AGEGATE_TOPIC_PREFIX": settings.topic_prefix, "AGEGATE_REDIS_PREFIX": settings.redis_key_prefix,
-        "AGEGATE_DEVICE": "cpu", "AGEGATE_INFERENCE_THREADS": "1", "AGEGATE_BATCH_MAX_FRAMES": "8",
-        "AGEGATE_LOG_LEVEL": "WARNING",
-    } | extra_env
-    cmd = [sys.executable, "-m", "stream.cli", "replay", "--from", "earliest", "--to", "latest",
-           "--model", str(env["ckpt"]), "--out", f"file:{out}", "--no-progress", *args]
+    child_env = (
+        os.environ
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "REDIS_URL": env["redis_url"],
+            "AGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+            "AGEGATE_REDIS_PREFIX": settings.redis_key_prefix,
+            "AGEGATE_DEVICE": "cpu",
+            "AGEGATE_INFERENCE_THREADS": "1",
+            "AGEGATE_BATCH_MAX_FRAMES": "8",
+            "AGEGATE_LOG_LEVEL": "WARNING",
+        }
+        | extra_env
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "stream.cli",
+        "replay",
+        "--from",
+        "earliest",
+        "--to",
+        "latest",
+        "--model",
+        str(env["ckpt"]),
+        "--out",
+        f"file:{out}",
+        "--no-progress",
+        *args,
+    ]
     return subprocess.run(cmd, env=child_env, capture_output=True, timeout=300, check=False)
 
 
@@ -167,8 +243,11 @@ async def test_checkpoint_interval_and_rate_do_not_change_a_byte(env: dict[str, 
     reference = whole.read_bytes()
     lines = [json.loads(x) for x in reference.splitlines()]
     assert sum(1 for x in lines if x["kind"] == "decision" and x["decision"]["evidence"]["frames_scored"]) == 15
-    for name, kw in (("every1", {"checkpoint_every": 1}), ("every3-rate", {"checkpoint_every": 3, "rate": 200.0}),
-                     ("inflight1", {"checkpoint_every": 5, "max_in_flight": 1})):
+    for name, kw in (
+        ("every1", {"checkpoint_every": 1}),
+        ("every3-rate", {"checkpoint_every": 3, "rate": 200.0}),
+        ("inflight1", {"checkpoint_every": 5, "max_in_flight": 1}),
+    ):
         out = env["tmp"] / f"{name}.jsonl"
         await replay(_cfg(env, out, **kw), engine=env["engine"])
         assert out.read_bytes() == reference, f"{name}: the output depends on how batches filled"
@@ -199,9 +278,11 @@ def test_a_resume_with_other_output_changing_settings_is_refused(env: dict[str, 
     pinned = json.loads(Path(str(out) + ".state.json").read_text())["pinned"]
     assert pinned["batch_frames"] == 8
     assert len(pinned["model_sha256"]) == len(pinned["policy_sha256"]) == 64
-    for args, extra, what in (((), {"AGEGATE_BATCH_MAX_FRAMES": "16"}, "batch_frames"),
-                              (("--policy", str(env["stricter"])), {}, "policy"),
-                              ((), {"AGEGATE_BELIEF_HALF_LIFE_DAYS": "30"}, "belief_half_life_days")):
+    for args, extra, what in (
+        ((), {"AGEGATE_BATCH_MAX_FRAMES": "16"}, "batch_frames"),
+        (("--policy", str(env["stricter"])), {}, "policy"),
+        ((), {"AGEGATE_BELIEF_HALF_LIFE_DAYS": "30"}, "belief_half_life_days"),
+    ):
         refused = _cli(env, out, *args, **extra)
         assert refused.returncode == 2, refused.stderr.decode()[-2000:]
         assert what in refused.stderr.decode(), refused.stderr.decode()[-2000:]
@@ -235,8 +316,7 @@ async def test_same_model_and_policy_against_recorded_changes_only_by_inputs(env
 
 async def test_candidate_against_recorded_reports_input_changes_apart(env: dict[str, Any]) -> None:
     out = env["tmp"] / "stricter-vs-recorded.jsonl"
-    summary = await replay(_cfg(env, out, policy=str(env["stricter"]), diff_against="decisions"),
-                           engine=env["engine"])
+    summary = await replay(_cfg(env, out, policy=str(env["stricter"]), diff_against="decisions"), engine=env["engine"])
     report = summary.diff
     assert report is not None
     # s1..s3 (declared 15) are blocked at 18: the policy. w1's verification (16) is blocked too, but the
@@ -255,8 +335,9 @@ async def test_candidate_against_a_baseline_replay_shows_only_the_policy(env: di
     baseline = env["tmp"] / "baseline.jsonl"
     await replay(_cfg(env, baseline), engine=env["engine"])
     candidate = env["tmp"] / "candidate.jsonl"
-    summary = await replay(_cfg(env, candidate, policy=str(env["stricter"]), diff_against=f"file:{baseline}"),
-                           engine=env["engine"])
+    summary = await replay(
+        _cfg(env, candidate, policy=str(env["stricter"]), diff_against=f"file:{baseline}"), engine=env["engine"]
+    )
     report = summary.diff
     assert report is not None
     assert report["against"] == "baseline"

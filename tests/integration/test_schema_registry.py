@@ -56,8 +56,7 @@ def client(schema_registry_url: str) -> SchemaRegistryClient:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, schema_registry_url: str, client: SchemaRegistryClient,
-             unique_id: str) -> Settings:
+def settings(kafka_bootstrap: str, schema_registry_url: str, client: SchemaRegistryClient, unique_id: str) -> Settings:
     """This test's topics, group and registry subjects (`t<id>.<topic>-value`); producers auto-register."""
     s = load_settings(
         environ={},
@@ -112,8 +111,11 @@ def test_worker_decodes_registry_ids_and_writes_decisions_with_them(
     subjects = set(client.get_subjects())
     assert {f"{topic_name(r, settings)}-value" for r in ("signups", "uploads", "decisions")} <= subjects
     event_ids = {framed_id(p.event.value) for p in good}
-    expected_ids = {registry_id(client, settings, rec) for rec in (SIGNUP, UPLOAD, FEEDBACK)
-                    if f"{topic_name(ROLE_OF[rec], settings)}-value" in subjects}
+    expected_ids = {
+        registry_id(client, settings, rec)
+        for rec in (SIGNUP, UPLOAD, FEEDBACK)
+        if f"{topic_name(ROLE_OF[rec], settings)}-value" in subjects
+    }
     assert event_ids <= expected_ids
     assert event_ids.isdisjoint({s.schema_id for s in MANIFEST._by_id.values()} - expected_ids)
 
@@ -163,12 +165,22 @@ def test_a_breaking_change_is_refused_once_compatibility_is_backward(
     (root / "d").mkdir(parents=True)
     (root / "d" / "v1.avsc").write_text(current.definition)
     (root / "d" / "v2.avsc").write_text(json.dumps(breaking))
-    (root / "manifest.json").write_text(json.dumps({"schemas": [
-        {"id": 1, "subject": DECISION, "version": 1, "file": "d/v1.avsc"},
-        {"id": 2, "subject": DECISION, "version": 2, "file": "d/v2.avsc"},
-    ]}))
-    ours = ConfluentRegistry(SchemaRegistryClient(settings.schema_registry_client_config()),
-                             topics=record_topics(settings), compatibility="BACKWARD", local=LocalRegistry(root))
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schemas": [
+                    {"id": 1, "subject": DECISION, "version": 1, "file": "d/v1.avsc"},
+                    {"id": 2, "subject": DECISION, "version": 2, "file": "d/v2.avsc"},
+                ]
+            }
+        )
+    )
+    ours = ConfluentRegistry(
+        SchemaRegistryClient(settings.schema_registry_client_config()),
+        topics=record_topics(settings),
+        compatibility="BACKWARD",
+        local=LocalRegistry(root),
+    )
     with pytest.raises(RegistryRefused, match=r"refused registering agegate\.decisions\.PolicyDecision under"):
         ours.register(DECISION)
     assert len(client.get_versions(subject)) == 1
@@ -206,8 +218,9 @@ def test_an_unreachable_registry_is_an_outage_not_bad_input(settings: Settings) 
 def _upload() -> dict[str, object]:
     from stream.tools import events
 
-    return events.upload("u1", at=1_790_000_000.0, surface="profile_photo",
-                         frames=[events.inline_frame("f0", b"\xff\xd8jpeg")])
+    return events.upload(
+        "u1", at=1_790_000_000.0, surface="profile_photo", frames=[events.inline_frame("f0", b"\xff\xd8jpeg")]
+    )
 
 
 def test_registry_credentials_in_the_url_never_reach_the_logs(

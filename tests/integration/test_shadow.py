@@ -33,18 +33,29 @@ def _value(name: str, labels: dict[str, str] | None = None) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
-async def _run(settings: Settings, redis_url: str, live: InferenceEngine,
-               shadow_score: object, shadow_version: str, n_events: int,
-               ) -> tuple[list[Action], list[dict[str, Any]]]:
+async def _run(
+    settings: Settings,
+    redis_url: str,
+    live: InferenceEngine,
+    shadow_score: object,
+    shadow_version: str,
+    n_events: int,
+) -> tuple[list[Action], list[dict[str, Any]]]:
     # One event per user: let one observation suffice, so the live model can ALLOW (this tests the
     # shadow's accounting, not min_observations).
     policy = dataclasses.replace(load_policy(None), min_observations=1)
     client = aioredis.Redis.from_url(redis_url)
     store = BeliefStore(client, prefix=f"sh{uuid.uuid4().hex[:8]}", half_life_s=365 * 86400.0, ttl_s=400 * 86400.0)
     sink = KafkaSink(settings)
-    shadow = ShadowScorer(score=shadow_score, model_version=shadow_version, policy=policy, sink=sink,  # type: ignore[arg-type]
-                          topic=shadow_topic(settings), half_life_s=store.half_life_s,
-                          error_floor=live.uncertainty.floor_years)
+    shadow = ShadowScorer(
+        score=shadow_score,  # type: ignore[arg-type]
+        model_version=shadow_version,
+        policy=policy,
+        sink=sink,
+        topic=shadow_topic(settings),
+        half_life_s=store.half_life_s,
+        error_floor=live.uncertainty.floor_years,
+    )
     live_actions, bodies = [], []
     try:
         for i in range(n_events):
@@ -53,18 +64,30 @@ async def _run(settings: Settings, redis_url: str, live: InferenceEngine,
             record = events.upload(f"u{i}", at=t, surface="profile_photo", event_id=str(uuid.uuid4()))
             live_results: list[FrameResult] = live.score(frames)
             floor = live.uncertainty.floor_years
-            ev = event_evidence(str(record["event_id"]), t,
-                                [(r.mean, r.std) for r in live_results if isinstance(r, FrameEstimate)], floor)
+            ev = event_evidence(
+                str(record["event_id"]),
+                t,
+                [(r.mean, r.std) for r in live_results if isinstance(r, FrameEstimate)],
+                floor,
+            )
             evidence = [ev] if ev is not None else []
-            belief = (await store.apply({f"u{i}": evidence}, now=t, model_version=live.model_version,
-                                        floor=floor)).get(f"u{i}")
+            belief = (await store.apply({f"u{i}": evidence}, now=t, model_version=live.model_version, floor=floor)).get(
+                f"u{i}"
+            )
             event = PolicyEvent("DEFAULT", "profile_photo", t)
             decision = decide(belief, event, policy, now=t, half_life_s=store.half_life_s)
             live_actions.append(decision.action)
             shadow_results = await shadow.score_resolved(frames)
-            body = await shadow.observe(SourceRecord("uploads", 0, i, None, None, 0), record=record, event=event,
-                                        live=decision, live_results=live_results, shadow_results=shadow_results,
-                                        belief_after=belief, live_floor=floor)
+            body = await shadow.observe(
+                SourceRecord("uploads", 0, i, None, None, 0),
+                record=record,
+                event=event,
+                live=decision,
+                live_results=live_results,
+                shadow_results=shadow_results,
+                belief_after=belief,
+                live_floor=floor,
+            )
             assert body is not None
             bodies.append(body)
     finally:
@@ -105,8 +128,11 @@ async def test_second_model_publishes_one_record_per_event_and_moves_diff_metric
     count0 = _value("agegate_shadow_abs_diff_years_count")
     sum0 = _value("agegate_shadow_abs_diff_years_sum")
     _, bodies = await _run(settings, redis_url, live, score, second.model_version, n_events=3)
-    expected = [abs(a[0] - b[0]) for body in bodies
-                for a, b in zip(body["live"]["estimates"], body["shadow"]["estimates"], strict=True)]
+    expected = [
+        abs(a[0] - b[0])
+        for body in bodies
+        for a, b in zip(body["live"]["estimates"], body["shadow"]["estimates"], strict=True)
+    ]
     assert _value("agegate_shadow_abs_diff_years_count") - count0 == 6
     assert _value("agegate_shadow_abs_diff_years_sum") - sum0 == pytest.approx(sum(expected))
     assert sum(expected) > 0, "two differently seeded models must disagree"
@@ -131,5 +157,6 @@ async def test_a_shadow_that_sees_children_counts_action_changes(
     allowed = sum(a is Action.ALLOW for a in live_actions)
     assert allowed > 0, "the live model must allow someone for the comparison to mean anything"
     assert _value("agegate_shadow_action_changes_total", labels) - before == allowed
-    assert all(b["shadow"]["action"] == "RESTRICT" and b["action_changed"] == (b["live"]["action"] == "ALLOW")
-               for b in bodies)
+    assert all(
+        b["shadow"]["action"] == "RESTRICT" and b["action_changed"] == (b["live"]["action"] == "ALLOW") for b in bodies
+    )

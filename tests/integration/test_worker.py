@@ -137,8 +137,12 @@ def test_actions_are_right_for_clearly_under_age_and_clearly_adult_users(referen
             assert decision["action"] != "ALLOW", decision  # a child is never allowed anywhere
         if decision["surface"] == "adult_content" and age < 18:
             assert decision["action"] != "ALLOW", decision  # nor is any minor allowed adult content
-        if (ev["threshold"] is not None and age >= ev["threshold"] + ev["buffer"] + 8
-                and ev["observations"] >= 2 and not ev["verified"]):
+        if (
+            ev["threshold"] is not None
+            and age >= ev["threshold"] + ev["buffer"] + 8
+            and ev["observations"] >= 2
+            and not ev["verified"]
+        ):
             adult_total += 1  # clearly above the bar, with the evidence the policy asks for
             adult_right += decision["action"] == "ALLOW"
     assert under > 10
@@ -340,9 +344,7 @@ def test_a_flood_of_invalid_input_pauses_without_losing_its_place(fault_run: dic
     dead letter twice across a restart, and decides the valid events behind the flood once resumed."""
     settings = fault_run["settings"]
     uploads = topic_name("uploads", settings)
-    garbage: list[tuple[bytes | None, bytes | None]] = [
-        (f"g{i}".encode(), b"\x07not avro at all") for i in range(45)
-    ]
+    garbage: list[tuple[bytes | None, bytes | None]] = [(f"g{i}".encode(), b"\x07not avro at all") for i in range(45)]
     valid: list[tuple[bytes | None, bytes | None]] = [
         (ev.key, ev.value) for ev in stream_events() if ev.role == "uploads" and not ev.bad
     ][:15]
@@ -351,8 +353,13 @@ def test_a_flood_of_invalid_input_pauses_without_losing_its_place(fault_run: dic
     reader = fault_run["reader"]
 
     def start_unwaited(name: str) -> WorkerProcess:  # it may pause before /readyz ever answers 200
-        env = worker_env(settings, model=fault_run["model"], redis_url=fault_run["redis_url"],
-                         redis_prefix=fault_run["prefix"], **extra)
+        env = worker_env(
+            settings,
+            model=fault_run["model"],
+            redis_url=fault_run["redis_url"],
+            redis_prefix=fault_run["prefix"],
+            **extra,
+        )
         worker = WorkerProcess(env, fault_run["tmp"] / f"{name}.log").start()
         fault_run["workers"].append(worker)
         return worker
@@ -391,9 +398,7 @@ def test_a_flood_of_invalid_input_pauses_without_losing_its_place(fault_run: dic
     assert second.post("/resume")[0] == 409  # nothing to resume
 
 
-def test_shadow_model_publishes_one_record_per_scored_event(
-    fault_run: dict[str, Any], tiny_model_b: Path
-) -> None:
+def test_shadow_model_publishes_one_record_per_scored_event(fault_run: dict[str, Any], tiny_model_b: Path) -> None:
     import json
 
     from confluent_kafka import Consumer
@@ -406,8 +411,9 @@ def test_shadow_model_publishes_one_record_per_scored_event(
     fault_run["reader"].poll_until({p.idempotency_key for p in produced}, timeout=180)
     decisions = fault_run["reader"].outputs.decisions
     scored = {k for k, ds in decisions.items() if ds[0]["evidence"]["frames_scored"] > 0}
-    consumer = Consumer(settings.kafka_client_config() | {
-        "group.id": f"shadow-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        settings.kafka_client_config() | {"group.id": f"shadow-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([shadow_topic(settings)])
     records: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + 60

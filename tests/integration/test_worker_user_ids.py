@@ -32,17 +32,38 @@ pytestmark = pytest.mark.integration
 
 START = 1_790_000_000.0
 # Avro strings are UTF-8, so lone surrogates cannot travel in an event (the store tests cover them).
-ODD_IDS = ["", "}", "{", "}{", "{}", "{abc}", "x" * 10_240, "a\x00b", "line\nbreak", " ",
-           "\U0001f476\U0001f3fd emoji", "caf\u00e9", "cafe\u0301"]
+ODD_IDS = [
+    "",
+    "}",
+    "{",
+    "}{",
+    "{}",
+    "{abc}",
+    "x" * 10_240,
+    "a\x00b",
+    "line\nbreak",
+    " ",
+    "\U0001f476\U0001f3fd emoji",
+    "caf\u00e9",
+    "cafe\u0301",
+]
 POISONED = "poisoned-user"
 VERIFIED_ODD = "}verified{"
 
 
 def feedbacks(user_ids: list[str], t0: float) -> list[SyntheticEvent]:
     codec = AvroCodec()
-    return [SyntheticEvent("feedback", b"one-partition",
-                           codec.encode(FEEDBACK, events.feedback(uid, at=t0, verified_age=25.0, jurisdiction="GB")),
-                           uid, 25.0, None) for uid in user_ids]
+    return [
+        SyntheticEvent(
+            "feedback",
+            b"one-partition",
+            codec.encode(FEEDBACK, events.feedback(uid, at=t0, verified_age=25.0, jurisdiction="GB")),
+            uid,
+            25.0,
+            None,
+        )
+        for uid in user_ids
+    ]
 
 
 def uploads(user_ids: list[str], rng: np.random.Generator, t0: float) -> list[SyntheticEvent]:
@@ -51,8 +72,9 @@ def uploads(user_ids: list[str], rng: np.random.Generator, t0: float) -> list[Sy
     for k, uid in enumerate(user_ids):
         age = 30.0
         frame = encode_jpeg(render_face(age, sample_attributes(rng), rng, size=64), rng)
-        record = events.upload(uid, at=t0 + k, surface="adult_content", jurisdiction="GB",
-                               frames=[events.inline_frame("f0", frame)])
+        record = events.upload(
+            uid, at=t0 + k, surface="adult_content", jurisdiction="GB", frames=[events.inline_frame("f0", frame)]
+        )
         out.append(SyntheticEvent("uploads", b"one-partition", codec.encode(UPLOAD, record), uid, age, None))
     return out
 
@@ -68,8 +90,9 @@ def test_odd_ids_are_decided_and_a_refused_update_is_one_dead_letter(
     client = redis.Redis.from_url(url)  # one node: every slot is served by it, a plain client reaches all
     client.set(user_key(prefix, POISONED, "b"), "not a hash")
     extra = {"AGEGATE_REDIS_CLUSTER": "true"} if backend == "cluster" else {}
-    worker = WorkerProcess(worker_env(settings, model=tiny_model, redis_url=url, redis_prefix=prefix, **extra),
-                           tmp_path / "worker.log").start()
+    worker = WorkerProcess(
+        worker_env(settings, model=tiny_model, redis_url=url, redis_prefix=prefix, **extra), tmp_path / "worker.log"
+    ).start()
     reader = OutputReader(settings)
     rng = np.random.default_rng(3)
     try:

@@ -89,8 +89,11 @@ def _local(service: str, address: str, reachable: Callable[[str], bool]) -> Iter
     if reachable(address):  # already up (a previous `make infra-up`): use it, leave it running
         yield address
         return
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL", "SCHEMA_REGISTRY_URL"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_CLUSTER_URL", "SCHEMA_REGISTRY_URL"}
+    }
     proc = subprocess.run(["bash", str(INFRA), "up", service], capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not reachable(address):
         unavailable(f"local {service} could not be started by {INFRA}:\n{proc.stdout}{proc.stderr}")

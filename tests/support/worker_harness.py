@@ -37,8 +37,7 @@ def produce_raw(
 ) -> list[int]:
     """Produce (key, value) pairs in order to one partition; returns their offsets once acknowledged."""
     producer = Producer(
-        settings.kafka_client_config()
-        | {"enable.idempotence": True, "linger.ms": 20, "compression.type": compression}
+        settings.kafka_client_config() | {"enable.idempotence": True, "linger.ms": 20, "compression.type": compression}
     )
     offsets: dict[int, int] = {}
     errors: list[str] = []

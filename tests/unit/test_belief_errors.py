@@ -100,11 +100,20 @@ async def test_noscript_is_reloaded_and_only_those_calls_resent() -> None:
     assert [len(keys) for keys in fake.sent] == [2, 1]
 
 
-@pytest.mark.parametrize("reply", [
-    redis_exc.ConnectionError("reset"), redis_exc.TimeoutError("slow"), redis_exc.OutOfMemoryError("OOM"),
-    redis_exc.ReadOnlyError("READONLY"), redis_exc.ClusterDownError("CLUSTERDOWN"), redis_exc.TryAgainError("x"),
-    redis_exc.MovedError("3999 127.0.0.1:6381"), redis_exc.ResponseError("BUSY Redis is busy running a script"),
-], ids=lambda r: type(r).__name__ + ("-busy" if str(r).startswith("BUSY") else ""))
+@pytest.mark.parametrize(
+    "reply",
+    [
+        redis_exc.ConnectionError("reset"),
+        redis_exc.TimeoutError("slow"),
+        redis_exc.OutOfMemoryError("OOM"),
+        redis_exc.ReadOnlyError("READONLY"),
+        redis_exc.ClusterDownError("CLUSTERDOWN"),
+        redis_exc.TryAgainError("x"),
+        redis_exc.MovedError("3999 127.0.0.1:6381"),
+        redis_exc.ResponseError("BUSY Redis is busy running a script"),
+    ],
+    ids=lambda r: type(r).__name__ + ("-busy" if str(r).startswith("BUSY") else ""),
+)
 async def test_the_servers_own_trouble_is_an_outage_not_a_dead_letter(reply: Exception) -> None:
     store, _ = make({"a": [OK_REPLY], "b": [reply]})
     with pytest.raises(DependencyUnavailable):
@@ -123,15 +132,22 @@ class ErroringStore:
     def __init__(self, bad: str) -> None:
         self.bad = bad
 
-    async def apply(self, updates: Mapping[str, Sequence[Evidence]], *, now: float,
-                    model_version: str, floor: float) -> ApplyResult:
+    async def apply(
+        self, updates: Mapping[str, Sequence[Evidence]], *, now: float, model_version: str, floor: float
+    ) -> ApplyResult:
         result = ApplyResult()
         for user in updates:
             if user == self.bad:
                 result.errors[user] = BeliefUpdateFailed("belief script failed: WRONGTYPE")
             else:
-                result[user] = Belief(birth_time=0.0, precision=1.0, updated_at=now, observations=1, verified=False,
-                                      model_version=model_version)
+                result[user] = Belief(
+                    birth_time=0.0,
+                    precision=1.0,
+                    updated_at=now,
+                    observations=1,
+                    verified=False,
+                    model_version=model_version,
+                )
                 result.applied[user] = tuple(e.event_id for e in updates[user])
         return result
 
@@ -142,8 +158,9 @@ class ErroringStore:
 async def test_the_belief_stage_fails_only_the_refused_users_event() -> None:
     stage = BeliefStage(ErroringStore("bad"), clock=lambda: NOW, model_version="m", error_floor=FLOOR)  # type: ignore[arg-type]
     users = ("a", "bad", "c")
-    requests = [BeliefRequest(u, [Evidence(f"e-{u}", NOW, 20.0, 2.0)], SurfaceKey(u, "GB", "adult_content"))
-                for u in users]
+    requests = [
+        BeliefRequest(u, [Evidence(f"e-{u}", NOW, 20.0, 2.0)], SurfaceKey(u, "GB", "adult_content")) for u in users
+    ]
     (round_,) = rounds_by_depth(requests)
     out = await stage.fuse_round(round_, {})
     for user in ("a", "c"):

@@ -28,8 +28,9 @@ floors = st.floats(0.0, 5.0)
 def test_fused_std_never_falls_below_the_floor(events: list[list[tuple[float, float]]], floor: float) -> None:
     """However many events (and frames) are fused, the belief is never surer than the floor."""
     evs = [event_evidence(f"e{i}", NOW - i * DAY, frames, floor) for i, frames in enumerate(events)]
-    belief = fuse(None, [e for e in evs if e is not None], now=NOW, half_life_s=HALF_LIFE, model_version="m",
-                  floor=floor).belief
+    belief = fuse(
+        None, [e for e in evs if e is not None], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=floor
+    ).belief
     assert belief is not None
     assert belief.std_at(NOW, HALF_LIFE) >= floor
     assert belief.observations == len(events)  # an event's frames are one observation
@@ -38,8 +39,9 @@ def test_fused_std_never_falls_below_the_floor(events: list[list[tuple[float, fl
 def test_a_thousand_identical_events_approach_the_floor_not_zero() -> None:
     floor, s = 2.0, 2.5
     evs = [event_evidence(f"e{i}", NOW, [(20.0, s)], floor) for i in range(1000)]
-    belief = fuse(None, [e for e in evs if e is not None], now=NOW, half_life_s=math.inf, model_version="m",
-                  floor=floor).belief
+    belief = fuse(
+        None, [e for e in evs if e is not None], now=NOW, half_life_s=math.inf, model_version="m", floor=floor
+    ).belief
     assert belief is not None
     std = belief.std_at(NOW, math.inf)
     assert floor < std < floor * 1.001
@@ -58,8 +60,9 @@ def test_one_frame_keeps_its_calibrated_std_when_it_exceeds_the_floor(s: float, 
 
 
 @given(st.lists(frame, min_size=1, max_size=200), floors)
-def test_one_event_adds_at_most_twice_its_best_frames_precision(frames: list[tuple[float, float]],
-                                                                 floor: float) -> None:
+def test_one_event_adds_at_most_twice_its_best_frames_precision(
+    frames: list[tuple[float, float]], floor: float
+) -> None:
     ev = event_evidence("e", NOW, frames, floor)
     assert ev is not None
     best = max(1.0 / independent_variance(s, floor) for _, s in frames)
@@ -74,8 +77,9 @@ def test_many_frames_in_one_event_weigh_less_than_as_many_events() -> None:
     assert one_event is not None
     many_events = [event_evidence(f"e{i}", NOW, [f], floor) for i, f in enumerate(frames)]
     b1 = fuse(None, [one_event], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=floor).belief
-    b20 = fuse(None, [e for e in many_events if e is not None], now=NOW, half_life_s=HALF_LIFE, model_version="m",
-               floor=floor).belief
+    b20 = fuse(
+        None, [e for e in many_events if e is not None], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=floor
+    ).belief
     assert b1 is not None
     assert b20 is not None
     assert b1.std_at(NOW, HALF_LIFE) > b20.std_at(NOW, HALF_LIFE)

@@ -11,8 +11,24 @@ from stream.adapters.belief_store import BeliefStore, tag_key, user_key, user_ta
 from stream.config import load_settings
 from stream.errors import ConfigError
 
-IDS = ["", "}", "{", "}{", "{}", "{abc}", "abc", "x" * 10_240, "a\x00b", "line\nbreak", "\U0001f476\U0001f3fd",
-       "\udc80", "\ud800\udc00", "\U00010000", "caf\u00e9", "cafe\u0301"]
+IDS = [
+    "",
+    "}",
+    "{",
+    "}{",
+    "{}",
+    "{abc}",
+    "abc",
+    "x" * 10_240,
+    "a\x00b",
+    "line\nbreak",
+    "\U0001f476\U0001f3fd",
+    "\udc80",
+    "\ud800\udc00",
+    "\U00010000",
+    "caf\u00e9",
+    "cafe\u0301",
+]
 
 
 def store(prefix: str = "agegate") -> BeliefStore:
@@ -41,8 +57,12 @@ def test_distinct_ids_get_distinct_tags_and_the_same_id_always_the_same() -> Non
 def test_the_operator_recipe_in_the_docs_finds_the_key() -> None:
     """docs/operations.md: printf '%s' "$USER_ID" | sha256sum | cut -c1-32."""
     for user_id in ("user-42", "caf\u00e9 \U0001f476", "}{"):
-        out = subprocess.run(["bash", "-c", "printf '%s' \"$1\" | sha256sum | cut -c1-32", "_", user_id],
-                             capture_output=True, text=True, check=True).stdout.strip()
+        out = subprocess.run(
+            ["bash", "-c", "printf '%s' \"$1\" | sha256sum | cut -c1-32", "_", user_id],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         assert store().belief_key(user_id) == f"agegate:{{{out}}}:b"
 
 

@@ -37,9 +37,7 @@ offsets = st.floats(min_value=0.0, max_value=300 * DAY)  # how long before NOW
 @st.composite
 def evidences(draw: st.DrawFn, min_size: int = 1, max_size: int = 8) -> list[Evidence]:
     n = draw(st.integers(min_size, max_size))
-    return [
-        Evidence(f"e{i}", NOW - draw(offsets), draw(ages), draw(stds)) for i in range(n)
-    ]
+    return [Evidence(f"e{i}", NOW - draw(offsets), draw(ages), draw(stds)) for i in range(n)]
 
 
 @st.composite
@@ -50,7 +48,8 @@ def beliefs(draw: st.DrawFn) -> Belief:
         updated_at=NOW - draw(offsets),
         observations=draw(st.integers(1, 50)),
         verified=False,
-        model_version="m", floor=FLOOR,
+        model_version="m",
+        floor=FLOOR,
     )
 
 
@@ -109,8 +108,9 @@ def test_order_does_not_matter_without_decay(belief: Belief | None, evs: list[Ev
     # ...nor how the evidence is split into batches.
     cut = rnd.randrange(1, len(evs))
     first = fuse(belief, shuffled[:cut], now=NOW, half_life_s=NO_DECAY, model_version="m", floor=FLOOR)
-    c = fuse(first.belief, shuffled[cut:], now=NOW, half_life_s=NO_DECAY, model_version="m", floor=FLOOR,
-             seen=first.seen).belief
+    c = fuse(
+        first.belief, shuffled[cut:], now=NOW, half_life_s=NO_DECAY, model_version="m", floor=FLOOR, seen=first.seen
+    ).belief
     assert close(a, c)
 
 
@@ -122,8 +122,9 @@ def test_order_does_not_matter_with_decay_either(evs: list[Evidence], rnd: rando
     a = fuse(None, evs, now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR).belief
     cut = rnd.randrange(1, len(evs))
     first = fuse(None, shuffled[:cut], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR)
-    b = fuse(first.belief, shuffled[cut:], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR,
-             seen=first.seen).belief
+    b = fuse(
+        first.belief, shuffled[cut:], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR, seen=first.seen
+    ).belief
     assert close(a, b, rel=1e-9)
 
 
@@ -194,8 +195,9 @@ def test_verified_age_replaces_is_authoritative_and_does_not_decay() -> None:
     assert v.precision == VERIFIED_PRECISION
     assert v.age_at(NOW) == pytest.approx(16.0)
     assert v.std_at(NOW + 10 * HALF_LIFE, HALF_LIFE) == pytest.approx(0.01)
-    later = fuse(v, [Evidence("b", NOW + DAY, 30.0, 1.0)], now=NOW + DAY, half_life_s=HALF_LIFE,
-                 model_version="m", floor=FLOOR)
+    later = fuse(
+        v, [Evidence("b", NOW + DAY, 30.0, 1.0)], now=NOW + DAY, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR
+    )
     assert later.belief == v
     assert later.ignored == ("b",)
     assert verified_refusal("x", 16.0, NOW + 3600, NOW, ClockSkewRule()) is not None

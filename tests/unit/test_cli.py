@@ -28,7 +28,11 @@ def agegate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AGEGATE_")}
     base |= {"PYTHONPATH": str(ROOT), "KAFKA_BOOTSTRAP_SERVERS": CLOSED, "AGEGATE_LOG_FORMAT": "console"}
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args], env=base | env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "stream.cli", *args],
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=ROOT,
     )
 
@@ -130,8 +134,13 @@ def test_bad_policy_stops_the_worker_before_it_joins_the_group(tmp_path: Path) -
         'version = "x"\ndefault_jurisdiction = "NOWHERE"\n[jurisdictions.DEFAULT.surfaces.chat]\nmin_age = 300\n'
     )
     # Kafka is closed: had the worker tried to join first, it would wait for Kafka, not exit.
-    line = one_error_line(agegate("worker", AGEGATE_POLICY=str(bad), AGEGATE_MODEL=str(tmp_path)), EXIT_USAGE,
-                          "agegate worker:", "policy", str(bad))
+    line = one_error_line(
+        agegate("worker", AGEGATE_POLICY=str(bad), AGEGATE_MODEL=str(tmp_path)),
+        EXIT_USAGE,
+        "agegate worker:",
+        "policy",
+        str(bad),
+    )
     assert "min_age" in line
     one_error_line(agegate("policy", "check", str(bad)), EXIT_USAGE, "invalid policy", "min_age")
 
@@ -143,16 +152,23 @@ def test_policy_check_prints_the_threshold_table() -> None:
     assert ["jurisdiction", "surface", "min_age", "buffer", "allow_at", "confidence", "under_age_action"] in rows
     assert ["DEFAULT", "adult_content", "18", "2", "20", "0.95", "BLOCK"] in rows
     # The footgun is spelled out per surface: one confidence for both ALLOW and the under-age action.
-    assert any(line.strip().startswith("DEFAULT/adult_content: required_confidence 0.95 is the bar for ALLOW")
-               and "BLOCK (P(age < 18) >= 0.95" in line for line in result.stdout.splitlines())
+    assert any(
+        line.strip().startswith("DEFAULT/adult_content: required_confidence 0.95 is the bar for ALLOW")
+        and "BLOCK (P(age < 18) >= 0.95" in line
+        for line in result.stdout.splitlines()
+    )
 
 
 def test_missing_file_is_one_line_with_exit_code_2(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     one_error_line(agegate("policy", "check", str(missing)), EXIT_USAGE, str(missing))
     one_error_line(agegate("config", "show", AGEGATE_CONFIG=str(missing)), EXIT_USAGE, str(missing), "does not exist")
-    one_error_line(agegate("worker", AGEGATE_MODEL=str(tmp_path), KAFKA_SSL_CAFILE=str(missing)), EXIT_USAGE,
-                   "KAFKA_SSL_CAFILE", str(missing))
+    one_error_line(
+        agegate("worker", AGEGATE_MODEL=str(tmp_path), KAFKA_SSL_CAFILE=str(missing)),
+        EXIT_USAGE,
+        "KAFKA_SSL_CAFILE",
+        str(missing),
+    )
 
 
 def test_kafka_unreachable_is_one_line_with_exit_code_3() -> None:
@@ -161,16 +177,24 @@ def test_kafka_unreachable_is_one_line_with_exit_code_3() -> None:
 
 
 def test_redis_unreachable_is_one_line_with_exit_code_3(tmp_path: Path) -> None:
-    result = agegate("replay", "--from", "earliest", "--out", f"file:{tmp_path / 'r.jsonl'}",
-                     REDIS_URL="redis://user:hunter2@127.0.0.1:1/0")
+    result = agegate(
+        "replay",
+        "--from",
+        "earliest",
+        "--out",
+        f"file:{tmp_path / 'r.jsonl'}",
+        REDIS_URL="redis://user:hunter2@127.0.0.1:1/0",
+    )
     line = one_error_line(result, EXIT_UNAVAILABLE, "agegate replay:", "Redis", "did not answer")
     assert "hunter2" not in line
 
 
 def test_debug_flag_adds_the_traceback(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.toml")
-    for result in (agegate("--debug", "policy", "check", missing), agegate("policy", "check", missing,
-                                                                             AGEGATE_DEBUG="1")):
+    for result in (
+        agegate("--debug", "policy", "check", missing),
+        agegate("policy", "check", missing, AGEGATE_DEBUG="1"),
+    ):
         assert result.returncode == EXIT_USAGE
         assert "Traceback" in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("agegate policy:")

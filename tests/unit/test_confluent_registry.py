@@ -122,13 +122,16 @@ def test_register_files_every_packaged_version_oldest_first() -> None:
     assert newest.version == LOCAL.writer_for(SIGNUP).version
 
 
-@pytest.mark.parametrize("failure", [
-    ConnectError("connection refused"),
-    TimeoutError("timed out"),
-    SchemaRegistryError(503, -1, "unavailable"),
-    SchemaRegistryError(429, -1, "slow down"),
-    SchemaRegistryError(500, 50001, "store error"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectError("connection refused"),
+        TimeoutError("timed out"),
+        SchemaRegistryError(503, -1, "unavailable"),
+        SchemaRegistryError(429, -1, "slow down"),
+        SchemaRegistryError(500, 50001, "store error"),
+    ],
+)
 def test_an_outage_is_a_dependency_failure_never_a_decode_error(failure: BaseException) -> None:
     client = StubClient()
     client.fail = failure
@@ -157,12 +160,17 @@ def test_an_unknown_id_is_the_events_fault_and_is_asked_again_later() -> None:
     assert [c for c in client.calls if c == ("get_schema", 9999)] == [("get_schema", 9999)] * 2  # not cached
 
 
-@pytest.mark.parametrize(("schema", "why"), [
-    (Schema('{"type": "object"}', "JSON"), "JSON schema, not Avro"),
-    (Schema('"string"', "AVRO"), "not an Avro record"),
-    (Schema('{"type": "record", "name": "X", "fields": [{"name": "a", "type": "nope"}]}', "AVRO"),
-     "not a valid Avro schema"),
-])
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        (Schema('{"type": "object"}', "JSON"), "JSON schema, not Avro"),
+        (Schema('"string"', "AVRO"), "not an Avro record"),
+        (
+            Schema('{"type": "record", "name": "X", "fields": [{"name": "a", "type": "nope"}]}', "AVRO"),
+            "not a valid Avro schema",
+        ),
+    ],
+)
 def test_an_id_that_is_not_an_avro_record_is_dead_lettered_as_unexpected(schema: Schema, why: str) -> None:
     client = StubClient()
     client.by_id[7] = schema

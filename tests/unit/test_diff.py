@@ -8,15 +8,34 @@ from stream.runners.replay import PartitionWindow
 
 def d(key: str, action: str, jur: str = "DEFAULT", surface: str = "account_creation") -> dict[str, Any]:
     topic, p, o = key.split("/")
-    return {"idempotency_key": key, "action": action, "jurisdiction": jur, "surface": surface, "user_id": "u",
-            "event_id": "e", "source_topic": topic, "source_partition": int(p), "source_offset": int(o)}
+    return {
+        "idempotency_key": key,
+        "action": action,
+        "jurisdiction": jur,
+        "surface": surface,
+        "user_id": "u",
+        "event_id": "e",
+        "source_topic": topic,
+        "source_partition": int(p),
+        "source_offset": int(o),
+    }
 
 
 def test_transition_matrix_by_jurisdiction_and_surface() -> None:
-    recorded = [d("s/0/1", "ALLOW"), d("s/0/2", "ALLOW", "EU"), d("s/0/3", "BLOCK", surface="live_streaming"),
-                d("s/0/4", "ALLOW"), d("s/0/9", "ALLOW")]
-    replayed = [d("s/0/1", "BLOCK"), d("s/0/2", "ALLOW", "EU"), d("s/0/3", "RESTRICT", surface="live_streaming"),
-                d("s/0/4", "BLOCK"), d("s/0/5", "ALLOW")]
+    recorded = [
+        d("s/0/1", "ALLOW"),
+        d("s/0/2", "ALLOW", "EU"),
+        d("s/0/3", "BLOCK", surface="live_streaming"),
+        d("s/0/4", "ALLOW"),
+        d("s/0/9", "ALLOW"),
+    ]
+    replayed = [
+        d("s/0/1", "BLOCK"),
+        d("s/0/2", "ALLOW", "EU"),
+        d("s/0/3", "RESTRICT", surface="live_streaming"),
+        d("s/0/4", "BLOCK"),
+        d("s/0/5", "ALLOW"),
+    ]
     r = diff(replayed, recorded)
     assert (r["matched"], r["changed"], r["unchanged"], r["only_replayed"], r["only_recorded"]) == (4, 3, 1, 1, 1)
     assert r["matrix"] == {"ALLOW": {"ALLOW": 1, "BLOCK": 2}, "BLOCK": {"RESTRICT": 1}}
@@ -47,10 +66,14 @@ def test_window_filter_keeps_only_events_inside_the_window() -> None:
     assert not inside(d("s/1/2", "ALLOW"))
 
 
-def ev(key: str, action: str, *, obs: int = 2, verified: bool = False, model: str = "m1",
-       policy: str = "p1") -> dict[str, Any]:
-    return d(key, action) | {"evidence": {"observations": obs, "verified": verified}, "model_version": model,
-                             "policy_version": policy}
+def ev(
+    key: str, action: str, *, obs: int = 2, verified: bool = False, model: str = "m1", policy: str = "p1"
+) -> dict[str, Any]:
+    return d(key, action) | {
+        "evidence": {"observations": obs, "verified": verified},
+        "model_version": model,
+        "policy_version": policy,
+    }
 
 
 def test_changes_are_split_by_cause() -> None:
@@ -76,11 +99,20 @@ def test_changes_are_split_by_cause() -> None:
     assert r["causes"] == {"inputs": 2, "model_or_policy": 1, "unexplained": 1}
     assert r["matrix_by_cause"]["inputs"] == {"ALLOW": {"REQUIRE_VERIFICATION": 2}}
     assert r["matrix_by_cause"]["model_or_policy"] == {"ALLOW": {"BLOCK": 1}}
-    assert r["inputs_differ"] == {"matched": 3, "changed": 2, "more_observations_before": 2,
-                                  "fewer_observations_before": 0, "verified_only_before": 1,
-                                  "verified_only_replayed": 0}
+    assert r["inputs_differ"] == {
+        "matched": 3,
+        "changed": 2,
+        "more_observations_before": 2,
+        "fewer_observations_before": 0,
+        "verified_only_before": 1,
+        "verified_only_replayed": 0,
+    }
     assert {e["idempotency_key"]: e["cause"] for refs in r["examples"].values() for e in refs} == {
-        "s/0/1": "inputs", "s/0/2": "inputs", "s/0/3": "model_or_policy", "s/0/4": "unexplained"}
+        "s/0/1": "inputs",
+        "s/0/2": "inputs",
+        "s/0/3": "model_or_policy",
+        "s/0/4": "unexplained",
+    }
     table = render_table(r)
     assert "2 changed with different inputs" in table
     assert "1 changed by the model or policy" in table

@@ -102,10 +102,12 @@ def test_fairness_bias_test_uses_subjects() -> None:
     offset = rng.normal(0, 3, n_subj)[subj]
     p = t + offset + rng.normal(0, 0.3, subj.size)
     ids = [f"s{i}" for i in subj]
-    by_subject = fairness_report(Estimates.build(t, p, np.full(subj.size, 3.0), {"g": group}, subject_id=ids),
-                                 n_boot=400, min_cell_size=5)
-    by_image = fairness_report(Estimates.build(t, p, np.full(subj.size, 3.0), {"g": group}), n_boot=400,
-                               min_cell_size=5)
+    by_subject = fairness_report(
+        Estimates.build(t, p, np.full(subj.size, 3.0), {"g": group}, subject_id=ids), n_boot=400, min_cell_size=5
+    )
+    by_image = fairness_report(
+        Estimates.build(t, p, np.full(subj.size, 3.0), {"g": group}), n_boot=400, min_cell_size=5
+    )
     z_subject = by_subject["g"]["mean_signed_error"]["z"]
     z_image = by_image["g"]["mean_signed_error"]["z"]
     assert z_subject is not None

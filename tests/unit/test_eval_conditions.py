@@ -40,9 +40,13 @@ def test_conditions_are_built_with_quality_fields(tmp_path: Path) -> None:
     assert mean("q_jpeg_quality", "jpeg_q15") == 15
     # one evaluation reports every metric per condition (by_group) from the combined manifest
     rows = combined.rows
-    est = Estimates.build([r.age for r in rows], [r.age + 1 for r in rows], [2.0] * len(rows),
-                          {a: [r.attributes[a] for r in rows] for a in ("condition", "sharpness")},
-                          subject_id=[r.subject_id for r in rows])
+    est = Estimates.build(
+        [r.age for r in rows],
+        [r.age + 1 for r in rows],
+        [2.0] * len(rows),
+        {a: [r.attributes[a] for r in rows] for a in ("condition", "sharpness")},
+        subject_id=[r.subject_id for r in rows],
+    )
     entry = model_metrics(est, name="m", n_boot=20, min_cell_size=5)
     assert set(entry["by_group"]["condition"]) == names
     assert entry["by_group"]["condition"]["jpeg_q15"]["accuracy"]["mae"] == 1.0

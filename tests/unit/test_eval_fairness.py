@@ -32,8 +32,7 @@ def test_group_values_gap_and_ratio_by_hand() -> None:
 
 def test_min_cell_size_marks_insufficient_and_drops_from_gap() -> None:
     r = group_metric(spec([1, 2, 3, 10, 20]), GROUPS, min_cell_size=3, n_boot=50)
-    assert r["groups"]["b"] == {"n": 2, "n_subjects": 2, "value": None, "ci": None,
-                                   "status": "insufficient"}
+    assert r["groups"]["b"] == {"n": 2, "n_subjects": 2, "value": None, "ci": None, "status": "insufficient"}
     assert r["groups"]["a"]["status"] == "ok"
     assert r["gap"] is None
     assert r["significant"] is False

@@ -98,16 +98,29 @@ def _people(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return age, offset, tone, subject
 
 
-def _model(noise_seed: int, *, shift_minors: float = 0.0, bias_dark: float = 0.0, std: float = 2.6,
-           scale: float = 1.0, people_seed: int = 0) -> Estimates:
+def _model(
+    noise_seed: int,
+    *,
+    shift_minors: float = 0.0,
+    bias_dark: float = 0.0,
+    std: float = 2.6,
+    scale: float = 1.0,
+    people_seed: int = 0,
+) -> Estimates:
     """One 'trained model': the person's persistent offset (shared by every model, it is the face)
     plus this model's own per-person and per-photo error, drawn from `noise_seed`."""
     age, offset, tone, subject = _people(people_seed)
     rng = np.random.default_rng(1000 + noise_seed)
     own = rng.normal(0, 1.0, N_SUBJECTS)[subject] + rng.normal(0, 1.0, subject.size)
     mean = age + scale * (offset + own) + np.where(age < 18, shift_minors, 0.0) + np.where(tone == "dark", bias_dark, 0)
-    return Estimates.build(age, mean, np.full(age.size, std), {"skin_tone": tone},
-                           subject_id=[f"p{i}" for i in subject], row_id=[f"img/{i}.jpg" for i in range(age.size)])
+    return Estimates.build(
+        age,
+        mean,
+        np.full(age.size, std),
+        {"skin_tone": tone},
+        subject_id=[f"p{i}" for i in subject],
+        row_id=[f"img/{i}.jpg" for i in range(age.size)],
+    )
 
 
 def _violated(result: GateResult) -> set[str]:
@@ -155,14 +168,27 @@ def test_a_stricter_model_is_not_punished_for_sitting_elsewhere_on_the_curve() -
     the same, so the gate passes it. A point-estimate gate on fixed buffers blocks it."""
     ref = _model(0)
     cand = _model(0)
-    shifted = Estimates.build(cand.true_age, cand.mean - 1.5, cand.std, cand.attributes,
-                              subject_id=cand.subject_id, row_id=cand.row_id)
+    shifted = Estimates.build(
+        cand.true_age, cand.mean - 1.5, cand.std, cand.attributes, subject_id=cand.subject_id, row_id=cand.row_id
+    )
     res = evaluate_paired_gate(load_gate(DEFAULT_GATE), ref, shifted)
     matched = [c for c in res.checks if c.metric.startswith("matched_rejection(threshold=18")]
     assert matched
     assert all(c.passed for c in matched)
-    fixed = parse_gate({"version": 2, "rule": [{"statistic": "false_rejection_rate", "threshold": 18, "buffer": 3,
-                                                 "worse": "higher", "tolerance": 0.02}]})
+    fixed = parse_gate(
+        {
+            "version": 2,
+            "rule": [
+                {
+                    "statistic": "false_rejection_rate",
+                    "threshold": 18,
+                    "buffer": 3,
+                    "worse": "higher",
+                    "tolerance": 0.02,
+                }
+            ],
+        }
+    )
     assert not evaluate_paired_gate(fixed, ref, shifted).passed
 
 

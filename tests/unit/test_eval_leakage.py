@@ -35,9 +35,30 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     manifest = generate_dataset(root / "train", images=240, seed=3, size=32)
     parser = argparse.ArgumentParser()
     train_mod.add_arguments(parser)
-    args = parser.parse_args(["--data", str(manifest), "--out", str(root / "run"), "--input-size", "32",
-                              "--width", "4", "--depth", "1", "--batch-size", "32", "--warmup-steps", "2",
-                              "--epochs", "1", "--version", "t", "--workers", "1"])
+    args = parser.parse_args(
+        [
+            "--data",
+            str(manifest),
+            "--out",
+            str(root / "run"),
+            "--input-size",
+            "32",
+            "--width",
+            "4",
+            "--depth",
+            "1",
+            "--batch-size",
+            "32",
+            "--warmup-steps",
+            "2",
+            "--epochs",
+            "1",
+            "--version",
+            "t",
+            "--workers",
+            "1",
+        ]
+    )
     assert train_mod.run(args) == 0
     return manifest, root / "run" / "best.safetensors"
 
@@ -56,8 +77,9 @@ def test_checkpoint_records_its_training_lineage(trained: tuple[Path, Path]) -> 
     assert lineage["manifest_hash"] == m.content_hash
 
 
-def test_eval_refuses_overlap_unless_forced(trained: tuple[Path, Path], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_refuses_overlap_unless_forced(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     manifest, ckpt = trained
     # the same generator seed: the training subjects again (rendered at another size, so other bytes)
     build_benchmark(tmp_path / "same", images=120, seed=3)
@@ -85,8 +107,24 @@ def test_eval_refuses_overlap_unless_forced(trained: tuple[Path, Path], tmp_path
 def test_eval_accepts_a_disjoint_benchmark(trained: tuple[Path, Path], tmp_path: Path) -> None:
     _, ckpt = trained
     build_benchmark(tmp_path / "other", images=120, seed=1000)
-    assert main(["eval", "--model", str(ckpt), "--data", str(tmp_path / "other" / "manifest.csv"), "--out",
-                 str(tmp_path / "c"), "--bootstrap", "20", "--min-cell-size", "5"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(ckpt),
+                "--data",
+                str(tmp_path / "other" / "manifest.csv"),
+                "--out",
+                str(tmp_path / "c"),
+                "--bootstrap",
+                "20",
+                "--min-cell-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     leak = load_metrics_json(tmp_path / "c" / "metrics.json")["models"][0]["leakage"]
     assert leak["checked"] is True
     assert leak["leaks"] is False

@@ -11,8 +11,9 @@ from stream.tools.online_metrics import DAY_S, DecisionFact, Exporter, OnlineMet
 T0 = 1_700_000_000.0
 
 
-def decision(user: str, est: float | None, action: str, t: float = T0, key: str | None = None,
-             verified: bool = False) -> DecisionFact:
+def decision(
+    user: str, est: float | None, action: str, t: float = T0, key: str | None = None, verified: bool = False
+) -> DecisionFact:
     return DecisionFact(key or f"{user}@{t}", user, t, "DEFAULT", "adult_content", action, est, 18.0, verified)
 
 

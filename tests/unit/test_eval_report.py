@@ -102,8 +102,9 @@ def test_eval_writes_metrics_and_report(dataset: Path, tmp_path: Path) -> None:
 def test_gate_passes_identical_and_fails_worse(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _eval("--model", "good", "--model", "same", "--data", str(dataset), "--out", str(tmp_path / "a"),
-                 "--gate") == 0
+    assert (
+        _eval("--model", "good", "--model", "same", "--data", str(dataset), "--out", str(tmp_path / "a"), "--gate") == 0
+    )
     assert load_metrics_json(tmp_path / "a" / "metrics.json")["gate"]["passed"] is True
     code = _eval("--model", "good", "--model", "worse", "--data", str(dataset), "--out", str(tmp_path / "b"), "--gate")
     assert code == evaluate.EXIT_GATE_FAILED
@@ -118,18 +119,37 @@ def test_gate_passes_identical_and_fails_worse(
 def test_baseline_must_be_on_the_same_data(dataset: Path, tmp_path: Path) -> None:
     assert _eval("--model", "good", "--data", str(dataset), "--out", str(tmp_path / "base")) == 0
     baseline = str(tmp_path / "base" / "metrics.json")
-    assert _eval("--model", "worse", "--data", str(dataset), "--out", str(tmp_path / "c"), "--baseline", baseline,
-                 "--gate") == evaluate.EXIT_GATE_FAILED
-    assert _eval("--model", "same", "--data", str(dataset), "--out", str(tmp_path / "d"), "--baseline", baseline,
-                 "--gate") == 0
+    assert (
+        _eval(
+            "--model", "worse", "--data", str(dataset), "--out", str(tmp_path / "c"), "--baseline", baseline, "--gate"
+        )
+        == evaluate.EXIT_GATE_FAILED
+    )
+    assert (
+        _eval("--model", "same", "--data", str(dataset), "--out", str(tmp_path / "d"), "--baseline", baseline, "--gate")
+        == 0
+    )
     other = load_manifest(dataset)
     write_manifest(tmp_path / "other.csv", [*other.rows[:-1]])
     for p in other.rows[:-1]:
         (tmp_path / p.path).parent.mkdir(exist_ok=True)
-    assert _eval("--model", "same", "--data", str(tmp_path / "other.csv"), "--out", str(tmp_path / "e"),
-                 "--baseline", baseline) == evaluate.EXIT_BAD_INPUT
-    assert _eval("--model", "same", "--data", str(dataset), "--out", str(tmp_path / "f"),
-                 "--expect-hash", "sha256:0") == evaluate.EXIT_BAD_INPUT
+    assert (
+        _eval(
+            "--model",
+            "same",
+            "--data",
+            str(tmp_path / "other.csv"),
+            "--out",
+            str(tmp_path / "e"),
+            "--baseline",
+            baseline,
+        )
+        == evaluate.EXIT_BAD_INPUT
+    )
+    assert (
+        _eval("--model", "same", "--data", str(dataset), "--out", str(tmp_path / "f"), "--expect-hash", "sha256:0")
+        == evaluate.EXIT_BAD_INPUT
+    )
 
 
 def test_json_has_no_nan_and_html_renders_empty_cells(tmp_path: Path) -> None:
@@ -167,8 +187,6 @@ def test_headline_reads_thresholds(tmp_path: Path) -> None:
     assert not math.isnan(h["fallback_rate_at_18"])
 
 
-
-
 def test_benchmark_is_all_test_and_records_its_hash(tmp_path: Path) -> None:
     from model.evaluation.datasets import build_benchmark
 
@@ -193,5 +211,17 @@ def test_baseline_gate_pairs_with_the_baselines_predictions(dataset: Path, tmp_p
     assert est.mean - est.true_age == pytest.approx(np.ones(299))
     assert est.subject_id is not None
     preds.unlink()
-    assert _eval("--model", "same", "--data", str(dataset), "--out", str(tmp_path / "g"),
-                 "--baseline", str(tmp_path / "base" / "metrics.json"), "--gate") == evaluate.EXIT_BAD_INPUT
+    assert (
+        _eval(
+            "--model",
+            "same",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "g"),
+            "--baseline",
+            str(tmp_path / "base" / "metrics.json"),
+            "--gate",
+        )
+        == evaluate.EXIT_BAD_INPUT
+    )

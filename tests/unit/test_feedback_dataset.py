@@ -41,8 +41,9 @@ def _frame(user: str, i: int, at: float) -> RetainedFrame:
 
 def test_label_is_the_verified_age_carried_back_to_the_frame() -> None:
     frames = [_frame("alice", 1, NOW - YEAR_S)]  # a year before the check
-    labelled, report = join(frames, {"alice": Verification("alice", NOW, 19.0, "ID_CHECK")}, now=NOW,
-                            retention_s=400 * DAY)
+    labelled, report = join(
+        frames, {"alice": Verification("alice", NOW, 19.0, "ID_CHECK")}, now=NOW, retention_s=400 * DAY
+    )
     assert len(labelled) == 1
     assert labelled[0].age == pytest.approx(18.0)
     assert labelled[0].subject_id == subject_of("alice")
@@ -52,13 +53,18 @@ def test_label_is_the_verified_age_carried_back_to_the_frame() -> None:
 
 def test_every_skipped_frame_has_a_reason() -> None:
     frames = [
-        _frame("alice", 1, NOW - DAY), _frame("alice", 2, NOW - 2 * DAY),
+        _frame("alice", 1, NOW - DAY),
+        _frame("alice", 2, NOW - 2 * DAY),
         _frame("bob", 1, NOW - DAY),  # never verified
         _frame("carol", 1, NOW - 200 * DAY),  # older than the retention
         _frame("dave", 1, NOW - 50 * DAY),  # verified at 0.05 years: 50 days earlier is before birth
     ]
-    verified = {"alice": Verification("alice", NOW, 30.0), "carol": Verification("carol", NOW, 40.0),
-                "dave": Verification("dave", NOW, 0.05), "erin": Verification("erin", NOW, 22.0)}
+    verified = {
+        "alice": Verification("alice", NOW, 30.0),
+        "carol": Verification("carol", NOW, 40.0),
+        "dave": Verification("dave", NOW, 0.05),
+        "erin": Verification("erin", NOW, 22.0),
+    }
     labelled, report = join(frames, verified, now=NOW, retention_s=100 * DAY)
     assert {f.frame.user_id for f in labelled} == {"alice"}
     assert report.frames_read == 5
@@ -72,8 +78,9 @@ def test_every_skipped_frame_has_a_reason() -> None:
 
 
 def test_the_latest_verification_wins() -> None:
-    got = latest_verifications([Verification("a", NOW - DAY, 17.0), Verification("a", NOW, 21.0),
-                                Verification("b", NOW, 30.0)])
+    got = latest_verifications(
+        [Verification("a", NOW - DAY, 17.0), Verification("a", NOW, 21.0), Verification("b", NOW, 30.0)]
+    )
     assert got["a"].verified_age == 21.0
 
 
@@ -114,10 +121,20 @@ def test_only_scored_frames_of_consenting_users_are_retained() -> None:
     import datetime as dt
 
     when = dt.datetime.fromtimestamp(NOW, dt.UTC)
-    event: dict[str, Any] = {"user_id": "u1", "event_id": "e1", "occurred_at": when,
-             "frames": [{"frame_id": "a"}, {"frame_id": "b"}, {"frame_id": "c"}]}
+    event: dict[str, Any] = {
+        "user_id": "u1",
+        "event_id": "e1",
+        "occurred_at": when,
+        "frames": [{"frame_id": "a"}, {"frame_id": "b"}, {"frame_id": "c"}],
+    }
     got = retained_records(**event, consent=True, scored=[(b"A", "image/jpeg"), None, (b"C", "image/png")])
     assert [k for k, _ in got] == [frame_key("u1", "e1", "a"), frame_key("u1", "e1", "c")]
-    assert got[1][1] == {"user_id": "u1", "event_id": "e1", "frame_id": "c", "occurred_at": when,
-                         "content_type": "image/png", "data": b"C"}
+    assert got[1][1] == {
+        "user_id": "u1",
+        "event_id": "e1",
+        "frame_id": "c",
+        "occurred_at": when,
+        "content_type": "image/png",
+        "data": b"C",
+    }
     assert retained_records(**event, consent=False, scored=[(b"A", "image/jpeg")] * 3) == []

@@ -114,8 +114,11 @@ def test_decide_judges_with_the_shape() -> None:
     assert gaussian.action is Action.ALLOW
     assert shaped.action is Action.REQUIRE_VERIFICATION
     assert shaped.evidence.p_at_least_threshold_plus_buffer is not None
-    assert shaped.evidence.p_at_least_threshold_plus_buffer < 0.95 < (
-        gaussian.evidence.p_at_least_threshold_plus_buffer or 0.0)
+    assert (
+        shaped.evidence.p_at_least_threshold_plus_buffer
+        < 0.95
+        < (gaussian.evidence.p_at_least_threshold_plus_buffer or 0.0)
+    )
     assert shaped.evidence.age_std == gaussian.evidence.age_std  # the reported std is the second moment either way
     # The same P that decide used is the belief's own.
     p_buf = shaped.evidence.p_at_least_threshold_plus_buffer

@@ -109,8 +109,9 @@ def test_no_import_circles() -> None:
     assert circles == [], f"import circles: {circles}"
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [("model", "stream"), ("bench", "tests"), ("stream", "tests"),
-                                              ("model", "tests")])
+@pytest.mark.parametrize(
+    ("package", "forbidden"), [("model", "stream"), ("bench", "tests"), ("stream", "tests"), ("model", "tests")]
+)
 def test_package_never_imports(package: str, forbidden: str) -> None:
     found = [
         f"{name} imports {target}"
@@ -123,11 +124,18 @@ def test_package_never_imports(package: str, forbidden: str) -> None:
 
 def test_the_rule_catches_wrong_directions() -> None:
     """The checker itself: each forbidden direction is reported, the allowed ones are not."""
-    bad = [("stream.core.belief", "stream.adapters.codec"), ("stream.pipeline.decide", "stream.adapters.codec"),
-           ("stream.runners.worker", "stream.tools.demo"), ("stream.config", "stream.core.policy"),
-           ("stream.adapters.codec", "stream.pipeline.pipeline")]
-    good = [("stream.pipeline.assemble", "stream.adapters.codec"),
-            ("stream.runners.worker", "stream.pipeline.pipeline"),
-            ("stream.tools.demo", "stream.runners.worker"), ("stream.core.policy", "stream.errors")]
+    bad = [
+        ("stream.core.belief", "stream.adapters.codec"),
+        ("stream.pipeline.decide", "stream.adapters.codec"),
+        ("stream.runners.worker", "stream.tools.demo"),
+        ("stream.config", "stream.core.policy"),
+        ("stream.adapters.codec", "stream.pipeline.pipeline"),
+    ]
+    good = [
+        ("stream.pipeline.assemble", "stream.adapters.codec"),
+        ("stream.runners.worker", "stream.pipeline.pipeline"),
+        ("stream.tools.demo", "stream.runners.worker"),
+        ("stream.core.policy", "stream.errors"),
+    ]
     assert len(violations(bad)) == len(bad)
     assert violations(good) == []

@@ -61,7 +61,9 @@ def test_manifest_rejects_bad_rows_and_split_leaks(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad.csv:2: age 'old'"):
         load_manifest(bad)
     leak = tmp_path / "leak.jsonl"
-    leak.write_text('{"path":"a","age":1,"subject_id":"s","split":"train"}\n{"path":"b","age":1,"subject_id":"s","split":"test"}\n')
+    leak.write_text(
+        '{"path":"a","age":1,"subject_id":"s","split":"train"}\n{"path":"b","age":1,"subject_id":"s","split":"test"}\n'
+    )
     with pytest.raises(ValueError, match="both 'train' and 'test'"):
         load_manifest(leak)
     missing_split = tmp_path / "nosplit.csv"
@@ -103,8 +105,13 @@ def test_age_cues_change_the_image_and_bias_shifts_one_group() -> None:
 
 
 def test_utkface_names_including_malformed_ones(tmp_path: Path) -> None:
-    names = ["25_0_2_20170116174525125.jpg.chip.jpg", "39_1_20170116174525125.jpg.chip.jpg",
-             "61_3_20170109150557335.jpg", "x_1_0_2017.jpg", "7_1_9_2017.jpg"]
+    names = [
+        "25_0_2_20170116174525125.jpg.chip.jpg",
+        "39_1_20170116174525125.jpg.chip.jpg",
+        "61_3_20170109150557335.jpg",
+        "x_1_0_2017.jpg",
+        "7_1_9_2017.jpg",
+    ]
     for i, name in enumerate(names):
         _jpeg(tmp_path / "part1" / name, seed=i)
     manifest = load_utkface(tmp_path)

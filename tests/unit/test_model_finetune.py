@@ -26,9 +26,32 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def parent(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("parent")
-    args = _parse(["--data", str(data[0]), "--out", str(out), "--input-size", "32", "--width", "4", "--depth", "1",
-                   "--epochs", "1", "--batch-size", "32", "--warmup-steps", "2", "--version", "parent-1",
-                   "--threads", "1", "--workers", "1"])
+    args = _parse(
+        [
+            "--data",
+            str(data[0]),
+            "--out",
+            str(out),
+            "--input-size",
+            "32",
+            "--width",
+            "4",
+            "--depth",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--warmup-steps",
+            "2",
+            "--version",
+            "parent-1",
+            "--threads",
+            "1",
+            "--workers",
+            "1",
+        ]
+    )
     assert train_mod.run(args) == 0
     return out / "best.safetensors"
 
@@ -41,9 +64,31 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _finetune(feedback: Path, out: Path, parent: Path, *extra: str) -> argparse.Namespace:
     # No architecture options: they come from the parent (the defaults would be width 16, size 64).
-    return _parse(["--data", str(feedback), "--out", str(out), "--init-from", str(parent), "--epochs", "1",
-                   "--batch-size", "32", "--warmup-steps", "2", "--version", "child-1", "--seed", "7",
-                   "--threads", "1", "--workers", "1", *extra])
+    return _parse(
+        [
+            "--data",
+            str(feedback),
+            "--out",
+            str(out),
+            "--init-from",
+            str(parent),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--warmup-steps",
+            "2",
+            "--version",
+            "child-1",
+            "--seed",
+            "7",
+            "--threads",
+            "1",
+            "--workers",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def test_finetune_starts_from_the_parent_and_records_its_lineage(
@@ -70,8 +115,9 @@ def test_finetune_starts_from_the_parent_and_records_its_lineage(
     assert lineage["seeds"] == {"train": 7}
     # The child has seen what its parent saw: the leakage guard refuses the base's training rows too.
     base_manifest = load_manifest(base)
-    found = overlap(lineage_of(tmp_path / "best.safetensors"),
-                    fingerprints(base_manifest, base_manifest.split("train")))
+    found = overlap(
+        lineage_of(tmp_path / "best.safetensors"), fingerprints(base_manifest, base_manifest.split("train"))
+    )
     assert found["leaks"]
     assert found["shared_subjects"] > 0
 
@@ -88,13 +134,21 @@ def test_finetune_without_mix_still_inherits_the_parent_lineage(
     assert overlap(lineage, fingerprints(base_manifest, base_manifest.split("val")))["shared_subjects"] > 0
 
 
-@pytest.mark.parametrize(("option", "value", "clash"), [
-    ("--width", "8", "--width 8 (checkpoint: 4)"),
-    ("--model", "bucket_classifier", "--model bucket_classifier (checkpoint: age_regressor)"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "clash"),
+    [
+        ("--width", "8", "--width 8 (checkpoint: 4)"),
+        ("--model", "bucket_classifier", "--model bucket_classifier (checkpoint: age_regressor)"),
+    ],
+)
 def test_finetune_refuses_an_incompatible_architecture(
-    data: tuple[Path, Path], parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    option: str, value: str, clash: str,
+    data: tuple[Path, Path],
+    parent: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    clash: str,
 ) -> None:
     assert train_mod.run(_finetune(data[1], tmp_path, parent, option, value)) == 2
     err = capsys.readouterr().err

@@ -44,7 +44,14 @@ def test_bucket_classifier_probabilities_and_legacy_decisions() -> None:
     model = _tiny("bucket_classifier", "dldl")
     assert isinstance(model, BucketClassifier)
     assert model.bucket_of(torch.tensor([12.9, 13.0, 15.9, 16.0, 17.5, 18.0, 24.9, 25.0])).tolist() == [
-        0, 1, 1, 2, 2, 3, 3, 4,
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
     ]
     probs = torch.tensor([[0.1, 0.2, 0.3, 0.25, 0.15]])
     assert model.prob_at_least(probs, 18.0).item() == pytest.approx(0.4)

@@ -19,16 +19,32 @@ from stream.tools.model_pointer import Pointer, PointerError, deployed_stack
 from stream.tools.model_registry import promote, rollback
 from stream.tools.shadow_window import ShadowBounds, summarise, violations
 
-BOUNDS = ShadowBounds(window_s=3600.0, min_events=10, max_action_change_rate=0.2, max_new_allow_rate=0.05,
-                      max_mean_abs_diff_years=4.0)
+BOUNDS = ShadowBounds(
+    window_s=3600.0, min_events=10, max_action_change_rate=0.2, max_new_allow_rate=0.05, max_mean_abs_diff_years=4.0
+)
 NOW = 1_800_000_000.0
 
 
 def _train(data: Path, out: Path, *extra: str) -> Path:
     parser = argparse.ArgumentParser()
     train_mod.add_arguments(parser)
-    args = parser.parse_args(["--data", str(data), "--out", str(out), "--batch-size", "32", "--warmup-steps", "5",
-                              "--threads", "1", "--workers", "1", *extra])
+    args = parser.parse_args(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--batch-size",
+            "32",
+            "--warmup-steps",
+            "5",
+            "--threads",
+            "1",
+            "--workers",
+            "1",
+            *extra,
+        ]
+    )
     assert train_mod.run(args) == 0
     return out / "best.safetensors"
 
@@ -52,19 +68,35 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     feedback = _as_feedback(generate_dataset(root / "fb-src", images=600, seed=2, size=32), root / "feedback.csv")
     arch = ("--input-size", "32", "--width", "8", "--depth", "1")
     production = _train(base, root / "production", *arch, "--epochs", "8", "--version", "prod")
-    better = _train(feedback, root / "better", "--init-from", str(production), "--mix", str(base), "--epochs", "4",
-                    "--lr", "1e-3", "--version", "better")
+    better = _train(
+        feedback,
+        root / "better",
+        "--init-from",
+        str(production),
+        "--mix",
+        str(base),
+        "--epochs",
+        "4",
+        "--lr",
+        "1e-3",
+        "--version",
+        "better",
+    )
     worse = _train(feedback, root / "worse", *arch, "--epochs", "1", "--lr", "0", "--version", "worse")
     return {"production": production, "better": better, "worse": worse, "bench": bench, "feedback": feedback}
 
 
-def _shadow(version: str, *, events: int = 40, changed: int = 2, to_allow: int = 0,
-            diff: float = 1.0) -> Iterator[tuple[float, bytes]]:
+def _shadow(
+    version: str, *, events: int = 40, changed: int = 2, to_allow: int = 0, diff: float = 1.0
+) -> Iterator[tuple[float, bytes]]:
     for i in range(events):
         live = "REQUIRE_VERIFICATION"
         shadow = ("ALLOW" if i < to_allow else "BLOCK") if i < changed else live
-        body = {"live": {"action": live, "model_version": "age_regressor@prod"},
-                "shadow": {"action": shadow, "model_version": version}, "mean_abs_diff_years": diff}
+        body = {
+            "live": {"action": live, "model_version": "age_regressor@prod"},
+            "shadow": {"action": shadow, "model_version": version},
+            "mean_abs_diff_years": diff,
+        }
         yield NOW - 60.0 * (i + 1), json.dumps(body).encode()
 
 
@@ -74,13 +106,30 @@ def _pointer(tmp_path: Path, model: Path) -> Pointer:
     return Pointer(path)
 
 
-def _promote(pointer: Pointer, candidate: Path, models: dict[str, Path], out: Path,
-             shadow: Iterator[tuple[float, bytes]] | None = None) -> tuple[bool, dict[str, Any]]:
+def _promote(
+    pointer: Pointer,
+    candidate: Path,
+    models: dict[str, Path],
+    out: Path,
+    shadow: Iterator[tuple[float, bytes]] | None = None,
+) -> tuple[bool, dict[str, Any]]:
     version = f"age_regressor@{candidate.parent.name}"
     records = list(shadow if shadow is not None else _shadow(version))
-    return promote(pointer, str(candidate), benchmark=str(models["bench"]), feedback=str(models["feedback"]),
-                   reason="test", who="tester", shadow_source=lambda v, w: (NOW - w, NOW, iter(records)),
-                   bounds=BOUNDS, out=out, bootstrap=200, threads=1, now=NOW, echo=lambda _: None)
+    return promote(
+        pointer,
+        str(candidate),
+        benchmark=str(models["bench"]),
+        feedback=str(models["feedback"]),
+        reason="test",
+        who="tester",
+        shadow_source=lambda v, w: (NOW - w, NOW, iter(records)),
+        bounds=BOUNDS,
+        out=out,
+        bootstrap=200,
+        threads=1,
+        now=NOW,
+        echo=lambda _: None,
+    )
 
 
 def test_a_worse_candidate_is_refused_and_the_pointer_stays(models: dict[str, Path], tmp_path: Path) -> None:
@@ -134,10 +183,12 @@ def test_a_hand_edited_pointer_is_refused(models: dict[str, Path], tmp_path: Pat
 
 
 def test_shadow_summary_counts_only_the_candidate_in_the_window() -> None:
-    records = [*_shadow("v2", events=20, changed=4, to_allow=1, diff=2.0),
-               (NOW - 7200.0, b'{"live": {"action": "ALLOW"}, "shadow": {"action": "BLOCK", "model_version": "v2"}}'),
-               (NOW - 5.0, b"not json"),
-               *_shadow("v1", events=5)]
+    records = [
+        *_shadow("v2", events=20, changed=4, to_allow=1, diff=2.0),
+        (NOW - 7200.0, b'{"live": {"action": "ALLOW"}, "shadow": {"action": "BLOCK", "model_version": "v2"}}'),
+        (NOW - 5.0, b"not json"),
+        *_shadow("v1", events=5),
+    ]
     s = summarise(records, "v2", NOW - 3600.0, NOW)
     assert (s.events, s.action_changes, s.new_allows, s.unreadable, s.other_versions) == (20, 4, 1, 1, 5)
     assert s.mean_abs_diff_years == pytest.approx(2.0)
@@ -149,6 +200,10 @@ def test_shadow_summary_counts_only_the_candidate_in_the_window() -> None:
 
 
 def test_deployed_stack_replays_promotions_and_rollbacks() -> None:
-    history = [{"action": "promote", "model": "b", "previous": "a"}, {"action": "refused", "model": "x"},
-               {"action": "promote", "model": "c", "previous": "b"}, {"action": "rollback", "model": "b"}]
+    history = [
+        {"action": "promote", "model": "b", "previous": "a"},
+        {"action": "refused", "model": "x"},
+        {"action": "promote", "model": "c", "previous": "b"},
+        {"action": "rollback", "model": "b"},
+    ]
     assert deployed_stack(history) == ["a", "b"]

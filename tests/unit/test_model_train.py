@@ -24,8 +24,26 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _args(manifest: Path, out: Path, **over: object) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     train_mod.add_arguments(parser)
-    argv = ["--data", str(manifest), "--out", str(out), "--input-size", "32", "--width", "4", "--depth", "1",
-            "--batch-size", "32", "--warmup-steps", "5", "--keep", "2", "--version", "t"]
+    argv = [
+        "--data",
+        str(manifest),
+        "--out",
+        str(out),
+        "--input-size",
+        "32",
+        "--width",
+        "4",
+        "--depth",
+        "1",
+        "--batch-size",
+        "32",
+        "--warmup-steps",
+        "5",
+        "--keep",
+        "2",
+        "--version",
+        "t",
+    ]
     for key, value in over.items():
         argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return parser.parse_args(argv)

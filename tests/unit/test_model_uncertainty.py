@@ -117,10 +117,19 @@ def _model() -> AgeModel:
     return create_model("age_regressor", input_size=32, width=4, depth=1, version="u")
 
 
-CAL = UncertaintyCalibration(std_scale=0.5, floor_years=2.2, floor_subjects=123, floor_source="estimated",
-                             fitted_on=400, mean_knots_pred=(5.0, 20.0, 60.0), mean_knots_true=(8.0, 19.0, 70.0),
-                             floor_shape_weight=0.4, floor_shape_narrow=0.5, floor_shape_subjects=321,
-                             floor_shape_source="fitted")
+CAL = UncertaintyCalibration(
+    std_scale=0.5,
+    floor_years=2.2,
+    floor_subjects=123,
+    floor_source="estimated",
+    fitted_on=400,
+    mean_knots_pred=(5.0, 20.0, 60.0),
+    mean_knots_true=(8.0, 19.0, 70.0),
+    floor_shape_weight=0.4,
+    floor_shape_narrow=0.5,
+    floor_shape_subjects=321,
+    floor_shape_source="fitted",
+)
 
 
 def test_calibration_round_trips_through_checkpoint_metadata(tmp_path: Path) -> None:
@@ -244,8 +253,9 @@ def test_mean_knots_are_validated() -> None:
 # --- the floor's shape -----------------------------------------------------------------------------
 
 
-def _simulate_mixture(rng: np.random.Generator, subjects: int, floor: float, weight: float, narrow: float,
-                      within: float) -> tuple[np.ndarray, list[str]]:
+def _simulate_mixture(
+    rng: np.random.Generator, subjects: int, floor: float, weight: float, narrow: float, within: float
+) -> tuple[np.ndarray, list[str]]:
     wide = np.sqrt((1 - weight * narrow**2) / (1 - weight))
     errors: list[float] = []
     ids: list[str] = []

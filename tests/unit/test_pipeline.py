@@ -82,10 +82,17 @@ class FakeSink:
 def make(codec: Any = None) -> tuple[Pipeline, CountingBeliefs, FakeScorer, FakeSink]:
     store, scorer, sink = CountingBeliefs(), FakeScorer(), FakeSink()
     pipeline = Pipeline(
-        codec=codec or AvroCodec(), scorer=scorer, model_version="m@1", error_floor=2.0, store=store,
-        policy=load_policy(None), sink=sink,
+        codec=codec or AvroCodec(),
+        scorer=scorer,
+        model_version="m@1",
+        error_floor=2.0,
+        store=store,
+        policy=load_policy(None),
+        sink=sink,
         resolver=FrameResolver(FrameStores.parse("", max_bytes=1 << 20, timeout_s=1.0)),
-        topics=TOPICS, guard=InvalidShareGuard(0.5, 100), clock=lambda: NOW,
+        topics=TOPICS,
+        guard=InvalidShareGuard(0.5, 100),
+        clock=lambda: NOW,
     )
     return pipeline, store, scorer, sink
 
@@ -96,8 +103,9 @@ _offsets: dict[str, int] = {}
 def record(subject: str, value: dict[str, Any]) -> SourceRecord:
     topic = SUBJECT_TOPIC[subject]
     offset = _offsets[topic] = _offsets.get(topic, -1) + 1
-    return SourceRecord(topic, 0, offset, value["user_id"].encode(), AvroCodec().encode(subject, value),
-                        int(time.time() * 1000))
+    return SourceRecord(
+        topic, 0, offset, value["user_id"].encode(), AvroCodec().encode(subject, value), int(time.time() * 1000)
+    )
 
 
 def upload(user: str, *ages: int) -> SourceRecord:
@@ -224,8 +232,12 @@ async def test_scored_frames_of_consenting_users_are_retained_with_the_decision(
     retained = [(key, value) for topic, key, value, _ in sink.sent if topic == "rf"]
     assert [key for key, _ in retained] == [frame_key("a", str(yes["event_id"]), f"f{i}") for i in range(2)]
     first = AvroCodec().decode(retained[0][1], RETAINED_FRAME).record
-    assert (first["user_id"], first["frame_id"], first["data"], first["content_type"]) == ("a", "f0", b"35",
-                                                                                          "image/jpeg")
+    assert (first["user_id"], first["frame_id"], first["data"], first["content_type"]) == (
+        "a",
+        "f0",
+        b"35",
+        "image/jpeg",
+    )
 
 
 async def test_a_pipeline_without_a_retained_topic_keeps_nothing() -> None:

@@ -16,8 +16,18 @@ def one_surface(confidence: float) -> dict[str, Any]:
         "version": f"t-{confidence}",
         "default_jurisdiction": "X",
         "settings": {"hysteresis_margin": 0.1, "min_observations": 1},
-        "jurisdictions": {"X": {"surfaces": {"adult_content": {
-            "min_age": 18, "buffer_years": 2, "required_confidence": confidence, "under_age_action": "BLOCK"}}}},
+        "jurisdictions": {
+            "X": {
+                "surfaces": {
+                    "adult_content": {
+                        "min_age": 18,
+                        "buffer_years": 2,
+                        "required_confidence": confidence,
+                        "under_age_action": "BLOCK",
+                    }
+                }
+            }
+        },
     }
 
 

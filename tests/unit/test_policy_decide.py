@@ -31,15 +31,16 @@ def belief(age: float, std: float, observations: int = 5, *, verified: bool = Fa
 @st.composite
 def events(draw: st.DrawFn, jurisdictions: st.SearchStrategy[str] = known_jurisdictions) -> PolicyEvent:
     return PolicyEvent(
-        jurisdiction=draw(jurisdictions), surface=draw(st.sampled_from(SURFACES)), event_time=NOW,
-        declared_age=draw(declared), previous_action=draw(actions),
+        jurisdiction=draw(jurisdictions),
+        surface=draw(st.sampled_from(SURFACES)),
+        event_time=NOW,
+        declared_age=draw(declared),
+        previous_action=draw(actions),
     )
 
 
 @given(events(), ages, stds, st.integers(0, POLICY.min_observations - 1), st.booleans())
-def test_never_allow_without_enough_evidence(
-    event: PolicyEvent, age: float, std: float, n: int, down: bool
-) -> None:
+def test_never_allow_without_enough_evidence(event: PolicyEvent, age: float, std: float, n: int, down: bool) -> None:
     assert decide(None, event, POLICY).action is not Action.ALLOW
     assert decide(belief(age, std, n), event, POLICY).action is not Action.ALLOW
     # A dependency down never allows, even for a verified adult.
@@ -48,9 +49,7 @@ def test_never_allow_without_enough_evidence(
 
 
 @given(events(), ages, ages, stds, st.integers(0, 10))
-def test_older_belief_never_gets_a_stricter_action(
-    event: PolicyEvent, a: float, b: float, std: float, n: int
-) -> None:
+def test_older_belief_never_gets_a_stricter_action(event: PolicyEvent, a: float, b: float, std: float, n: int) -> None:
     young, old = min(a, b), max(a, b)
     d_young = decide(belief(young, std, n), event, POLICY)
     d_old = decide(belief(old, std, n), event, POLICY)
@@ -66,8 +65,14 @@ def test_unknown_jurisdiction_falls_back_to_default(event: PolicyEvent, age: flo
     assert same.action == d.action
 
 
-@given(events(st.text(max_size=4) | st.sampled_from(JURISDICTIONS)), st.one_of(st.none(), st.tuples(ages, stds)),
-       st.integers(0, 10), st.booleans(), st.booleans(), st.text(max_size=8) | st.sampled_from(SURFACES))
+@given(
+    events(st.text(max_size=4) | st.sampled_from(JURISDICTIONS)),
+    st.one_of(st.none(), st.tuples(ages, stds)),
+    st.integers(0, 10),
+    st.booleans(),
+    st.booleans(),
+    st.text(max_size=8) | st.sampled_from(SURFACES),
+)
 def test_every_decision_has_a_reason_and_is_deterministic(
     event: PolicyEvent, bel: tuple[float, float] | None, n: int, verified: bool, down: bool, surface: str
 ) -> None:
@@ -79,8 +84,9 @@ def test_every_decision_has_a_reason_and_is_deterministic(
     assert d.policy_version == POLICY.version
 
 
-def ev(surface: str, *, jurisdiction: str = "DEFAULT", declared_age: float | None = None,
-       previous: Action | None = None) -> PolicyEvent:
+def ev(
+    surface: str, *, jurisdiction: str = "DEFAULT", declared_age: float | None = None, previous: Action | None = None
+) -> PolicyEvent:
     return PolicyEvent(jurisdiction, surface, NOW, declared_age, previous)
 
 
@@ -110,8 +116,7 @@ def test_jurisdictions_differ() -> None:
     assert eu.jurisdiction == "EU"
     # 23 +- 1 clears 18 + 2 years in the US-like default but not GB's challenge-25 buffer (18 + 7).
     assert decide(belief(23, 1.0), ev("adult_content"), POLICY).action is Action.ALLOW
-    assert decide(belief(23, 1.0), ev("adult_content", jurisdiction="GB"), POLICY).action is \
-        Action.REQUIRE_VERIFICATION
+    assert decide(belief(23, 1.0), ev("adult_content", jurisdiction="GB"), POLICY).action is Action.REQUIRE_VERIFICATION
 
 
 def test_declared_age_contradicted_requires_verification() -> None:
@@ -154,8 +159,10 @@ def test_hysteresis_holds_previous_action_near_the_boundary() -> None:
     assert decide(young, ev("account_creation"), POLICY).action is Action.REQUIRE_VERIFICATION
     assert decide(young, ev("account_creation", previous=Action.BLOCK), POLICY).action is Action.BLOCK
     # Well past the margin, hysteresis lets go.
-    assert decide(belief(13.5, 1.0), ev("account_creation", previous=Action.ALLOW), POLICY).action is \
-        Action.REQUIRE_VERIFICATION
+    assert (
+        decide(belief(13.5, 1.0), ev("account_creation", previous=Action.ALLOW), POLICY).action
+        is Action.REQUIRE_VERIFICATION
+    )
 
 
 def test_dependency_down_keeps_a_stricter_previous_action() -> None:

@@ -19,9 +19,13 @@ SOURCE = "agegate.signups"
 def fail(headers: list[tuple[str, bytes]], partition: int, offset: int, now_ms: int) -> list[tuple[str, bytes]]:
     """The dead-letter headers the pipeline writes for a record at SOURCE/partition/offset failing now."""
     lineage = lineage_of_record(headers, SOURCE, partition, offset, now_ms)
-    return [("reason", b"unknown_schema_id"), ("source_topic", SOURCE.encode()),
-            ("source_partition", str(partition).encode()), ("source_offset", str(offset).encode()),
-            *dead_letter_headers(lineage)]
+    return [
+        ("reason", b"unknown_schema_id"),
+        ("source_topic", SOURCE.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
+        *dead_letter_headers(lineage),
+    ]
 
 
 def test_three_redrives_of_an_unfixed_cause_select_each_event_once() -> None:

@@ -13,8 +13,15 @@ def pins(tmp_path: Path, policy_text: str = "p", **overrides: Any) -> dict[str, 
     model, policy = tmp_path / "m.safetensors", tmp_path / f"policy-{policy_text}.toml"
     model.write_bytes(b"weights")
     policy.write_text(policy_text)
-    return output_settings(load_settings(environ={}, **overrides), model_file=model, policy_file=policy,
-                           model_version="m@1", policy_version="v1", device="cpu", out="file:x.jsonl")
+    return output_settings(
+        load_settings(environ={}, **overrides),
+        model_file=model,
+        policy_file=policy,
+        model_version="m@1",
+        policy_version="v1",
+        device="cpu",
+        out="file:x.jsonl",
+    )
 
 
 def test_output_changing_settings_are_pinned_and_reported(tmp_path: Path) -> None:

@@ -41,8 +41,11 @@ def test_shard_spec() -> None:
 
 
 def test_merge_order_is_time_then_position() -> None:
-    recs = [SourceRecord("b", 0, 5, None, None, 10), SourceRecord("a", 1, 2, None, None, 10),
-            SourceRecord("a", 0, 9, None, None, 9)]
+    recs = [
+        SourceRecord("b", 0, 5, None, None, 10),
+        SourceRecord("a", 1, 2, None, None, 10),
+        SourceRecord("a", 0, 9, None, None, 9),
+    ]
     assert [(r.topic, r.partition) for r in sorted(recs, key=order_key)] == [("a", 0), ("a", 1), ("b", 0)]
 
 
@@ -50,8 +53,9 @@ def test_output_lines_are_canonical_bytes() -> None:
     rec = SourceRecord("t", 0, 3, b"u1", b"", 0)
     decision = {"b": 1, "a": dt.datetime(2024, 1, 1, tzinfo=dt.UTC), "c": 0.1}
     line = outcome_line(rec, Outcome("decision", action="ALLOW", decision=decision))
-    assert line == (b'{"decision":{"a":"2024-01-01T00:00:00.000Z","b":1,"c":0.1},'
-                    b'"idempotency_key":"t/0/3","kind":"decision"}\n')
+    assert line == (
+        b'{"decision":{"a":"2024-01-01T00:00:00.000Z","b":1,"c":0.1},"idempotency_key":"t/0/3","kind":"decision"}\n'
+    )
     assert outcome_line(rec, Outcome("dead_letter", reason="corrupt")).endswith(b'"reason":"corrupt"}\n')
 
 

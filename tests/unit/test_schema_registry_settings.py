@@ -31,14 +31,16 @@ def test_defaults_use_the_packaged_manifest_and_register_nothing() -> None:
 def test_a_complete_registry_configuration(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    settings = load_settings(environ={
-        "SCHEMA_REGISTRY_URL": URL,
-        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": f"agegate:{SECRET}",
-        "SCHEMA_REGISTRY_SSL_CAFILE": str(ca),
-        "AGEGATE_SCHEMA_AUTO_REGISTER": "true",
-        "AGEGATE_SCHEMA_SUBJECT_STRATEGY": "record_name",
-        "AGEGATE_SCHEMA_COMPATIBILITY": "BACKWARD",
-    })
+    settings = load_settings(
+        environ={
+            "SCHEMA_REGISTRY_URL": URL,
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": f"agegate:{SECRET}",
+            "SCHEMA_REGISTRY_SSL_CAFILE": str(ca),
+            "AGEGATE_SCHEMA_AUTO_REGISTER": "true",
+            "AGEGATE_SCHEMA_SUBJECT_STRATEGY": "record_name",
+            "AGEGATE_SCHEMA_COMPATIBILITY": "BACKWARD",
+        }
+    )
     conf = settings.schema_registry_client_config()
     assert conf["url"] == URL
     assert conf["basic.auth.user.info"] == f"agegate:{SECRET}"
@@ -82,8 +84,12 @@ def test_user_info_needs_a_colon_and_one_place() -> None:
     assert "expected `user:secret`" in problems(
         {"SCHEMA_REGISTRY_URL": URL, "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "just-a-token"}
     )
-    text = problems({"SCHEMA_REGISTRY_URL": f"https://u:{SECRET}@registry.internal/",
-                     "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": f"u:{SECRET}"})
+    text = problems(
+        {
+            "SCHEMA_REGISTRY_URL": f"https://u:{SECRET}@registry.internal/",
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": f"u:{SECRET}",
+        }
+    )
     assert "give it in one place" in text
     assert SECRET not in text
 
@@ -102,16 +108,24 @@ def test_ca_file_must_exist_and_go_with_https(tmp_path: Path) -> None:
 def test_registry_settings_without_a_registry_are_a_mistake_not_ignored(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
-    text = problems({"SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "u:p", "SCHEMA_REGISTRY_SSL_CAFILE": str(ca),
-                     "AGEGATE_SCHEMA_COMPATIBILITY": "FULL"})
+    text = problems(
+        {
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "u:p",
+            "SCHEMA_REGISTRY_SSL_CAFILE": str(ca),
+            "AGEGATE_SCHEMA_COMPATIBILITY": "FULL",
+        }
+    )
     for name in ("schema_registry_basic_auth", "schema_registry_ssl_cafile", "schema_compatibility"):
         assert f"{name}: set, but schema_registry_url is empty" in text
 
 
-@pytest.mark.parametrize(("env", "value", "expected"), [
-    ("AGEGATE_SCHEMA_SUBJECT_STRATEGY", "topic", "schema_subject_strategy: 'topic' is not one of"),
-    ("AGEGATE_SCHEMA_COMPATIBILITY", "SIDEWAYS", "schema_compatibility: 'SIDEWAYS' is not one of"),
-    ("AGEGATE_SCHEMA_AUTO_REGISTER", "maybe", "schema_auto_register: expected a boolean"),
-])
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("AGEGATE_SCHEMA_SUBJECT_STRATEGY", "topic", "schema_subject_strategy: 'topic' is not one of"),
+        ("AGEGATE_SCHEMA_COMPATIBILITY", "SIDEWAYS", "schema_compatibility: 'SIDEWAYS' is not one of"),
+        ("AGEGATE_SCHEMA_AUTO_REGISTER", "maybe", "schema_auto_register: expected a boolean"),
+    ],
+)
 def test_enumerations_and_switches_are_validated(env: str, value: str, expected: str) -> None:
     assert expected in problems({"SCHEMA_REGISTRY_URL": URL, env: value})

@@ -4,7 +4,10 @@ one driver from a confluent-kafka reader, its decisions acknowledged on the real
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from confluent_kafka import Consumer
@@ -21,7 +24,44 @@ from stream.pipeline.ports import Outcome
 from stream.runners.driver import run_to_end
 from stream.runners.replay import MergedReader, PartitionWindow
 
-__all__ = ["at", "face", "produce", "run_live", "snapshot", "source_windows", "tiny_checkpoint"]
+__all__ = ["at", "face", "produce", "replay_command", "run_live", "snapshot", "source_windows", "tiny_checkpoint"]
+
+
+def replay_command(
+    settings: Settings, redis_url: str, ckpt: Path, out: Path, *args: str, **extra_env: str
+) -> tuple[list[str], dict[str, str]]:
+    """`agegate replay` of the whole window into `out` as a subprocess (a kill -9 is real), and its environment."""
+    env = (
+        os.environ
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "REDIS_URL": redis_url,
+            "AGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+            "AGEGATE_REDIS_PREFIX": settings.redis_key_prefix,
+            "AGEGATE_DEVICE": "cpu",
+            "AGEGATE_INFERENCE_THREADS": "1",
+            "AGEGATE_BATCH_MAX_FRAMES": "8",
+            "AGEGATE_LOG_LEVEL": "WARNING",
+        }
+        | extra_env
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "stream.cli",
+        "replay",
+        "--from",
+        "earliest",
+        "--to",
+        "latest",
+        "--model",
+        str(ckpt),
+        "--out",
+        f"file:{out}",
+        "--no-progress",
+        *args,
+    ]
+    return cmd, env
 
 
 async def run_live(

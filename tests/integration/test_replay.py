@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from stream.config import Settings, load_settings
 from stream.runners.replay import ReplayConfig, parse_bound, replay
 from stream.tools import events
 from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
-from tests.integration.replay_support import at, face, produce, snapshot, tiny_checkpoint
+from tests.integration.replay_support import at, face, produce, replay_command, snapshot, tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -203,33 +201,7 @@ def test_killed_replay_resumes_to_the_uninterrupted_output(env: dict[str, Any], 
 
     asyncio.run(replay(_cfg(env, whole), engine=env["engine"]))
     out = env["tmp"] / "resumed.jsonl"
-    child_env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "REDIS_URL": redis_url,
-        "AGEGATE_TOPIC_PREFIX": settings.topic_prefix,
-        "AGEGATE_REDIS_PREFIX": settings.redis_key_prefix,
-        "AGEGATE_DEVICE": "cpu",
-        "AGEGATE_INFERENCE_THREADS": "1",
-        "AGEGATE_BATCH_MAX_FRAMES": "8",
-        "AGEGATE_LOG_LEVEL": "WARNING",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "stream.cli",
-        "replay",
-        "--from",
-        "earliest",
-        "--to",
-        "latest",
-        "--model",
-        str(env["ckpt"]),
-        "--out",
-        f"file:{out}",
-        "--checkpoint-every",
-        "7",
-        "--no-progress",
-    ]
+    cmd, child_env = replay_command(settings, redis_url, env["ckpt"], out, "--checkpoint-every", "7")
     # Dies after 13 events: a checkpoint after 7, then both uploads of m1 and m2 fused into Redis and
     # written to the file; without the rollback, m1's first upload would be re-decided on 4 observations.
     crashed = subprocess.run([*cmd, "--fail-after", "13"], env=child_env, capture_output=True, timeout=300)

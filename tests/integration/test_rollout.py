@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from stream.config import load_settings
 from stream.runners.replay import ReplayConfig, parse_bound, replay
 from stream.tools import events
 from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
-from tests.integration.replay_support import at, face, produce
+from tests.integration.replay_support import at, face, produce, replay_command
 
 pytestmark = pytest.mark.integration
 
@@ -199,37 +197,7 @@ def _cfg(env: dict[str, Any], out: Path, **kw: Any) -> ReplayConfig:
 
 
 def _cli(env: dict[str, Any], out: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[bytes]:
-    settings = env["settings"]
-    child_env = (
-        os.environ
-        | {
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "REDIS_URL": env["redis_url"],
-            "AGEGATE_TOPIC_PREFIX": settings.topic_prefix,
-            "AGEGATE_REDIS_PREFIX": settings.redis_key_prefix,
-            "AGEGATE_DEVICE": "cpu",
-            "AGEGATE_INFERENCE_THREADS": "1",
-            "AGEGATE_BATCH_MAX_FRAMES": "8",
-            "AGEGATE_LOG_LEVEL": "WARNING",
-        }
-        | extra_env
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "stream.cli",
-        "replay",
-        "--from",
-        "earliest",
-        "--to",
-        "latest",
-        "--model",
-        str(env["ckpt"]),
-        "--out",
-        f"file:{out}",
-        "--no-progress",
-        *args,
-    ]
+    cmd, child_env = replay_command(env["settings"], env["redis_url"], env["ckpt"], out, *args, **extra_env)
     return subprocess.run(cmd, env=child_env, capture_output=True, timeout=300, check=False)
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from stream.config import Settings, load_settings
-from tests.support.infra import kafka_service, redis_cluster_service, redis_service, registry_service
+from tests.support.infra import (
+    delete_topics,
+    kafka_service,
+    redis_cluster_service,
+    redis_service,
+    registry_service,
+    topic_names,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +45,20 @@ def schema_registry_url() -> Iterator[str]:
     """A real Confluent-compatible Schema Registry (locally Apicurio: `infra.sh up registry`)."""
     with registry_service() as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _topics_a_test_creates_are_deleted(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every integration test makes its own topics (a unique prefix); left behind, a suite run leaves
+    thousands of partitions and the local broker runs out of heap. Topics of module-scoped fixtures
+    exist before this runs, so they stay for the module's other tests."""
+    if "kafka_bootstrap" not in request.fixturenames:
+        yield
+        return
+    bootstrap = request.getfixturevalue("kafka_bootstrap")
+    before = topic_names(bootstrap)
+    yield
+    delete_topics(bootstrap, topic_names(bootstrap) - before)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ When CI is set, a service that cannot be reached fails the run; it never becomes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -160,3 +161,28 @@ def registry_service() -> Iterator[str]:
     else:
         with _local("registry", LOCAL_REGISTRY, registry_reachable) as url:
             yield url
+
+
+def topic_names(bootstrap: str) -> set[str]:
+    """The broker's topics (empty when it does not answer: cleanup must never fail a test)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        return set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)
+    except KafkaException:
+        return set()
+
+
+def delete_topics(bootstrap: str, names: set[str]) -> None:
+    """Delete these topics and wait for the broker to accept it (best effort, internal topics kept)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    names = {n for n in names if not n.startswith("_")}
+    if not names:
+        return
+    futures = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(sorted(names), operation_timeout=30)
+    for future in futures.values():
+        with contextlib.suppress(KafkaException):
+            future.result(timeout=60)

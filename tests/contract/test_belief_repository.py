@@ -36,6 +36,7 @@ from stream.core.belief import (
 )
 from stream.core.belief_updates import BeliefUpdateFailed, SurfaceKey, VerifiedAgeRefused
 from stream.core.policy import Action, PolicyEvent, decide, load_policy
+from tests.support.odd_ids import ODD_IDS
 
 pytestmark = pytest.mark.contract
 
@@ -561,28 +562,6 @@ async def test_worked_example_signup_three_uploads_verified_age(store: Repositor
     )
     assert r.ignored[user] == ("up4",)
     assert r[user] == v
-
-
-# Ids no key name should carry raw (empty, braces, 10 KB, control characters, lone surrogates).
-ODD_IDS = [
-    "",
-    "}",
-    "{",
-    "}{",
-    "{}",
-    "{abc}",
-    "abc",
-    "x" * 10_240,
-    "a\x00b",
-    "line\nbreak",
-    "\r\n",
-    " ",
-    "\U0001f476\U0001f3fd emoji",
-    "\udc80lone-surrogate",
-    "\ud800",
-    "caf\u00e9",
-    "cafe\u0301",
-]
 
 
 async def test_any_user_id_works_and_users_never_collide(store: Repository) -> None:

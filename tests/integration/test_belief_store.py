@@ -27,6 +27,7 @@ from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action
 from stream.errors import DependencyUnavailable
 from stream.pipeline.assemble import redis_client
+from tests.support.odd_ids import ODD_IDS
 
 pytestmark = pytest.mark.integration
 
@@ -163,29 +164,6 @@ async def test_redis_down_is_dependency_unavailable(cluster: bool) -> None:
     with pytest.raises(DependencyUnavailable):
         await store.get_many(["u"], now=NOW)
     await dead.aclose()
-
-
-# Ids that broke the raw `{user_id}` hash tag (empty, braces) or that no key name should carry
-# (10 KB, control characters, text that is not valid UTF-8 on its own).
-ODD_IDS = [
-    "",
-    "}",
-    "{",
-    "}{",
-    "{}",
-    "{abc}",
-    "abc",
-    "x" * 10_240,
-    "a\x00b",
-    "line\nbreak",
-    "\r\n",
-    " ",
-    "\U0001f476\U0001f3fd emoji",
-    "\udc80lone-surrogate",
-    "\ud800",
-    "caf\u00e9",
-    "cafe\u0301",
-]
 
 
 async def server_slot(client: RedisClient, key: str) -> int:

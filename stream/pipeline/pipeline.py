@@ -1,7 +1,8 @@
 """The enforcement pipeline over batches of source records, independent of the Kafka client driving it.
 
 decode -> resolve frames -> micro-batched inference -> fuse (belief update, one pipelined Redis round
-trip per user depth) -> decide -> emit (decisions and dead letters, awaited once per batch). The
+trip per user depth; batches waiting for it share one step) -> decide -> emit (decisions and dead
+letters, awaited once per batch). The
 step contract (batches in and out, offsets travel with the batch, explicit backpressure) is written
 in ports.py; the one driver that feeds this class and commits what it finished is
 stream/runners/driver.py, used by the worker (faust), replay (confluent-kafka), benchmarks and tests.
@@ -74,11 +75,27 @@ class InvalidShareGuard:
         self.tripped = None
 
 
+class _BeliefTurn:
+    """A batch's place in the belief step's order: its scored events once ready, its decisions once fused."""
+
+    __slots__ = ("done", "prepared", "skipped")
+
+    def __init__(self, done: asyncio.Future[list[DecidedEvent | InvalidEvent]]) -> None:
+        self.done = done
+        self.prepared: list[Prepared | InvalidEvent] | None = None
+        self.skipped = False  # failed before the belief step
+
+    @property
+    def ready(self) -> bool:
+        return self.skipped or self.prepared is not None
+
+
 class Pipeline:
     """`process(records)` answers one Outcome per record once its decision or dead letter is acknowledged.
 
-    Batches in flight together share micro-batches; their belief steps run one batch at a time in
-    the order `process` was called, so a user's events are fused in partition order across batches.
+    Batches in flight together share micro-batches; the belief step runs one at a time, taking the
+    batches in the order `process` was called (those scored and waiting together share one step), so
+    a user's events are fused in partition order across batches.
     """
 
     def __init__(
@@ -118,32 +135,66 @@ class Pipeline:
         self._processed_at = processed_at or (lambda _rec: clock())
         self.beliefs = BeliefStage(store, clock=clock, model_version=model_version, error_floor=error_floor)
         self._expected = subjects_by_topic(topics)
-        self._turn: asyncio.Future[None] | None = None  # the belief step of the batch admitted last
+        # Batches admitted and not yet through the belief step, in admission order (see _run_beliefs).
+        self._belief_queue: deque[_BeliefTurn] = deque()
+        self._belief_runner: asyncio.Task[None] | None = None
+        self.belief_steps = 0  # belief steps run (several waiting batches share one)
 
     def process(self, records: Sequence[SourceRecord]) -> Awaitable[list[Outcome]]:
         """Admit a batch now (its place in the belief step's order is taken here, synchronously)."""
-        previous = self._turn
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._turn = mine
-        return self._process(records, previous, mine)
+        turn = _BeliefTurn(asyncio.get_running_loop().create_future())
+        self._belief_queue.append(turn)
+        return self._process(records, turn)
 
-    async def _process(
-        self, records: Sequence[SourceRecord], previous: asyncio.Future[None] | None, mine: asyncio.Future[None]
-    ) -> list[Outcome]:
+    async def _process(self, records: Sequence[SourceRecord], turn: _BeliefTurn) -> list[Outcome]:
         try:
             for rec in records:
                 metrics.EVENTS_CONSUMED.labels(rec.topic).inc()
             decoded = await until_available(self._decode(records), dependency="schema_registry")
-            prepared = await self._score(decoded)
-            if previous is not None:
-                await previous
-            done = await self._fuse_and_decide(prepared)
+            turn.prepared = await self._score(decoded)
+        except BaseException:
+            turn.skipped = True  # a bug (or cancellation): later batches must not wait for this one
+            raise
         finally:
-            if not mine.done():
-                mine.set_result(None)
-            if self._turn is mine:
-                self._turn = None
-        return await self._emit(records, done)
+            self._kick_beliefs()
+        return await self._emit(records, await turn.done)
+
+    def _kick_beliefs(self) -> None:
+        if self._belief_runner is None or self._belief_runner.done():
+            self._belief_runner = asyncio.get_running_loop().create_task(self._run_beliefs(), name="belief-step")
+
+    async def _run_beliefs(self) -> None:
+        """The belief step, one at a time, in admission order; every batch scored and waiting at the
+        head of the queue joins the same step (group commit).
+
+        A user's events are fused in partition order because batches enter in admission order and
+        `rounds_by_depth` keeps each user's events in order within a step. Joining waiting batches is
+        what lets the worker keep up under load: a step costs about two Redis round trips whatever
+        its size, so the busier the worker, the larger (and cheaper per event) its steps.
+        """
+        while self._belief_queue and self._belief_queue[0].ready:
+            group: list[tuple[_BeliefTurn, list[Prepared | InvalidEvent]]] = []
+            while self._belief_queue and self._belief_queue[0].ready:
+                turn = self._belief_queue.popleft()
+                if turn.prepared is not None:
+                    group.append((turn, turn.prepared))
+            if not group:
+                continue
+            self.belief_steps += 1
+            try:
+                done = await self._fuse_and_decide([item for _, prepared in group for item in prepared])
+            except asyncio.CancelledError:
+                for turn, _ in group:
+                    turn.done.cancel()
+                raise
+            except Exception as exc:  # a bug: every batch of the step fails (nothing is released)
+                for turn, _ in group:
+                    turn.done.set_exception(exc)
+                continue
+            start = 0
+            for turn, prepared in group:
+                turn.done.set_result(done[start : start + len(prepared)])
+                start += len(prepared)
 
     async def _score(self, decoded: Sequence[Event | InvalidEvent]) -> list[Prepared | InvalidEvent]:
         """Resolve and score every frame of the batch in one call; results mapped back per event."""
@@ -226,7 +277,9 @@ class Pipeline:
                 messages.append(Message(self.topics["decisions"], item.event.user_id.encode(), encoded[id(item)][0]))
                 messages += encoded[id(item)][1]
                 outcomes.append(Outcome("decision", action=item.decision.action.value, decision=item.record))
-        pending: list[Awaitable[object]] = [self.sink.send(m.topic, m.key, m.value, m.headers) for m in messages]
+        pending: list[Awaitable[object]] = [
+            self.sink.send_all([(m.topic, m.key, m.value, m.headers) for m in messages])
+        ]
         if self.observer is not None and decided:
             pending.append(self.observer.observe_decided(decided))
         await await_all(pending)

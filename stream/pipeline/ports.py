@@ -78,6 +78,12 @@ class Sink(Protocol):
     ) -> tuple[int, int]:
         """Resolves once Kafka has acknowledged the message."""
 
+    async def send_all(
+        self, messages: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]
+    ) -> None:
+        """Produce a batch of (topic, key, value, headers), awaited once: resolves when Kafka has
+        acknowledged every one; raises the first failure after all have settled."""
+
 
 class FrameModel(Protocol):
     """A blocking model: the inference engine, or replay's fixed-shape wrapper around it."""

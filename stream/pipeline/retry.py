@@ -25,6 +25,10 @@ DEFAULT_WAIT = wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2)
 
 async def until_available(fn: Callable[[], Awaitable[T]], *, dependency: str, wait: wait_base = DEFAULT_WAIT) -> T:
     """`fn()`, retried with bounded exponential backoff for as long as it raises DependencyUnavailable."""
+    try:
+        return await fn()  # the common case costs one call: the retry machinery starts at the first outage
+    except DependencyUnavailable as exc:
+        seen: DependencyUnavailable | None = exc
     attempts = 0
 
     def waiting(attempt: int) -> None:
@@ -41,8 +45,10 @@ async def until_available(fn: Callable[[], Awaitable[T]], *, dependency: str, wa
     ):
         with attempt:
             attempts += 1
+            if seen is not None:  # the failure already met above is tenacity's first attempt
+                failure, seen = seen, None
+                raise failure
             result = await fn()
-    if attempts > 1:
-        metrics.DEPENDENCY_DOWN.labels(dependency).set(0)
-        log.info(f"{dependency} reachable again; resuming", attempts=attempts)
+    metrics.DEPENDENCY_DOWN.labels(dependency).set(0)
+    log.info(f"{dependency} reachable again; resuming", attempts=attempts)
     return result

@@ -425,6 +425,16 @@ class ReplaySink:
         self._n += 1
         return (0, self._n)
 
+    async def send_all(
+        self, messages: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]
+    ) -> None:
+        kept = [m for m in messages if m[0] == self.decisions_topic]
+        self._n += len(messages) - len(kept)
+        if self.kafka is not None and self.out_topic is not None:
+            await self.kafka.send_all([(self.out_topic, key, value, headers) for _, key, value, headers in kept])
+        else:
+            self._n += len(kept)
+
 
 # --- state ----------------------------------------------------------------------------------------
 

@@ -71,12 +71,20 @@ class FakeScorer:
 class FakeSink:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, dict[str, bytes]]] = []
+        self.batches: list[int] = []  # messages per send_all call
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> tuple[int, int]:
         self.sent.append((topic, key, value, dict(headers)))
         return (0, len(self.sent))
+
+    async def send_all(
+        self, messages: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]
+    ) -> None:
+        self.batches.append(len(messages))
+        for topic, key, value, headers in messages:
+            await self.send(topic, key, value, headers)
 
 
 def make(codec: Any = None) -> tuple[Pipeline, CountingBeliefs, FakeScorer, FakeSink]:
@@ -124,6 +132,7 @@ async def test_a_batch_gives_one_outcome_per_record_in_order_with_frames_scored_
         r.idempotency_key for r in batch if r is not garbage
     ]
     assert [t for t, *_ in sink.sent] == ["d", "dl", "d", "d"]
+    assert sink.batches == [4]  # the batch's decisions and dead letters produced together, awaited once
     _, key, value, headers = sink.sent[1]
     assert (key, value, headers["reason"]) == (b"k", b"\x07not avro", outcomes[1].reason.encode())  # type: ignore[union-attr]
 
@@ -171,6 +180,35 @@ async def test_batches_in_flight_together_reach_the_belief_step_in_admission_ord
     assert one.decision
     assert two.decision
     assert two.decision["evidence"]["observations"] == 1  # the upload's evidence was fused first
+
+
+async def test_batches_scored_while_the_belief_step_waits_share_one_step_in_admission_order() -> None:
+    """Group commit: under load the belief step grows instead of queueing (one round trip per user
+    depth for all of them), and a user's events still fuse in the order their batches were admitted."""
+    pipeline, store, scorer, _ = make()
+    scorer.gate = asyncio.Event()
+    batches = [[upload("a", 30)], [upload("b", 40), upload("a", 31)], [upload("c", 50)], [upload("a", 32)]]
+    pending = [asyncio.ensure_future(pipeline.process(b)) for b in batches]
+    await asyncio.sleep(0)
+    scorer.gate.set()
+    results = await asyncio.gather(*pending)
+    assert pipeline.belief_steps == 1
+    assert store.applies == [["a", "b", "c"], ["a"], ["a"]]  # by user depth across the four batches
+    observations = [o.decision["evidence"]["observations"] for out in results for o in out if o.decision]
+    assert observations == [1, 1, 2, 1, 3]  # a's three events in admission order
+
+
+async def test_a_batch_that_fails_before_the_belief_step_does_not_hold_back_the_next() -> None:
+    pipeline, _, scorer, _ = make()
+    scorer.gate = asyncio.Event()
+    failing = asyncio.ensure_future(pipeline.process([upload("a", 30)]))
+    after = asyncio.ensure_future(pipeline.process([upload("b", 40)]))
+    await asyncio.sleep(0)
+    failing.cancel()  # e.g. shutdown cancelled it while it waited for inference
+    scorer.gate.set()
+    (outcome,) = await asyncio.wait_for(after, timeout=30)  # not stuck behind the cancelled batch
+    assert outcome.kind == "decision"
+    assert failing.cancelled()
 
 
 async def test_the_invalid_share_guard_sees_every_record_of_a_batch() -> None:

@@ -22,8 +22,13 @@ with `agegate train --calibration-data`) and stored in the checkpoint metadata
 - the floor's shape: how that persistent error is spread over people, as a two-component scale
   mixture with the floor as its second moment (`fit_floor_shape`; stream/core/belief.py FloorShape
   turns it into P(age >= T)). Gaussian unless the data clearly say otherwise.
+- the floor by predicted age (`fit_floor_table`): the same estimate as the floor, per band of
+  predicted age, as knots and values; the scalar floor stays (overall, and what fusion uses).
+  stream/core/belief.py FloorByAge lets `decide` judge with it; the worker does not pass it
+  (measured not good enough: docs/evaluation.md).
 
-Checkpoints calibrated before a part existed load without it: identity map, Gaussian shape.
+Checkpoints calibrated before a part existed load without it: identity map, Gaussian shape, no
+floor table (the scalar floor at every age).
 Pure numpy/torch: imported by the engine, the trainer and benchmarks.
 """
 
@@ -564,11 +569,8 @@ def fit_calibration(
     e, _ = _finite_pair(errors, stds)
     knots_pred: tuple[float, ...] = ()
     knots_true: tuple[float, ...] = ()
-    table_ages = (
-        np.asarray(means if means is not None else predicted, dtype=np.float64).reshape(-1)
-        if (means is not None or predicted is not None)
-        else None
-    )
+    given = means if means is not None else predicted
+    table_ages = None if given is None else np.asarray(given, dtype=np.float64).reshape(-1)
     if means is not None:
         m = np.asarray(means, dtype=np.float64).reshape(-1)
         raw_err = np.asarray(errors, dtype=np.float64).reshape(-1)

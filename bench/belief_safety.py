@@ -17,6 +17,12 @@ Variants, side by side on the same frames:
 - `floor+mixture`: the same belief, judged with the model's floor shape (a two-component scale
   mixture for the person-level error, stream/core/belief.py FloorShape): P(age >= T) and the
   intervals are the mixture's. Identical to `floor` for a model whose shape is Gaussian.
+- `floor-by-age` (a): the same fused belief (fusion unchanged: the scalar floor splits each frame's
+  variance), judged with the model's floor table (model/uncertainty.py `fit_floor_table`) evaluated
+  at the belief's mean: std = sqrt(1/P + table(mean)^2), Gaussian;
+- `floor-by-age-max` (b): judged with max(table(mean), scalar floor): the table may only widen;
+- `floor-by-age-max+mixture`: (b) with the model's floor shape.
+  All three equal `floor` (resp. `floor+mixture`) for a model without a floor table.
 
 Reports at 1, 2, 5, 10, 20 and 40 uploads: minors (< 18) ALLOWed, adults 18-24 and 25+ ALLOWed, and
 the share of users whose true age lies inside the belief's 50/80/90/95% intervals. Writes
@@ -31,7 +37,7 @@ import math
 import os
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +57,13 @@ from model.data.synthetic import (  # noqa: E402
     sample_attributes,
 )
 from model.engine import EncodedFrame, FrameEstimate, InferenceEngine  # noqa: E402
+from model.uncertainty import NO_FLOOR_TABLE, FloorTable  # noqa: E402
 from stream.core.belief import (  # noqa: E402
     GAUSSIAN_FLOOR,
     YEAR_S,
     Belief,
     Evidence,
+    FloorByAge,
     FloorShape,
     event_evidence,
     fuse,
@@ -69,7 +77,16 @@ START = 1.79e9
 REPORT_AT = (1, 2, 5, 10, 20, 40)
 FRAMES_PER_UPLOAD = 2
 SURFACE = "adult_content"
-VARIANTS = ("independent-raw", "independent-calibrated", "floor", "floor+mixture")
+VARIANTS = (
+    "independent-raw",
+    "independent-calibrated",
+    "floor",
+    "floor+mixture",
+    "floor-by-age",
+    "floor-by-age-max",
+    "floor-by-age-max+mixture",
+)
+MIXTURE_VARIANTS = ("floor+mixture", "floor-by-age-max+mixture")
 
 
 @dataclass
@@ -109,6 +126,13 @@ def evidence_for(
     return [Evidence(f"{event_id}/{j}", t, e.mean, e.std / scale if raw else e.std) for j, e in enumerate(ests)], 0.0
 
 
+def floor_by_age(variant: str, table: FloorTable) -> FloorByAge | None:
+    """What `decide` gets as the floor table for this variant (None: the stored scalar floor)."""
+    if not variant.startswith("floor-by-age") or not table:
+        return None
+    return FloorByAge(table.knots, table.values, at_least_stored=variant != "floor-by-age")
+
+
 def simulate(
     users: list[User],
     estimates: list[list[FrameEstimate]],
@@ -117,9 +141,11 @@ def simulate(
     floor: float,
     variant: str,
     model_shape: FloorShape = GAUSSIAN_FLOOR,
+    table: FloorTable = NO_FLOOR_TABLE,
 ) -> dict[str, Any]:
     policy = load_policy(None)
-    shape = model_shape if variant == "floor+mixture" else GAUSSIAN_FLOOR
+    shape = model_shape if variant in MIXTURE_VARIANTS else GAUSSIAN_FLOOR
+    by_age = floor_by_age(variant, table)
     rows: dict[int, dict[str, Any]] = {}
     allowed = {n: {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0} for n in REPORT_AT if n <= uploads}
     counts = {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0}
@@ -136,7 +162,12 @@ def simulate(
             evs, fl = evidence_for(variant, f"e{k}", t, frames, scale, floor)
             belief = fuse(belief, evs, now=t, half_life_s=policy.half_life_s, model_version="m", floor=fl).belief
             d = decide(
-                belief, PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev), policy, now=t, floor_shape=shape
+                belief,
+                PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev),
+                policy,
+                now=t,
+                floor_shape=shape,
+                floor_by_age=by_age,
             )
             prev = d.action
             n = k + 1
@@ -156,8 +187,13 @@ def simulate(
                         )
                 elif d.action is Action.ALLOW and group != "minor":  # (a minor who turned 18 counts nowhere)
                     allowed[n][group] += 1
-                if belief is not None:
-                    cdf[n].append(belief_cdf_at(belief, true_now, t, policy.half_life_s, shape))
+                if belief is not None:  # judged with the floor the decision used
+                    seen = (
+                        belief
+                        if by_age is None
+                        else replace(belief, floor=by_age.floor(belief.age_at(t), belief.floor))
+                    )
+                    cdf[n].append(belief_cdf_at(seen, true_now, t, policy.half_life_s, shape))
     for n in allowed:
         rows[n] = {
             **{f"{g}_allowed": allowed[n][g] / counts[g] if counts[g] else None for g in counts},
@@ -214,20 +250,25 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("a rendered frame failed to decode")
         estimates.append([r for r in scored if isinstance(r, FrameEstimate)])
     shape = FloorShape.mixture(cal.floor_shape_weight, cal.floor_shape_narrow)
-    results = {v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v, shape) for v in VARIANTS}
+    by_age = cal.floor_table
+    results = {
+        v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v, shape, by_age) for v in VARIANTS
+    }
     print(
         f"model {ckpt} (version {engine.model_version}): std_scale {cal.std_scale:.3f}, "
         f"floor {cal.floor_years:.2f} y ({cal.floor_source}), floor shape {shape.weight:.2f} x {shape.narrow:.2f} "
         f"+ {1 - shape.weight:.2f} x {shape.wide:.2f} ({cal.floor_shape_source}), mean map "
         f"{len(cal.mean_knots_pred)} knots"
     )
+    bands = ", ".join(f"{k:.1f}: {v:.2f}" for k, v in zip(by_age.knots, by_age.values, strict=True))
+    print(f"floor by predicted age: {bands or 'none'} ({by_age.source})")
     print(
         f"population: {len(users)} users ({results['floor']['users']}), one {FRAMES_PER_UPLOAD}-frame upload a "
         f"day to {SURFACE} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
         f"{IMAGE_NOISE_SD} y"
     )
     print(table(results, args.uploads))
-    for variant in ("floor", "floor+mixture"):
+    for variant in VARIANTS[2:]:
         worst = max(row["minor_allowed"] for row in results[variant]["by_uploads"].values())
         print(f"{variant} variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%)")
     report = {
@@ -246,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
                 "source": cal.floor_shape_source,
             },
             "mean_map_knots": len(cal.mean_knots_pred),
+            "floor_table": {
+                "knots": list(by_age.knots),
+                "values": list(by_age.values),
+                "subjects": list(by_age.subjects),
+                "source": by_age.source,
+            },
         },
         "settings": {
             "users": len(users),

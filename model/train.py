@@ -473,7 +473,7 @@ def recalibrate(s: TrainSettings, manifest: Any, train_rows: list[Any], device: 
 def calibrate_uncertainty(
     checkpoint: Path, va: SplitTensors, device: torch.device, *, mean_map: bool = False
 ) -> tuple[UncertaintyCalibration, dict[str, Any]]:
-    """Fit the std scale, the error floor and the floor's shape (after the mean map when `mean_map`,
+    """Fit the std scale, the error floor, its shape and its table by predicted age (after the mean map when `mean_map`,
     each on the errors the previous step leaves) on the calibration data (the validation split or
     --calibration-data), by subject, and store them in the checkpoint's metadata
     (extra["uncertainty"]), where the engine reads them.
@@ -486,7 +486,11 @@ def calibrate_uncertainty(
     pred = predict_split(model, va, device)
     errors = (pred["mean"] - pred["age"]).numpy()
     calibration = fit_calibration(
-        errors, pred["std"].numpy(), [r.subject_id for r in va.rows], means=pred["mean"].numpy() if mean_map else None
+        errors,
+        pred["std"].numpy(),
+        [r.subject_id for r in va.rows],
+        means=pred["mean"].numpy() if mean_map else None,
+        predicted=pred["mean"].numpy(),
     )
     update_extra(checkpoint, {"uncertainty": calibration.to_dict()})
     summary = {**calibration.to_dict(), "val_coverage": coverage_before_after(pred, calibration)}
@@ -510,6 +514,15 @@ def format_uncertainty(u: dict[str, Any]) -> str:
             f"floor shape: {shape['weight']:.2f} of people at {shape['narrow']:.2f} x floor, the rest at "
             f"{shape['wide']:.2f} x floor ({shape['source']}, {shape['subjects']} subjects)"
         )
+    table = u.get("floor_table")
+    if table and table.get("knots"):
+        bands = ", ".join(
+            f"{k:.1f}: {v:.2f} ({n})"
+            for k, v, n in zip(table["knots"], table["values"], table["subjects"], strict=True)
+        )
+        lines.append(f"floor by predicted age (years, subjects): {bands}")
+    elif table:
+        lines.append(f"floor by predicted age: none ({table['source']})")
     for split in ("val", "test"):
         cov = u.get(f"{split}_coverage")
         if cov:

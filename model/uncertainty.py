@@ -22,8 +22,13 @@ with `agegate train --calibration-data`) and stored in the checkpoint metadata
 - the floor's shape: how that persistent error is spread over people, as a two-component scale
   mixture with the floor as its second moment (`fit_floor_shape`; stream/core/belief.py FloorShape
   turns it into P(age >= T)). Gaussian unless the data clearly say otherwise.
+- the floor by predicted age (`fit_floor_table`): the same estimate as the floor, per band of
+  predicted age, as knots and values; the scalar floor stays (overall, and what fusion uses).
+  stream/core/belief.py FloorByAge lets `decide` judge with it; the worker does not pass it
+  (measured not good enough: docs/evaluation.md).
 
-Checkpoints calibrated before a part existed load without it: identity map, Gaussian shape.
+Checkpoints calibrated before a part existed load without it: identity map, Gaussian shape, no
+floor table (the scalar floor at every age).
 Pure numpy/torch: imported by the engine, the trainer and benchmarks.
 """
 
@@ -33,6 +38,7 @@ import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import numpy as np
@@ -86,6 +92,13 @@ class UncertaintyCalibration:
     floor_shape_narrow: float = 1.0
     floor_shape_subjects: int = 0
     floor_shape_source: str = "default: not fitted"
+    # The floor by predicted age (see `fit_floor_table`): band centres (strictly increasing predicted
+    # ages), the band floors and the subjects each came from. Empty = no table: `floor_years` at every
+    # age (not fitted, too few subjects, or a checkpoint from before tables).
+    floor_table_knots: tuple[float, ...] = ()
+    floor_table_values: tuple[float, ...] = ()
+    floor_table_subjects: tuple[int, ...] = ()
+    floor_table_source: str = "default: not fitted"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.std_scale) and self.std_scale > 0):
@@ -106,6 +119,18 @@ class UncertaintyCalibration:
             raise ValueError("mean knots must be finite")
         if xp.size and not (np.all(np.diff(xp) > 0) and np.all(np.diff(fp) >= 0)):
             raise ValueError("mean knots must be strictly increasing in predicted age and non-decreasing in true age")
+        _check_table(self.floor_table_knots, self.floor_table_values, self.floor_table_subjects)
+
+    @property
+    def floor_table(self) -> FloorTable:
+        """The floor by predicted age (empty: the scalar floor everywhere)."""
+        return FloorTable(
+            self.floor_table_knots, self.floor_table_values, self.floor_table_subjects, self.floor_table_source
+        )
+
+    def floor_at(self, predicted_age: float) -> float:
+        """The floor the table gives at this predicted age; `floor_years` without a table."""
+        return self.floor_table.at(predicted_age) if self.floor_table_knots else self.floor_years
 
     @property
     def floor_shape_wide(self) -> float:
@@ -151,13 +176,20 @@ class UncertaintyCalibration:
                 "subjects": self.floor_shape_subjects,
                 "source": self.floor_shape_source,
             },
+            "floor_table": {
+                "knots": list(self.floor_table_knots),
+                "values": list(self.floor_table_values),
+                "subjects": list(self.floor_table_subjects),
+                "source": self.floor_table_source,
+            },
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> UncertaintyCalibration:
         """Checkpoints calibrated before a key existed load with its neutral value: no mean map
-        (identity), a Gaussian floor shape."""
+        (identity), a Gaussian floor shape, no floor table (the scalar floor at every age)."""
         shape = raw.get("floor_shape") or {}
+        table = raw.get("floor_table") or {}
         return cls(
             std_scale=float(raw.get("std_scale", 1.0)),
             floor_years=float(raw.get("floor_years", DEFAULT_ERROR_FLOOR_YEARS)),
@@ -170,6 +202,10 @@ class UncertaintyCalibration:
             floor_shape_narrow=float(shape.get("narrow", 1.0)),
             floor_shape_subjects=int(shape.get("subjects", 0)),
             floor_shape_source=str(shape.get("source", "default: not recorded (Gaussian)")),
+            floor_table_knots=tuple(float(v) for v in table.get("knots", ())),
+            floor_table_values=tuple(float(v) for v in table.get("values", ())),
+            floor_table_subjects=tuple(int(v) for v in table.get("subjects", ())),
+            floor_table_source=str(table.get("source", "default: not recorded (scalar floor)")),
         )
 
     @classmethod
@@ -187,6 +223,17 @@ class UncertaintyCalibration:
             )
             return cls(floor_source="default: checkpoint has no calibration")
         return cls.from_dict(raw)
+
+
+def _check_table(knots: Sequence[float], values: Sequence[float], subjects: Sequence[int]) -> None:
+    if not (len(knots) == len(values) == len(subjects)):
+        raise ValueError(f"floor table parts differ in length: {len(knots)}, {len(values)}, {len(subjects)}")
+    if len(knots) == 1:
+        raise ValueError("a floor table needs at least two knots (or none)")
+    if not all(math.isfinite(k) for k in knots) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError("floor table knots must be finite and its values positive and finite")
+    if any(b <= a for a, b in pairwise(knots)):
+        raise ValueError("floor table knots must be strictly increasing")
 
 
 def _finite_pair(errors: ArrayLike, stds: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -412,14 +459,100 @@ def fit_floor_shape(
     return FloorShapeFit(weight, narrow, _wide_ratio(weight, narrow), len(multi), "fitted")
 
 
+# A band of the floor table needs at least this many subjects with several images: the band's floor is
+# a variance estimated from them (relative standard error ~ sqrt(2/n): 0.14 at 100), and a band of a
+# few dozen people would make a knot out of whoever happened to be in it.
+MIN_BAND_SUBJECTS = 100
+# At most this many bands however much data there is: the table is for the coarse shape of the error
+# by age (small for children, large where the faces carry no age cue), not for its noise.
+MAX_FLOOR_BANDS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class FloorTable:
+    """The error floor as a function of predicted age: knots (band centres) and the band floors.
+
+    Evaluated by linear interpolation between knots, clamped to the end values outside them
+    (np.interp semantics). Empty = no table (the scalar floor everywhere)."""
+
+    knots: tuple[float, ...] = ()  # mean predicted age of each band's subjects, strictly increasing
+    values: tuple[float, ...] = ()  # the band's floor (years), >= MIN_ERROR_FLOOR_YEARS
+    subjects: tuple[int, ...] = ()  # subjects with >= 2 images in each band
+    source: str = "default: not fitted"
+
+    def __post_init__(self) -> None:
+        _check_table(self.knots, self.values, self.subjects)
+
+    def __bool__(self) -> bool:
+        return bool(self.knots)
+
+    def at(self, predicted_age: float) -> float:
+        """The band floor at this predicted age (callers handle the empty table)."""
+        return float(np.interp(float(predicted_age), self.knots, self.values))
+
+
+NO_FLOOR_TABLE = FloorTable()
+
+
+def fit_floor_table(
+    errors: ArrayLike,
+    subject_ids: Sequence[Hashable],
+    means: ArrayLike,
+    *,
+    min_band_subjects: int = MIN_BAND_SUBJECTS,
+    max_bands: int = MAX_FLOOR_BANDS,
+) -> FloorTable:
+    """The floor by predicted age: `estimate_error_floor` (the same method of moments) per band.
+
+    Subjects with k_i >= 2 images are sorted by their mean predicted age (the engine's output, i.e.
+    after the mean map if there is one) and cut into equal-count bands of at least
+    `min_band_subjects` subjects (at most `max_bands` bands; fewer subjects than two bands and there
+    is no table). In each band the floor is the one-way random-effects estimate of
+    `estimate_error_floor` on that band's subjects only (its own within-subject variance, its own
+    between-subject second moment), clipped at MIN_ERROR_FLOOR_YEARS; the knot is the band's mean
+    predicted age. Why by predicted age: it is what is known at decision time (the belief's mean),
+    and the person-level error depends on it (small for children, large where the faces carry little
+    age cue), so one scalar over-covers some ages and under-covers others.
+    """
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
+    m = np.asarray(means, dtype=np.float64).reshape(-1)
+    if len(subject_ids) != e.size or m.size != e.size:
+        raise ValueError(f"errors, means and subject_ids differ in length: {e.size}, {m.size}, {len(subject_ids)}")
+    groups: dict[Hashable, list[int]] = {}
+    for i, sid in enumerate(subject_ids):
+        if math.isfinite(e[i]) and math.isfinite(m[i]):
+            groups.setdefault(sid, []).append(i)
+    multi = [np.asarray(ix) for ix in groups.values() if len(ix) >= 2]
+    n_bands = min(max_bands, len(multi) // max(min_band_subjects, 1))
+    if n_bands < 2:
+        return FloorTable(source=f"default: {len(multi)} subjects with several images (need {2 * min_band_subjects})")
+    centre = np.array([m[ix].mean() for ix in multi])
+    order = np.argsort(centre, kind="stable")
+    knots: list[float] = []
+    values: list[float] = []
+    counts: list[int] = []
+    for band in np.array_split(order, n_bands):
+        ix = np.concatenate([multi[j] for j in band])
+        sids = [j for j in band for _ in range(multi[j].size)]
+        est = estimate_error_floor(e[ix], sids, min_subjects=2)
+        knots.append(float(centre[band].mean()))
+        values.append(est.floor_years)
+        counts.append(int(band.size))
+    if not all(b > a for a, b in pairwise(knots)):  # ties: a constant model
+        return FloorTable(source="default: bands of predicted age do not separate")
+    return FloorTable(tuple(knots), tuple(values), tuple(counts), "estimated")
+
+
 def fit_calibration(
     errors: ArrayLike,
     stds: ArrayLike,
     subject_ids: Sequence[Hashable],
     *,
     means: ArrayLike | None = None,
+    predicted: ArrayLike | None = None,
     min_subjects: int = MIN_FLOOR_SUBJECTS,
     shape_subjects: int = MIN_SHAPE_SUBJECTS,
+    band_subjects: int = MIN_BAND_SUBJECTS,
 ) -> UncertaintyCalibration:
     """Mean map, scale and floor from one split's errors (estimate - true age), model stds and subject ids.
 
@@ -427,10 +560,17 @@ def fit_calibration(
     are fitted on the errors it leaves (corrected estimate - true age): the floor is then the
     persistent error the engine's output still has, not the bias the map removes. Without `means`
     there is no map (the identity) and the errors are used as given.
+
+    The floor table (`fit_floor_table`) needs the predicted ages: `means`, or `predicted` when no
+    mean map is wanted (the same array: the model's predicted ages); it is fitted on the engine's
+    output ages (after the map) and the errors the map leaves. Neither given, or the scalar floor
+    itself the default, and there is no table.
     """
     e, _ = _finite_pair(errors, stds)
     knots_pred: tuple[float, ...] = ()
     knots_true: tuple[float, ...] = ()
+    given = means if means is not None else predicted
+    table_ages = None if given is None else np.asarray(given, dtype=np.float64).reshape(-1)
     if means is not None:
         m = np.asarray(means, dtype=np.float64).reshape(-1)
         raw_err = np.asarray(errors, dtype=np.float64).reshape(-1)
@@ -439,12 +579,19 @@ def fit_calibration(
         true_ages = m - raw_err
         knots_pred, knots_true = fit_mean_map(m, true_ages)
         if knots_pred:
-            errors = np.interp(m, knots_pred, knots_true) - true_ages
+            table_ages = np.interp(m, knots_pred, knots_true)
+            errors = table_ages - true_ages
     floor = estimate_error_floor(errors, subject_ids, min_subjects=min_subjects)
     if floor.subjects:
         shape = fit_floor_shape(errors, subject_ids, floor.floor_years, floor.within_sd, min_subjects=shape_subjects)
     else:
         shape = FloorShapeFit(1.0, 1.0, 1.0, 0, "default: the floor itself is the default; Gaussian")
+    if not floor.subjects:
+        table = FloorTable(source="default: the floor itself is the default")
+    elif table_ages is None:
+        table = FloorTable(source="default: no predicted ages given")
+    else:
+        table = fit_floor_table(errors, subject_ids, table_ages, min_band_subjects=band_subjects)
     return UncertaintyCalibration(
         std_scale=fit_std_scale(errors, stds),
         floor_years=floor.floor_years,
@@ -457,4 +604,8 @@ def fit_calibration(
         floor_shape_narrow=shape.narrow,
         floor_shape_subjects=shape.subjects,
         floor_shape_source=shape.source,
+        floor_table_knots=table.knots,
+        floor_table_values=table.values,
+        floor_table_subjects=table.subjects,
+        floor_table_source=table.source,
     )

@@ -27,9 +27,11 @@ order so that Redis and Python agree to floating-point tolerance.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from itertools import pairwise
 
 YEAR_S = 365.25 * 86400.0
 # An ID check or reviewer gives a birth date to within days; 0.01 years is ~3.7 days.
@@ -161,6 +163,53 @@ class FloorShape:
 
 
 GAUSSIAN_FLOOR = FloorShape()
+
+
+@dataclass(frozen=True, slots=True)
+class FloorByAge:
+    """The error floor as a function of the belief's mean age: the live model's floor table.
+
+    The person-level error depends on the predicted age (small for children, large where the faces
+    carry little age cue), so one scalar over-covers some ages and under-covers others. The table
+    (knots: predicted ages, strictly increasing; values: the band floors in years; fitted per model
+    version with its floor, model/uncertainty.py `fit_floor_table`) is evaluated at the belief's mean
+    by linear interpolation, clamped to the end values outside the knots. Only the decision sees it:
+    fusion keeps the scalar floor (the Lua script and the Redis hash are unchanged).
+
+    `at_least_stored` (the default) never lets the table go below the belief's stored floor (the
+    largest scalar floor of the model versions fused): the table may only widen a belief, so a
+    belief that mixes versions, or a table fitted on a population unlike the live one, never proves
+    more than the scalar floor allowed. False evaluates the table alone (measured in
+    bench/belief_safety.py, not used by the worker).
+    """
+
+    knots: tuple[float, ...]
+    values: tuple[float, ...]
+    at_least_stored: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.knots) != len(self.values) or len(self.knots) < 2:
+            raise ValueError(f"a floor table needs as many values as knots, at least two: {self!r}")
+        if not all(math.isfinite(k) for k in self.knots) or any(b <= a for a, b in pairwise(self.knots)):
+            raise ValueError(f"floor table knots must be finite and strictly increasing: {self.knots!r}")
+        if not all(math.isfinite(v) and v > 0 for v in self.values):
+            raise ValueError(f"floor table values must be positive and finite: {self.values!r}")
+
+    def at(self, mean_age: float) -> float:
+        """The table's floor at this mean age (np.interp semantics, pure Python)."""
+        ks, vs = self.knots, self.values
+        if mean_age <= ks[0]:
+            return vs[0]
+        if mean_age >= ks[-1]:
+            return vs[-1]
+        i = bisect_right(ks, mean_age)
+        w = (mean_age - ks[i - 1]) / (ks[i] - ks[i - 1])
+        return vs[i - 1] + w * (vs[i] - vs[i - 1])
+
+    def floor(self, mean_age: float, stored: float) -> float:
+        """The floor a belief with this mean and stored floor is judged with."""
+        by_age = self.at(mean_age)
+        return max(by_age, stored) if self.at_least_stored else by_age
 
 
 def p_at_least(mean: float, std: float, threshold: float) -> float:

@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from stream.core.belief import GAUSSIAN_FLOOR, Belief, FloorShape, p_at_least_shaped
+from stream.core.belief import GAUSSIAN_FLOOR, Belief, FloorByAge, FloorShape, p_at_least_shaped
 from stream.errors import ConfigError
 
 
@@ -305,6 +305,7 @@ def decide(
     now: float | None = None,
     half_life_s: float | None = None,
     floor_shape: FloorShape = GAUSSIAN_FLOOR,
+    floor_by_age: FloorByAge | None = None,
 ) -> Decision:
     """The action for one event; pure: same inputs, same decision.
 
@@ -312,6 +313,9 @@ def decide(
     policy's) must match the store's, or pass a belief already decayed to `now`. `floor_shape` is the
     live model's shape of the person-level error (stream/core/belief.py FloorShape): every
     P(age >= T) here is the mixture tail over the belief's floor; the default is the plain Gaussian.
+    `floor_by_age` is the live model's floor table (stream/core/belief.py FloorByAge): an estimated
+    belief is then judged (P, and the reported std) with the table's floor at its mean instead of its
+    stored floor (by default never below it); None (the worker today) keeps the stored floor.
     """
     t = event.event_time if now is None else now
     hl = policy.half_life_s if half_life_s is None else half_life_s
@@ -329,6 +333,9 @@ def decide(
         mean = belief.age_at(t)
         std = belief.std_at(t, hl)
         ivar, floor = belief.independent_var_at(t, hl), belief.floor
+        if floor_by_age is not None and not belief.verified:
+            floor = floor_by_age.floor(mean, floor)
+            std = math.sqrt(ivar + floor * floor)
     verified = belief is not None and belief.verified
     p_thr = p_buf = None
     if rule is not None and mean is not None and std is not None:

@@ -1,7 +1,9 @@
 """Worker benchmark: end-to-end frames/s against the inference engine alone, same model, same run.
 
 Variants side by side (ratios matter more than absolutes on a shared machine):
-  engine       InferenceEngine.score on the same frames in batches of batch_max_frames
+  engine       InferenceEngine.score on the same frames in batches of batch_max_frames, with the
+               worker's inference threads (median of 5 passes)
+  engine-all   the same with every core (--threads): the engine given the whole machine
   worker       `agegate worker` draining a backlog, micro-batching on (default settings)
   worker-b1    the same with micro-batching off (AGEGATE_BATCH_MAX_FRAMES=1)
   latency      p50/p99 event-to-decision with the producer paced at half the worker's maximum
@@ -10,9 +12,15 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
   worker-noop  the worker with the same no-op forward pass (backlog)
   soak         with --duration S: the worker paced at half its maximum for S seconds; resident memory
                (VmRSS) sampled at start, middle and end, to show it stays flat
-Peak RSS of the worker process (VmHWM) is reported too. Writes bench/results/worker-<device>.json.
+Peak RSS of the worker process (VmHWM) is reported too, and for each worker row the CPU each
+process spent per event while it ran (worker, Kafka broker, Redis, this benchmark): on a small
+machine they share the cores, and that budget bounds what any worker could reach. Outputs are read
+after the worker has written them all (the topic's end offsets are polled), so reading them takes
+no CPU from the run; latencies use the decisions' own `decided_at`. Writes
+bench/results/worker-<device>.json.
 
     python bench/worker.py [--quick] [--events N] [--variants engine,worker,...] [--duration S]
+                           [--threads N] [--worker-threads N]
 
 Needs the local Kafka and Redis (deploy/local/infra.sh up).
 """
@@ -24,18 +32,23 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from confluent_kafka import Consumer, TopicPartition
 
 from model.engine import EncodedFrame, InferenceEngine
 from model.testing import train_tiny_checkpoint
 from stream.adapters.codec import AvroCodec
-from stream.adapters.topics import TopicAdmin
+from stream.adapters.topics import TopicAdmin, topic_name
 from stream.config import Settings, load_settings
+from stream.pipeline.assemble import inference_threads
 from stream.tools.loadgen import synthetic_stream
 from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
 from stream.tools.produce import produce
@@ -68,10 +81,11 @@ def fresh_settings(batch: str) -> Settings:
 
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("engine", "worker", "worker-b1", "latency@half", "engine-noop", "worker-noop")
+VARIANTS = ("engine", "engine-all", "worker", "worker-b1", "latency@half", "engine-noop", "worker-noop")
 
 
 def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: int, *, noop: bool = False) -> float:
+    """Frames/s of the engine alone: the median of 5 passes (one pass is noisy on a shared machine)."""
     engine = InferenceEngine.from_checkpoint(model, device="auto", threads=threads)
     if noop:
         if str(REPO) not in sys.path:  # run as a plain script: the checkout is not on the path
@@ -80,10 +94,65 @@ def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: in
 
         engine.infer = _noop_infer.__get__(engine)  # type: ignore[method-assign]
     engine.score(frames[:batch])  # warm-up
-    started = time.perf_counter()
-    for i in range(0, len(frames), batch):
-        engine.score(frames[i : i + batch])
-    return len(frames) / (time.perf_counter() - started)
+    rates = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for i in range(0, len(frames), batch):
+            engine.score(frames[i : i + batch])
+        rates.append(len(frames) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _service_pids(settings: Settings) -> dict[str, int]:
+    """The local Kafka broker and Redis (deploy/local), found by their command lines; absent if not found."""
+    redis = urlparse(settings.redis_url)
+    found = {}
+    for name, pattern in (("kafka", "kafka.Kafka"), ("redis", f"redis-server {redis.hostname}:{redis.port}")):
+        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        if out:
+            found[name] = int(out[0])
+    return found
+
+
+class CpuMeter:
+    """CPU seconds per process over a window: where a small machine's cores went."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {name: _cpu_s(pid) for name, pid in pids.items()}
+
+    def per_event_ms(self, events: int) -> dict[str, float]:
+        return {
+            f"cpu_ms_per_event_{name}": (_cpu_s(pid) - self.start[name]) * 1000 / max(events, 1)
+            for name, pid in self.pids.items()
+        }
+
+
+def wait_for_outputs(settings: Settings, n: int, timeout: float) -> None:
+    """Until the decisions topic holds `n` messages (one per valid event): polls end offsets only,
+    so the benchmark takes no CPU from the worker while it runs."""
+    topic = topic_name("decisions", settings)
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"bench-watch-{uuid.uuid4().hex[:6]}"})
+    deadline = time.monotonic() + timeout
+    try:
+        partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        while time.monotonic() < deadline:
+            ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions]
+            if sum(ends) >= n:
+                return
+            time.sleep(0.2)  # polling a condition (end offsets), not standing in for synchronisation
+    finally:
+        consumer.close()
+    raise TimeoutError(f"the worker wrote fewer than {n} decisions within {timeout:.0f}s")
 
 
 def _rss_mb(pid: int, field: str) -> float:
@@ -134,7 +203,8 @@ def worker_run(
     noop: bool = False,
     sample_rss: bool = False,
 ) -> dict[str, Any]:
-    """Backlog (rate 0: produced before the worker starts) or paced (rate > 0: while it runs)."""
+    """Backlog (rate 0: produced before the worker starts) or paced (rate > 0: while it runs).
+    `threads` 0 leaves the worker its own default (stream/pipeline/assemble.py inference_threads)."""
     settings = fresh_settings(f"b{batch}")
     stream = list(synthetic_stream(n_events, seed=seed, bad_share=0.0, frames_per_event=2))
     noop_env = {"AGEGATE_BENCH_NOOP_INFER": "1", "PYTHONPATH": f"{REPO / 'bench' / 'noop'}:{REPO}"} if noop else {}
@@ -156,13 +226,16 @@ def worker_run(
     try:
         worker.wait_ready(timeout=180)
         assert worker.proc is not None
+        meter = CpuMeter({"worker": worker.proc.pid, **_service_pids(settings), "bench": os.getpid()})
         with RssSampler(worker.proc.pid) as sampler:
             if rate > 0:
                 produced = produce(settings, stream, rate=rate)
-            outputs = reader.poll_until({p.idempotency_key for p in produced}, timeout=900)
+            wait_for_outputs(settings, len(produced), timeout=900)
+        cpu = meter.per_event_ms(len(produced))
         if sample_rss:
             rss = sampler.start_middle_end()
         peak_rss_mb = _rss_mb(worker.proc.pid, "VmHWM")
+        outputs = reader.poll_until({p.idempotency_key for p in produced}, timeout=300)
     finally:
         worker.stop()
         reader.close()
@@ -182,21 +255,61 @@ def worker_run(
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000,
         "peak_rss_mb": peak_rss_mb,
+        **cpu,
         **rss,
     }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"machine: {result['machine']}")
+    print(f"{'variant':14} {'frames/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12}")
+    for name, row in result["rows"].items():
+        print(
+            f"{name:14} {row['frames_per_s']:>10.0f} {row.get('events_per_s', float('nan')):>10.1f} "
+            f"{row.get('p50_ms', float('nan')):>8.0f} {row.get('p99_ms', float('nan')):>8.0f} "
+            f"{row.get('peak_rss_mb', float('nan')):>12.0f}"
+        )
+    cpu_rows = {
+        name: row for name, row in result["rows"].items() if any(k.startswith("cpu_ms_per_event_") for k in row)
+    }
+    if cpu_rows:
+        owners = sorted(
+            {k.removeprefix("cpu_ms_per_event_") for row in cpu_rows.values() for k in row if k.startswith("cpu_ms_")}
+        )
+        print(f"CPU ms per event while the worker ran ({result['machine']['cores']} cores): " + ", ".join(owners))
+        for name, row in cpu_rows.items():
+            cells = " ".join(f"{owner}={row.get('cpu_ms_per_event_' + owner, float('nan')):.2f}" for owner in owners)
+            print(f"  {name:14} {cells}")
+    for name, value in result["ratios"].items():
+        print(f"{name.replace('_over_', ' / ')} frames/s: {value:.2f}")
+    print(
+        f"engine, engine-noop and the worker rows: {result['worker_threads']} inference thread(s); "
+        f"engine-all: {result['threads']}"
+    )
+    print(f"latency and soak rows paced at {result['paced_rate_events_per_s']:.0f} events/s")
+    if "soak" in result["rows"]:
+        soak = result["rows"]["soak"]
+        print(
+            f"soak RSS MB start/middle/end: {soak.get('rss_start_mb', float('nan')):.0f} / "
+            f"{soak.get('rss_middle_mb', float('nan')):.0f} / {soak.get('rss_end_mb', float('nan')):.0f}"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
     parser.add_argument("--events", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    parser.add_argument("--threads", type=int, default=0, help="the engine-all row's threads (0: all cores)")
+    parser.add_argument(
+        "--worker-threads", type=int, default=0, help="the worker's inference threads (0: its default, cores - 1)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--duration", type=float, default=0.0, help="paced soak run seconds (0: none)")
     args = parser.parse_args()
     variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     n = args.events or (300 if args.quick else 1500)
     threads = args.threads or (os.cpu_count() or 1)
+    worker_threads = args.worker_threads or inference_threads(load_settings())
     model = train_tiny_checkpoint(Path.home() / ".cache" / "agegate" / "models" / "demo")
     settings = load_settings()
     codec = AvroCodec()
@@ -208,24 +321,33 @@ def main() -> int:
     rows: dict[str, dict[str, Any]] = {}
     batch = settings.batch_max_frames
     if "engine" in variants:
-        rows["engine"] = {"frames_per_s": engine_rate(model, frames, batch, threads)}
+        rows["engine"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads)}
+    if "engine-all" in variants:
+        rows["engine-all"] = {"frames_per_s": engine_rate(model, frames, batch, threads)}
     if variants & {"worker", "latency@half"} or args.duration:
-        rows["worker"] = worker_run(model, n, batch=batch, rate=0, threads=threads, seed=5)
+        rows["worker"] = worker_run(model, n, batch=batch, rate=0, threads=worker_threads, seed=5)
     if "worker-b1" in variants:
-        rows["worker-b1"] = worker_run(model, n, batch=1, rate=0, threads=threads, seed=5)
+        rows["worker-b1"] = worker_run(model, n, batch=1, rate=0, threads=worker_threads, seed=5)
     half = rows["worker"]["events_per_s"] / 2 if "worker" in rows else 0.0
     if "latency@half" in variants:
-        rows["latency@half"] = worker_run(model, n, batch=batch, rate=half, threads=threads, seed=6)
+        rows["latency@half"] = worker_run(model, n, batch=batch, rate=half, threads=worker_threads, seed=6)
     if "engine-noop" in variants:
-        rows["engine-noop"] = {"frames_per_s": engine_rate(model, frames, batch, threads, noop=True)}
+        rows["engine-noop"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads, noop=True)}
     if "worker-noop" in variants:
-        rows["worker-noop"] = worker_run(model, max(n, 1000), batch=batch, rate=0, threads=threads, seed=7, noop=True)
+        rows["worker-noop"] = worker_run(
+            model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True
+        )
     if args.duration:
         rows["soak"] = worker_run(
-            model, int(half * args.duration), batch=batch, rate=half, threads=threads, seed=8, sample_rss=True
+            model, int(half * args.duration), batch=batch, rate=half, threads=worker_threads, seed=8, sample_rss=True
         )
     ratios: dict[str, float] = {}
-    for num, den in (("worker", "engine"), ("worker", "worker-b1"), ("worker-noop", "engine-noop")):
+    for num, den in (
+        ("worker", "engine"),
+        ("worker", "engine-all"),
+        ("worker", "worker-b1"),
+        ("worker-noop", "engine-noop"),
+    ):
         if num in rows and den in rows:
             ratios[f"{num}_over_{den}"] = rows[num]["frames_per_s"] / rows[den]["frames_per_s"]
     host = machine()
@@ -233,6 +355,7 @@ def main() -> int:
         "machine": host,
         "events": n,
         "threads": threads,
+        "worker_threads": worker_threads,
         "batch_max_frames": settings.batch_max_frames,
         "batch_max_wait_ms": 25,
         "model": str(model),
@@ -244,23 +367,7 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"worker-{device}.json"
     out.write_text(json.dumps(result, indent=2))
-    print(f"machine: {result['machine']}")
-    print(f"{'variant':14} {'frames/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12}")
-    for name, row in rows.items():
-        print(
-            f"{name:14} {row['frames_per_s']:>10.0f} {row.get('events_per_s', float('nan')):>10.1f} "
-            f"{row.get('p50_ms', float('nan')):>8.0f} {row.get('p99_ms', float('nan')):>8.0f} "
-            f"{row.get('peak_rss_mb', float('nan')):>12.0f}"
-        )
-    for name, value in ratios.items():
-        print(f"{name.replace('_over_', ' / ')} frames/s: {value:.2f}")
-    print(f"latency and soak rows paced at {half:.0f} events/s")
-    if "soak" in rows:
-        soak = rows["soak"]
-        print(
-            f"soak RSS MB start/middle/end: {soak.get('rss_start_mb', float('nan')):.0f} / "
-            f"{soak.get('rss_middle_mb', float('nan')):.0f} / {soak.get('rss_end_mb', float('nan')):.0f}"
-        )
+    print_table(result)
     print(f"wrote {out}")
     return 0
 

@@ -8,6 +8,7 @@ exactly alike. `assemble` returns a complete object: callers start and stop it, 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,17 @@ def checkpoint_file(path: str) -> Path:
     return given
 
 
+def inference_threads(settings: Settings) -> int:
+    """AGEGATE_INFERENCE_THREADS, or by default every core this process may use but one.
+
+    The event loop (decoding, Redis, Kafka) needs a core of its own: torch's intra-op threads wait
+    for each other at every layer, so when one of them shares its core with the loop the whole
+    forward pass stalls. In bench/worker.py on 2 cores, one inference thread gave the worker more
+    frames/s than two (docs/operations.md has the numbers).
+    """
+    return settings.inference_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceEngine:
     """The inference engine for AGEGATE_MODEL (or `checkpoint`); ModelUnavailable when there is no usable one."""
     path = checkpoint or settings.model_checkpoint
@@ -66,7 +78,7 @@ def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceE
         return InferenceEngine.from_checkpoint(
             checkpoint_file(path),
             device=settings.inference_device,
-            threads=settings.inference_threads,
+            threads=inference_threads(settings),
             limits=limits,
         )
     except (OSError, ModelError) as exc:  # FileNotFoundError is an OSError

@@ -140,6 +140,10 @@ class Settings:
     queue_max_events: int = setting(
         512, "AGEGATE_QUEUE_MAX_EVENTS", "Events in flight before consumption pauses (backpressure)."
     )
+    fetch_min_bytes: int = setting(
+        65536, "AGEGATE_FETCH_MIN_BYTES", "The worker's Kafka fetch waits for this many bytes..."
+    )
+    fetch_max_wait_ms: int = setting(25, "AGEGATE_FETCH_MAX_WAIT_MS", "...or this long, whichever comes first.")
     # --- Frames ----------------------------------------------------------------------------------
     frame_max_bytes: int = setting(8_000_000, "AGEGATE_FRAME_MAX_BYTES", "Largest encoded frame accepted.")
     frame_max_pixels: int = setting(
@@ -302,6 +306,8 @@ _POSITIVE = (
     "topic_replication_factor",
     "batch_max_frames",
     "queue_max_events",
+    "fetch_min_bytes",
+    "fetch_max_wait_ms",
     "frame_max_bytes",
     "frame_max_pixels",
     "max_frames_per_event",

@@ -17,7 +17,6 @@ from confluent_kafka import KafkaError, Producer
 from stream.config import Settings
 from stream.errors import DependencyUnavailable
 
-
 OutgoingMessage = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
 """(topic, key, value, headers) of one message to produce."""
 

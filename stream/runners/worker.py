@@ -230,9 +230,10 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from stream.pipeline.assemble import consumer_batch
+    from stream.runners.faust_app import app_class
 
     broker = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(","))
-    app = faust.App(
+    app = app_class(settings.fetch_min_bytes, settings.fetch_max_wait_ms)(
         settings.consumer_group,
         broker=broker,
         broker_credentials=_credentials(settings),

@@ -130,9 +130,7 @@ class Settings:
     inference_device: str = setting(
         "auto", "AGEGATE_DEVICE", "Where inference runs: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
     )
-    inference_threads: int = setting(
-        0, "AGEGATE_INFERENCE_THREADS", "CPU threads for inference (0: all cores but one, which the event loop keeps)."
-    )
+    inference_threads: int = setting(0, "AGEGATE_INFERENCE_THREADS", "CPU threads for inference (0: all cores).")
     batch_max_frames: int = setting(64, "AGEGATE_BATCH_MAX_FRAMES", "A micro-batch closes at this many frames...")
     batch_max_wait_ms: float = setting(
         25.0, "AGEGATE_BATCH_MAX_WAIT_MS", "...or when its oldest frame waited this long."

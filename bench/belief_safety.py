@@ -12,8 +12,11 @@ Variants, side by side on the same frames:
 - `independent-raw`: the fusion before issue 11 (each frame its own observation, the model's raw
   std, no floor);
 - `independent-calibrated`: calibrated std, but frames still independent and no floor;
-- `floor` (what the worker does): calibrated std, an event's frames as one observation, and the
-  model's error floor: std = sqrt(1/P + floor^2), Gaussian;
+- `floor-scalar` (the worker before floor ratios): calibrated std, an event's frames as one
+  observation, and the model's scalar error floor for every frame: std = sqrt(1/P + floor^2), Gaussian;
+- `floor` (what the worker does): the same with the model's ErrorFloor: with a fitted floor ratio rho
+  each frame's floor is sqrt(rho) * its std (stream/core/belief.py), the belief's floor the rms of its
+  events'; a model without a ratio gives `floor-scalar` exactly;
 - `floor+mixture`: the same belief, judged with the model's floor shape (a two-component scale
   mixture for the person-level error, stream/core/belief.py FloorShape): P(age >= T) and the
   intervals are the mixture's. Identical to `floor` for a model whose shape is Gaussian.
@@ -62,6 +65,7 @@ from stream.core.belief import (  # noqa: E402
     GAUSSIAN_FLOOR,
     YEAR_S,
     Belief,
+    ErrorFloor,
     Evidence,
     FloorByAge,
     FloorShape,
@@ -80,6 +84,7 @@ SURFACE = "adult_content"
 VARIANTS = (
     "independent-raw",
     "independent-calibrated",
+    "floor-scalar",
     "floor",
     "floor+mixture",
     "floor-by-age",
@@ -117,11 +122,13 @@ def render_uploads(users: list[User], uploads: int, seed: int) -> list[list[Enco
 
 
 def evidence_for(
-    variant: str, event_id: str, t: float, ests: list[FrameEstimate], scale: float, floor: float
+    variant: str, event_id: str, t: float, ests: list[FrameEstimate], scale: float, floor: ErrorFloor
 ) -> tuple[list[Evidence], float]:
+    """The variant's evidence for one upload and the floor its fusion never goes below."""
     if variant.startswith("floor"):
-        ev = event_evidence(event_id, t, [(e.mean, e.std) for e in ests], floor)
-        return ([ev] if ev is not None else []), floor
+        used = ErrorFloor(floor.years) if variant == "floor-scalar" else floor
+        ev = event_evidence(event_id, t, [(e.mean, e.std) for e in ests], used)
+        return ([ev] if ev is not None else []), used.minimum
     raw = variant == "independent-raw"
     return [Evidence(f"{event_id}/{j}", t, e.mean, e.std / scale if raw else e.std) for j, e in enumerate(ests)], 0.0
 
@@ -138,7 +145,7 @@ def simulate(
     estimates: list[list[FrameEstimate]],
     uploads: int,
     scale: float,
-    floor: float,
+    floor: ErrorFloor,
     variant: str,
     model_shape: FloorShape = GAUSSIAN_FLOOR,
     table: FloorTable = NO_FLOOR_TABLE,
@@ -150,6 +157,7 @@ def simulate(
     allowed = {n: {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0} for n in REPORT_AT if n <= uploads}
     counts = {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0}
     cdf: dict[int, list[float]] = {n: [] for n in allowed}  # belief CDF at the true age
+    by_group: dict[int, dict[str, list[float]]] = {n: {g: [] for g in counts} for n in allowed}
     examples: list[dict[str, Any]] = []
     for u, ests in zip(users, estimates, strict=True):
         group = "minor" if u.age < 18 else ("adult_18_24" if u.age < 25 else "adult_25_plus")
@@ -194,11 +202,15 @@ def simulate(
                         else replace(belief, floor=by_age.floor(belief.age_at(t), belief.floor))
                     )
                     cdf[n].append(belief_cdf_at(seen, true_now, t, policy.half_life_s, shape))
+                    by_group[n][group].append(cdf[n][-1])
     for n in allowed:
         rows[n] = {
             **{f"{g}_allowed": allowed[n][g] / counts[g] if counts[g] else None for g in counts},
             "minors_allowed_count": allowed[n]["minor"],
             "coverage": cdf_shares(cdf[n]),
+            # Pooled coverage is what a calibrated belief promises; by true age it cannot hold where
+            # faces carry no age cue (every 20-28-year-old looks alike): shown so nobody reads it so.
+            "coverage_by_true_age": {g: cdf_shares(v) for g, v in by_group[n].items()},
         }
     return {"users": counts, "by_uploads": rows, "minor_allowed_examples": examples}
 
@@ -250,13 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("a rendered frame failed to decode")
         estimates.append([r for r in scored if isinstance(r, FrameEstimate)])
     shape = FloorShape.mixture(cal.floor_shape_weight, cal.floor_shape_narrow)
+    model_floor = ErrorFloor(cal.floor_years, cal.floor_ratio)
     by_age = cal.floor_table
     results = {
-        v: simulate(users, estimates, args.uploads, cal.std_scale, cal.floor_years, v, shape, by_age) for v in VARIANTS
+        v: simulate(users, estimates, args.uploads, cal.std_scale, model_floor, v, shape, by_age) for v in VARIANTS
     }
     print(
         f"model {ckpt} (version {engine.model_version}): std_scale {cal.std_scale:.3f}, "
-        f"floor {cal.floor_years:.2f} y ({cal.floor_source}), floor shape {shape.weight:.2f} x {shape.narrow:.2f} "
+        f"floor {cal.floor_years:.2f} y ({cal.floor_source}), floor ratio {cal.floor_ratio:.3f} "
+        f"({cal.floor_ratio_source}, {cal.floor_ratio_subjects} subjects), "
+        f"floor shape {shape.weight:.2f} x {shape.narrow:.2f} "
         f"+ {1 - shape.weight:.2f} x {shape.wide:.2f} ({cal.floor_shape_source}), mean map "
         f"{len(cal.mean_knots_pred)} knots"
     )
@@ -269,8 +284,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table(results, args.uploads))
     for variant in VARIANTS[2:]:
-        worst = max(row["minor_allowed"] for row in results[variant]["by_uploads"].values())
-        print(f"{variant} variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%)")
+        rows = results[variant]["by_uploads"]
+        worst = max(row["minor_allowed"] for row in rows.values())
+        miss, level, at = max(
+            (abs(share - float(level)), level, n)
+            for n, row in rows.items()
+            for level, share in row["coverage"].items()
+            if share is not None
+        )
+        print(
+            f"{variant} variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%); "
+            f"worst coverage miss {100 * miss:.1f} points ({level} interval, {at} uploads; target <= 3)"
+        )
     report = {
         "benchmark": "belief_safety",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
@@ -280,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             "std_scale": cal.std_scale,
             "floor_years": cal.floor_years,
             "floor_source": cal.floor_source,
+            "floor_ratio": cal.floor_ratio,
+            "floor_ratio_subjects": cal.floor_ratio_subjects,
             "floor_shape": {
                 "weight": shape.weight,
                 "narrow": shape.narrow,

@@ -149,6 +149,11 @@ class InferenceEngine:
         """The model's persistent per-person error (sd, years) that fusing more frames cannot remove."""
         return self.uncertainty.floor_years
 
+    @property
+    def floor_ratio(self) -> float:
+        """The persistent share of a frame's calibrated variance (0: `error_floor_years` for every frame)."""
+        return self.uncertainty.floor_ratio
+
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
 

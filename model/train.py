@@ -508,6 +508,14 @@ def format_uncertainty(u: dict[str, Any]) -> str:
         f"error floor {u['floor_years']:.2f} years ({u['floor_source']}, {u['floor_subjects']} subjects); "
         f"mean map {_knots(u)}"
     ]
+    ratio = u.get("floor_ratio")
+    if ratio and ratio.get("ratio"):
+        lines.append(
+            f"floor ratio: {ratio['ratio']:.3f} of each frame's variance is persistent (floor sqrt(ratio) x std, "
+            f"what fusion uses; {ratio['source']}, {ratio['subjects']} subjects)"
+        )
+    elif ratio:
+        lines.append(f"floor ratio: none, the scalar floor for every frame ({ratio['source']})")
     shape = u.get("floor_shape")
     if shape:
         lines.append(

@@ -19,6 +19,14 @@ with `agegate train --calibration-data`) and stored in the checkpoint metadata
   may shrink only the independent part of the error with more frames; the floor stays. Without it
   a belief fed enough frames would claim any certainty, and a 16-year-old who looks 21 would
   eventually be allowed into adult content.
+- `floor_ratio` rho (`estimate_floor_ratio`): the same persistent error, as a share of each frame's
+  calibrated variance rather than in years: a frame with std s has the floor sqrt(rho) * s. The
+  model's std already knows which faces it is unsure of (a child's face against one of 24, where
+  there is no age cue); its persistent error grows with it. One scalar floor measured over everyone
+  is too wide for the faces the model knows and too narrow for those it does not: pooled over a
+  population the belief's 50% interval held 60% and its 95% interval 93% (docs/evaluation.md). This
+  is what fusion uses when fitted (stream/core/belief.py ErrorFloor); 0 (not fitted, or a checkpoint
+  from before ratios) keeps the scalar floor for every frame.
 - the floor's shape: how that persistent error is spread over people, as a two-component scale
   mixture with the floor as its second moment (`fit_floor_shape`; stream/core/belief.py FloorShape
   turns it into P(age >= T)). Gaussian unless the data clearly say otherwise.
@@ -99,6 +107,11 @@ class UncertaintyCalibration:
     floor_table_values: tuple[float, ...] = ()
     floor_table_subjects: tuple[int, ...] = ()
     floor_table_source: str = "default: not fitted"
+    # The floor as a share of each frame's calibrated variance (see `estimate_floor_ratio`): 0 = the
+    # scalar `floor_years` for every frame (not fitted, or a checkpoint from before ratios).
+    floor_ratio: float = 0.0
+    floor_ratio_subjects: int = 0
+    floor_ratio_source: str = "default: not fitted"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.std_scale) and self.std_scale > 0):
@@ -120,6 +133,8 @@ class UncertaintyCalibration:
         if xp.size and not (np.all(np.diff(xp) > 0) and np.all(np.diff(fp) >= 0)):
             raise ValueError("mean knots must be strictly increasing in predicted age and non-decreasing in true age")
         _check_table(self.floor_table_knots, self.floor_table_values, self.floor_table_subjects)
+        if not (math.isfinite(self.floor_ratio) and 0.0 <= self.floor_ratio <= MAX_FLOOR_RATIO):
+            raise ValueError(f"floor_ratio must be in [0, {MAX_FLOOR_RATIO}], got {self.floor_ratio!r}")
 
     @property
     def floor_table(self) -> FloorTable:
@@ -182,14 +197,21 @@ class UncertaintyCalibration:
                 "subjects": list(self.floor_table_subjects),
                 "source": self.floor_table_source,
             },
+            "floor_ratio": {
+                "ratio": self.floor_ratio,
+                "subjects": self.floor_ratio_subjects,
+                "source": self.floor_ratio_source,
+            },
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> UncertaintyCalibration:
         """Checkpoints calibrated before a key existed load with its neutral value: no mean map
-        (identity), a Gaussian floor shape, no floor table (the scalar floor at every age)."""
+        (identity), a Gaussian floor shape, no floor table and no floor ratio (the scalar floor for
+        every frame at every age)."""
         shape = raw.get("floor_shape") or {}
         table = raw.get("floor_table") or {}
+        ratio = raw.get("floor_ratio") or {}
         return cls(
             std_scale=float(raw.get("std_scale", 1.0)),
             floor_years=float(raw.get("floor_years", DEFAULT_ERROR_FLOOR_YEARS)),
@@ -206,6 +228,9 @@ class UncertaintyCalibration:
             floor_table_values=tuple(float(v) for v in table.get("values", ())),
             floor_table_subjects=tuple(int(v) for v in table.get("subjects", ())),
             floor_table_source=str(table.get("source", "default: not recorded (scalar floor)")),
+            floor_ratio=float(ratio.get("ratio", 0.0)),
+            floor_ratio_subjects=int(ratio.get("subjects", 0)),
+            floor_ratio_source=str(ratio.get("source", "default: not recorded (scalar floor)")),
         )
 
     @classmethod
@@ -301,6 +326,47 @@ def estimate_error_floor(
     floor_sq = float(np.mean(means**2)) - within_var * float(np.mean(1.0 / k))
     floor = max(math.sqrt(max(floor_sq, 0.0)), MIN_ERROR_FLOOR_YEARS)
     return FloorEstimate(floor, len(multi), "estimated", math.sqrt(within_var))
+
+
+# The persistent share of a frame's variance is at most this: a quarter always counts as independent
+# (stream/core/belief.py MIN_INDEPENDENT_VARIANCE_SHARE), so the estimate is clipped here.
+MAX_FLOOR_RATIO = 0.75
+
+
+@dataclass(frozen=True, slots=True)
+class FloorRatio:
+    ratio: float  # 0 = not estimated: the scalar floor applies
+    subjects: int
+    source: str
+
+
+def estimate_floor_ratio(
+    errors: ArrayLike, stds: ArrayLike, subject_ids: Sequence[Hashable], *, min_subjects: int = MIN_FLOOR_SUBJECTS
+) -> FloorRatio:
+    """The share rho of a frame's calibrated variance that does not average out over one person.
+
+    The errors standardised by the calibrated std, z = e / s, go through the same one-way
+    random-effects method of moments as `estimate_error_floor` (subjects with several images), scaled
+    to a unit second moment, so rho is floor_z^2: the persistent share of the whole. A frame with std s then
+    has the floor sqrt(rho) * s: the model's own uncertainty says which faces carry a large persistent
+    error. rho is scale-free (the std scale cancels) and clipped to MAX_FLOOR_RATIO. Not estimable
+    (too few subjects with several images): 0, meaning the scalar floor (itself the conservative
+    default then) applies to every frame.
+    """
+    e, s = np.asarray(errors, dtype=np.float64).reshape(-1), np.asarray(stds, dtype=np.float64).reshape(-1)
+    if e.shape != s.shape or len(subject_ids) != e.size:
+        raise ValueError(f"errors, stds and subject_ids differ in length: {e.size}, {s.size}, {len(subject_ids)}")
+    keep = np.isfinite(e) & np.isfinite(s) & (s > 0)
+    z = e[keep] / s[keep]
+    if not z.size or not np.any(z):
+        return FloorRatio(0.0, 0, "default: no errors to measure: scalar floor")
+    z = z / math.sqrt(float(np.mean(z**2)))  # unit second moment: the floor of z is then sqrt(rho)
+    ids = [sid for sid, k in zip(subject_ids, keep.tolist(), strict=True) if k]
+    fz = estimate_error_floor(z, ids, min_subjects=min_subjects)
+    if not fz.subjects:
+        return FloorRatio(0.0, 0, f"{fz.source}: scalar floor")
+    ratio = min(fz.floor_years**2, MAX_FLOOR_RATIO)
+    return FloorRatio(ratio, fz.subjects, "estimated")
 
 
 def _default_floor(why: str) -> FloorEstimate:
@@ -586,6 +652,11 @@ def fit_calibration(
         shape = fit_floor_shape(errors, subject_ids, floor.floor_years, floor.within_sd, min_subjects=shape_subjects)
     else:
         shape = FloorShapeFit(1.0, 1.0, 1.0, 0, "default: the floor itself is the default; Gaussian")
+    ratio = (
+        estimate_floor_ratio(errors, stds, subject_ids, min_subjects=min_subjects)
+        if floor.subjects
+        else FloorRatio(0.0, 0, "default: the floor itself is the default")
+    )
     if not floor.subjects:
         table = FloorTable(source="default: the floor itself is the default")
     elif table_ages is None:
@@ -608,4 +679,7 @@ def fit_calibration(
         floor_table_values=table.values,
         floor_table_subjects=table.subjects,
         floor_table_source=table.source,
+        floor_ratio=ratio.ratio,
+        floor_ratio_subjects=ratio.subjects,
+        floor_ratio_source=ratio.source,
     )

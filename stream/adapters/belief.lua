@@ -1,16 +1,19 @@
 -- Atomic belief update for one user: decay + fuse + TTL refresh + event-id record.
 -- Mirrors stream/belief.py (fuse, apply_verified) operation for operation; keep them in step.
 --
--- KEYS[1] belief hash   {prefix}:{user}:b  fields B, P, t, n, v, mv, f, and a:<jurisdiction>/<surface>
+-- KEYS[1] belief hash   {prefix}:{user}:b  fields B, P, t, n, v, mv, f, fr, fv, and a:<jurisdiction>/<surface>
+--                                          (f = max(fr, fv): fr the rms floor of the evidence, fv the largest
+--                                          floor of the model versions before the current one)
 -- KEYS[2] event-id zset {prefix}:{user}:e  member event id, score its observed_at (processing time
 --                                          for verified ages); trimmed to the max_past window
 -- ARGV: mode ("e" estimates | "v" verified), now, half_life_s, ttl_ms, future_tol_s, max_past_s,
---       model_version, floor (the model version's error floor in years; the belief keeps the largest), then
---   mode e: (event_id, observed_at, mean_age, std_age) repeated
+--       model_version, floor (the model version's least error floor in years: no evidence counts with less), then
+--   mode e: (event_id, observed_at, mean_age, std_age, floor) repeated; the belief's floor f is the rms of
+--           its events' floors weighted like its mean (the decayed precisions)
 --   mode v: event_id, verified_at, verified_age
 -- Returns (all strings; Redis would truncate Lua numbers to integers):
 --   codes (one char per input: A applied, D duplicate, I ignored, X invalid, F future, O too old),
---   exists, B, P, t, n, v, mv, f, then action field/value pairs.
+--   exists, B, P, t, n, v, mv, f, fr, fv, then action field/value pairs.
 
 local YEAR_S = 365.25 * 86400.0
 local VERIFIED_PRECISION = 1.0 / (0.01 * 0.01)
@@ -39,24 +42,27 @@ end
 
 redis.call('ZREMRANGEBYSCORE', ekey, '-inf', '(' .. fmt(now - max_past))
 
-local cur = redis.call('HMGET', bkey, 'B', 'P', 't', 'n', 'v', 'mv', 'f')
+local cur = redis.call('HMGET', bkey, 'B', 'P', 't', 'n', 'v', 'mv', 'f', 'fr', 'fv')
 local exists = cur[1] ~= false
-local B, P, T, N, V, MV, F
+local B, P, T, N, V, MV, F, FR, FV
 if exists then
   B, P, T, N = tonumber(cur[1]), tonumber(cur[2]), tonumber(cur[3]), tonumber(cur[4])
   V, MV, F = cur[5] == '1', cur[6] or '', tonumber(cur[7] or '0')
+  FR = tonumber(cur[8] or '') or F  -- a belief written before fr existed: its floor was the rms
+  FV = tonumber(cur[9] or '') or 0.0
 end
 
 local codes = {}
 local wrote = false
 
 if mode == 'e' then
-  local pts_t, pts_b, pts_p = {}, {}, {}
+  local pts_t, pts_b, pts_p, pts_f = {}, {}, {}, {}
   local i = 9
   while i <= #ARGV do
     local id = ARGV[i]
     local obs, mean, std = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-    i = i + 4
+    local ev_floor = tonumber(ARGV[i + 4])
+    i = i + 5
     if redis.call('ZSCORE', ekey, id) then
       codes[#codes + 1] = 'D'
     elseif not (finite(obs) and finite(mean) and finite(std) and mean >= MIN_AGE and mean <= MAX_AGE
@@ -76,6 +82,7 @@ if mode == 'e' then
         pts_t[#pts_t + 1] = t
         pts_b[#pts_b + 1] = t - mean * YEAR_S
         pts_p[#pts_p + 1] = 1.0 / (std * std)
+        if finite(ev_floor) and ev_floor > floor then pts_f[#pts_f + 1] = ev_floor else pts_f[#pts_f + 1] = floor end
         codes[#codes + 1] = 'A'
       end
     end
@@ -86,12 +93,19 @@ if mode == 'e' then
     if exists then ref_t = math.max(ref_t, T) end
     local anchor = pts_b[1]
     if exists then anchor = B end
-    local total_p, weighted = 0.0, 0.0
-    if exists then total_p = total_p + P * decay_factor(ref_t - T) end
+    local total_p, weighted, floor_sq = 0.0, 0.0, 0.0
+    if exists then
+      local w = P * decay_factor(ref_t - T)
+      total_p = total_p + w
+      local old_floor = math.max(FR, floor)
+      floor_sq = floor_sq + w * old_floor * old_floor
+      if MV ~= model_version and MV ~= '' then FV = math.max(FV, F) end  -- a version switch never narrows
+    end
     for k = 1, #pts_t do
       local w = pts_p[k] * decay_factor(ref_t - pts_t[k])
       total_p = total_p + w
       weighted = weighted + w * (pts_b[k] - anchor)
+      floor_sq = floor_sq + w * pts_f[k] * pts_f[k]
     end
     B = anchor + weighted / total_p
     P = total_p
@@ -99,7 +113,9 @@ if mode == 'e' then
     N = (exists and N or 0) + #pts_t
     V = false
     MV = model_version
-    if exists then F = math.max(F, floor) else F = floor end
+    FR = math.sqrt(floor_sq / total_p)
+    if not exists then FV = 0.0 end
+    F = math.max(FR, FV)
     exists = true
   end
 elseif mode == 'v' then
@@ -120,7 +136,7 @@ elseif mode == 'v' then
     N = (exists and N or 0) + 1
     V = true
     MV = exists and MV or ''
-    F = 0.0
+    F, FR, FV = 0.0, 0.0, 0.0
     exists = true
     codes[1] = 'A'
   end
@@ -130,17 +146,17 @@ end
 
 if wrote then
   redis.call('HSET', bkey, 'B', fmt(B), 'P', fmt(P), 't', fmt(T), 'n', tostring(N), 'v', V and '1' or '0',
-             'mv', MV, 'f', fmt(F))
+             'mv', MV, 'f', fmt(F), 'fr', fmt(FR), 'fv', fmt(FV))
   redis.call('PEXPIRE', bkey, ttl_ms)
   redis.call('ZREMRANGEBYRANK', ekey, 0, -(MAX_EVENT_IDS + 1))
   redis.call('PEXPIRE', ekey, ttl_ms)
 end
 
-local out = {table.concat(codes), '0', '', '', '', '', '', '', ''}
+local out = {table.concat(codes), '0', '', '', '', '', '', '', '', '', ''}
 if exists then
   out[2] = '1'
   out[3], out[4], out[5], out[6] = fmt(B), fmt(P), fmt(T), tostring(N)
-  out[7], out[8], out[9] = V and '1' or '0', MV, fmt(F)
+  out[7], out[8], out[9], out[10], out[11] = V and '1' or '0', MV, fmt(F), fmt(FR), fmt(FV)
 end
 local all = redis.call('HGETALL', bkey)
 for k = 1, #all, 2 do

@@ -129,13 +129,14 @@ class BeliefStore:
     ) -> ApplyResult:
         """Fuse a micro-batch of evidence for many users in one pipelined round trip.
 
-        `floor` is `model_version`'s error floor (years); see stream/core/belief.py.
+        `floor` is `model_version`'s least error floor (years); each evidence carries its own (see
+        stream/core/belief.py `fuse`).
         """
         calls: list[tuple[str, list[str]]] = []
         for user_id, evidences in updates.items():
             args = self._common_args("e", now, model_version, floor)
             for ev in evidences:
-                args += [ev.event_id, _num(ev.observed_at), _num(ev.mean_age), _num(ev.std_age)]
+                args += [ev.event_id, _num(ev.observed_at), _num(ev.mean_age), _num(ev.std_age), _num(ev.floor)]
             calls.append((user_id, args))
         replies = await self._eval_many(calls)
         result = ApplyResult()
@@ -330,7 +331,7 @@ class BeliefStore:
 
     def _parse_reply(self, reply: Any) -> tuple[str, Belief | None, dict[str, Action]]:
         parts = [_text(p) for p in reply]
-        if len(parts) < 9:
+        if len(parts) < 11:
             raise BeliefStoreError(f"unexpected script reply {parts!r}")
         codes = parts[0]
         belief = None
@@ -343,8 +344,10 @@ class BeliefStore:
                 verified=parts[6] == "1",
                 model_version=parts[7],
                 floor=float(parts[8]),
+                floor_rms=float(parts[9]),
+                floor_earlier=float(parts[10]),
             )
-        actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(9, len(parts) - 1, 2)}
+        actions = {parts[i][2:]: Action(parts[i + 1]) for i in range(11, len(parts) - 1, 2)}
         return codes, belief, actions
 
 
@@ -398,4 +401,6 @@ def _belief_from_hash(fields: Mapping[Any, Any]) -> Belief | None:
         verified=f["v"] == "1",
         model_version=f.get("mv", ""),
         floor=float(f.get("f", "0")),
+        floor_rms=float(f["fr"]) if "fr" in f else None,
+        floor_earlier=float(f.get("fv", "0")),
     )

@@ -11,10 +11,19 @@ Units, used everywhere (Python and stream/adapters/belief.lua):
 One person's photos share that person's error (someone who looks older looks older in every photo),
 so only the independent part of each estimate's error averages out. The belief therefore keeps two
 things apart (design.md): the precision P of the *independent* (within-subject) part, which fusion
-adds up and decay shrinks, and the model version's error *floor* (its between-subject error,
-measured by subject on a validation split and stored with the checkpoint). The belief's spread is
+adds up and decay shrinks, and the error *floor* (the between-subject error, measured by subject on a
+validation split and stored with the checkpoint: `ErrorFloor`). The belief's spread is
 std = sqrt(1/P + floor^2): a thousand selfies never make it more certain than the model can be about
 one person. `event_evidence` turns one event's calibrated frame estimates into one observation.
+
+The floor is the model's between-subject error *for this face*: a model is sure about a child and
+unsure about a face of 24 (no age cue between the teens and the first wrinkles), and its persistent
+error grows with its uncertainty. A model calibrated with a floor ratio rho (model/uncertainty.py
+`estimate_floor_ratio`) gives each frame the floor sqrt(rho) * std (never below
+MIN_RATIO_FLOOR_YEARS); older checkpoints give every frame their one scalar floor. Each event carries
+its floor (the precision-weighted rms of its frames'), and the belief's floor is the rms of its
+events' floors weighted like its mean (the decayed precisions), so the floor that applies is that of
+the evidence (and the model version) the belief's mean rests on.
 
 Fusion is done at a common reference time T = the latest evidence time seen. Every contribution
 (the old belief and each new observation) is decayed from its own time to T, then combined by
@@ -48,6 +57,10 @@ FRAME_CORRELATION_IN_EVENT = 0.5
 # However a frame's calibrated std compares with the floor, at least this share of its variance is
 # counted as independent: a frame claiming less error than the floor cannot pin the belief.
 MIN_INDEPENDENT_VARIANCE_SHARE = 0.25
+# With a floor ratio, the least floor any frame gets (years): a model that claims a small std for a face
+# is still not believed to know that person's age to better than this. Generous: the synthetic
+# generator alone puts 2 years of look-older/younger offset on every person, and real faces more.
+MIN_RATIO_FLOOR_YEARS = 1.0
 
 
 class RefusalReason(StrEnum):
@@ -72,11 +85,42 @@ class ClockSkewRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorFloor:
+    """A model version's error floor: how much of a frame's error does not average out over one person.
+
+    `ratio` 0 (checkpoints calibrated before ratios, or where the floor could not be estimated): every
+    frame gets the scalar floor `years`. `ratio` > 0: a frame with calibrated std s gets
+    max(MIN_RATIO_FLOOR_YEARS, sqrt(ratio) * s); `years` (the scalar estimate) is then only reported.
+    """
+
+    years: float
+    ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.years) and self.years >= 0.0):
+            raise ValueError(f"error floor years must be finite and >= 0, got {self.years!r}")
+        if not (math.isfinite(self.ratio) and 0.0 <= self.ratio <= 1.0):
+            raise ValueError(f"error floor ratio must be in [0, 1], got {self.ratio!r}")
+
+    def for_frame(self, std: float) -> float:
+        """The floor (years) of one frame with this calibrated std."""
+        if self.ratio <= 0.0:
+            return self.years
+        return max(MIN_RATIO_FLOOR_YEARS, math.sqrt(self.ratio) * std)
+
+    @property
+    def minimum(self) -> float:
+        """The least floor any evidence of this model version has: what fusion never goes below."""
+        return self.years if self.ratio <= 0.0 else MIN_RATIO_FLOOR_YEARS
+
+
+@dataclass(frozen=True, slots=True)
 class Evidence:
     event_id: str
     observed_at: float
     mean_age: float
-    std_age: float
+    std_age: float  # of the independent error only
+    floor: float = 0.0  # years: the event's floor (`event_evidence`); fusion never uses less than its version's
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +138,13 @@ class Belief:
     observations: int  # events fused (an event's frames are one observation)
     verified: bool
     model_version: str
-    floor: float = 0.0  # years; the largest error floor of the model versions fused (0 once verified)
+    # Years; what the belief's std uses: max(floor_rms, floor_earlier) (0 once verified).
+    floor: float = 0.0
+    # The rms of the fused events' floors, weighted like the mean; None: equal to `floor` (a belief
+    # stored before the rms was kept apart).
+    floor_rms: float | None = None
+    # The largest floor the belief had under earlier model versions: a version switch never narrows it.
+    floor_earlier: float = 0.0
 
     def age_at(self, t: float) -> float:
         return (t - self.birth_time) / YEAR_S
@@ -265,21 +315,26 @@ def independent_variance(std: float, floor: float) -> float:
 
 
 def event_evidence(
-    event_id: str, observed_at: float, frames: Sequence[tuple[float, float]], floor: float
+    event_id: str, observed_at: float, frames: Sequence[tuple[float, float]], floor: ErrorFloor | float
 ) -> Evidence | None:
     """One event's frame estimates (mean, calibrated std) as one observation of independent error.
 
-    Frames are weighted by their independent precision; the event's variance is inflated by the
-    within-event correlation so that many frames of one event cannot stand in for many events.
+    Each frame's variance splits into its floor (`floor.for_frame`; a float is a scalar floor) and
+    the independent rest. Frames are weighted by their independent precision; the event's variance
+    is inflated by the within-event correlation so that many frames of one event cannot stand in for
+    many events; the event's floor is the rms of its frames' floors under the same weights.
     None when the event has no frame estimate.
     """
     if not frames:
         return None
-    precisions = [1.0 / independent_variance(std, floor) for _, std in frames]
+    model_floor = floor if isinstance(floor, ErrorFloor) else ErrorFloor(floor)
+    floors = [model_floor.for_frame(std) for _, std in frames]
+    precisions = [1.0 / independent_variance(std, f) for (_, std), f in zip(frames, floors, strict=True)]
     total = sum(precisions)
     mean = sum(p * m for p, (m, _) in zip(precisions, frames, strict=True)) / total
+    floor_sq = sum(p * f * f for p, f in zip(precisions, floors, strict=True)) / total
     inflation = 1.0 + FRAME_CORRELATION_IN_EVENT * (len(frames) - 1)
-    return Evidence(event_id, observed_at, mean, math.sqrt(inflation / total))
+    return Evidence(event_id, observed_at, mean, math.sqrt(inflation / total), math.sqrt(floor_sq))
 
 
 def evidence_point(ev: Evidence) -> tuple[float, float]:
@@ -339,8 +394,10 @@ def fuse(
 ) -> FuseResult:
     """Fuse a batch of evidence into a belief; idempotent per event id via `seen`.
 
-    Each evidence's `std_age` is the std of its *independent* error (see `event_evidence`);
-    `floor` is the error floor of `model_version`. A belief that mixes versions keeps the larger one.
+    Each evidence's `std_age` is the std of its *independent* error and `floor` its floor (see
+    `event_evidence`); `floor` here is the least floor of `model_version` (`ErrorFloor.minimum`): no
+    evidence, and no belief it updates, counts with less. The belief's floor is the rms of its
+    events' floors weighted by their decayed precisions (the weights of its mean).
 
     Order of checks per evidence (the Lua script keeps the same order): duplicate id, invalid,
     too far in the future, too old, then clamp small future skew to `now`.
@@ -350,7 +407,7 @@ def fuse(
     duplicates: list[str] = []
     ignored: list[str] = []
     refused: list[Refusal] = []
-    points: list[tuple[float, float, float]] = []  # (t, birth_time, precision)
+    points: list[tuple[float, float, float, float]] = []  # (t, birth_time, precision, floor)
     for ev in evidences:
         if ev.event_id in seen_now:
             duplicates.append(ev.event_id)
@@ -370,7 +427,7 @@ def fuse(
             continue
         t = min(ev.observed_at, now)
         b, p = evidence_point(Evidence(ev.event_id, t, ev.mean_age, ev.std_age))
-        points.append((t, b, p))
+        points.append((t, b, p, ev.floor if math.isfinite(ev.floor) and ev.floor > floor else floor))
         applied.append(ev.event_id)
     result = _combine(belief, points, half_life_s=half_life_s, model_version=model_version, floor=floor)
     return FuseResult(result, tuple(applied), tuple(duplicates), tuple(ignored), tuple(refused), frozenset(seen_now))
@@ -378,7 +435,7 @@ def fuse(
 
 def _combine(
     belief: Belief | None,
-    points: list[tuple[float, float, float]],
+    points: list[tuple[float, float, float, float]],
     *,
     half_life_s: float,
     model_version: str,
@@ -386,20 +443,30 @@ def _combine(
 ) -> Belief | None:
     if not points:
         return belief
-    ref_t = max(t for t, _, _ in points)
+    ref_t = max(t for t, _, _, _ in points)
     if belief is not None:
         ref_t = max(ref_t, belief.updated_at)
     # Accumulate offsets from an anchor birth time: products of precision and ~1e9 s would lose digits.
     anchor = belief.birth_time if belief is not None else points[0][1]
     total_p = 0.0
     weighted = 0.0
+    floor_sq = 0.0  # sum of weight * floor^2: the floor is the rms under the mean's weights
+    earlier = 0.0
     if belief is not None:
         w = belief.precision * decay_factor(ref_t - belief.updated_at, half_life_s)
         total_p += w
-    for t, b, p in points:
+        old_rms = belief.floor if belief.floor_rms is None else belief.floor_rms
+        old_floor = max(old_rms, floor)  # a belief stored before floors existed counts with this version's
+        floor_sq += w * old_floor * old_floor
+        earlier = belief.floor_earlier
+        if belief.model_version not in ("", model_version):  # a version switch never narrows the belief
+            earlier = max(earlier, belief.floor)
+    for t, b, p, f in points:
         w = p * decay_factor(ref_t - t, half_life_s)
         total_p += w
         weighted += w * (b - anchor)
+        floor_sq += w * f * f
+    rms = math.sqrt(floor_sq / total_p)
     return Belief(
         birth_time=anchor + weighted / total_p,
         precision=total_p,
@@ -407,7 +474,9 @@ def _combine(
         observations=(belief.observations if belief is not None else 0) + len(points),
         verified=False,
         model_version=model_version,
-        floor=max(floor, belief.floor) if belief is not None else floor,
+        floor=max(rms, earlier),
+        floor_rms=rms,
+        floor_earlier=earlier,
     )
 
 

@@ -22,7 +22,16 @@ from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
 
-from stream.core.belief import GAUSSIAN_FLOOR, Belief, Evidence, FloorShape, event_evidence, fuse, p_at_least_shaped
+from stream.core.belief import (
+    GAUSSIAN_FLOOR,
+    Belief,
+    ErrorFloor,
+    Evidence,
+    FloorShape,
+    event_evidence,
+    fuse,
+    p_at_least_shaped,
+)
 
 NOMINAL_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 FUSED_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -56,7 +65,7 @@ def belief_cdf_at(belief: Belief, age: float, t: float, half_life_s: float, shap
 def belief_coverage(
     subjects: Mapping[str, Sequence[tuple[float, float, float]]],
     *,
-    floor: float,
+    floor: ErrorFloor | float,
     counts: Sequence[int] = FUSED_COUNTS,
     floor_shape: FloorShape = GAUSSIAN_FLOOR,
 ) -> dict[str, Any]:
@@ -65,8 +74,10 @@ def belief_coverage(
     The target after fusing n images is the mean of their true ages (each estimate is of its own
     image's age). Returns per n: subjects used and the share inside each nominal interval, plus the
     frame-level figures (every image alone, its own std, no floor) beside them. `floor_shape` shapes
-    the belief's floor error (the model's FloorShape; default Gaussian).
+    the belief's floor error (the model's FloorShape; default Gaussian). `floor` is the model's
+    ErrorFloor (a float: a scalar floor for every image).
     """
+    model_floor = floor if isinstance(floor, ErrorFloor) else ErrorFloor(floor)
     frame_z = [(m - age) / s for images in subjects.values() for age, m, s in images if s > 0]
     by_count: dict[str, Any] = {}
     for n in counts:
@@ -77,17 +88,20 @@ def belief_coverage(
             used = images[:n]
             evs: list[Evidence] = []
             for k, (_, m, s) in enumerate(used):
-                ev = event_evidence(f"{sid}/{k}", _NOW - 60.0 * (n - k), [(m, s)], floor)
+                ev = event_evidence(f"{sid}/{k}", _NOW - 60.0 * (n - k), [(m, s)], model_floor)
                 if ev is not None:
                     evs.append(ev)
-            belief = fuse(None, evs, now=_NOW, half_life_s=math.inf, model_version="eval", floor=floor).belief
+            belief = fuse(
+                None, evs, now=_NOW, half_life_s=math.inf, model_version="eval", floor=model_floor.minimum
+            ).belief
             if belief is None:
                 continue
             target = sum(age for age, _, _ in used) / n
             cdfs.append(belief_cdf_at(belief, target, _NOW, math.inf, floor_shape))
         by_count[str(n)] = {"subjects": len(cdfs), "coverage": cdf_shares(cdfs)}
     return {
-        "floor_years": floor,
+        "floor_years": model_floor.years,
+        "floor_ratio": model_floor.ratio,
         "floor_shape": {"weight": floor_shape.weight, "narrow": floor_shape.narrow, "wide": floor_shape.wide},
         "nominal": [f"{level:.2f}" for level in NOMINAL_LEVELS],
         "frame": {"images": len(frame_z), "coverage": interval_shares(frame_z)},

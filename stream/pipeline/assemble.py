@@ -26,6 +26,7 @@ from stream.adapters.codec import AvroCodec
 from stream.adapters.confluent_registry import registry_from_settings
 from stream.adapters.topics import topic_names
 from stream.config import Settings
+from stream.core.belief import ErrorFloor
 from stream.core.policy import Policy, load_policy
 from stream.errors import ModelUnavailable
 from stream.pipeline.batching import BatchPolicy, MicroBatcher
@@ -183,7 +184,7 @@ def shadow_scorer(settings: Settings, *, policy: Policy, sink: Sink) -> ShadowSc
         sink=sink,
         topic=shadow_topic(settings),
         half_life_s=settings.belief_half_life_days * DAY_S,
-        error_floor=engine.uncertainty.floor_years,
+        error_floor=ErrorFloor(engine.error_floor_years, engine.floor_ratio),
         batcher=batcher,
     )
 
@@ -268,7 +269,7 @@ def assemble(
         codec=codec or AvroCodec(registry_from_settings(settings)),
         scorer=batcher,
         model_version=model.model_version,
-        error_floor=model.error_floor_years,
+        error_floor=ErrorFloor(model.error_floor_years, model.floor_ratio),
         store=store,
         policy=policy,
         sink=sink,

@@ -21,7 +21,7 @@ from typing import Any
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
-from stream.core.belief import YEAR_S, Belief, ClockSkewRule, event_evidence
+from stream.core.belief import YEAR_S, Belief, ClockSkewRule, ErrorFloor, event_evidence
 from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Decision, Policy, PolicyEvent, decide
 from stream.errors import InvalidEvent
@@ -60,7 +60,7 @@ class DecidedEvent:
     policy_event: PolicyEvent
     decision: Decision
     belief_after: Belief | None
-    live_floor: float
+    live_floor: ErrorFloor
     live_applied: bool  # False when the store refused its evidence (clock skew)
     record: dict[str, Any]  # the decision record, as published
 
@@ -76,7 +76,7 @@ def prepare(
     *,
     judged_at: float,
     policy: Policy,
-    error_floor: float,
+    error_floor: ErrorFloor,
 ) -> Prepared:
     """Raises InvalidEvent (dead-letter it) when every frame failed for a reason that is the event's."""
     estimates = [r for r in results if isinstance(r, FrameEstimate)]
@@ -118,7 +118,7 @@ def decide_event(
     half_life_s: float,
     skew: ClockSkewRule,
     model_version: str,
-    error_floor: float,
+    error_floor: ErrorFloor,
 ) -> DecidedEvent:
     event = prepared.event
     policy_event = PolicyEvent(

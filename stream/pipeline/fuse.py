@@ -97,6 +97,7 @@ class BeliefStage:
     """Applies a batch's belief updates and answers one `Fused` (or the event's error) per request."""
 
     def __init__(self, store: BeliefRepository, *, clock: Clock, model_version: str, error_floor: float) -> None:
+        """`error_floor`: the least floor of `model_version` (`ErrorFloor.minimum`); each evidence carries its own."""
         self.store = store
         self._clock = clock
         self.model_version = model_version

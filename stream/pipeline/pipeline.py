@@ -18,6 +18,7 @@ from typing import Protocol
 
 from model.engine import EncodedFrame, FrameError, FrameResult
 from stream import metrics
+from stream.core.belief import ErrorFloor
 from stream.core.belief_updates import SurfaceKey
 from stream.core.policy import Action, Policy
 from stream.core.subjects import DECISION
@@ -104,7 +105,7 @@ class Pipeline:
         codec: Codec,
         scorer: Scorer,
         model_version: str,
-        error_floor: float,
+        error_floor: ErrorFloor,
         store: BeliefRepository,
         policy: Policy,
         sink: Sink,
@@ -133,7 +134,7 @@ class Pipeline:
         self.observer = observer
         self.retained_topic = retained_topic
         self._processed_at = processed_at or (lambda _rec: clock())
-        self.beliefs = BeliefStage(store, clock=clock, model_version=model_version, error_floor=error_floor)
+        self.beliefs = BeliefStage(store, clock=clock, model_version=model_version, error_floor=error_floor.minimum)
         self._expected = subjects_by_topic(topics)
         # Batches admitted and not yet through the belief step, in admission order (see _run_beliefs).
         self._belief_queue: deque[_BeliefTurn] = deque()

@@ -94,6 +94,9 @@ class FrameModel(Protocol):
     @property
     def error_floor_years(self) -> float: ...
 
+    @property
+    def floor_ratio(self) -> float: ...
+
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]: ...
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult
 from stream import metrics
-from stream.core.belief import Belief, decay_factor, event_evidence, evidence_point
+from stream.core.belief import Belief, ErrorFloor, decay_factor, event_evidence, evidence_point
 from stream.core.policy import Decision, Policy, PolicyEvent, decide
 from stream.log import get_logger
 from stream.pipeline.batching import MicroBatcher
@@ -50,8 +50,8 @@ def swap_evidence(
     *,
     half_life_s: float,
     model_version: str,
-    live_floor: float,
-    shadow_floor: float,
+    live_floor: ErrorFloor,
+    shadow_floor: ErrorFloor,
 ) -> Belief | None:
     """The belief had this event (judged at `at`) been scored by the shadow model.
 
@@ -83,7 +83,7 @@ def swap_evidence(
         precision=precision,
         observations=observations,
         model_version=model_version,
-        floor=max(after.floor, shadow_floor),
+        floor=max(after.floor, shadow_ev.floor if shadow_ev is not None else 0.0, shadow_floor.minimum),
     )
 
 
@@ -105,7 +105,7 @@ class ShadowScorer:
         sink: Sink,
         topic: str,
         half_life_s: float,
-        error_floor: float,
+        error_floor: ErrorFloor,
         batcher: MicroBatcher[EncodedFrame, FrameResult] | None = None,
     ) -> None:
         self._score = score
@@ -176,7 +176,7 @@ class ShadowScorer:
         live_results: Sequence[FrameResult],
         shadow_results: Sequence[FrameResult],
         belief_after: Belief | None,
-        live_floor: float,
+        live_floor: ErrorFloor,
         dependency_down: bool = False,
         live_applied: bool = True,
     ) -> dict[str, Any] | None:
@@ -214,7 +214,7 @@ class ShadowScorer:
         live_results: Sequence[FrameResult],
         shadow_results: Sequence[FrameResult],
         belief_after: Belief | None,
-        live_floor: float,
+        live_floor: ErrorFloor,
         dependency_down: bool,
         live_applied: bool,
     ) -> dict[str, Any]:

@@ -341,6 +341,7 @@ class FixedShapeScorer:
         self.size = size
         self.model_version = engine.model_version
         self.error_floor_years = engine.error_floor_years
+        self.floor_ratio = engine.floor_ratio
 
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
         out: list[FrameResult] = []

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from model.evaluation.metrics import AGE_BANDS, DEFAULT_CONFIDENCE, Estimates, band_label
+from stream.core.belief import ErrorFloor
 from stream.core.belief_coverage import belief_coverage
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def replay_policy(
     est: Estimates,
     policy_path: str | None,
     *,
-    floor: float,
+    floor: ErrorFloor | float,
     jurisdiction: str = "",
     surface: str = "",
     model_version: str = "",
@@ -200,7 +201,7 @@ def replay_policy(
             now=now,
             half_life_s=policy.half_life_s,
             model_version=model_version,
-            floor=floor,
+            floor=floor.minimum if isinstance(floor, ErrorFloor) else floor,
         )
         decision = pol.decide(fused.belief, event, policy, now=now)
         for r in decision.reason_codes:
@@ -337,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         entry["scoring_seconds"] = elapsed
         if args.policy is not None:
             # `--policy default` replays the built-in policy file.
-            floor = engine.uncertainty.floor_years
+            floor = ErrorFloor(engine.uncertainty.floor_years, engine.uncertainty.floor_ratio)
             entry["policy_replay"] = replay_policy(
                 est,
                 None if args.policy == "default" else args.policy,

@@ -158,6 +158,10 @@ def same(a: Belief | None, b: Belief | None) -> None:
         b.model_version,
         b.floor,
     )
+    assert (a.floor_rms if a.floor_rms is not None else a.floor) == (
+        b.floor_rms if b.floor_rms is not None else b.floor
+    )
+    assert a.floor_earlier == b.floor_earlier
 
 
 def test_the_in_memory_store_has_the_public_api_of_the_redis_store() -> None:
@@ -192,7 +196,9 @@ def random_evidence(rnd: random.Random, ids: list[str], now: float) -> Evidence:
         return Evidence(eid, now, rnd.choice([math.nan, -3.0, 200.0]), rnd.choice([2.0, 0.0, math.inf]))
     if kind < 0.35:
         return Evidence(eid, now + rnd.uniform(0, 299), rnd.uniform(5, 60), rnd.uniform(0.5, 6))  # clamped
-    return Evidence(eid, now - rnd.uniform(0, 200 * DAY), rnd.uniform(5, 60), rnd.uniform(0.5, 6))
+    # Each event's own floor (a model with a floor ratio): none, below or above the version's, or broken.
+    floor = rnd.choice([0.0, rnd.uniform(0.5, 5.0), rnd.uniform(0.5, 5.0), math.nan])
+    return Evidence(eid, now - rnd.uniform(0, 200 * DAY), rnd.uniform(5, 60), rnd.uniform(0.5, 6), floor)
 
 
 async def test_the_store_agrees_with_the_pure_fusion_on_random_histories(store: Repository) -> None:
@@ -205,7 +211,7 @@ async def test_the_store_agrees_with_the_pure_fusion_on_random_histories(store: 
     for round_no in range(6):
         now = NOW + round_no * 20 * DAY
         batch = {u: [random_evidence(rnd, ids[u], now) for _ in range(rnd.randint(1, 5))] for u in users}
-        floor = FLOOR * (round_no % 3)  # versions with different floors: the belief keeps the largest
+        floor = FLOOR * (round_no % 3)  # versions with different floors: a switch never narrows the belief
         result = await store.apply(batch, now=now, model_version=f"m{round_no}", floor=floor)
         for u in users:
             belief, seen = model[u]
@@ -366,6 +372,18 @@ async def test_the_belief_keeps_the_largest_error_floor_of_the_versions_fused(st
     r3 = await store.apply(many, now=NOW, model_version="m2", floor=1.0)
     assert r3["fay"].std_at(NOW, HALF_LIFE) >= 2.0  # a thousand selfies never beat the floor
     assert r3["fay"].std_at(NOW, HALF_LIFE) == pytest.approx(math.sqrt(0.25 / 202 + 4.0))
+
+
+async def test_each_event_counts_with_its_own_floor_weighted_like_the_mean(store: Repository) -> None:
+    """A model with a floor ratio: the belief's floor is the rms of its events' floors under the
+    precisions that weigh its mean, never below the version's least floor."""
+    sure, unsure = Evidence("a", NOW, 10.0, 1.0, 1.5), Evidence("b", NOW, 24.0, 2.0, 3.0)
+    got = (await store.apply({"kim": [sure, unsure]}, now=NOW, model_version="m", floor=1.0))["kim"]
+    # precisions 1 and 1/4: floor^2 = (1 * 1.5^2 + 0.25 * 3^2) / 1.25
+    assert got.floor == pytest.approx(math.sqrt((2.25 + 0.25 * 9.0) / 1.25))
+    assert got.age_at(NOW) == pytest.approx((10.0 + 0.25 * 24.0) / 1.25)
+    low = await store.apply({"lee": [Evidence("c", NOW, 20.0, 1.0, 0.2)]}, now=NOW, model_version="m", floor=1.0)
+    assert low["lee"].floor == 1.0  # an event claiming less than the version's least floor gets that
 
 
 async def test_evidence_outside_the_clock_skew_window_is_refused(store: Repository) -> None:

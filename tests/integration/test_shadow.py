@@ -18,7 +18,7 @@ from stream import metrics
 from stream.adapters.belief_store import BeliefStore
 from stream.adapters.kafka_sink import KafkaSink
 from stream.config import Settings
-from stream.core.belief import event_evidence
+from stream.core.belief import ErrorFloor, event_evidence
 from stream.core.policy import Action, PolicyEvent, decide, load_policy
 from stream.pipeline.assemble import ensure_shadow_topic, shadow_topic
 from stream.pipeline.ports import SourceRecord
@@ -54,7 +54,7 @@ async def _run(
         sink=sink,
         topic=shadow_topic(settings),
         half_life_s=store.half_life_s,
-        error_floor=live.uncertainty.floor_years,
+        error_floor=ErrorFloor(live.error_floor_years, live.floor_ratio),
     )
     live_actions, bodies = [], []
     try:
@@ -63,7 +63,7 @@ async def _run(
             frames = [EncodedFrame(face(30, seed=10 * i + k), "image/jpeg") for k in range(2)]
             record = events.upload(f"u{i}", at=t, surface="profile_photo", event_id=str(uuid.uuid4()))
             live_results: list[FrameResult] = live.score(frames)
-            floor = live.uncertainty.floor_years
+            floor = ErrorFloor(live.error_floor_years, live.floor_ratio)
             ev = event_evidence(
                 str(record["event_id"]),
                 t,
@@ -71,9 +71,10 @@ async def _run(
                 floor,
             )
             evidence = [ev] if ev is not None else []
-            belief = (await store.apply({f"u{i}": evidence}, now=t, model_version=live.model_version, floor=floor)).get(
-                f"u{i}"
+            applied = await store.apply(
+                {f"u{i}": evidence}, now=t, model_version=live.model_version, floor=floor.minimum
             )
+            belief = applied.get(f"u{i}")
             event = PolicyEvent("DEFAULT", "profile_photo", t)
             decision = decide(belief, event, policy, now=t, half_life_s=store.half_life_s)
             live_actions.append(decision.action)

@@ -21,7 +21,8 @@ from stream.pipeline.fuse import BeliefRequest, BeliefStage, Fused, rounds_by_de
 
 FLOOR = 2.0
 NOW = 1_750_000_000.0
-OK_REPLY = [b"A", b"1", b"1000.0", b"0.25", str(NOW).encode(), b"1", b"0", b"m", b"2.0"]  # ..., mv, floor
+# ..., mv, f (the floor), fr (its rms part), fv (earlier versions' part)
+OK_REPLY = [b"A", b"1", b"1000.0", b"0.25", str(NOW).encode(), b"1", b"0", b"m", b"2.0", b"2.0", b"0.0"]
 
 
 class FakePipeline:

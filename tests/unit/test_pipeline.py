@@ -14,7 +14,7 @@ from typing import Any
 from model.engine import EncodedFrame, FrameEstimate, FrameResult
 from stream.adapters.codec import AvroCodec
 from stream.adapters.memory_beliefs import InMemoryBeliefStore
-from stream.core.belief import Evidence
+from stream.core.belief import ErrorFloor, Evidence
 from stream.core.belief_updates import ApplyResult, SurfaceKey
 from stream.core.policy import Action, load_policy
 from stream.core.subjects import SIGNUP, UPLOAD
@@ -93,7 +93,7 @@ def make(codec: Any = None) -> tuple[Pipeline, CountingBeliefs, FakeScorer, Fake
         codec=codec or AvroCodec(),
         scorer=scorer,
         model_version="m@1",
-        error_floor=2.0,
+        error_floor=ErrorFloor(2.0),
         store=store,
         policy=load_policy(None),
         sink=sink,

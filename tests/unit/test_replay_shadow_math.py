@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model.engine import FrameError, FrameEstimate
-from stream.core.belief import Belief, event_evidence, fuse
+from stream.core.belief import Belief, ErrorFloor, event_evidence, fuse
 from stream.pipeline.shadow import swap_evidence
 
 HL = 365 * 86400.0
@@ -40,8 +40,8 @@ def test_swapping_live_for_shadow_evidence_equals_fusing_the_shadow(prior, live,
         [FrameEstimate(m, s) for m, s in shadow],
         half_life_s=HL,
         model_version="m",
-        live_floor=LIVE_FLOOR,
-        shadow_floor=SHADOW_FLOOR,
+        live_floor=ErrorFloor(LIVE_FLOOR),
+        shadow_floor=ErrorFloor(SHADOW_FLOOR),
     )
     assert got is not None
     assert want is not None
@@ -49,7 +49,7 @@ def test_swapping_live_for_shadow_evidence_equals_fusing_the_shadow(prior, live,
     assert abs(got.precision - want.precision) <= 1e-9 * want.precision
     assert got.observations == want.observations
     # The live floor stays in the swapped belief (it is the larger): a mixed belief keeps the larger floor.
-    assert got.floor == max(want.floor, LIVE_FLOOR)
+    assert abs(got.floor - max(want.floor, LIVE_FLOOR)) <= 1e-12
 
 
 def test_a_verified_belief_is_left_alone_and_failed_shadow_frames_add_nothing() -> None:
@@ -62,8 +62,8 @@ def test_a_verified_belief_is_left_alone_and_failed_shadow_frames_add_nothing() 
             [FrameEstimate(9, 2)],
             half_life_s=HL,
             model_version="x",
-            live_floor=LIVE_FLOOR,
-            shadow_floor=SHADOW_FLOOR,
+            live_floor=ErrorFloor(LIVE_FLOOR),
+            shadow_floor=ErrorFloor(SHADOW_FLOOR),
         )
         is verified
     )
@@ -76,8 +76,8 @@ def test_a_verified_belief_is_left_alone_and_failed_shadow_frames_add_nothing() 
             [FrameError("corrupt", "")],
             half_life_s=HL,
             model_version="x",
-            live_floor=LIVE_FLOOR,
-            shadow_floor=SHADOW_FLOOR,
+            live_floor=ErrorFloor(LIVE_FLOOR),
+            shadow_floor=ErrorFloor(SHADOW_FLOOR),
         )
         is None
     )

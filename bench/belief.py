@@ -3,7 +3,7 @@
 Next to them, redis-benchmark's own rate for a trivial EVAL on the same server in the same run, so
 the numbers can be read against what this Redis and this machine can do at all.
 
-    REDIS_URL=redis://127.0.0.1:36379/0 python -m bench.belief [--quick]
+    REDIS_URL=redis://127.0.0.1:36379/0 python bench/belief.py [--quick]
 
 Prints a table and writes bench/results/belief.json. Keys use a throwaway prefix, deleted at the end.
 """

@@ -1,6 +1,6 @@
 """Minors ALLOWed and adults burdened as uploads accumulate: the belief's honesty, measured.
 
-    python bench/belief_safety.py [--checkpoint PATH] [--users 400] [--uploads 40] [--quick]
+    python bench/belief_safety.py [--checkpoint PATH] [--users 400] [--uploads 40] [--frames-per-upload 2] [--quick]
 
 A population that holds the hard cases: users aged 12-25 (every threshold's neighbourhood) plus
 adults 25-40, each with a persistent look-older/younger offset of the synthetic generator's spread
@@ -79,7 +79,7 @@ RESULTS = ROOT / "bench" / "results" / "belief_safety.json"
 DAY = 86400.0
 START = 1.79e9
 REPORT_AT = (1, 2, 5, 10, 20, 40)
-FRAMES_PER_UPLOAD = 2
+FRAMES_PER_UPLOAD = 2  # the default; --frames-per-upload 1 makes every image its own event (as `agegate eval`)
 SURFACE = "adult_content"
 VARIANTS = (
     "independent-raw",
@@ -106,15 +106,17 @@ def population(rng: np.random.Generator, n_young: int, n_older: int) -> list[Use
     return [User(float(a), float(rng.normal(0, SUBJECT_OFFSET_SD)), sample_attributes(rng)) for a in ages]
 
 
-def render_uploads(users: list[User], uploads: int, seed: int) -> list[list[EncodedFrame]]:
-    """Per user, uploads x FRAMES_PER_UPLOAD frames, each at age + look + fresh per-photo noise."""
+def render_uploads(
+    users: list[User], uploads: int, seed: int, per_upload: int = FRAMES_PER_UPLOAD
+) -> list[list[EncodedFrame]]:
+    """Per user, uploads x per_upload frames, each at age + look + fresh per-photo noise."""
     out = []
     for i, u in enumerate(users):
         rng = np.random.default_rng([seed, i])
         frames = []
         for k in range(uploads):
             age = u.age + k * DAY / YEAR_S
-            for _ in range(FRAMES_PER_UPLOAD):
+            for _ in range(per_upload):
                 img = render_face(age + u.look + rng.normal(0, IMAGE_NOISE_SD), u.attrs, rng, size=64)
                 frames.append(EncodedFrame(encode_jpeg(img, rng), "image/jpeg"))
         out.append(frames)
@@ -149,6 +151,7 @@ def simulate(
     variant: str,
     model_shape: FloorShape = GAUSSIAN_FLOOR,
     table: FloorTable = NO_FLOOR_TABLE,
+    per_upload: int = FRAMES_PER_UPLOAD,
 ) -> dict[str, Any]:
     policy = load_policy(None)
     shape = model_shape if variant in MIXTURE_VARIANTS else GAUSSIAN_FLOOR
@@ -166,7 +169,7 @@ def simulate(
         prev: Action | None = None
         for k in range(uploads):
             t = START + k * DAY
-            frames = ests[k * FRAMES_PER_UPLOAD : (k + 1) * FRAMES_PER_UPLOAD]
+            frames = ests[k * per_upload : (k + 1) * per_upload]
             evs, fl = evidence_for(variant, f"e{k}", t, frames, scale, floor)
             belief = fuse(belief, evs, now=t, half_life_s=policy.half_life_s, model_version="m", floor=fl).belief
             d = decide(
@@ -238,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=400, help="users aged 12-25 (plus a quarter as many 25-40)")
     parser.add_argument("--uploads", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--frames-per-upload",
+        type=int,
+        default=FRAMES_PER_UPLOAD,
+        help="frames in each upload (one event); 1 fuses every image as its own event, like agegate eval",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="100 users, 10 uploads (a smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     cal = engine.uncertainty
     rng = np.random.default_rng(args.seed)
     users = population(rng, args.users, max(1, args.users // 4))
-    frames = render_uploads(users, args.uploads, args.seed)
+    frames = render_uploads(users, args.uploads, args.seed, args.frames_per_upload)
     estimates = []
     for fs in frames:
         scored = engine.score(fs)
@@ -265,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     model_floor = ErrorFloor(cal.floor_years, cal.floor_ratio)
     by_age = cal.floor_table
     results = {
-        v: simulate(users, estimates, args.uploads, cal.std_scale, model_floor, v, shape, by_age) for v in VARIANTS
+        v: simulate(
+            users, estimates, args.uploads, cal.std_scale, model_floor, v, shape, by_age, args.frames_per_upload
+        )
+        for v in VARIANTS
     }
     print(
         f"model {ckpt} (version {engine.model_version}): std_scale {cal.std_scale:.3f}, "
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     bands = ", ".join(f"{k:.1f}: {v:.2f}" for k, v in zip(by_age.knots, by_age.values, strict=True))
     print(f"floor by predicted age: {bands or 'none'} ({by_age.source})")
     print(
-        f"population: {len(users)} users ({results['floor']['users']}), one {FRAMES_PER_UPLOAD}-frame upload a "
+        f"population: {len(users)} users ({results['floor']['users']}), one {args.frames_per_upload}-frame upload a "
         f"day to {SURFACE} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
         f"{IMAGE_NOISE_SD} y"
     )
@@ -325,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "users": len(users),
             "uploads": args.uploads,
             "seed": args.seed,
-            "frames_per_upload": FRAMES_PER_UPLOAD,
+            "frames_per_upload": args.frames_per_upload,
             "surface": SURFACE,
             "policy": "DEFAULT",
         },

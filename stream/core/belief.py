@@ -227,9 +227,9 @@ class FloorByAge:
     fusion keeps the scalar floor (the Lua script and the Redis hash are unchanged).
 
     `at_least_stored` (the default) never lets the table go below the belief's stored floor (the
-    largest scalar floor of the model versions fused): the table may only widen a belief, so a
-    belief that mixes versions, or a table fitted on a population unlike the live one, never proves
-    more than the scalar floor allowed. False evaluates the table alone (measured in
+    floor fusion kept: its events' floors, never narrower than at a model switch): the table may
+    only widen a belief, so a belief that mixes versions, or a table fitted on a population unlike
+    the live one, never proves more than fusion allowed. False evaluates the table alone (measured in
     bench/belief_safety.py, not used by the worker).
     """
 

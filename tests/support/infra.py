@@ -10,10 +10,10 @@ When CI is set, a service that cannot be reached fails the run; it never becomes
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -183,6 +183,10 @@ def delete_topics(bootstrap: str, names: set[str]) -> None:
     if not names:
         return
     futures = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(sorted(names), operation_timeout=30)
-    for future in futures.values():
-        with contextlib.suppress(KafkaException):
+    for name, future in futures.items():
+        try:
             future.result(timeout=60)
+        except (KafkaException, TimeoutError) as exc:
+            # A broker slow to answer (a loaded CI machine) leaves the topic for later; cleanup
+            # is housekeeping, and a test that passed must not fail in its teardown.
+            warnings.warn(f"topic {name} not deleted: {exc!r}", stacklevel=2)

@@ -246,7 +246,8 @@ def count_flops(model: nn.Module, input_size: int) -> int:
     model.eval()
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, 3, input_size, input_size, dtype=torch.uint8))
+            device = next(model.parameters()).device  # a model on the GPU counts alike
+            model(torch.zeros(1, 3, input_size, input_size, dtype=torch.uint8, device=device))
     finally:
         for h in handles:
             h.remove()

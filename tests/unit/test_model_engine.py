@@ -16,7 +16,7 @@ from model.checkpoint import save_checkpoint
 from model.decode import DecodeLimits, decode_rgb
 from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine, bucket_size, fixed_shape
 from model.errors import ImageDecodeError
-from model.models import create_model
+from model.models import count_flops, create_model
 from model.testing import synthetic_face_jpeg, train_tiny_checkpoint
 
 
@@ -210,3 +210,12 @@ def test_decoder_never_raises_anything_but_decode_error(data: bytes, cut: int, f
 
 
 _JPEG_SAMPLE = synthetic_face_jpeg(30, seed=9, size=32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flops_are_counted_alike_for_a_model_on_the_gpu() -> None:
+    """bench/inference.py counts the engine's model where it runs (it once failed on CUDA)."""
+    cpu = create_model("age_regressor", input_size=64)
+    gpu = create_model("age_regressor", input_size=64).to("cuda")
+    assert count_flops(gpu, gpu.config.input_size) == count_flops(cpu, cpu.config.input_size) > 0

@@ -18,8 +18,10 @@ tenacity and redis). Variants side by side, in one run:
   pipeline xK, pipeline-noop xK  (--processes K) K processes at once, each a pipeline on its own
                  users with cores / K threads: several worker processes per device, the way to feed
                  a GPU that one event loop cannot. Ratios are against the one-process engine rows.
-For the pipeline rows, `model busy` is the share of wall time the scorer (decode + forward pass) was
-running: below 1, the device waits for the pipeline. Writes bench/results/pipeline-<device>.json.
+With --decode-processes N, the engine and pipeline rows again as `... dpN`, frames decoded in N
+processes (AGEGATE_DECODE_PROCESSES, model/decode_pool.py). For the pipeline rows, `model busy` is
+the share of wall time the scorer (decode + forward pass) was running: below 1, the device waits
+for the pipeline. Writes bench/results/pipeline-<device>.json.
 """
 
 from __future__ import annotations
@@ -103,8 +105,12 @@ class BusyClock:
             self.busy_s += time.perf_counter() - started
 
 
-def load_engine(checkpoint: Path, device: str, threads: int, *, noop: bool) -> InferenceEngine:
-    engine = InferenceEngine.from_checkpoint(checkpoint, device=device, threads=threads)
+def load_engine(
+    checkpoint: Path, device: str, threads: int, *, noop: bool, decode_processes: int = 0
+) -> InferenceEngine:
+    engine = InferenceEngine.from_checkpoint(
+        checkpoint, device=device, threads=threads, decode_processes=decode_processes
+    )
     if noop:
         engine.infer = _noop_infer.__get__(engine)  # type: ignore[method-assign]
     return engine
@@ -279,7 +285,10 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: every core)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
-    parser.add_argument("--processes", default="", help="e.g. 2,4: also K pipeline-noop processes at once")
+    parser.add_argument("--processes", default="", help="e.g. 2,4: also K pipeline processes at once")
+    parser.add_argument(
+        "--decode-processes", default="", help="e.g. 1,4: also the engine and pipeline rows decoding in N processes"
+    )
     args = parser.parse_args()
     variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     n = args.events or (400 if args.quick else 2000)
@@ -294,27 +303,30 @@ def main() -> int:
     frames = frames_of(records)
     batch = load_settings(environ={}).batch_max_frames
     rows: dict[str, dict[str, float]] = {}
-    for noop in (False, True):
-        suffix = "-noop" if noop else ""
-        engine = load_engine(checkpoint, device, threads, noop=noop)
-        if f"engine{suffix}" in variants:
-            rows[f"engine{suffix}"] = {"frames_per_s": engine_rate(engine, frames, batch)}
-        if f"pipeline{suffix}" in variants:
-            asyncio.run(pipeline_run(engine, records[:200]))  # warm-up: imports, kernels, the codec's caches
-            rows[f"pipeline{suffix}"] = pipeline_row(asyncio.run(pipeline_run(engine, records)), len(frames))
-        engine.close()
+    for dp in [0] + [int(x) for x in args.decode_processes.split(",") if x.strip()]:
+        for noop in (False, True):
+            kind, suffix = "-noop" if noop else "", f" dp{dp}" if dp else ""
+            engine = load_engine(checkpoint, device, threads, noop=noop, decode_processes=dp)
+            if f"engine{kind}" in variants:
+                rows[f"engine{kind}{suffix}"] = {"frames_per_s": engine_rate(engine, frames, batch)}
+            if f"pipeline{kind}" in variants:
+                asyncio.run(pipeline_run(engine, records[:200]))  # warm-up: imports, kernels, the codec's caches
+                run = asyncio.run(pipeline_run(engine, records))
+                rows[f"pipeline{kind}{suffix}"] = pipeline_row(run, len(frames))
+            engine.close()
     for k in [int(x) for x in args.processes.split(",") if x.strip()]:
         for noop in (False, True):
             suffix = "-noop" if noop else ""
             if f"pipeline{suffix}" in variants:
                 rows[f"pipeline{suffix} x{k}"] = processes_row(checkpoint, device, k, n, noop=noop)
-    ratios = {
-        f"{name}_over_{base}": rows[name]["frames_per_s"] / rows[base]["frames_per_s"]
-        for name in rows
-        if name.startswith("pipeline")
-        and (base := "engine-noop" if name.startswith("pipeline-noop") else "engine") in rows
-    }
-    result = {
+    ratios: dict[str, float] = {}
+    for name in rows:
+        kind = "-noop" if name.startswith("pipeline-noop") else ""
+        pool = next((part for part in name.split() if part.startswith("dp")), "")
+        for base in {f"engine{kind}", f"engine{kind} {pool}".strip()}:
+            if name.startswith("pipeline") and base in rows:
+                ratios[f"{name}_over_{base}"] = rows[name]["frames_per_s"] / rows[base]["frames_per_s"]
+    result: dict[str, Any] = {
         "machine": machine(device),
         "events": n,
         "frames": len(frames),

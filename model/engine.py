@@ -20,6 +20,7 @@ import torch
 from model.checkpoint import CheckpointMeta, load_checkpoint
 from model.config import ModelConfig
 from model.decode import DecodeLimits, decode_rgb
+from model.decode_pool import DecodePool
 from model.errors import ImageDecodeError
 from model.models import AgeModel, Prediction, fuse_for_inference
 from model.uncertainty import UncertaintyCalibration
@@ -106,8 +107,10 @@ class InferenceEngine:
         limits: DecodeLimits | None = None,
         max_batch: int = 64,
         amp_dtype: torch.dtype | None = None,
+        decode_processes: int = 0,
     ) -> None:
-        """Takes ownership of `model`: it is fused (BN folded into convs) and moved in place."""
+        """Takes ownership of `model`: it is fused (BN folded into convs) and moved in place.
+        `decode_processes` > 0 decodes in that many processes (model/decode_pool.py), 0 in this one."""
         if threads > 0:
             # Process-wide in torch; the worker owns the process, so this is its inference budget.
             torch.set_num_threads(threads)
@@ -132,13 +135,27 @@ class InferenceEngine:
                 amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.amp_dtype = amp_dtype
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="agegate-decode")
+        self._pool = DecodePool(decode_processes, self.config.input_size, self.limits) if decode_processes else None
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str = "auto", threads: int = 0, limits: DecodeLimits | None = None
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+        limits: DecodeLimits | None = None,
+        decode_processes: int = 0,
     ) -> InferenceEngine:
         loaded = load_checkpoint(path)
-        return cls(loaded.model, meta=loaded.meta, device=device, threads=threads, limits=limits)
+        return cls(
+            loaded.model,
+            meta=loaded.meta,
+            device=device,
+            threads=threads,
+            limits=limits,
+            decode_processes=decode_processes,
+        )
 
     @property
     def model_version(self) -> str:
@@ -156,6 +173,8 @@ class InferenceEngine:
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.close()
 
     # -- steps -------------------------------------------------------------------------------------
 
@@ -164,6 +183,15 @@ class InferenceEngine:
         arrays: list[np.ndarray] = []
         indices: list[int] = []
         errors: dict[int, FrameError] = {}
+        if self._pool is not None:
+            decoded = self._pool.decode([(f.data, f.content_type) for f in frames])
+            for i, result in enumerate(decoded):
+                if isinstance(result, tuple):
+                    errors[i] = FrameError(*result)
+                else:
+                    arrays.append(result)
+                    indices.append(i)
+            return self._stacked(arrays, indices, errors, len(frames))
         for i, frame in enumerate(frames):
             try:
                 arrays.append(decode_rgb(frame.data, frame.content_type, size, self.limits))
@@ -173,12 +201,18 @@ class InferenceEngine:
             except Exception as exc:  # a decoder bug must still fail only its own frame
                 log.exception("unexpected decode failure")
                 errors[i] = FrameError("decode_failed", f"{type(exc).__name__}: {str(exc)[:200]}")
+        return self._stacked(arrays, indices, errors, len(frames))
+
+    def _stacked(
+        self, arrays: list[np.ndarray], indices: list[int], errors: dict[int, FrameError], total: int
+    ) -> DecodedBatch:
+        size = self.config.input_size
         if arrays:
             # NHWC -> NCHW view: the memory stays NHWC, i.e. channels_last, with no copy.
             pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         else:
             pixels = torch.zeros(0, 3, size, size, dtype=torch.uint8)
-        return DecodedBatch(pixels, tuple(indices), errors, len(frames))
+        return DecodedBatch(pixels, tuple(indices), errors, total)
 
     def infer(self, pixels: torch.Tensor) -> Prediction:
         """Forward a (N, 3, S, S) uint8 batch; returns CPU tensors, mean through the mean map (identity

@@ -131,6 +131,11 @@ class Settings:
         "auto", "AGEGATE_DEVICE", "Where inference runs: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
     )
     inference_threads: int = setting(0, "AGEGATE_INFERENCE_THREADS", "CPU threads for inference (0: all cores).")
+    decode_processes: int = setting(
+        0,
+        "AGEGATE_DECODE_PROCESSES",
+        "Processes decoding frames beside the event loop (0: in the inference thread). On a GPU, decode is the limit.",
+    )
     batch_max_frames: int = setting(64, "AGEGATE_BATCH_MAX_FRAMES", "A micro-batch closes at this many frames...")
     batch_max_wait_ms: float = setting(
         25.0, "AGEGATE_BATCH_MAX_WAIT_MS", "...or when its oldest frame waited this long."
@@ -319,7 +324,12 @@ _POSITIVE = (
     "retained_frames_retention_days",
     "promote_shadow_window_hours",
 )
-_NON_NEGATIVE = ("promote_shadow_min_events", "promote_shadow_max_mean_abs_diff_years", "inference_threads")
+_NON_NEGATIVE = (
+    "promote_shadow_min_events",
+    "promote_shadow_max_mean_abs_diff_years",
+    "inference_threads",
+    "decode_processes",
+)
 _SHARES = ("promote_shadow_max_action_change_rate", "promote_shadow_max_new_allow_rate")
 
 

@@ -80,6 +80,7 @@ def load_engine(settings: Settings, checkpoint: str | None = None) -> InferenceE
             device=settings.inference_device,
             threads=inference_threads(settings),
             limits=limits,
+            decode_processes=settings.decode_processes,
         )
     except (OSError, ModelError) as exc:  # FileNotFoundError is an OSError
         raise ModelUnavailable(str(exc)) from exc

@@ -218,7 +218,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(reference: Run, fault_run
 
 
 def test_sigterm_mid_stream_exits_cleanly_and_counts_nothing_twice(reference: Run, fault_run: dict) -> None:
-    worker = start_worker(fault_run, "first")
+    """Both workers decode frames in processes (AGEGATE_DECODE_PROCESSES): they exit cleanly with the
+    pool, and the beliefs equal the reference run's, which decoded in its inference thread."""
+    worker = start_worker(fault_run, "first", AGEGATE_DECODE_PROCESSES="2")
     thread, box = produce_in_background(fault_run["settings"], rate=40)
     wait_for_progress(fault_run["reader"], N_EVENTS // 3)
     worker.signal(signal.SIGTERM)
@@ -226,7 +228,7 @@ def test_sigterm_mid_stream_exits_cleanly_and_counts_nothing_twice(reference: Ru
     thread.join()
     # Everything decided before the exit was committed: the next worker does not redo it.
     before = set(fault_run["reader"].poll_until(["?"], timeout=2).accounted())
-    start_worker(fault_run, "restarted")
+    start_worker(fault_run, "restarted", AGEGATE_DECODE_PROCESSES="2")
     outputs = finish_and_compare(fault_run, box[0], reference, fault_run["redis_url"])
     duplicated = [k for k in before if len(outputs.decisions.get(k, [])) > 1]
     assert duplicated == []

@@ -182,7 +182,10 @@ def delete_topics(bootstrap: str, names: set[str]) -> None:
     names = {n for n in names if not n.startswith("_")}
     if not names:
         return
-    futures = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(sorted(names), operation_timeout=30)
+    # The client must outlive its futures: destroyed, it fails them ("Handle is terminating") or
+    # leaves them unresolved, and the topics stay.
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.delete_topics(sorted(names), operation_timeout=30)
     for name, future in futures.items():
         try:
             future.result(timeout=60)

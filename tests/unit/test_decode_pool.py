@@ -1,0 +1,93 @@
+"""Decoding in processes (AGEGATE_DECODE_PROCESSES) scores exactly as decoding in the inference thread,
+and a frame that kills its decoder process fails alone."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.decode import DecodeLimits
+from model.decode_pool import Decoded, DecodePool, decode_chunk
+from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine
+from model.testing import synthetic_face_jpeg
+
+KILL = b"kill this decoder"
+
+
+def dying_decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeLimits) -> list[Decoded]:
+    """Runs in the pool's children: a frame holding KILL ends the process, as a codec crash would."""
+    if any(data == KILL for data, _ in frames):
+        os._exit(3)
+    return decode_chunk(frames, size, limits)
+
+
+def frames() -> list[EncodedFrame]:
+    good = [EncodedFrame(synthetic_face_jpeg(age, seed=i), "image/jpeg") for i, age in enumerate((9, 15, 17, 19, 33))]
+    bad = [
+        EncodedFrame(b"\xff\xd8 not a jpeg", "image/jpeg"),
+        EncodedFrame(good[0].data[:200], "image/jpeg"),  # truncated
+        EncodedFrame(good[1].data, "image/gif"),  # a type we do not accept
+    ]
+    return [good[0], bad[0], good[1], good[2], bad[1], good[3], bad[2], good[4]]
+
+
+@pytest.fixture(scope="module")
+def pooled(tiny_model: Path) -> Iterator[InferenceEngine]:
+    engine = InferenceEngine.from_checkpoint(tiny_model, device="cpu", threads=1, decode_processes=2)
+    yield engine
+    engine.close()
+
+
+def test_decoding_in_processes_scores_exactly_as_in_the_thread(tiny_model: Path, pooled: InferenceEngine) -> None:
+    in_thread = InferenceEngine.from_checkpoint(tiny_model, device="cpu", threads=1)
+    batch = frames()
+    expected, got = in_thread.score(batch), pooled.score(batch)
+    assert [type(r) for r in got] == [type(r) for r in expected]
+    assert sum(isinstance(r, FrameError) for r in got) == 3
+    for a, b in zip(expected, got, strict=True):
+        if isinstance(a, FrameEstimate):
+            assert isinstance(b, FrameEstimate)
+            assert (a.mean, a.std) == pytest.approx((b.mean, b.std), abs=1e-5)
+        else:
+            assert isinstance(b, FrameError)
+            assert b.reason == a.reason
+
+
+def test_the_pool_splits_a_batch_over_its_processes_and_keeps_the_order() -> None:
+    pool = DecodePool(3, 32, DecodeLimits())
+    try:
+        data = [(synthetic_face_jpeg(20, seed=i), "image/jpeg") for i in range(7)] + [(b"junk", "image/jpeg")]
+        out = pool.decode(data)
+        alone = decode_chunk(data, 32, DecodeLimits())
+    finally:
+        pool.close()
+    assert len(out) == 8
+    for a, b in zip(alone, out, strict=True):
+        if isinstance(a, tuple):
+            assert b == a
+        else:
+            assert isinstance(b, np.ndarray)
+            assert np.array_equal(a, b)
+
+
+def test_a_frame_that_kills_its_decoder_fails_alone_and_the_pool_recovers() -> None:
+    pool = DecodePool(2, 32, DecodeLimits(), chunk_decoder=dying_decode_chunk)
+    try:
+        good = [(synthetic_face_jpeg(25, seed=i), "image/jpeg") for i in range(5)]
+        out = pool.decode([good[0], good[1], (KILL, "image/jpeg"), good[2], good[3]])
+        assert [isinstance(r, np.ndarray) for r in out] == [True, True, False, True, True]
+        assert out[2] == ("decoder_crashed", "the decoder process died on this frame")
+        assert pool.restarts >= 2  # the chunk's pool, then the pool that frame broke alone
+        after = pool.decode([good[4]])  # the pool works again
+        assert isinstance(after[0], np.ndarray)
+    finally:
+        pool.close()
+
+
+def test_a_pool_needs_a_process() -> None:
+    with pytest.raises(ValueError, match="at least one process"):
+        DecodePool(0, 32, DecodeLimits())

@@ -10,6 +10,8 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
   engine-noop  the engine with its forward pass replaced by a no-op (bench/noop_infer.py): a stand-in
                for a GPU, where inference is nearly free and the worker's own cost is what remains
   worker-noop  the worker with the same no-op forward pass (backlog)
+  worker dpN, worker-noop dpN  with --decode-processes N: those rows with frames decoded in N
+               processes (AGEGATE_DECODE_PROCESSES)
   soak         with --duration S: the worker paced at half its maximum for S seconds; resident memory
                (VmRSS) sampled at start, middle and end, to show it stays flat
 Peak RSS of the worker process (VmHWM) is reported too, and for each worker row the CPU each
@@ -80,6 +82,24 @@ def fresh_settings(batch: str) -> Settings:
     return settings
 
 
+RUN_SETTINGS: list[Settings] = []  # every worker run's topics, deleted once the benchmark ends
+
+
+def drop_topics(runs: list[Settings]) -> None:
+    """Delete the runs' topics once all rows are measured: left behind, every run adds ~80 partitions
+    and the local broker slows; deleted between rows, the broker's deferred file deletion (a minute
+    later) would take CPU from the next row."""
+    from confluent_kafka.admin import AdminClient
+
+    if not runs:
+        return
+    admin = AdminClient(runs[0].kafka_client_config())  # kept alive until its futures resolve
+    prefixes = tuple(s.topic_prefix for s in runs)
+    names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(prefixes)]
+    for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
+        future.result(timeout=60)
+
+
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("engine", "engine-all", "worker", "worker-b1", "latency@half", "engine-noop", "worker-noop")
 
@@ -123,17 +143,40 @@ def _service_pids(settings: Settings) -> dict[str, int]:
     return found
 
 
-class CpuMeter:
-    """CPU seconds per process over a window: where a small machine's cores went."""
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and every live descendant (the worker's decode processes, under its
+    fork server): work moved to a child must still be counted as the worker's."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += _cpu_s(p)
+        todo.extend(children.get(p, ()))
+    return total
 
-    def __init__(self, pids: dict[str, int]) -> None:
+
+class CpuMeter:
+    """CPU seconds per process (with its descendants) over a window: where a small machine's cores went."""
+
+    def __init__(self, pids: dict[str, int], *, with_descendants: frozenset[str] = frozenset({"worker"})) -> None:
         self.pids = pids
-        self.start = {name: _cpu_s(pid) for name, pid in pids.items()}
+        self.with_descendants = with_descendants
+        self.start = {name: self._cpu(name) for name in pids}
+
+    def _cpu(self, name: str) -> float:
+        pid = self.pids[name]
+        return _tree_cpu_s(pid) if name in self.with_descendants else _cpu_s(pid)
 
     def per_event_ms(self, events: int) -> dict[str, float]:
         return {
-            f"cpu_ms_per_event_{name}": (_cpu_s(pid) - self.start[name]) * 1000 / max(events, 1)
-            for name, pid in self.pids.items()
+            f"cpu_ms_per_event_{name}": (self._cpu(name) - self.start[name]) * 1000 / max(events, 1)
+            for name in self.pids
         }
 
 
@@ -202,6 +245,7 @@ def worker_run(
     seed: int,
     noop: bool = False,
     sample_rss: bool = False,
+    decode_processes: int = 0,
 ) -> dict[str, Any]:
     """Backlog (rate 0: produced before the worker starts) or paced (rate > 0: while it runs).
     `threads` 0 leaves the worker its own default (stream/pipeline/assemble.py inference_threads)."""
@@ -216,6 +260,7 @@ def worker_run(
         AGEGATE_BATCH_MAX_FRAMES=str(batch),
         AGEGATE_INFERENCE_THREADS=str(threads),
         AGEGATE_BATCH_MAX_WAIT_MS="25",
+        AGEGATE_DECODE_PROCESSES=str(decode_processes),
         **noop_env,
     )
     log = Path("/tmp") / f"agegate-bench-worker-{uuid.uuid4().hex[:6]}.log"
@@ -239,6 +284,7 @@ def worker_run(
     finally:
         worker.stop()
         reader.close()
+        RUN_SETTINGS.append(settings)
     decisions = [ds[0] for ds in outputs.decisions.values()]
     frames = sum(d["evidence"]["frames_scored"] for d in decisions)
     decided = sorted(d["decided_at"].timestamp() for d in decisions)
@@ -296,6 +342,13 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    try:
+        return measure()
+    finally:
+        drop_topics(RUN_SETTINGS)
+
+
+def measure() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
     parser.add_argument("--events", type=int, default=0)
@@ -305,6 +358,9 @@ def main() -> int:
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--duration", type=float, default=0.0, help="paced soak run seconds (0: none)")
+    parser.add_argument(
+        "--decode-processes", type=int, default=0, help="also the worker rows decoding in N processes (`... dpN`)"
+    )
     args = parser.parse_args()
     variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     n = args.events or (300 if args.quick else 1500)
@@ -320,6 +376,7 @@ def main() -> int:
     ]
     rows: dict[str, dict[str, Any]] = {}
     batch = settings.batch_max_frames
+    dp = args.decode_processes
     if "engine" in variants:
         rows["engine"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads)}
     if "engine-all" in variants:
@@ -337,16 +394,30 @@ def main() -> int:
         rows["worker-noop"] = worker_run(
             model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True
         )
+    if args.decode_processes:
+        if "worker" in variants:
+            rows[f"worker dp{dp}"] = worker_run(
+                model, n, batch=batch, rate=0, threads=worker_threads, seed=5, decode_processes=dp
+            )
+        if "worker-noop" in variants:
+            rows[f"worker-noop dp{dp}"] = worker_run(
+                model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True, decode_processes=dp
+            )
     if args.duration:
         rows["soak"] = worker_run(
             model, int(half * args.duration), batch=batch, rate=half, threads=worker_threads, seed=8, sample_rss=True
         )
     ratios: dict[str, float] = {}
+    dp_rows = [
+        (f"worker dp{args.decode_processes}", "engine"),
+        (f"worker-noop dp{args.decode_processes}", "engine-noop"),
+    ]
     for num, den in (
         ("worker", "engine"),
         ("worker", "engine-all"),
         ("worker", "worker-b1"),
         ("worker-noop", "engine-noop"),
+        *dp_rows,
     ):
         if num in rows and den in rows:
             ratios[f"{num}_over_{den}"] = rows[num]["frames_per_s"] / rows[den]["frames_per_s"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 
-if os.environ.get("AGEGATE_BENCH_NOOP_INFER") == "1":
+# Popped once read: the worker's own children (its decode processes, AGEGATE_DECODE_PROCESSES) only
+# decode, and must not each import torch to patch an engine they never run.
+if os.environ.pop("AGEGATE_BENCH_NOOP_INFER", None) == "1":
     from bench.noop_infer import patch_engine
 
     patch_engine()

@@ -272,7 +272,12 @@ def test_gpu_overlay_schedules_on_gpus(rendered: dict[str, list[Manifest]]) -> N
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert c["image"].endswith("-cuda")
-    assert env_config(rendered["overlays/gpu"])["AGEGATE_DEVICE"] == "cuda"
+    env = env_config(rendered["overlays/gpu"])
+    assert env["AGEGATE_DEVICE"] == "cuda"
+    # Decoding is a GPU worker's limit: decoder processes, sized with the inference threads to the request.
+    decoders, threads = int(env["AGEGATE_DECODE_PROCESSES"]), int(env["AGEGATE_INFERENCE_THREADS"])
+    assert decoders >= 2
+    assert decoders + threads == int(c["resources"]["requests"]["cpu"])
 
 
 def test_cpu_overlay_has_no_gpu_and_sized_threads(rendered: dict[str, list[Manifest]]) -> None:

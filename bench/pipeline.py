@@ -206,16 +206,17 @@ def pipeline_row(result: dict[str, float], frames: int) -> dict[str, float]:
 
 
 def _process_main(
-    checkpoint: str, device: str, threads: int, noop: bool, n_events: int, seed: int, barrier: Any, out: Any
+    checkpoint: str, device: str, threads: int, noop: bool, dp: int, n_events: int, seed: int, barrier: Any, out: Any
 ) -> None:
     """One of K pipeline processes: its own users, started together with the others."""
-    engine = load_engine(Path(checkpoint), device, threads, noop=noop)
+    engine = load_engine(Path(checkpoint), device, threads, noop=noop, decode_processes=dp)
     records = source_records(n_events, seed=seed, user_prefix=f"p{seed}")
     frames = len(frames_of(records))
     engine.score(frames_of(records[:20]))  # warm-up before the common start
     barrier.wait()
     wall_start = time.time()
     result = asyncio.run(pipeline_run(engine, records))
+    engine.close()
     out.put(
         {
             "events": result["events"],
@@ -227,7 +228,9 @@ def _process_main(
     )
 
 
-def processes_row(checkpoint: Path, device: str, k: int, n_events: int, *, noop: bool) -> dict[str, float]:
+def processes_row(
+    checkpoint: Path, device: str, k: int, n_events: int, *, noop: bool, decode_processes: int = 0
+) -> dict[str, float]:
     """K pipelines at once, each in its own process with cores / K inference threads; `model_busy`
     is the processes' mean."""
     ctx = mp.get_context("spawn")  # CUDA cannot be shared with a forked child
@@ -235,7 +238,8 @@ def processes_row(checkpoint: Path, device: str, k: int, n_events: int, *, noop:
     threads = max(1, (os.cpu_count() or 1) // k)
     procs = [
         ctx.Process(
-            target=_process_main, args=(str(checkpoint), device, threads, noop, n_events, 100 + i, barrier, out)
+            target=_process_main,
+            args=(str(checkpoint), device, threads, noop, decode_processes, n_events, 100 + i, barrier, out),
         )
         for i in range(k)
     ]
@@ -287,6 +291,9 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--processes", default="", help="e.g. 2,4: also K pipeline processes at once")
     parser.add_argument(
+        "--process-decoders", type=int, default=0, help="decode processes of each of the K pipelines (`... xK dpN`)"
+    )
+    parser.add_argument(
         "--decode-processes", default="", help="e.g. 1,4: also the engine and pipeline rows decoding in N processes"
     )
     args = parser.parse_args()
@@ -318,7 +325,10 @@ def main() -> int:
         for noop in (False, True):
             suffix = "-noop" if noop else ""
             if f"pipeline{suffix}" in variants:
-                rows[f"pipeline{suffix} x{k}"] = processes_row(checkpoint, device, k, n, noop=noop)
+                dp = args.process_decoders
+                rows[f"pipeline{suffix} x{k}" + (f" dp{dp}" if dp else "")] = processes_row(
+                    checkpoint, device, k, n, noop=noop, decode_processes=dp
+                )
     ratios: dict[str, float] = {}
     for name in rows:
         kind = "-noop" if name.startswith("pipeline-noop") else ""

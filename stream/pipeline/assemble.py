@@ -187,6 +187,7 @@ def shadow_scorer(settings: Settings, *, policy: Policy, sink: Sink) -> ShadowSc
         half_life_s=settings.belief_half_life_days * DAY_S,
         error_floor=ErrorFloor(engine.error_floor_years, engine.floor_ratio),
         batcher=batcher,
+        close_model=engine.close,
     )
 
 

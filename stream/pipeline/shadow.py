@@ -107,7 +107,9 @@ class ShadowScorer:
         half_life_s: float,
         error_floor: ErrorFloor,
         batcher: MicroBatcher[EncodedFrame, FrameResult] | None = None,
+        close_model: Callable[[], None] | None = None,
     ) -> None:
+        """`close_model`: run at `stop`, after the last batch (the shadow engine's own resources)."""
         self._score = score
         self.model_version = model_version
         self.error_floor = error_floor
@@ -116,6 +118,7 @@ class ShadowScorer:
         self.topic = topic
         self.half_life_s = half_life_s
         self._batcher = batcher
+        self._close_model = close_model
 
     def start(self) -> None:
         if self._batcher is not None:
@@ -124,6 +127,8 @@ class ShadowScorer:
     async def stop(self) -> None:
         if self._batcher is not None:
             await self._batcher.stop()
+        if self._close_model is not None:
+            self._close_model()
 
     async def score_resolved(self, resolved: Sequence[EncodedFrame | FrameError]) -> list[FrameResult]:
         """The shadow's results for the frames the live model scored (errors pass through)."""

@@ -718,7 +718,16 @@ class _Run:
 
 async def replay(cfg: ReplayConfig, *, engine: InferenceEngine | None = None) -> ReplaySummary:
     started = time.monotonic()
+    owned = engine is None  # loaded here: closed here (its decode processes, if any)
     engine = engine or load_engine(cfg.settings, cfg.model or None)
+    try:
+        return await _replay(cfg, engine, started)
+    finally:
+        if owned:
+            engine.close()
+
+
+async def _replay(cfg: ReplayConfig, engine: InferenceEngine, started: float) -> ReplaySummary:
     policy = load_policy(cfg.policy or cfg.settings.policy_file or None)
     state, resumed = _open_state(cfg, engine, policy)
     if state.done:

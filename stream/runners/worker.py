@@ -223,6 +223,8 @@ class WorkerRuntime:
             self.sink.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.engine is not None:
+            self.engine.close()  # its decode processes, if any, exit with the worker
 
 
 def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:

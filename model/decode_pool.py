@@ -16,6 +16,7 @@ from a process holding torch threads and an event loop.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,6 +43,28 @@ def decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeL
         except Exception as exc:  # a decoder bug fails only its own frame
             out.append(("decode_failed", f"{type(exc).__name__}: {str(exc)[:200]}"))
     return out
+
+
+# How often a decoder checks that the process it decodes for is still alive (seconds).
+OWNER_CHECK_S = 1.0
+
+
+def _exit_with_owner(owner: int) -> None:
+    """Pool initializer: a daemon thread ends this decoder once its owner is gone. The decoders are
+    children of the fork server, not of the owner, so a SIGKILLed worker would otherwise leave them
+    waiting for work for ever (in a pod the container goes with it; on a laptop they stayed)."""
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # alive, owned by another user (cannot happen here, but alive)
+                pass
+            threading.Event().wait(OWNER_CHECK_S)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 class DecodePool:
@@ -72,7 +95,12 @@ class DecodePool:
         self._finalizer = Finalize(None, self.close, exitpriority=100)
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("forkserver"))
+        return ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_exit_with_owner,
+            initargs=(os.getpid(),),
+        )
 
     def _restart(self) -> None:
         with self._lock:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,3 +116,37 @@ def test_a_child_process_that_never_closes_its_pool_still_exits() -> None:
             child.kill()
         assert not hung, "the child hung at exit with its decode pool open"
         assert child.exitcode == 0
+
+
+def own_a_pool_and_report_its_decoders(out: Any) -> None:
+    """A multiprocessing child that starts decoders, says who they are, then waits to be killed."""
+    pool = DecodePool(2, 32, DecodeLimits())
+    pool.decode([(synthetic_face_jpeg(30, seed=1), "image/jpeg")] * 4)
+    processes = pool._executor._processes or {}  # the executor's own record of its workers
+    out.put(sorted(pid for pid in processes))
+    threading.Event().wait(300)
+
+
+def test_the_decoders_of_a_killed_owner_exit() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    owner = ctx.Process(target=own_a_pool_and_report_its_decoders, args=(out,))
+    owner.start()
+    decoders = out.get(timeout=120)
+    assert len(decoders) == 2
+    assert all(_alive(p) for p in decoders)
+    owner.kill()
+    owner.join(30)
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in decoders) and time.monotonic() < deadline:
+        threading.Event().wait(0.2)  # polling a condition (the decoders' pids), with a deadline
+    assert not any(_alive(p) for p in decoders), "decoders outlived their SIGKILLed owner"
+
+
+def _alive(pid: int) -> bool:
+    """A live process, not a zombie waiting for its parent (the fork server) to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -167,3 +167,29 @@ def test_a_model_switch_never_narrows_the_belief_and_the_new_evidence_weighs_in_
     assert switched.floor == 3.0  # the larger floor of the versions mixed
     assert switched.floor_rms is not None
     assert switched.floor_rms < 3.0  # what the evidence alone says: mostly v2's
+
+
+def test_the_shape_is_fitted_relative_to_the_ratio_floor() -> None:
+    """Persistent error Gaussian relative to each person's std, but stds that differ by person: in
+    years that is a scale mixture, which the ratio already gives fusion. Fitted in years, the shape
+    would apply the spread twice; fitted relative to the ratio floor, it stays Gaussian."""
+    errors, s, ids = _heteroscedastic(0.5, subjects=4000)
+    in_years = fit_calibration(errors, np.full(errors.size, 3.0), ids.tolist())  # no std to standardise by
+    assert in_years.floor_shape_weight < 1.0  # the premise: in years the error is a mixture
+    cal = fit_calibration(errors, s, ids.tolist())
+    assert cal.floor_ratio == pytest.approx(0.5, abs=0.04)
+    assert (cal.floor_shape_weight, cal.floor_shape_narrow) == (1.0, 1.0)
+    assert "relative to the ratio floor" in cal.floor_shape_source
+
+
+def test_a_mixture_relative_to_the_ratio_floor_is_still_found() -> None:
+    """Some people far off and most close, each relative to their own std: the shape is real and kept."""
+    rng = np.random.default_rng(3)
+    subjects, per = 4000, 6
+    s = np.repeat(rng.uniform(1.0, 6.0, subjects), per)
+    scale = np.where(rng.random(subjects) < 0.6, 0.4, math.sqrt((1 - 0.6 * 0.4**2) / 0.4))
+    u = np.repeat(rng.normal(0.0, 1.0, subjects) * scale, per)
+    errors = s * (math.sqrt(0.5) * u + math.sqrt(0.5) * rng.normal(0.0, 1.0, subjects * per))
+    cal = fit_calibration(errors, s, np.repeat(np.arange(subjects), per).tolist())
+    assert cal.floor_shape_weight == pytest.approx(0.6, abs=0.1)
+    assert cal.floor_shape_narrow == pytest.approx(0.4, abs=0.1)

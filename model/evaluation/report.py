@@ -620,11 +620,25 @@ def _belief_coverage_section(name: str, cov: Mapping[str, Any]) -> str:
     rows += [
         [f"{n} fused (floor {cov['floor_years']:.2f} y)", cell["subjects"], *(cell["coverage"][lv] for lv in levels)]
         for n, cell in cov["by_fused_count"].items()
+        if cell["subjects"]  # a count no subject has enough images for says nothing
     ]
     return (
         f"<h2>Belief interval coverage: {html.escape(name)}</h2><p>Share of people whose true age lies in the "
         "fused belief's central interval; honest means each column stays near its nominal level at every "
         "count.</p>" + _table(["images fused", "n", *(f"nominal {lv}" for lv in levels)], rows)
+    )
+
+
+def _reliability_section(name: str, rel: Mapping[str, Any]) -> str:
+    """The decisions' stated P(age >= threshold) against the share of users really that old, per bin."""
+    rows = [
+        [f"{b['lo']:.2f}-{b['hi']:.2f}", b["n"], b["mean_p"], b["observed"]] for b in rel["reliability"] if b["n"]
+    ]
+    return (
+        f"<h2>Is P(age &ge; {rel['threshold']:g}) honest? {html.escape(name)}</h2><p>Per bin of the probability "
+        "the policy replay's decisions stated, the share of users whose true age was at least the threshold. "
+        "In the top bins it must be at least the stated probability: a shortfall there is a wrong ALLOW.</p>"
+        + _table(["stated P", "users", "mean stated", "observed"], rows)
     )
 
 
@@ -821,6 +835,8 @@ def render_html(
             )
             if pr.get("belief_coverage"):
                 parts.append(_belief_coverage_section(m["name"], pr["belief_coverage"]))
+            if (pr.get("p_at_least_threshold") or {}).get("threshold") is not None:
+                parts.append(_reliability_section(m["name"], pr["p_at_least_threshold"]))
     for title, uri in _plots(metrics, estimates):
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>")
     parts.append("<p>Full numbers: metrics.json next to this file (schema: docs/evaluation.md).</p></body></html>")

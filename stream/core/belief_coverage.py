@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from statistics import NormalDist
 from typing import Any
 
@@ -34,7 +35,9 @@ from stream.core.belief import (
 )
 
 NOMINAL_LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
-FUSED_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16)
+# Up to 40: the issue-11 target is honest coverage from 1 to 40 fused images (a user with tens of
+# uploads); a count no subject has enough images for is reported with 0 subjects.
+FUSED_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16, 40)
 _NOW = 1.7e9
 _Z = {level: NormalDist().inv_cdf(0.5 + level / 2) for level in NOMINAL_LEVELS}
 
@@ -107,3 +110,36 @@ def belief_coverage(
         "frame": {"images": len(frame_z), "coverage": interval_shares(frame_z)},
         "by_fused_count": by_count,
     }
+
+
+# Bins of P(age >= T) for the reliability table: fine where decisions are made (the high end,
+# where ALLOW and "clearly adult" live; the low end, where BLOCK lives), coarse in between.
+RELIABILITY_EDGES: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 1.0)
+
+
+def probability_reliability(
+    judged: Sequence[tuple[float, bool]], edges: Sequence[float] = RELIABILITY_EDGES
+) -> list[dict[str, Any]]:
+    """Is P(age >= T) as honest as its name? Per bin of the stated probability: how many beliefs, their
+    mean stated P, and the share that really were at least T.
+
+    `judged`: (stated P(age >= T), whether the true age was >= T) per belief. Interval coverage is a
+    proxy; this is the number a decision rests on. Honest or safe means the observed share is at
+    least the stated one in the top bins (a belief that says 0.97 is an adult at least 97% of the
+    time); a shortfall there is a wrong ALLOW waiting to happen. The last bin includes P = 1.
+    """
+    out: list[dict[str, Any]] = []
+    for i, (lo, hi) in enumerate(pairwise(edges)):
+        last = i == len(edges) - 2
+        cell = [(p, adult) for p, adult in judged if lo <= p < hi or (last and p == hi)]
+        n = len(cell)
+        out.append(
+            {
+                "lo": lo,
+                "hi": hi,
+                "n": n,
+                "mean_p": sum(p for p, _ in cell) / n if n else None,
+                "observed": sum(adult for _, adult in cell) / n if n else None,
+            }
+        )
+    return out

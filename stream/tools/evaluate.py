@@ -27,7 +27,7 @@ from typing import Any
 
 from model.evaluation.metrics import AGE_BANDS, DEFAULT_CONFIDENCE, Estimates, band_label
 from stream.core.belief import ErrorFloor
-from stream.core.belief_coverage import belief_coverage
+from stream.core.belief_coverage import belief_coverage, probability_reliability
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,8 @@ def replay_policy(
     bands = [band_label(lo, hi) for lo, hi in AGE_BANDS]
     counts: dict[str, dict[str, int]] = {b: dict.fromkeys(actions, 0) for b in bands}
     reasons: dict[str, int] = {}
+    judged: list[tuple[float, bool]] = []  # (stated P(age >= threshold), true age >= threshold)
+    threshold: float | None = None
     for user, idx in users.items():
         evidences = [
             bl.event_evidence(
@@ -207,6 +209,9 @@ def replay_policy(
         for r in decision.reason_codes:
             reasons[r] = reasons.get(r, 0) + 1
         age = float(sum(est.true_age[i] for i in idx) / len(idx))
+        p_stated, threshold = decision.evidence.p_at_least_threshold, decision.evidence.threshold
+        if p_stated is not None and threshold is not None:
+            judged.append((p_stated, age >= threshold))
         for (lo, hi), band in zip(AGE_BANDS, bands, strict=True):
             if lo <= age < hi:
                 counts[band][decision.action.value] += 1
@@ -226,6 +231,8 @@ def replay_policy(
         "overall": {a: (v / n_users if n_users else None) for a, v in totals.items()},
         "reason_codes": dict(sorted(reasons.items())),
         "by_age_band": by_band,
+        # The decisions' own P(age >= threshold) against the truth, per bin of what they stated.
+        "p_at_least_threshold": {"threshold": threshold, "reliability": probability_reliability(judged)},
     }
 
 

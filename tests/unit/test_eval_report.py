@@ -91,8 +91,14 @@ def test_eval_writes_metrics_and_report(dataset: Path, tmp_path: Path) -> None:
     coverage = replay["belief_coverage"]
     assert [coverage["by_fused_count"][n]["subjects"] for n in ("1", "2", "4")] == [150, 149, 0]
     assert coverage["floor_years"] == 1.0
+    honest = replay["p_at_least_threshold"]
+    assert honest["threshold"] == 18.0
+    assert sum(b["n"] for b in honest["reliability"]) == 150  # every user's decision, binned by what it stated
     html = (out / "report.html").read_text()
     assert "Belief interval coverage" in html
+    assert "2 fused" in html
+    assert "4 fused" not in html  # a count nobody has enough images for is left out
+    assert "honest?" in html
     assert html.count("data:image/png;base64,") >= 4
     assert "src='http" not in html
     assert "<script" not in html

@@ -27,8 +27,10 @@ Variants, side by side on the same frames:
 - `floor-by-age-max+mixture`: (b) with the model's floor shape.
   All three equal `floor` (resp. `floor+mixture`) for a model without a floor table.
 
-Reports at 1, 2, 5, 10, 20 and 40 uploads: minors (< 18) ALLOWed, adults 18-24 and 25+ ALLOWed, and
-the share of users whose true age lies inside the belief's 50/80/90/95% intervals. Writes
+Reports at 1, 2, 5, 10, 20 and 40 uploads: minors (< 18) ALLOWed, adults 18-24 and 25+ ALLOWed, the
+share of users whose true age lies inside the belief's 50/80/90/95% intervals, and the reliability
+of the decision's own P(age >= 18): per bin of the stated probability, the share really 18 or over
+(what "P = 0.97" has to mean for ALLOW to be safe). Writes
 bench/results/belief_safety.json. States the machine; nothing here is timed.
 """
 
@@ -72,7 +74,7 @@ from stream.core.belief import (  # noqa: E402
     event_evidence,
     fuse,
 )
-from stream.core.belief_coverage import belief_cdf_at, cdf_shares  # noqa: E402
+from stream.core.belief_coverage import belief_cdf_at, cdf_shares, probability_reliability  # noqa: E402
 from stream.core.policy import Action, PolicyEvent, decide, load_policy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "belief_safety.json"
@@ -161,6 +163,7 @@ def simulate(
     counts = {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0}
     cdf: dict[int, list[float]] = {n: [] for n in allowed}  # belief CDF at the true age
     by_group: dict[int, dict[str, list[float]]] = {n: {g: [] for g in counts} for n in allowed}
+    said: dict[int, list[tuple[float, bool]]] = {n: [] for n in allowed}  # (P(age >= 18) stated, true)
     examples: list[dict[str, Any]] = []
     for u, ests in zip(users, estimates, strict=True):
         group = "minor" if u.age < 18 else ("adult_18_24" if u.age < 25 else "adult_25_plus")
@@ -198,6 +201,8 @@ def simulate(
                         )
                 elif d.action is Action.ALLOW and group != "minor":  # (a minor who turned 18 counts nowhere)
                     allowed[n][group] += 1
+                if d.evidence.p_at_least_threshold is not None:
+                    said[n].append((d.evidence.p_at_least_threshold, true_now >= 18))
                 if belief is not None:  # judged with the floor the decision used
                     seen = (
                         belief
@@ -214,6 +219,8 @@ def simulate(
             # Pooled coverage is what a calibrated belief promises; by true age it cannot hold where
             # faces carry no age cue (every 20-28-year-old looks alike): shown so nobody reads it so.
             "coverage_by_true_age": {g: cdf_shares(v) for g, v in by_group[n].items()},
+            # What a decision rests on: of the beliefs stating P(age >= 18) in a bin, the share adult.
+            "p_adult_reliability": probability_reliability(said[n]),
         }
     return {"users": counts, "by_uploads": rows, "minor_allowed_examples": examples}
 
@@ -232,6 +239,21 @@ def table(results: dict[str, dict[str, Any]], uploads: int) -> str:
                 f" {row['adult_18_24_allowed']:>14.1%} {row['adult_25_plus_allowed']:>12.1%} "
                 + " ".join(f"{cov[k]:>8.3f}" for k in ("0.50", "0.80", "0.90", "0.95"))
             )
+    return "\n".join(lines)
+
+
+def reliability_table(res: dict[str, Any]) -> str:
+    """Stated P(age >= 18) against the share really adult, per bin (n: beliefs), by upload count."""
+    rows = res["by_uploads"]
+    bins = next(iter(rows.values()))["p_adult_reliability"]
+    head = " ".join(f"{'[{:.2f},{:.2f}]'.format(b['lo'], b['hi']):>21}" for b in bins)
+    lines = [f"{'uploads':>7} {head}", f"{'':>7} " + " ".join(f"{'said / true (n)':>21}" for _ in bins)]
+    for n, row in rows.items():
+        cells = [
+            "-" if b["n"] == 0 else f"{b['mean_p']:.3f} / {b['observed']:.3f} ({b['n']})"
+            for b in row["p_adult_reliability"]
+        ]
+        lines.append(f"{n:>7} " + " ".join(f"{c:>21}" for c in cells))
     return "\n".join(lines)
 
 
@@ -308,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{variant} variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%); "
             f"worst coverage miss {100 * miss:.1f} points ({level} interval, {at} uploads; target <= 3)"
         )
+    print("\nfloor variant (what the worker does): stated P(age >= 18) against the share really 18 or over")
+    print(reliability_table(results["floor"]))
     report = {
         "benchmark": "belief_safety",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},

@@ -631,9 +631,7 @@ def _belief_coverage_section(name: str, cov: Mapping[str, Any]) -> str:
 
 def _reliability_section(name: str, rel: Mapping[str, Any]) -> str:
     """The decisions' stated P(age >= threshold) against the share of users really that old, per bin."""
-    rows = [
-        [f"{b['lo']:.2f}-{b['hi']:.2f}", b["n"], b["mean_p"], b["observed"]] for b in rel["reliability"] if b["n"]
-    ]
+    rows = [[f"{b['lo']:.2f}-{b['hi']:.2f}", b["n"], b["mean_p"], b["observed"]] for b in rel["reliability"] if b["n"]]
     return (
         f"<h2>Is P(age &ge; {rel['threshold']:g}) honest? {html.escape(name)}</h2><p>Per bin of the probability "
         "the policy replay's decisions stated, the share of users whose true age was at least the threshold. "

@@ -640,6 +640,46 @@ def _reliability_section(name: str, rel: Mapping[str, Any]) -> str:
     )
 
 
+def _by_images_section(name: str, by_count: Mapping[str, Any]) -> str:
+    """Who the policy ALLOWs as a user's images accumulate: below the threshold, just above it, well above."""
+
+    def cell(g: Mapping[str, Any], key: str) -> str:
+        return "—" if g[key] is None else f"{g[key]:.1%}"
+
+    rows = [
+        [
+            n,
+            c["users"],
+            f"{c['under']['allowed']}/{c['under']['n']}",
+            cell(c["under"], "allowed_share"),
+            cell(c["near"], "allowed_share"),
+            cell(c["near"], "verification_share"),
+            cell(c["above"], "allowed_share"),
+            cell(c["above"], "verification_share"),
+        ]
+        for n, c in by_count.items()
+        if c["users"]
+    ]
+    return (
+        f"<h2>Decisions as images accumulate: {html.escape(name)}</h2><p>Each user's first n images fused, "
+        "then decided. Below the threshold, ALLOW is the worst outcome; adults within 3 years above it and "
+        "those older show what the policy costs them.</p>"
+        + _table(
+            [
+                "images",
+                "users",
+                "under ALLOWed",
+                "under ALLOWed %",
+                "near ALLOWed",
+                "near verification",
+                "above ALLOWed",
+                "above verification",
+            ],
+            rows,
+        )
+    )
+
+
 def render_html(
     metrics: Mapping[str, Any], gate_text: str = "", estimates: Mapping[str, Estimates] | None = None
 ) -> str:
@@ -835,6 +875,8 @@ def render_html(
                 parts.append(_belief_coverage_section(m["name"], pr["belief_coverage"]))
             if (pr.get("p_at_least_threshold") or {}).get("threshold") is not None:
                 parts.append(_reliability_section(m["name"], pr["p_at_least_threshold"]))
+            if pr.get("by_images_fused"):
+                parts.append(_by_images_section(m["name"], pr["by_images_fused"]))
     for title, uri in _plots(metrics, estimates):
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>")
     parts.append("<p>Full numbers: metrics.json next to this file (schema: docs/evaluation.md).</p></body></html>")

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from model.evaluation.metrics import AGE_BANDS, DEFAULT_CONFIDENCE, Estimates, band_label
-from stream.core.belief import ErrorFloor
-from stream.core.belief_coverage import belief_coverage, probability_reliability
+from stream.core.belief import ErrorFloor, event_evidence, fuse
+from stream.core.belief_coverage import FUSED_COUNTS, belief_coverage, probability_reliability
+from stream.core.policy import Action, Decision, Policy, PolicyEvent, decide, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +168,11 @@ def replay_policy(
     policy decides once, as the worker would after seeing those photos. Rows without a subject id
     are users of one frame (which the policy's `min_observations` may keep from ALLOW). The
     user's true age is the mean of their rows' ages. `now` is fixed so a replay is reproducible.
+    `by_images_fused` repeats the decision on each user's first n images (FUSED_COUNTS): who was
+    ALLOWed below the threshold and how adults fared, as uploads accumulate.
     """
-    from stream.core import belief as bl
-    from stream.core import policy as pol
-
-    policy = pol.load_policy(policy_path)
-    event = pol.PolicyEvent(
+    policy = load_policy(policy_path)
+    event = PolicyEvent(
         jurisdiction=jurisdiction or policy.default_jurisdiction,
         surface=surface or DEFAULT_REPLAY_SURFACE,
         event_time=now,
@@ -181,34 +181,22 @@ def replay_policy(
     for i in range(len(est)):
         key = str(est.subject_id[i]) if est.subject_id is not None else f"row-{i}"
         users.setdefault(key, []).append(i)
-    actions = [a.value for a in pol.Action]
+
+    def decide_on(user: str, idx: list[int]) -> tuple[Decision, float]:
+        """The decision on these images of one user, and the user's true age over them."""
+        decision = _decide_user(est, user, idx, floor, event, policy, model_version, now)
+        return decision, float(sum(est.true_age[i] for i in idx) / len(idx))
+
+    actions = [a.value for a in Action]
     bands = [band_label(lo, hi) for lo, hi in AGE_BANDS]
     counts: dict[str, dict[str, int]] = {b: dict.fromkeys(actions, 0) for b in bands}
     reasons: dict[str, int] = {}
     judged: list[tuple[float, bool]] = []  # (stated P(age >= threshold), true age >= threshold)
     threshold: float | None = None
     for user, idx in users.items():
-        evidences = [
-            bl.event_evidence(
-                f"{user}/{k}",
-                now - 60.0 * (len(idx) - k),
-                [(float(est.mean[i]), float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)],
-                floor,
-            )
-            for k, i in enumerate(idx)
-        ]
-        fused = bl.fuse(
-            None,
-            [e for e in evidences if e is not None],
-            now=now,
-            half_life_s=policy.half_life_s,
-            model_version=model_version,
-            floor=floor.minimum if isinstance(floor, ErrorFloor) else floor,
-        )
-        decision = pol.decide(fused.belief, event, policy, now=now)
+        decision, age = decide_on(user, idx)
         for r in decision.reason_codes:
             reasons[r] = reasons.get(r, 0) + 1
-        age = float(sum(est.true_age[i] for i in idx) / len(idx))
         p_stated, threshold = decision.evidence.p_at_least_threshold, decision.evidence.threshold
         if p_stated is not None and threshold is not None:
             judged.append((p_stated, age >= threshold))
@@ -221,6 +209,10 @@ def replay_policy(
         by_band[band] = {"n": n, "rates": {a: (v / n if n else None) for a, v in c.items()}}
     totals = {a: sum(c[a] for c in counts.values()) for a in actions}
     n_users = sum(totals.values())
+    by_count = {
+        str(n): _outcomes([decide_on(user, idx[:n]) for user, idx in users.items() if len(idx) >= n])
+        for n in FUSED_COUNTS
+    }
     return {
         "policy_file": str(policy_path) if policy_path else "(built-in default)",
         "policy_version": policy.version,
@@ -233,6 +225,70 @@ def replay_policy(
         "by_age_band": by_band,
         # The decisions' own P(age >= threshold) against the truth, per bin of what they stated.
         "p_at_least_threshold": {"threshold": threshold, "reliability": probability_reliability(judged)},
+        "by_images_fused": by_count,
+    }
+
+
+# Adults "near" the threshold: within this many years above it (where a model that cannot tell 18
+# from 21 sends them to verification), "above": older.
+NEAR_THRESHOLD_YEARS = 3.0
+
+
+def _decide_user(
+    est: Estimates,
+    user: str,
+    idx: list[int],
+    floor: ErrorFloor | float,
+    event: PolicyEvent,
+    policy: Policy,
+    model_version: str,
+    now: float,
+) -> Decision:
+    """Fuse these images of one user (each its own event, a minute apart) and decide, as the worker would."""
+    evidences = [
+        event_evidence(
+            f"{user}/{k}",
+            now - 60.0 * (len(idx) - k),
+            [(float(est.mean[i]), float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)],
+            floor,
+        )
+        for k, i in enumerate(idx)
+    ]
+    fused = fuse(
+        None,
+        [e for e in evidences if e is not None],
+        now=now,
+        half_life_s=policy.half_life_s,
+        model_version=model_version,
+        floor=floor.minimum if isinstance(floor, ErrorFloor) else floor,
+    )
+    return decide(fused.belief, event, policy, now=now)
+
+
+def _outcomes(decided: list[tuple[Decision, float]]) -> dict[str, Any]:
+    """Users below the threshold ALLOWed, adults near and well above it ALLOWed or sent to verification."""
+    groups: dict[str, list[Action]] = {"under": [], "near": [], "above": []}
+    for decision, age in decided:
+        t = decision.evidence.threshold
+        if t is None:
+            continue
+        group = "under" if age < t else ("near" if age < t + NEAR_THRESHOLD_YEARS else "above")
+        groups[group].append(decision.action)
+
+    def share(acts: list[Action], action: Action) -> float | None:
+        return sum(a is action for a in acts) / len(acts) if acts else None
+
+    return {
+        "users": len(decided),
+        **{
+            g: {
+                "n": len(acts),
+                "allowed": sum(a is Action.ALLOW for a in acts),
+                "allowed_share": share(acts, Action.ALLOW),
+                "verification_share": share(acts, Action.REQUIRE_VERIFICATION),
+            }
+            for g, acts in groups.items()
+        },
     }
 
 

@@ -94,11 +94,17 @@ def test_eval_writes_metrics_and_report(dataset: Path, tmp_path: Path) -> None:
     honest = replay["p_at_least_threshold"]
     assert honest["threshold"] == 18.0
     assert sum(b["n"] for b in honest["reliability"]) == 150  # every user's decision, binned by what it stated
+    by_count = replay["by_images_fused"]
+    assert by_count["1"]["users"] == 150
+    assert by_count["4"]["users"] == 0  # nobody has 4 images
+    assert sum(by_count["1"][g]["n"] for g in ("under", "near", "above")) == 150
+    assert by_count["1"]["under"]["allowed"] == 0  # the children of this set are never ALLOWed 18+
     html = (out / "report.html").read_text()
     assert "Belief interval coverage" in html
     assert "2 fused" in html
     assert "4 fused" not in html  # a count nobody has enough images for is left out
     assert "honest?" in html
+    assert "Decisions as images accumulate" in html
     assert html.count("data:image/png;base64,") >= 4
     assert "src='http" not in html
     assert "<script" not in html

@@ -1,11 +1,12 @@
 """Minors ALLOWed and adults burdened as uploads accumulate: the belief's honesty, measured.
 
-    python bench/belief_safety.py [--checkpoint PATH] [--users 400] [--uploads 40] [--frames-per-upload 2] [--quick]
+    python bench/belief_safety.py [--checkpoint PATH] [--users 400] [--uploads 40] [--frames-per-upload 2]
+                                  [--surface adult_content] [--quick]
 
 A population that holds the hard cases: users aged 12-25 (every threshold's neighbourhood) plus
 adults 25-40, each with a persistent look-older/younger offset of the synthetic generator's spread
-and per-photo noise, each uploading one 2-frame event a day to adult content under the DEFAULT
-policy. Every upload is scored by the real model (InferenceEngine), fused by the real `fuse` and
+and per-photo noise, each uploading one 2-frame event a day to adult content (or --surface) under the
+DEFAULT policy. Every upload is scored by the real model (InferenceEngine), fused by the real `fuse` and
 decided by the real `decide`, with hysteresis as the worker keeps it.
 
 Variants, side by side on the same frames:
@@ -27,10 +28,11 @@ Variants, side by side on the same frames:
 - `floor-by-age-max+mixture`: (b) with the model's floor shape.
   All three equal `floor` (resp. `floor+mixture`) for a model without a floor table.
 
-Reports at 1, 2, 5, 10, 20 and 40 uploads: minors (< 18) ALLOWed, adults 18-24 and 25+ ALLOWed, the
-share of users whose true age lies inside the belief's 50/80/90/95% intervals, and the reliability
-of the decision's own P(age >= 18): per bin of the stated probability, the share really 18 or over
-(what "P = 0.97" has to mean for ALLOW to be safe). Writes
+Reports at 1, 2, 5, 10, 20 and 40 uploads: users below the surface's threshold T ALLOWed (for adult
+content, minors), users T..T+6 and T+7+ ALLOWed, the share of users whose true age lies inside the
+belief's 50/80/90/95% intervals, and the reliability of the decision's own P(age >= T): per bin of
+the stated probability, the share really T or older (what "P = 0.97" has to mean for ALLOW to be
+safe). `--surface` judges another surface of the DEFAULT policy (messaging_unknown_adults: T = 16). Writes
 bench/results/belief_safety.json. States the machine; nothing here is timed.
 """
 
@@ -82,7 +84,11 @@ DAY = 86400.0
 START = 1.79e9
 REPORT_AT = (1, 2, 5, 10, 20, 40)
 FRAMES_PER_UPLOAD = 2  # the default; --frames-per-upload 1 makes every image its own event (as `agegate eval`)
-SURFACE = "adult_content"
+SURFACE = "adult_content"  # the default; --surface judges another of the DEFAULT policy's surfaces
+# Groups by age at the first upload, relative to the surface's threshold T: under T, T to T+6 ("near":
+# for 18, the 18-24-year-olds a model that cannot tell 20 from 28 struggles with), T+7 and older.
+GROUPS = ("under", "near", "above")
+NEAR_YEARS = 7
 VARIANTS = (
     "independent-raw",
     "independent-calibrated",
@@ -154,19 +160,21 @@ def simulate(
     model_shape: FloorShape = GAUSSIAN_FLOOR,
     table: FloorTable = NO_FLOOR_TABLE,
     per_upload: int = FRAMES_PER_UPLOAD,
+    surface: str = SURFACE,
 ) -> dict[str, Any]:
     policy = load_policy(None)
+    threshold = threshold_of(surface)
     shape = model_shape if variant in MIXTURE_VARIANTS else GAUSSIAN_FLOOR
     by_age = floor_by_age(variant, table)
     rows: dict[int, dict[str, Any]] = {}
-    allowed = {n: {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0} for n in REPORT_AT if n <= uploads}
-    counts = {"minor": 0, "adult_18_24": 0, "adult_25_plus": 0}
+    allowed = {n: dict.fromkeys(GROUPS, 0) for n in REPORT_AT if n <= uploads}
+    counts = dict.fromkeys(GROUPS, 0)
     cdf: dict[int, list[float]] = {n: [] for n in allowed}  # belief CDF at the true age
     by_group: dict[int, dict[str, list[float]]] = {n: {g: [] for g in counts} for n in allowed}
-    said: dict[int, list[tuple[float, bool]]] = {n: [] for n in allowed}  # (P(age >= 18) stated, true)
+    said: dict[int, list[tuple[float, bool]]] = {n: [] for n in allowed}  # (P(age >= T) stated, true)
     examples: list[dict[str, Any]] = []
     for u, ests in zip(users, estimates, strict=True):
-        group = "minor" if u.age < 18 else ("adult_18_24" if u.age < 25 else "adult_25_plus")
+        group = "under" if u.age < threshold else ("near" if u.age < threshold + NEAR_YEARS else "above")
         counts[group] += 1
         belief: Belief | None = None
         prev: Action | None = None
@@ -177,7 +185,7 @@ def simulate(
             belief = fuse(belief, evs, now=t, half_life_s=policy.half_life_s, model_version="m", floor=fl).belief
             d = decide(
                 belief,
-                PolicyEvent("DEFAULT", SURFACE, t, previous_action=prev),
+                PolicyEvent("DEFAULT", surface, t, previous_action=prev),
                 policy,
                 now=t,
                 floor_shape=shape,
@@ -187,8 +195,8 @@ def simulate(
             n = k + 1
             if n in allowed:
                 true_now = u.age + k * DAY / YEAR_S
-                if d.action is Action.ALLOW and true_now < 18:
-                    allowed[n]["minor"] += 1
+                if d.action is Action.ALLOW and true_now < threshold:
+                    allowed[n]["under"] += 1
                     if len(examples) < 5:
                         examples.append(
                             {
@@ -199,10 +207,10 @@ def simulate(
                                 "age_std": round(d.evidence.age_std or 0, 3),
                             }
                         )
-                elif d.action is Action.ALLOW and group != "minor":  # (a minor who turned 18 counts nowhere)
+                elif d.action is Action.ALLOW and group != "under":  # (someone who came of age counts nowhere)
                     allowed[n][group] += 1
                 if d.evidence.p_at_least_threshold is not None:
-                    said[n].append((d.evidence.p_at_least_threshold, true_now >= 18))
+                    said[n].append((d.evidence.p_at_least_threshold, true_now >= threshold))
                 if belief is not None:  # judged with the floor the decision used
                     seen = (
                         belief
@@ -214,44 +222,50 @@ def simulate(
     for n in allowed:
         rows[n] = {
             **{f"{g}_allowed": allowed[n][g] / counts[g] if counts[g] else None for g in counts},
-            "minors_allowed_count": allowed[n]["minor"],
+            "under_allowed_count": allowed[n]["under"],
             "coverage": cdf_shares(cdf[n]),
             # Pooled coverage is what a calibrated belief promises; by true age it cannot hold where
             # faces carry no age cue (every 20-28-year-old looks alike): shown so nobody reads it so.
             "coverage_by_true_age": {g: cdf_shares(v) for g, v in by_group[n].items()},
-            # What a decision rests on: of the beliefs stating P(age >= 18) in a bin, the share adult.
-            "p_adult_reliability": probability_reliability(said[n]),
+            # What a decision rests on: of the beliefs stating P(age >= T) in a bin, the share really T or over.
+            "p_at_least_threshold_reliability": probability_reliability(said[n]),
         }
-    return {"users": counts, "by_uploads": rows, "minor_allowed_examples": examples}
+    return {"threshold": threshold, "users": counts, "by_uploads": rows, "under_allowed_examples": examples}
+
+
+def threshold_of(surface: str) -> float:
+    """The DEFAULT jurisdiction's minimum age for this surface (the policy the worker ships with)."""
+    return load_policy(None).jurisdictions["DEFAULT"].surfaces[surface].min_age
 
 
 def table(results: dict[str, dict[str, Any]], uploads: int) -> str:
+    t = int(next(iter(results.values()))["threshold"])
     lines = [
-        f"{'variant':<24} {'uploads':>7} {'minors ALLOWed':>16} {'18-24 ALLOWed':>14} {'25+ ALLOWed':>12} "
-        f"{'cover50':>8} {'cover80':>8} {'cover90':>8} {'cover95':>8}"
+        f"{'variant':<24} {'uploads':>7} {f'under-{t} ALLOWed':>18} {f'{t}-{t + NEAR_YEARS - 1} ALLOWed':>14} "
+        f"{f'{t + NEAR_YEARS}+ ALLOWed':>12} {'cover50':>8} {'cover80':>8} {'cover90':>8} {'cover95':>8}"
     ]
     for variant, res in results.items():
-        minors = res["users"]["minor"]
+        under = res["users"]["under"]
         for n, row in res["by_uploads"].items():
             cov = row["coverage"]
             lines.append(
-                f"{variant:<24} {n:>7} {row['minors_allowed_count']:>5}/{minors:<4} ({row['minor_allowed']:6.1%})"
-                f" {row['adult_18_24_allowed']:>14.1%} {row['adult_25_plus_allowed']:>12.1%} "
+                f"{variant:<24} {n:>7} {row['under_allowed_count']:>7}/{under:<4} ({row['under_allowed']:6.1%})"
+                f" {row['near_allowed']:>14.1%} {row['above_allowed']:>12.1%} "
                 + " ".join(f"{cov[k]:>8.3f}" for k in ("0.50", "0.80", "0.90", "0.95"))
             )
     return "\n".join(lines)
 
 
 def reliability_table(res: dict[str, Any]) -> str:
-    """Stated P(age >= 18) against the share really adult, per bin (n: beliefs), by upload count."""
+    """Stated P(age >= T) against the share really T or older, per bin (n: beliefs), by upload count."""
     rows = res["by_uploads"]
-    bins = next(iter(rows.values()))["p_adult_reliability"]
+    bins = next(iter(rows.values()))["p_at_least_threshold_reliability"]
     head = " ".join(f"{'[{:.2f},{:.2f}]'.format(b['lo'], b['hi']):>21}" for b in bins)
     lines = [f"{'uploads':>7} {head}", f"{'':>7} " + " ".join(f"{'said / true (n)':>21}" for _ in bins)]
     for n, row in rows.items():
         cells = [
             "-" if b["n"] == 0 else f"{b['mean_p']:.3f} / {b['observed']:.3f} ({b['n']})"
-            for b in row["p_adult_reliability"]
+            for b in row["p_at_least_threshold_reliability"]
         ]
         lines.append(f"{n:>7} " + " ".join(f"{c:>21}" for c in cells))
     return "\n".join(lines)
@@ -271,8 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="100 users, 10 uploads (a smoke run)")
+    parser.add_argument(
+        "--surface",
+        default=SURFACE,
+        help="a surface of the DEFAULT policy: its threshold sets the groups (under, T..T+6, T+7+)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    try:
+        threshold = threshold_of(args.surface)
+    except KeyError:
+        parser.error(f"--surface {args.surface!r} is not a surface of the DEFAULT policy")
     if args.quick:
         args.users, args.uploads = 100, 10
     if args.checkpoint:
@@ -297,7 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     by_age = cal.floor_table
     results = {
         v: simulate(
-            users, estimates, args.uploads, cal.std_scale, model_floor, v, shape, by_age, args.frames_per_upload
+            users,
+            estimates,
+            args.uploads,
+            cal.std_scale,
+            model_floor,
+            v,
+            shape,
+            by_age,
+            args.frames_per_upload,
+            args.surface,
         )
         for v in VARIANTS
     }
@@ -313,13 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"floor by predicted age: {bands or 'none'} ({by_age.source})")
     print(
         f"population: {len(users)} users ({results['floor']['users']}), one {args.frames_per_upload}-frame upload a "
-        f"day to {SURFACE} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
+        f"day to {args.surface} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
         f"{IMAGE_NOISE_SD} y"
     )
     print(table(results, args.uploads))
     for variant in VARIANTS[2:]:
         rows = results[variant]["by_uploads"]
-        worst = max(row["minor_allowed"] for row in rows.values())
+        worst = max(row["under_allowed"] for row in rows.values())
         miss, level, at = max(
             (abs(share - float(level)), level, n)
             for n, row in rows.items()
@@ -327,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
             if share is not None
         )
         print(
-            f"{variant} variant: worst minors-ALLOWed share over upload counts {worst:.2%} (target <= 0.5%); "
+            f"{variant} variant: worst under-{threshold:g} ALLOWed share over upload counts {worst:.2%} "
+            "(target <= 0.5%); "
             f"worst coverage miss {100 * miss:.1f} points ({level} interval, {at} uploads; target <= 3)"
         )
-    print("\nfloor variant (what the worker does): stated P(age >= 18) against the share really 18 or over")
+    print(f"\nfloor variant (what the worker does): stated P(age >= {threshold:g}) against the share really that old")
     print(reliability_table(results["floor"]))
     report = {
         "benchmark": "belief_safety",
@@ -362,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             "uploads": args.uploads,
             "seed": args.seed,
             "frames_per_upload": args.frames_per_upload,
-            "surface": SURFACE,
+            "surface": args.surface,
+            "threshold": threshold,
             "policy": "DEFAULT",
         },
         "variants": results,

@@ -161,9 +161,10 @@ def simulate(
     table: FloorTable = NO_FLOOR_TABLE,
     per_upload: int = FRAMES_PER_UPLOAD,
     surface: str = SURFACE,
+    policy_file: str | None = None,
 ) -> dict[str, Any]:
-    policy = load_policy(None)
-    threshold = threshold_of(surface)
+    policy = load_policy(policy_file)
+    threshold = threshold_of(surface, policy_file)
     shape = model_shape if variant in MIXTURE_VARIANTS else GAUSSIAN_FLOOR
     by_age = floor_by_age(variant, table)
     rows: dict[int, dict[str, Any]] = {}
@@ -233,9 +234,9 @@ def simulate(
     return {"threshold": threshold, "users": counts, "by_uploads": rows, "under_allowed_examples": examples}
 
 
-def threshold_of(surface: str) -> float:
-    """The DEFAULT jurisdiction's minimum age for this surface (the policy the worker ships with)."""
-    return load_policy(None).jurisdictions["DEFAULT"].surfaces[surface].min_age
+def threshold_of(surface: str, policy_file: str | None = None) -> float:
+    """The DEFAULT jurisdiction's minimum age for this surface (default: the policy the worker ships with)."""
+    return load_policy(policy_file).jurisdictions["DEFAULT"].surfaces[surface].min_age
 
 
 def table(results: dict[str, dict[str, Any]], uploads: int) -> str:
@@ -290,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         default=SURFACE,
         help="a surface of the DEFAULT policy: its threshold sets the groups (under, T..T+6, T+7+)",
     )
+    parser.add_argument("--policy", help="policy file (default: the packaged DEFAULT policy), e.g. a candidate")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:
-        threshold = threshold_of(args.surface)
+        threshold = threshold_of(args.surface, args.policy)
     except KeyError:
         parser.error(f"--surface {args.surface!r} is not a surface of the DEFAULT policy")
     if args.quick:
@@ -330,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             by_age,
             args.frames_per_upload,
             args.surface,
+            args.policy,
         )
         for v in VARIANTS
     }
@@ -397,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             "frames_per_upload": args.frames_per_upload,
             "surface": args.surface,
             "threshold": threshold,
-            "policy": "DEFAULT",
+            "policy": args.policy or "packaged",
+            "jurisdiction": "DEFAULT",
         },
         "variants": results,
     }

@@ -65,6 +65,29 @@ def belief_cdf_at(belief: Belief, age: float, t: float, half_life_s: float, shap
     )
 
 
+def fuse_images(
+    user: str,
+    frames: Sequence[tuple[float, float]],
+    floor: ErrorFloor | float,
+    *,
+    now: float,
+    half_life_s: float,
+    model_version: str,
+) -> Belief | None:
+    """A user's images (estimated mean, calibrated std), each its own event a minute apart up to `now`,
+    fused from no belief with the real `fuse`: what the worker would hold after those uploads. Used by
+    the coverage above and by `agegate eval`'s policy replay, so both judge the same belief."""
+    model_floor = floor if isinstance(floor, ErrorFloor) else ErrorFloor(floor)
+    evidence: list[Evidence] = []
+    for k, frame in enumerate(frames):
+        ev = event_evidence(f"{user}/{k}", now - 60.0 * (len(frames) - k), [frame], model_floor)
+        if ev is not None:
+            evidence.append(ev)
+    return fuse(
+        None, evidence, now=now, half_life_s=half_life_s, model_version=model_version, floor=model_floor.minimum
+    ).belief
+
+
 def belief_coverage(
     subjects: Mapping[str, Sequence[tuple[float, float, float]]],
     *,
@@ -89,14 +112,9 @@ def belief_coverage(
             if len(images) < n:
                 continue
             used = images[:n]
-            evs: list[Evidence] = []
-            for k, (_, m, s) in enumerate(used):
-                ev = event_evidence(f"{sid}/{k}", _NOW - 60.0 * (n - k), [(m, s)], model_floor)
-                if ev is not None:
-                    evs.append(ev)
-            belief = fuse(
-                None, evs, now=_NOW, half_life_s=math.inf, model_version="eval", floor=model_floor.minimum
-            ).belief
+            belief = fuse_images(
+                sid, [(m, s) for _, m, s in used], model_floor, now=_NOW, half_life_s=math.inf, model_version="eval"
+            )
             if belief is None:
                 continue
             target = sum(age for age, _, _ in used) / n

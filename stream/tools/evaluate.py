@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from model.evaluation.metrics import AGE_BANDS, DEFAULT_CONFIDENCE, Estimates, band_label
-from stream.core.belief import ErrorFloor, event_evidence, fuse
-from stream.core.belief_coverage import FUSED_COUNTS, belief_coverage, probability_reliability
+from stream.core.belief import ErrorFloor
+from stream.core.belief_coverage import FUSED_COUNTS, belief_coverage, fuse_images, probability_reliability
 from stream.core.policy import Action, Decision, Policy, PolicyEvent, decide, load_policy
 
 log = logging.getLogger(__name__)
@@ -229,8 +229,8 @@ def replay_policy(
     }
 
 
-# Adults "near" the threshold: within this many years above it (where a model that cannot tell 18
-# from 21 sends them to verification), "above": older.
+# Users "near" the threshold: within this many years above it (where a model that cannot tell 18
+# from 21 sends them to verification); "above": older.
 NEAR_THRESHOLD_YEARS = 3.0
 
 
@@ -245,28 +245,13 @@ def _decide_user(
     now: float,
 ) -> Decision:
     """Fuse these images of one user (each its own event, a minute apart) and decide, as the worker would."""
-    evidences = [
-        event_evidence(
-            f"{user}/{k}",
-            now - 60.0 * (len(idx) - k),
-            [(float(est.mean[i]), float(est.std[i]) if math.isfinite(est.std[i]) else 3.0)],
-            floor,
-        )
-        for k, i in enumerate(idx)
-    ]
-    fused = fuse(
-        None,
-        [e for e in evidences if e is not None],
-        now=now,
-        half_life_s=policy.half_life_s,
-        model_version=model_version,
-        floor=floor.minimum if isinstance(floor, ErrorFloor) else floor,
-    )
-    return decide(fused.belief, event, policy, now=now)
+    frames = [(float(est.mean[i]), float(est.std[i]) if math.isfinite(est.std[i]) else 3.0) for i in idx]
+    belief = fuse_images(user, frames, floor, now=now, half_life_s=policy.half_life_s, model_version=model_version)
+    return decide(belief, event, policy, now=now)
 
 
 def _outcomes(decided: list[tuple[Decision, float]]) -> dict[str, Any]:
-    """Users below the threshold ALLOWed, adults near and well above it ALLOWed or sent to verification."""
+    """Users below the threshold ALLOWed; users near and well above it ALLOWed or sent to verification."""
     groups: dict[str, list[Action]] = {"under": [], "near": [], "above": []}
     for decision, age in decided:
         t = decision.evidence.threshold

@@ -2,7 +2,8 @@
 
 - One face is one person: a 16-year-old whose photos look 21 uploads 40 times to adult content and is
   never ALLOWed (the belief's std never falls below the model's error floor), while an adult who
-  looks their age is ALLOWed once the evidence allows it.
+  looks their age is ALLOWed once the evidence allows it; the same for a 15-year-old who looks 19
+  on messaging from unknown adults (threshold 16).
 - The producer's clock never buys an ALLOW: for verified, estimated and declared users, the same
   event dated ten years ahead or ten years back decides no more permissively than dated now.
 """
@@ -129,6 +130,27 @@ def test_one_face_is_one_person_a_minor_who_looks_older_is_never_allowed(scenari
     assert last["observations"] == UPLOADS  # an event's two frames are one observation
     assert last["age_std"] >= 1.0, last
     assert minor_d[0]["evidence"]["age_std"] > last["age_std"]  # more uploads still help, down to the floor
+    assert adult_d[-1]["action"] == "ALLOW", [(d["action"], d["evidence"]) for d in adult_d]
+
+
+def test_a_minor_who_looks_older_is_never_allowed_to_message_unknown_adults(scenario: Scenario) -> None:
+    # The hard case of the 16 surfaces: a 15-year-old whose photos look 19, within the look-older
+    # spread of real people. The packaged policy before default-2026.1 (P(age >= 17) >= 0.90) let
+    # about 5% of such under-16s through on the hard-case benchmark (docs/evaluation.md).
+    s = scenario
+    minor, adult = s.user("msg-looks19"), s.user("msg-adult35")
+    evs = []
+    for k in range(UPLOADS):
+        at = s.now + k
+        surface = "messaging_unknown_adults"
+        evs.append(s.event("uploads", events.upload(minor, at=at, surface=surface, frames=s.frames(19.0)), 15.0))
+        if k < 8:
+            evs.append(s.event("uploads", events.upload(adult, at=at, surface=surface, frames=s.frames(35.0)), 35.0))
+    decisions = list(s.send(evs).values())
+    minor_d = [d for d in decisions if d["user_id"] == minor]
+    adult_d = [d for d in decisions if d["user_id"] == adult]
+    assert len(minor_d) == UPLOADS
+    assert [d["evidence"] for d in minor_d if d["action"] == "ALLOW"] == []
     assert adult_d[-1]["action"] == "ALLOW", [(d["action"], d["evidence"]) for d in adult_d]
 
 

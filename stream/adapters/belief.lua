@@ -1,7 +1,7 @@
 -- Atomic belief update for one user: decay + fuse + TTL refresh + event-id record.
 -- Mirrors stream/belief.py (fuse, apply_verified) operation for operation; keep them in step.
 --
--- KEYS[1] belief hash   {prefix}:{user}:b  fields B, P, t, n, v, mv, f, fr, fv, and a:<jurisdiction>/<surface>
+-- KEYS[1] belief hash   {prefix}:{user}:b  fields B, P, t, n, v, mv, f, fr, fv, and a:<jurisdiction>/<surface>@<policy version>
 --                                          (f = max(fr, fv): fr the rms floor of the evidence, fv the largest
 --                                          floor of the model versions before the current one)
 -- KEYS[2] event-id zset {prefix}:{user}:e  member event id, score its observed_at (processing time

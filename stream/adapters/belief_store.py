@@ -2,7 +2,8 @@
 
 Keys of a user (built by `user_key`, the only place a user id becomes a key name):
 - `{prefix}:{<tag>}:b` hash: the belief (B, P, t, n, v, mv) and the hysteresis state, one field
-  `a:<jurisdiction>/<surface>` per surface holding the last action emitted there;
+  `a:<jurisdiction>/<surface>@<policy version>` per surface holding the last action emitted there
+  under that policy version (hysteresis never carries an action across versions);
 - `{prefix}:{<tag>}:e` sorted set: event ids already applied, scored by event time and trimmed to
   the clock-skew window (older evidence is refused anyway, so forgetting its id is safe).
 `<tag>` is `user_tag(user_id)`: the first 32 hex characters of the SHA-256 of the id's UTF-8 bytes

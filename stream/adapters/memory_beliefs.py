@@ -57,7 +57,7 @@ class _BeliefHash:
     """What Redis keeps in a user's `b` hash: the belief and the last action per surface field."""
 
     belief: Belief | None = None
-    actions: dict[str, Action] = field(default_factory=dict)  # "a:<jurisdiction>/<surface>" -> action
+    actions: dict[str, Action] = field(default_factory=dict)  # "a:<jurisdiction>/<surface>@<policy version>" -> action
     expires_at: float | None = None  # None: no TTL (never the case for what this store writes)
     foreign: bool = False  # a value this store never writes there (see `corrupt`)
 

@@ -29,15 +29,24 @@ class VerifiedAgeRefused(InvalidEvent):
 
 @dataclass(frozen=True, slots=True)
 class SurfaceKey:
-    """Where hysteresis state is kept: one last action per user, jurisdiction and surface."""
+    """Where hysteresis state is kept: one last action per user, jurisdiction, surface and policy version.
+
+    The version is part of the key because hysteresis may only hold what the same policy decided: an
+    ALLOW granted under a laxer bar must not be kept open by the margin of a stricter one (after
+    default-2026.1 raised the 16 surfaces' bar, a 15-year-old ALLOWed under default-2025.2 would
+    otherwise stay ALLOWed down to the new bar minus the margin). A new version judges everyone
+    afresh; the old version's fields expire with the belief hash.
+    """
 
     user_id: str
     jurisdiction: str
     surface: str
+    policy_version: str = ""
 
     @property
     def field(self) -> str:
-        return f"a:{self.jurisdiction}/{self.surface}"
+        base = f"a:{self.jurisdiction}/{self.surface}"
+        return f"{base}@{self.policy_version}" if self.policy_version else base
 
 
 class ApplyResult(dict[str, Belief]):

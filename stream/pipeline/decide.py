@@ -102,7 +102,7 @@ def prepare(
     request = BeliefRequest(
         event.user_id,
         [evidence] if evidence is not None else [],
-        SurfaceKey(event.user_id, jurisdiction, event.surface),
+        SurfaceKey(event.user_id, jurisdiction, event.surface, policy.version),
         verified,
     )
     return Prepared(

@@ -243,7 +243,7 @@ class Pipeline:
                     out[i] = result
                     continue
                 decided = out[i] = self._decide(p, result)
-                key = SurfaceKey(p.event.user_id, decided.decision.jurisdiction, p.event.surface)
+                key = SurfaceKey(p.event.user_id, decided.decision.jurisdiction, p.event.surface, self.policy.version)
                 decided_actions[key] = action = decided.decision.action
                 # Rewriting the action the store already holds (read for this very key) changes nothing.
                 if key in changed or key != p.request.surface_key or action != result.previous:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from model.engine import EncodedFrame, FrameEstimate, FrameResult
 from stream.adapters.codec import AvroCodec
 from stream.adapters.memory_beliefs import InMemoryBeliefStore
-from stream.core.belief import ErrorFloor, Evidence
+from stream.core.belief import ErrorFloor, Evidence, p_at_least
 from stream.core.belief_updates import ApplyResult, SurfaceKey
-from stream.core.policy import Action, load_policy
+from stream.core.policy import Action, Policy, default_policy_path, load_policy
 from stream.core.subjects import SIGNUP, UPLOAD
 from stream.errors import DependencyUnavailable
 from stream.pipeline.decide import DecidedEvent
@@ -27,6 +28,7 @@ from stream.tools import events
 
 DAY_S = 86400.0
 NOW = 1_750_000_000.0
+POLICY_VERSION = load_policy(None).version  # hysteresis state is kept per policy version
 TOPICS = {"signups": "s", "uploads": "u", "feedback": "f", "decisions": "d", "dead_letters": "dl"}
 SUBJECT_TOPIC = {SIGNUP: "s", UPLOAD: "u"}
 
@@ -87,15 +89,17 @@ class FakeSink:
             await self.send(topic, key, value, headers)
 
 
-def make(codec: Any = None) -> tuple[Pipeline, CountingBeliefs, FakeScorer, FakeSink]:
-    store, scorer, sink = CountingBeliefs(), FakeScorer(), FakeSink()
+def make(
+    codec: Any = None, *, policy: Policy | None = None, store: CountingBeliefs | None = None
+) -> tuple[Pipeline, CountingBeliefs, FakeScorer, FakeSink]:
+    store, scorer, sink = store or CountingBeliefs(), FakeScorer(), FakeSink()
     pipeline = Pipeline(
         codec=codec or AvroCodec(),
         scorer=scorer,
         model_version="m@1",
         error_floor=ErrorFloor(2.0),
         store=store,
-        policy=load_policy(None),
+        policy=policy or load_policy(None),
         sink=sink,
         resolver=FrameResolver(FrameStores.parse("", max_bytes=1 << 20, timeout_s=1.0)),
         topics=TOPICS,
@@ -137,6 +141,32 @@ async def test_a_batch_gives_one_outcome_per_record_in_order_with_frames_scored_
     assert (key, value, headers["reason"]) == (b"k", b"\x07not avro", outcomes[1].reason.encode())  # type: ignore[union-attr]
 
 
+async def test_a_new_policy_version_judges_afresh_instead_of_holding_the_old_versions_allow(tmp_path: Path) -> None:
+    # The same belief, ALLOWed under a laxer policy, lands in the packaged policy's hysteresis band
+    # (P(age >= 16) in [0.85, 0.95) on profile_photo): a held ALLOW there would be the old bar's.
+    lax_text = default_policy_path().read_text().replace('version = "', 'version = "lax-', 1)
+    lax_text = lax_text.replace(
+        "[jurisdictions.DEFAULT.surfaces.profile_photo]\nmin_age = 13\nbuffer_years = 3.0\nrequired_confidence = 0.95",
+        "[jurisdictions.DEFAULT.surfaces.profile_photo]\nmin_age = 13\nbuffer_years = 1.0\nrequired_confidence = 0.90",
+    )
+    (tmp_path / "lax.toml").write_text(lax_text)
+    lax, strict = load_policy(tmp_path / "lax.toml"), load_policy(None)
+    assert lax.version != strict.version
+    assert lax.jurisdictions["DEFAULT"].surfaces["profile_photo"].buffer_years == 1.0
+    old, store, _, _ = make(policy=lax)
+    new, _, _, _ = make(policy=strict, store=store)
+    first = await old.process([upload("a", 18, 19), upload("a", 18, 19)])
+    assert [o.decision["action"] for o in first if o.decision] == ["REQUIRE_VERIFICATION", "ALLOW"]
+    [after] = await new.process([upload("a", 18, 19)])
+    assert after.decision is not None
+    ev = after.decision["evidence"]
+    rule = strict.jurisdictions["DEFAULT"].surfaces["profile_photo"]
+    p = p_at_least(ev["age_mean"], ev["age_std"], ev["threshold"] + ev["buffer"])
+    assert rule.required_confidence - strict.hysteresis_margin <= p < rule.required_confidence  # the band
+    assert after.decision["action"] == "REQUIRE_VERIFICATION"  # judged afresh, not held open
+    assert "hysteresis_hold" not in after.decision["reason_codes"]
+
+
 async def test_a_users_second_event_in_a_batch_sees_the_belief_after_the_first() -> None:
     pipeline, store, _, _ = make()
     outcomes = await pipeline.process([upload("a", 35), upload("b", 40), upload("a", 36)])
@@ -144,7 +174,7 @@ async def test_a_users_second_event_in_a_batch_sees_the_belief_after_the_first()
     assert observations == [1, 1, 2]
     assert store.applies == [["a", "b"], ["a"]]  # one round trip per user depth, not per event
     assert len(store.action_writes) == 1  # the batch's hysteresis state in one write
-    assert set(store.action_writes[0]) == {SurfaceKey(u, "US", "profile_photo") for u in ("a", "b")}
+    assert set(store.action_writes[0]) == {SurfaceKey(u, "US", "profile_photo", POLICY_VERSION) for u in ("a", "b")}
 
 
 class Observer:
@@ -163,7 +193,7 @@ async def test_a_second_event_in_the_batch_sees_the_action_decided_for_the_first
     assert first.policy_event.previous_action is None
     # Not yet written to the store when the second was decided: it came from the batch itself.
     assert second.policy_event.previous_action == first.decision.action
-    key = SurfaceKey("a", "US", "profile_photo")
+    key = SurfaceKey("a", "US", "profile_photo", POLICY_VERSION)
     assert (await store.get_previous_actions([key]))[key] == second.decision.action  # written once, after the batch
 
 

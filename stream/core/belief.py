@@ -262,6 +262,15 @@ class FloorByAge:
         return max(by_age, stored) if self.at_least_stored else by_age
 
 
+def judged_belief(belief: Belief, t: float, by_age: FloorByAge | None) -> Belief:
+    """The belief as `decide` judges it at t given a floor table (FloorByAge): an estimated belief's
+    floor widened by the table at its mean (None, or a verified belief: unchanged). Benchmarks judge
+    this one, so what they measure is what such a decision would use."""
+    if by_age is None or belief.verified:
+        return belief
+    return replace(belief, floor=by_age.floor(belief.age_at(t), belief.floor))
+
+
 def p_at_least(mean: float, std: float, threshold: float) -> float:
     """P(age >= threshold) for a Gaussian belief."""
     return 0.5 * math.erfc((threshold - mean) / (std * math.sqrt(2.0)))

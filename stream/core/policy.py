@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from stream.core.belief import GAUSSIAN_FLOOR, Belief, FloorByAge, FloorShape, p_at_least_shaped
+from stream.core.belief import GAUSSIAN_FLOOR, Belief, FloorByAge, FloorShape, judged_belief, p_at_least_shaped
 from stream.errors import ConfigError
 
 
@@ -315,7 +315,7 @@ def decide(
     P(age >= T) here is the mixture tail over the belief's floor; the default is the plain Gaussian.
     `floor_by_age` is the live model's floor table (stream/core/belief.py FloorByAge): an estimated
     belief is then judged (P, and the reported std) with the table's floor at its mean instead of its
-    stored floor (by default never below it); None (the worker today) keeps the stored floor.
+    stored floor (by default never below it); None (the worker) keeps the stored floor.
     """
     t = event.event_time if now is None else now
     hl = policy.half_life_s if half_life_s is None else half_life_s
@@ -330,12 +330,10 @@ def decide(
     mean = std = None
     ivar = floor = 0.0
     if belief is not None:
+        belief = judged_belief(belief, t, floor_by_age)
         mean = belief.age_at(t)
         std = belief.std_at(t, hl)
         ivar, floor = belief.independent_var_at(t, hl), belief.floor
-        if floor_by_age is not None and not belief.verified:
-            floor = floor_by_age.floor(mean, floor)
-            std = math.sqrt(ivar + floor * floor)
     verified = belief is not None and belief.verified
     p_thr = p_buf = None
     if rule is not None and mean is not None and std is not None:

@@ -1,9 +1,10 @@
 """Minors ALLOWed and adults burdened as uploads accumulate: the belief's honesty, measured.
 
     python bench/belief_safety.py [--checkpoint PATH] [--users 400] [--uploads 40] [--frames-per-upload 2]
-                                  [--surface adult_content] [--quick]
+                                  [--surface adult_content] [--policy FILE] [--young-ages 12 25] [--quick]
 
-A population that holds the hard cases: users aged 12-25 (every threshold's neighbourhood) plus
+A population that holds the hard cases: users aged 12-25 (every threshold's neighbourhood; for the 13
+surfaces `--young-ages 9 17` puts half of them under 13) plus
 adults 25-40, each with a persistent look-older/younger offset of the synthetic generator's spread
 and per-photo noise, each uploading one 2-frame event a day to adult content (or --surface) under the
 DEFAULT policy. Every upload is scored by the real model (InferenceEngine), fused by the real `fuse` and
@@ -44,7 +45,7 @@ import math
 import os
 import platform
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ from stream.core.belief import (  # noqa: E402
     FloorShape,
     event_evidence,
     fuse,
+    judged_belief,
 )
 from stream.core.belief_coverage import belief_cdf_at, cdf_shares, probability_reliability  # noqa: E402
 from stream.core.policy import Action, PolicyEvent, decide, load_policy  # noqa: E402
@@ -100,6 +102,7 @@ VARIANTS = (
     "floor-by-age-max+mixture",
 )
 MIXTURE_VARIANTS = ("floor+mixture", "floor-by-age-max+mixture")
+WORKER_VARIANT = "floor"  # what the worker does: fusion with the model's ErrorFloor, judged with the stored floor
 
 
 @dataclass
@@ -109,8 +112,13 @@ class User:
     attrs: dict[str, str]
 
 
-def population(rng: np.random.Generator, n_young: int, n_older: int) -> list[User]:
-    ages = list(rng.uniform(12, 25, n_young)) + list(rng.uniform(25, 40, n_older))
+YOUNG_AGES = (12.0, 25.0)  # every threshold's neighbourhood; --young-ages moves it (9 17 for the 13 surfaces)
+
+
+def population(
+    rng: np.random.Generator, n_young: int, n_older: int, young: tuple[float, float] = YOUNG_AGES
+) -> list[User]:
+    ages = list(rng.uniform(*young, n_young)) + list(rng.uniform(25, 40, n_older))
     return [User(float(a), float(rng.normal(0, SUBJECT_OFFSET_SD)), sample_attributes(rng)) for a in ages]
 
 
@@ -213,11 +221,7 @@ def simulate(
                 if d.evidence.p_at_least_threshold is not None:
                     said[n].append((d.evidence.p_at_least_threshold, true_now >= threshold))
                 if belief is not None:  # judged with the floor the decision used
-                    seen = (
-                        belief
-                        if by_age is None
-                        else replace(belief, floor=by_age.floor(belief.age_at(t), belief.floor))
-                    )
+                    seen = judged_belief(belief, t, by_age)
                     cdf[n].append(belief_cdf_at(seen, true_now, t, policy.half_life_s, shape))
                     by_group[n][group].append(cdf[n][-1])
     for n in allowed:
@@ -275,8 +279,18 @@ def reliability_table(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", help="model (default: the demo model, trained and cached when missing)")
-    parser.add_argument("--users", type=int, default=400, help="users aged 12-25 (plus a quarter as many 25-40)")
+    parser.add_argument(
+        "--users", type=int, default=400, help="users aged 12-25 or --young-ages (plus a quarter as many 25-40)"
+    )
     parser.add_argument("--uploads", type=int, default=40)
+    parser.add_argument(
+        "--young-ages",
+        type=float,
+        nargs=2,
+        default=YOUNG_AGES,
+        metavar=("LO", "HI"),
+        help="ages of the young users (default 12 25; e.g. 9 17 puts half of them under 13 for account_creation)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--frames-per-upload",
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", threads=args.threads)
     cal = engine.uncertainty
     rng = np.random.default_rng(args.seed)
-    users = population(rng, args.users, max(1, args.users // 4))
+    users = population(rng, args.users, max(1, args.users // 4), tuple(args.young_ages))
     frames = render_uploads(users, args.uploads, args.seed, args.frames_per_upload)
     estimates = []
     for fs in frames:
@@ -347,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     bands = ", ".join(f"{k:.1f}: {v:.2f}" for k, v in zip(by_age.knots, by_age.values, strict=True))
     print(f"floor by predicted age: {bands or 'none'} ({by_age.source})")
     print(
-        f"population: {len(users)} users ({results['floor']['users']}), one {args.frames_per_upload}-frame upload a "
+        f"population: {len(users)} users ({results['floor']['users']}; young aged {args.young_ages[0]:g}-"
+        f"{args.young_ages[1]:g}), one {args.frames_per_upload}-frame upload a "
         f"day to {args.surface} under the DEFAULT policy; look offset sd {SUBJECT_OFFSET_SD} y, photo noise sd "
         f"{IMAGE_NOISE_SD} y"
     )
@@ -366,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
             "(target <= 0.5%); "
             f"worst coverage miss {100 * miss:.1f} points ({level} interval, {at} uploads; target <= 3)"
         )
-    print(f"\nfloor variant (what the worker does): stated P(age >= {threshold:g}) against the share really that old")
-    print(reliability_table(results["floor"]))
+    print(
+        f"\n{WORKER_VARIANT} variant (what the worker does): stated P(age >= {threshold:g}) against the share "
+        "really that old"
+    )
+    print(reliability_table(results[WORKER_VARIANT]))
     report = {
         "benchmark": "belief_safety",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
@@ -395,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "settings": {
             "users": len(users),
+            "young_ages": list(args.young_ages),
             "uploads": args.uploads,
             "seed": args.seed,
             "frames_per_upload": args.frames_per_upload,

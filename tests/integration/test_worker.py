@@ -38,7 +38,7 @@ from tests.support.worker_harness import (
 
 pytestmark = pytest.mark.integration
 
-N_EVENTS = 120
+N_EVENTS = 180  # enough users clearly above the bars of default-2026.1
 SEED = 11
 BAD_SHARE = 0.15
 DECODE_REASONS = {
@@ -146,8 +146,11 @@ def test_actions_are_right_for_clearly_under_age_and_clearly_adult_users(referen
             adult_total += 1  # clearly above the bar, with the evidence the policy asks for
             adult_right += decision["action"] == "ALLOW"
     assert under > 10
-    assert adult_total >= 8  # the stream is mostly users near thresholds: few are clearly above the bar
-    assert adult_right / adult_total >= 0.8, (adult_right, adult_total)
+    assert adult_total >= 12  # the stream is mostly users near thresholds: few are clearly above the bar
+    # Most, not all: default-2026.1 asks P(age >= T + 3) >= 0.95 on the 13 and 16 surfaces, and the
+    # honest stream's look-younger adults (a 31-year-old the tiny model puts at 23 +- 3.7) go to
+    # verification. bench/belief_safety.py measures that share; this checks the worker ALLOWs at all.
+    assert adult_right / adult_total > 0.5, (adult_right, adult_total)
 
 
 def produce_in_background(settings: Settings, rate: float) -> tuple[threading.Thread, list[list[Produced]]]:

@@ -99,31 +99,28 @@ def scenario(
         reader.close()
 
 
-def test_one_face_is_one_person_a_minor_who_looks_older_is_never_allowed(scenario: Scenario) -> None:
-    s = scenario
-    minor, adult = s.user("looks21"), s.user("adult35")
+def _minor_and_adult(
+    s: Scenario, surface: str, *, minor_age: float, looks: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A minor whose photos look `looks` uploads UPLOADS times to `surface` under the DEFAULT
+    jurisdiction, and a 35-year-old who looks it 8 times, interleaved: their decisions, in order."""
+    minor, adult = s.user(f"{surface}-looks{looks:g}"), s.user(f"{surface}-adult35")
     evs = []
     for k in range(UPLOADS):
         at = s.now + k
-        evs.append(
-            s.event(
-                "uploads",
-                events.upload(minor, at=at, surface="adult_content", jurisdiction="DEFAULT", frames=s.frames(21.0)),
-                16.0,
-            )
-        )
+        minor_upload = events.upload(minor, at=at, surface=surface, jurisdiction="DEFAULT", frames=s.frames(looks))
+        evs.append(s.event("uploads", minor_upload, minor_age))
         if k < 8:
-            evs.append(
-                s.event(
-                    "uploads",
-                    events.upload(adult, at=at, surface="adult_content", jurisdiction="DEFAULT", frames=s.frames(35.0)),
-                    35.0,
-                )
-            )
+            adult_upload = events.upload(adult, at=at, surface=surface, jurisdiction="DEFAULT", frames=s.frames(35.0))
+            evs.append(s.event("uploads", adult_upload, 35.0))
     decisions = list(s.send(evs).values())
     minor_d = [d for d in decisions if d["user_id"] == minor]
-    adult_d = [d for d in decisions if d["user_id"] == adult]
     assert len(minor_d) == UPLOADS
+    return minor_d, [d for d in decisions if d["user_id"] == adult]
+
+
+def test_one_face_is_one_person_a_minor_who_looks_older_is_never_allowed(scenario: Scenario) -> None:
+    minor_d, adult_d = _minor_and_adult(scenario, "adult_content", minor_age=16.0, looks=21.0)
     assert [d["action"] for d in minor_d if d["action"] == "ALLOW"] == []
     # The belief's spread stops shrinking at the floor instead of going to ~0.5 years.
     last = minor_d[-1]["evidence"]
@@ -137,19 +134,7 @@ def test_a_minor_who_looks_older_is_never_allowed_to_message_unknown_adults(scen
     # The hard case of the 16 surfaces: a 15-year-old whose photos look 19, within the look-older
     # spread of real people. The packaged policy before default-2026.1 (P(age >= 17) >= 0.90) let
     # about 5% of such under-16s through on the hard-case benchmark (docs/evaluation.md).
-    s = scenario
-    minor, adult = s.user("msg-looks19"), s.user("msg-adult35")
-    evs = []
-    for k in range(UPLOADS):
-        at = s.now + k
-        surface = "messaging_unknown_adults"
-        evs.append(s.event("uploads", events.upload(minor, at=at, surface=surface, frames=s.frames(19.0)), 15.0))
-        if k < 8:
-            evs.append(s.event("uploads", events.upload(adult, at=at, surface=surface, frames=s.frames(35.0)), 35.0))
-    decisions = list(s.send(evs).values())
-    minor_d = [d for d in decisions if d["user_id"] == minor]
-    adult_d = [d for d in decisions if d["user_id"] == adult]
-    assert len(minor_d) == UPLOADS
+    minor_d, adult_d = _minor_and_adult(scenario, "messaging_unknown_adults", minor_age=15.0, looks=19.0)
     assert [d["evidence"] for d in minor_d if d["action"] == "ALLOW"] == []
     assert adult_d[-1]["action"] == "ALLOW", [(d["action"], d["evidence"]) for d in adult_d]
 

@@ -1,7 +1,7 @@
 """The pipeline in one process, without Kafka or Redis: does it keep the model's device busy?
 
     python bench/pipeline.py [--quick] [--events N] [--checkpoint PATH] [--processes 1,2,4]
-                             [--variants engine,pipeline,engine-noop,pipeline-noop]
+                             [--variants engine,pipeline,engine-noop,pipeline-noop] [--image-size PX]
 
 bench/worker.py measures the deployed worker (faust, the broker, Redis) and needs them running. This
 one isolates the pipeline's own cost per event, so it also runs where those services cannot (the
@@ -21,7 +21,9 @@ tenacity and redis). Variants side by side, in one run:
 With --decode-processes N, the engine and pipeline rows again as `... dpN`, frames decoded in N
 processes (AGEGATE_DECODE_PROCESSES, model/decode_pool.py). For the pipeline rows, `model busy` is
 the share of wall time the scorer (decode + forward pass) was running: below 1, the device waits
-for the pipeline. Writes bench/results/pipeline-<device>.json.
+for the pipeline. Frames are 64 px by default, the model's input and the cheapest decode there is;
+`--image-size 512` makes them photo-sized, where decoding costs more. Writes
+bench/results/pipeline-<device>.json (`-<size>px` added when not 64).
 """
 
 from __future__ import annotations
@@ -116,12 +118,13 @@ def load_engine(
     return engine
 
 
-def source_records(n_events: int, *, seed: int, user_prefix: str = "synth") -> list[SourceRecord]:
+def source_records(n_events: int, *, seed: int, user_prefix: str = "synth", image_size: int = 64) -> list[SourceRecord]:
     """The load generator's stream (ages around every threshold, heavy uploaders, 2 frames per
-    upload), as consumed records spread over partitions by user."""
+    upload), as consumed records spread over partitions by user. `image_size`: the frames' side in
+    pixels (64, the model's input, is the cheapest decode; phone photos are far larger)."""
     records: list[SourceRecord] = []
     offsets: dict[tuple[str, int], int] = {}
-    for ev in synthetic_stream(n_events, seed=seed, frames_per_event=2, user_prefix=user_prefix):
+    for ev in synthetic_stream(n_events, seed=seed, frames_per_event=2, user_prefix=user_prefix, image_size=image_size):
         topic, partition = TOPICS[ev.role], zlib.crc32(ev.user_id.encode()) % PARTITIONS
         offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
         records.append(SourceRecord(topic, partition, offset, ev.key, ev.value, int(time.time() * 1000)))
@@ -206,11 +209,20 @@ def pipeline_row(result: dict[str, float], frames: int) -> dict[str, float]:
 
 
 def _process_main(
-    checkpoint: str, device: str, threads: int, noop: bool, dp: int, n_events: int, seed: int, barrier: Any, out: Any
+    checkpoint: str,
+    device: str,
+    threads: int,
+    noop: bool,
+    dp: int,
+    n_events: int,
+    seed: int,
+    image_size: int,
+    barrier: Any,
+    out: Any,
 ) -> None:
     """One of K pipeline processes: its own users, started together with the others."""
     engine = load_engine(Path(checkpoint), device, threads, noop=noop, decode_processes=dp)
-    records = source_records(n_events, seed=seed, user_prefix=f"p{seed}")
+    records = source_records(n_events, seed=seed, user_prefix=f"p{seed}", image_size=image_size)
     frames = len(frames_of(records))
     engine.score(frames_of(records[:20]))  # warm-up before the common start
     barrier.wait()
@@ -229,7 +241,14 @@ def _process_main(
 
 
 def processes_row(
-    checkpoint: Path, device: str, k: int, n_events: int, *, noop: bool, decode_processes: int = 0
+    checkpoint: Path,
+    device: str,
+    k: int,
+    n_events: int,
+    *,
+    noop: bool,
+    decode_processes: int = 0,
+    image_size: int = 64,
 ) -> dict[str, float]:
     """K pipelines at once, each in its own process with cores / K inference threads; `model_busy`
     is the processes' mean."""
@@ -239,7 +258,18 @@ def processes_row(
     procs = [
         ctx.Process(
             target=_process_main,
-            args=(str(checkpoint), device, threads, noop, decode_processes, n_events, 100 + i, barrier, out),
+            args=(
+                str(checkpoint),
+                device,
+                threads,
+                noop,
+                decode_processes,
+                n_events,
+                100 + i,
+                image_size,
+                barrier,
+                out,
+            ),
         )
         for i in range(k)
     ]
@@ -296,6 +326,9 @@ def main() -> int:
     parser.add_argument(
         "--decode-processes", default="", help="e.g. 1,4: also the engine and pipeline rows decoding in N processes"
     )
+    parser.add_argument(
+        "--image-size", type=int, default=64, help="frame side in pixels (64: the model's input; try 512 for photos)"
+    )
     args = parser.parse_args()
     variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     n = args.events or (400 if args.quick else 2000)
@@ -306,7 +339,7 @@ def main() -> int:
         from model.testing import train_tiny_checkpoint
 
         checkpoint = train_tiny_checkpoint(Path.home() / ".cache" / "agegate" / "models" / "demo")
-    records = source_records(n, seed=5)
+    records = source_records(n, seed=5, image_size=args.image_size)
     frames = frames_of(records)
     batch = load_settings(environ={}).batch_max_frames
     rows: dict[str, dict[str, float]] = {}
@@ -327,7 +360,7 @@ def main() -> int:
             if f"pipeline{suffix}" in variants:
                 dp = args.process_decoders
                 rows[f"pipeline{suffix} x{k}" + (f" dp{dp}" if dp else "")] = processes_row(
-                    checkpoint, device, k, n, noop=noop, decode_processes=dp
+                    checkpoint, device, k, n, noop=noop, decode_processes=dp, image_size=args.image_size
                 )
     ratios: dict[str, float] = {}
     for name in rows:
@@ -340,13 +373,15 @@ def main() -> int:
         "machine": machine(device),
         "events": n,
         "frames": len(frames),
+        "image_size": args.image_size,
         "threads": threads,
         "checkpoint": str(checkpoint),
         "rows": rows,
         "ratios": ratios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"pipeline-{device}.json"
+    size = "" if args.image_size == 64 else f"-{args.image_size}px"
+    out = RESULTS / f"pipeline-{device}{size}.json"
     out.write_text(json.dumps(result, indent=2))
     print_table(result)
     print(f"wrote {out}")

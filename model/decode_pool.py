@@ -1,26 +1,39 @@
-"""Decoding frames in worker processes, so decode runs beside the event loop and the forward pass.
+"""Decoding frames in dedicated processes, so decode's Python runs off the worker's interpreter.
 
 Measured on an H200 (bench/results/gpu-h200.txt): the forward pass takes 64 frames in ~1.4 ms
-(47,000 frames/s) while one thread decodes ~5,000 JPEG frames/s, and inside the worker that thread
-shares the interpreter lock with the event loop. Decoding holds the lock for much of its work
-(Pillow's header and EXIF parsing are Python), so threads do not help; processes do.
+(47,000 frames/s) while one thread decodes ~5,000 JPEG frames/s. Inside the worker that thread
+shares the interpreter lock with the event loop, and decoding takes and drops the lock several times
+per frame (Pillow's header and EXIF parsing are Python; only the codec releases it). Each time it
+wants the lock back it waits for the busy event loop to yield, up to `sys.getswitchinterval()` (5 ms):
+measured on the 2-core CI machine, a thread that decodes 4,000-6,000 frames/s alone managed
+1,700-1,900 beside a thread busy two thirds of the time (stop 24's note has the microbenchmark).
 
-The pool splits a batch into one contiguous chunk per process and reassembles the results in input
-order. A frame that kills its decoder process (a bomb that escapes the limits, a crash in a codec)
-must fail alone: the broken chunk is decoded again one frame per task in a fresh pool, and a frame
-that breaks that pool too is reported as `decoder_crashed`. Only numpy and Pillow are imported in
-the children (this module and model/decode.py), and they are started by a fork server, not forked
-from a process holding torch threads and an event loop.
+So each decoder is one process with one socket to its owner, and a batch costs the owner a handful
+of blocking system calls, not several lock handoffs per frame: the request (every frame's bytes in
+one message) goes out with `sendall`, and the answer (a small header, then every decoded frame in one
+contiguous block) comes back with `recv_into(..., MSG_WAITALL)`, which sleeps in the kernel until the
+whole block has arrived. `concurrent.futures.ProcessPoolExecutor` was measured worse than decoding in
+the thread: its two helper threads in the owner add lock handoffs rather than remove them.
+
+A frame that kills its decoder (a bomb that escapes the limits, a crash in a codec) must fail alone:
+the broken chunk is decoded again one frame at a time by a fresh decoder, and a frame that kills that
+one too is reported as `decoder_crashed`. Only numpy and Pillow are imported in the children (this
+module and model/decode.py), and they are started by a fork server, not forked from a process holding
+torch threads and an event loop. A decoder exits when its socket closes, which is also what happens
+when its owner is killed: no decoder outlives the process it decodes for.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
-import os
+import pickle
+import socket
+import struct
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
 
 import numpy as np
@@ -30,10 +43,23 @@ from model.errors import ImageDecodeError
 
 # Per frame, in input order: its (S, S, 3) uint8 pixels, or why it failed (reason, detail).
 Decoded = np.ndarray | tuple[str, str]
+ChunkDecoder = Callable[[Sequence[tuple[bytes, str]], int, DecodeLimits], list[Decoded]]
+
+# Requests are one length-prefixed pickle; answers a fixed header (two lengths), the JSON of which
+# frames decoded and why the others did not, then the decoded pixels' raw bytes.
+_LENGTH = struct.Struct("!Q")
+_ANSWER = struct.Struct("!QQ")
+# Socket buffers large enough for a 64-frame batch in one go where the kernel allows (it caps them).
+_SOCKET_BUFFER = 4 << 20
+# An answer's JSON is a few dozen bytes per frame; anything far larger is not an answer.
+_MAX_META_BYTES = 1 << 20
+# How long `close` waits for a decoder to exit after its socket closed before killing it (seconds).
+_EXIT_WAIT_S = 5.0
+CRASHED = ("decoder_crashed", "the decoder process died on this frame")
 
 
 def decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeLimits) -> list[Decoded]:
-    """Runs in a pool process: every frame decoded or given its reason, never an exception."""
+    """Runs in a decoder: every frame decoded or given its reason, never an exception."""
     out: list[Decoded] = []
     for data, content_type in frames:
         try:
@@ -45,38 +71,132 @@ def decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeL
     return out
 
 
-# How often a decoder checks that the process it decodes for is still alive (seconds).
-OWNER_CHECK_S = 1.0
+@dataclass(frozen=True, slots=True)
+class PooledBatch:
+    """A batch decoded by the pool: the frames that decoded, stacked, and the reasons of the others."""
+
+    pixels: np.ndarray  # (n_ok, S, S, 3) uint8
+    indices: tuple[int, ...]  # input position of each row of `pixels`
+    errors: dict[int, tuple[str, str]]  # input position -> (reason, detail)
+
+    def frames(self) -> list[Decoded]:
+        """Per frame, in input order (for tests and callers that want one result per frame)."""
+        out: list[Decoded | None] = [None] * (len(self.indices) + len(self.errors))
+        for row, i in enumerate(self.indices):
+            out[i] = self.pixels[row]
+        for i, error in self.errors.items():
+            out[i] = error
+        return [r for r in out if r is not None]
 
 
-def _exit_with_owner(owner: int) -> None:
-    """Pool initializer: a daemon thread ends this decoder once its owner is gone. The decoders are
-    children of the fork server, not of the owner, so a SIGKILLed worker would otherwise leave them
-    waiting for work for ever (in a pod the container goes with it; on a laptop they stayed)."""
+class DecoderDied(Exception):
+    """The decoder process ended (crashed, killed) before answering."""
 
-    def watch() -> None:
-        while True:
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # alive, owned by another user (cannot happen here, but alive)
-                pass
-            threading.Event().wait(OWNER_CHECK_S)
 
-    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+def _send_message(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_LENGTH.pack(len(payload)) + payload)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytearray:
+    """`n` bytes, waiting in the kernel for all of them (one lock handoff in the common case)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+        if k == 0:
+            raise DecoderDied("the decoder's socket closed")
+        got += k
+    return buf
+
+
+def _serve(sock: socket.socket, decode: ChunkDecoder, size: int, limits: DecodeLimits) -> None:
+    """A decoder's whole life: answer requests until the owner closes the socket (or dies)."""
+    while True:
+        try:
+            (length,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
+            # Unpickling is safe in this direction only: the request comes from the owner.
+            frames: list[tuple[bytes, str]] = pickle.loads(_recv_exactly(sock, length))
+        except (DecoderDied, ConnectionError):
+            return
+        results = decode(frames, size, limits)
+        indices = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+        errors = [[i, r[0], r[1]] for i, r in enumerate(results) if isinstance(r, tuple)]
+        pixels = np.stack([results[i] for i in indices]) if indices else np.zeros((0, size, size, 3), np.uint8)
+        meta = json.dumps({"ok": indices, "errors": errors}).encode()
+        data = np.ascontiguousarray(pixels, dtype=np.uint8).data
+        try:
+            sock.sendall(_ANSWER.pack(len(meta), data.nbytes) + meta)
+            sock.sendall(data)
+        except ConnectionError:
+            return
+
+
+def _parse_answer(meta: bytes, pixel_len: int, n: int, size: int) -> tuple[list[int], dict[int, tuple[str, str]]]:
+    """The answer's (indices, errors), checked: a decoder parses untrusted images, so a decoder that an
+    image took over must not be able to do more than fail its chunk (hence JSON, never pickle, here)."""
+    try:
+        parsed = json.loads(meta)
+        indices = [int(i) for i in parsed["ok"]]
+        errors = {int(i): (str(reason)[:64], str(detail)[:300]) for i, reason, detail in parsed["errors"]}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecoderDied(f"unreadable answer: {type(exc).__name__}") from None
+    if sorted([*indices, *errors]) != list(range(n)) or pixel_len != len(indices) * size * size * 3:
+        raise DecoderDied("the answer does not match the request")
+    return indices, errors
+
+
+class _Decoder:
+    """One decoder process and the owner's end of its socket."""
+
+    def __init__(self, decode: ChunkDecoder, size: int, limits: DecodeLimits) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        self.sock, theirs = socket.socketpair()
+        for s in (self.sock, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        self.process: BaseProcess = ctx.Process(
+            target=_serve, args=(theirs, decode, size, limits), name="agegate-decoder", daemon=True
+        )
+        self.process.start()
+        theirs.close()
+
+    def send(self, frames: Sequence[tuple[bytes, str]]) -> None:
+        try:
+            _send_message(self.sock, pickle.dumps(list(frames), protocol=pickle.HIGHEST_PROTOCOL))
+        except ConnectionError as exc:
+            raise DecoderDied(str(exc)) from None
+
+    def receive(self, n: int, size: int) -> PooledBatch:
+        """The answer to a request of `n` frames."""
+        try:
+            meta_len, pixel_len = _ANSWER.unpack(_recv_exactly(self.sock, _ANSWER.size))
+            if meta_len > _MAX_META_BYTES or pixel_len > n * size * size * 3:
+                raise DecoderDied("the answer is larger than the request allows")
+            body = _recv_exactly(self.sock, meta_len + pixel_len)
+        except ConnectionError as exc:
+            raise DecoderDied(str(exc)) from None
+        indices, errors = _parse_answer(bytes(body[:meta_len]), pixel_len, n, size)
+        pixels = np.frombuffer(body, dtype=np.uint8, offset=meta_len).reshape(len(indices), size, size, 3)
+        return PooledBatch(pixels, tuple(indices), errors)
+
+    def decode(self, frames: Sequence[tuple[bytes, str]], size: int) -> PooledBatch:
+        self.send(frames)
+        return self.receive(len(frames), size)
+
+    def close(self) -> None:
+        self.sock.close()  # the decoder reads end-of-file and returns
+        self.process.join(_EXIT_WAIT_S)
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join(_EXIT_WAIT_S)
 
 
 class DecodePool:
-    """`processes` decoder processes; `decode` is called from one thread at a time (the engine's)."""
+    """`processes` decoders; `decode` is called from one thread at a time (the engine's)."""
 
     def __init__(
-        self,
-        processes: int,
-        size: int,
-        limits: DecodeLimits,
-        *,
-        chunk_decoder: Callable[[Sequence[tuple[bytes, str]], int, DecodeLimits], list[Decoded]] | None = None,
+        self, processes: int, size: int, limits: DecodeLimits, *, chunk_decoder: ChunkDecoder | None = None
     ) -> None:
         """`chunk_decoder` (a module-level function, run in the children): `decode_chunk` unless a
         test needs a decoder that dies."""
@@ -88,57 +208,77 @@ class DecodePool:
         self.restarts = 0
         self._decode_chunk = chunk_decoder or decode_chunk
         self._lock = threading.Lock()
-        self._executor = self._new_executor()
-        # Shut down before multiprocessing's exit hook joins the children. In a process that is itself
-        # a multiprocessing child (no atexit, no threading shutdown there) an idle decoder waiting for
-        # work hung that join about one time in four; a finalizer with a priority runs first.
-        self._finalizer = Finalize(None, self.close, exitpriority=100)
+        self._decoders = [self._start() for _ in range(processes)]
+        # Close before multiprocessing's exit hook joins the children: in a process that is itself a
+        # multiprocessing child (no atexit there) a finalizer with a priority is what runs first.
+        self._finalizer = Finalize(self, DecodePool._close_all, args=(self._decoders,), exitpriority=100)
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self.processes,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_exit_with_owner,
-            initargs=(os.getpid(),),
-        )
+    @property
+    def pids(self) -> list[int]:
+        return [d.process.pid for d in self._decoders if d.process.pid is not None]
 
-    def _restart(self) -> None:
+    def _start(self) -> _Decoder:
+        return _Decoder(self._decode_chunk, self.size, self.limits)
+
+    def _restart(self, k: int) -> _Decoder:
         with self._lock:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._new_executor()
+            self._decoders[k].close()
+            self._decoders[k] = self._start()
             self.restarts += 1
+            return self._decoders[k]
 
-    def decode(self, frames: Sequence[tuple[bytes, str]]) -> list[Decoded]:
+    def decode(self, frames: Sequence[tuple[bytes, str]]) -> PooledBatch:
+        """Every frame decoded or given its reason, in input order; a frame that kills a decoder fails
+        alone. The batch is split into one contiguous chunk per decoder."""
         if not frames:
-            return []
+            return PooledBatch(np.zeros((0, self.size, self.size, 3), np.uint8), (), {})
         step = -(-len(frames) // self.processes)
-        chunks = [list(frames[i : i + step]) for i in range(0, len(frames), step)]
-        try:
-            futures = [self._executor.submit(self._decode_chunk, c, self.size, self.limits) for c in chunks]
-        except BrokenProcessPool:
-            self._restart()
-            futures = [self._executor.submit(self._decode_chunk, c, self.size, self.limits) for c in chunks]
-        out: list[Decoded] = []
-        for chunk, future in zip(chunks, futures, strict=True):
-            out.extend(self._result(chunk, future))
-        return out
+        chunks = [frames[i : i + step] for i in range(0, len(frames), step)]
+        sent: list[bool] = []
+        for k, chunk in enumerate(chunks):
+            try:
+                self._decoders[k].send(chunk)
+                sent.append(True)
+            except DecoderDied:  # it died since the last batch (killed, out of memory): start another
+                self._restart(k)
+                sent.append(False)
+        parts: list[PooledBatch] = []
+        for k, chunk in enumerate(chunks):
+            parts.append(self._receive(k, chunk) if sent[k] else self._one_by_one(k, chunk))
+        return parts[0] if len(parts) == 1 else _concatenated(parts, step)
 
-    def _result(self, chunk: list[tuple[bytes, str]], future: Future[list[Decoded]]) -> list[Decoded]:
+    def _receive(self, k: int, chunk: Sequence[tuple[bytes, str]]) -> PooledBatch:
         try:
-            return future.result()
-        except BrokenProcessPool:
+            return self._decoders[k].receive(len(chunk), self.size)
+        except DecoderDied:
             pass
-        # A decoder process died on this chunk (or beside it): each frame again, alone.
-        self._restart()
-        out: list[Decoded] = []
+        # The decoder died on this chunk: each frame again, alone, so the one that kills it fails alone.
+        self._restart(k)
+        return self._one_by_one(k, chunk)
+
+    def _one_by_one(self, k: int, chunk: Sequence[tuple[bytes, str]]) -> PooledBatch:
+        parts: list[PooledBatch] = []
         for frame in chunk:
             try:
-                out.extend(self._executor.submit(self._decode_chunk, [frame], self.size, self.limits).result())
-            except BrokenProcessPool:
-                self._restart()
-                out.append(("decoder_crashed", "the decoder process died on this frame"))
-        return out
+                parts.append(self._decoders[k].decode([frame], self.size))
+            except DecoderDied:
+                self._restart(k)
+                parts.append(PooledBatch(np.zeros((0, self.size, self.size, 3), np.uint8), (), {0: CRASHED}))
+        return _concatenated(parts, 1)
 
     def close(self) -> None:
         """Stop the decoders and wait for them to exit (idempotent; also run when the process exits)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._finalizer()
+
+    @staticmethod
+    def _close_all(decoders: list[_Decoder]) -> None:
+        for decoder in decoders:
+            decoder.close()
+
+
+def _concatenated(parts: Sequence[PooledBatch], step: int) -> PooledBatch:
+    """Parts of one batch, part k holding input positions from k * step, as one batch."""
+    pixels = np.concatenate([p.pixels for p in parts])
+    indices = tuple(k * step + i for k, p in enumerate(parts) for i in p.indices)
+    errors = {k * step + i: e for k, p in enumerate(parts) for i, e in p.errors.items()}
+    return PooledBatch(pixels, indices, errors)

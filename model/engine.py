@@ -184,14 +184,11 @@ class InferenceEngine:
         indices: list[int] = []
         errors: dict[int, FrameError] = {}
         if self._pool is not None:
-            decoded = self._pool.decode([(f.data, f.content_type) for f in frames])
-            for i, result in enumerate(decoded):
-                if isinstance(result, tuple):
-                    errors[i] = FrameError(*result)
-                else:
-                    arrays.append(result)
-                    indices.append(i)
-            return self._stacked(arrays, indices, errors, len(frames))
+            pooled = self._pool.decode([(f.data, f.content_type) for f in frames])
+            errors = {i: FrameError(*e) for i, e in pooled.errors.items()}
+            # NHWC -> NCHW view: the memory stays NHWC, i.e. channels_last, with no copy.
+            pixels = torch.from_numpy(pooled.pixels).permute(0, 3, 1, 2)
+            return DecodedBatch(pixels, pooled.indices, errors, len(frames))
         for i, frame in enumerate(frames):
             try:
                 arrays.append(decode_rgb(frame.data, frame.content_type, size, self.limits))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from model.decode import DecodeLimits
-from model.decode_pool import Decoded, DecodePool, decode_chunk
+from model.decode_pool import CRASHED, Decoded, DecodePool, decode_chunk
 from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine
 from model.testing import synthetic_face_jpeg
 
@@ -27,6 +27,11 @@ def dying_decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: D
     if any(data == KILL for data, _ in frames):
         os._exit(3)
     return decode_chunk(frames, size, limits)
+
+
+def short_decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeLimits) -> list[Decoded]:
+    """A decoder that answers for one frame fewer than it was sent, as a broken or subverted one might."""
+    return decode_chunk(frames, size, limits)[:-1]
 
 
 def frames() -> list[EncodedFrame]:
@@ -65,7 +70,7 @@ def test_the_pool_splits_a_batch_over_its_processes_and_keeps_the_order() -> Non
     pool = DecodePool(3, 32, DecodeLimits())
     try:
         data = [(synthetic_face_jpeg(20, seed=i), "image/jpeg") for i in range(7)] + [(b"junk", "image/jpeg")]
-        out = pool.decode(data)
+        out = pool.decode(data).frames()
         alone = decode_chunk(data, 32, DecodeLimits())
     finally:
         pool.close()
@@ -82,14 +87,45 @@ def test_a_frame_that_kills_its_decoder_fails_alone_and_the_pool_recovers() -> N
     pool = DecodePool(2, 32, DecodeLimits(), chunk_decoder=dying_decode_chunk)
     try:
         good = [(synthetic_face_jpeg(25, seed=i), "image/jpeg") for i in range(5)]
-        out = pool.decode([good[0], good[1], (KILL, "image/jpeg"), good[2], good[3]])
+        out = pool.decode([good[0], good[1], (KILL, "image/jpeg"), good[2], good[3]]).frames()
         assert [isinstance(r, np.ndarray) for r in out] == [True, True, False, True, True]
-        assert out[2] == ("decoder_crashed", "the decoder process died on this frame")
-        assert pool.restarts >= 2  # the chunk's pool, then the pool that frame broke alone
-        after = pool.decode([good[4]])  # the pool works again
+        assert out[2] == CRASHED
+        assert pool.restarts == 2  # the chunk's decoder, then the decoder that frame killed alone
+        after = pool.decode([good[4]]).frames()  # the pool works again
         assert isinstance(after[0], np.ndarray)
     finally:
         pool.close()
+
+
+def test_a_decoder_killed_between_batches_is_replaced_and_nothing_is_lost() -> None:
+    """A decoder can die while idle (the kernel's out-of-memory killer): the next batch starts a new
+    one. 64 frames of 64 px are about 800 kB of pixels, more than one socket buffer's worth."""
+    pool = DecodePool(1, 64, DecodeLimits())
+    try:
+        data = [(synthetic_face_jpeg(30, seed=i), "image/jpeg") for i in range(64)]
+        first = pool.decode(data)
+        (pid,) = pool.pids
+        os.kill(pid, 9)
+        pool._decoders[0].process.join(30)
+        second = pool.decode(data)
+    finally:
+        pool.close()
+    assert pool.restarts == 1
+    assert first.indices == second.indices == tuple(range(64))
+    assert np.array_equal(first.pixels, second.pixels)
+    assert np.array_equal(second.pixels[5], decode_chunk([data[5]], 64, DecodeLimits())[0])
+
+
+def test_an_answer_that_does_not_match_the_request_fails_its_frames_not_the_worker() -> None:
+    """The answer's frame positions must cover the request exactly; otherwise the decoder is replaced
+    and its frames are reported as crashed, never scored with someone else's pixels."""
+    pool = DecodePool(1, 32, DecodeLimits(), chunk_decoder=short_decode_chunk)
+    try:
+        out = pool.decode([(synthetic_face_jpeg(25, seed=i), "image/jpeg") for i in range(3)]).frames()
+    finally:
+        pool.close()
+    assert out == [CRASHED, CRASHED, CRASHED]
+    assert pool.restarts == 4  # the batch, then each frame alone
 
 
 def test_a_pool_needs_a_process() -> None:
@@ -100,7 +136,7 @@ def test_a_pool_needs_a_process() -> None:
 def decode_and_return_without_closing() -> None:
     """A multiprocessing child (as bench/pipeline.py's K pipelines) that leaves its pool open."""
     pool = DecodePool(2, 32, DecodeLimits())
-    assert len(pool.decode([(synthetic_face_jpeg(30, seed=1), "image/jpeg")] * 4)) == 4
+    assert len(pool.decode([(synthetic_face_jpeg(30, seed=1), "image/jpeg")] * 4).frames()) == 4
 
 
 def test_a_child_process_that_never_closes_its_pool_still_exits() -> None:
@@ -122,8 +158,7 @@ def own_a_pool_and_report_its_decoders(out: Any) -> None:
     """A multiprocessing child that starts decoders, says who they are, then waits to be killed."""
     pool = DecodePool(2, 32, DecodeLimits())
     pool.decode([(synthetic_face_jpeg(30, seed=1), "image/jpeg")] * 4)
-    processes = pool._executor._processes or {}  # the executor's own record of its workers
-    out.put(sorted(pid for pid in processes))
+    out.put(sorted(pool.pids))
     threading.Event().wait(300)
 
 

@@ -302,7 +302,8 @@ def worker_run(
     # The first seconds after a start hold the cold path (the first fetch, first forward passes) and
     # the backlog it leaves; reported apart, never instead of the whole run.
     first = sent_and_latency[0][0]
-    warm = sorted(decided - sent for sent, decided in sent_and_latency if sent - first >= WARM_AFTER_S) or [float("nan")]
+    warm = sorted(decided - sent for sent, decided in sent_and_latency if sent - first >= WARM_AFTER_S)
+    warm = warm or [float("nan")]
     return {
         "events": len(decisions),
         "frames": frames,

@@ -285,7 +285,13 @@ def worker_run(
         if sample_rss:
             rss = sampler.start_middle_end()
         peak_rss_mb = _rss_mb(worker.proc.pid, "VmHWM")
-        outputs = reader.poll_until({p.idempotency_key for p in produced}, timeout=300)
+        # Reading decodes every output in this process (53,290 in 300 s here): a 10-minute soak's
+        # 200,000 took longer than a fixed 300 s, and its latencies then covered only the first quarter.
+        keys = {p.idempotency_key for p in produced}
+        outputs = reader.poll_until(keys, timeout=max(300.0, len(produced) / 50))
+        missing = len(keys - outputs.accounted())
+        if missing > 0:
+            raise RuntimeError(f"{missing} of {len(produced)} decisions were not read back: the row would be partial")
     finally:
         worker.stop()
         reader.close()

@@ -2,6 +2,7 @@
 
     python bench/belief_safety.py [--checkpoint PATH] [--users 400] [--uploads 40] [--frames-per-upload 2]
                                   [--surface adult_content] [--policy FILE] [--young-ages 12 25] [--quick]
+                                  [--decode-processes N]
 
 A population that holds the hard cases: users aged 12-25 (every threshold's neighbourhood; for the 13
 surfaces `--young-ages 9 17` puts half of them under 13) plus
@@ -299,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         help="frames in each upload (one event); 1 fuses every image as its own event, like agegate eval",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--decode-processes",
+        type=int,
+        default=0,
+        help="decode in N processes (AGEGATE_DECODE_PROCESSES, model/decode_pool.py); 0: in this one",
+    )
     parser.add_argument("--quick", action="store_true", help="100 users, 10 uploads (a smoke run)")
     parser.add_argument(
         "--surface",
@@ -320,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         from stream.tools.demo import demo_model
 
         ckpt = demo_model()
-    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", threads=args.threads)
+    engine = InferenceEngine.from_checkpoint(
+        ckpt, device="cpu", threads=args.threads, decode_processes=args.decode_processes
+    )
     cal = engine.uncertainty
     rng = np.random.default_rng(args.seed)
     users = population(rng, args.users, max(1, args.users // 4), tuple(args.young_ages))

@@ -30,7 +30,6 @@ import multiprocessing
 import pickle
 import socket
 import struct
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -207,7 +206,6 @@ class DecodePool:
         self.limits = limits
         self.restarts = 0
         self._decode_chunk = chunk_decoder or decode_chunk
-        self._lock = threading.Lock()
         self._decoders = [self._start() for _ in range(processes)]
         # Close before multiprocessing's exit hook joins the children: in a process that is itself a
         # multiprocessing child (no atexit there) a finalizer with a priority is what runs first.
@@ -221,11 +219,10 @@ class DecodePool:
         return _Decoder(self._decode_chunk, self.size, self.limits)
 
     def _restart(self, k: int) -> _Decoder:
-        with self._lock:
-            self._decoders[k].close()
-            self._decoders[k] = self._start()
-            self.restarts += 1
-            return self._decoders[k]
+        self._decoders[k].close()
+        self._decoders[k] = self._start()
+        self.restarts += 1
+        return self._decoders[k]
 
     def decode(self, frames: Sequence[tuple[bytes, str]]) -> PooledBatch:
         """Every frame decoded or given its reason, in input order; a frame that kills a decoder fails

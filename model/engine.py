@@ -179,16 +179,16 @@ class InferenceEngine:
     # -- steps -------------------------------------------------------------------------------------
 
     def decode(self, frames: Sequence[EncodedFrame]) -> DecodedBatch:
+        if self._pool is not None:
+            pooled = self._pool.decode([(f.data, f.content_type) for f in frames])
+            # NHWC -> NCHW view: the memory stays NHWC, i.e. channels_last, with no copy.
+            pixels = torch.from_numpy(pooled.pixels).permute(0, 3, 1, 2)
+            pool_errors = {i: FrameError(*e) for i, e in pooled.errors.items()}
+            return DecodedBatch(pixels, pooled.indices, pool_errors, len(frames))
         size = self.config.input_size
         arrays: list[np.ndarray] = []
         indices: list[int] = []
         errors: dict[int, FrameError] = {}
-        if self._pool is not None:
-            pooled = self._pool.decode([(f.data, f.content_type) for f in frames])
-            errors = {i: FrameError(*e) for i, e in pooled.errors.items()}
-            # NHWC -> NCHW view: the memory stays NHWC, i.e. channels_last, with no copy.
-            pixels = torch.from_numpy(pooled.pixels).permute(0, 3, 1, 2)
-            return DecodedBatch(pixels, pooled.indices, errors, len(frames))
         for i, frame in enumerate(frames):
             try:
                 arrays.append(decode_rgb(frame.data, frame.content_type, size, self.limits))

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from model.decode import DecodeLimits
-from model.decode_pool import CRASHED, Decoded, DecodePool, decode_chunk
+from model.decode_pool import _ANSWER, CRASHED, Decoded, DecodePool, DecoderDied, _Decoder, decode_chunk
 from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine
 from model.testing import synthetic_face_jpeg
 
@@ -126,6 +128,23 @@ def test_an_answer_that_does_not_match_the_request_fails_its_frames_not_the_work
         pool.close()
     assert out == [CRASHED, CRASHED, CRASHED]
     assert pool.restarts == 4  # the batch, then each frame alone
+
+
+def test_an_answer_larger_than_its_request_is_refused_before_it_is_read() -> None:
+    """Sizes come from the decoder, which parses untrusted images: a header announcing gigabytes must
+    fail the chunk, not make the worker allocate them."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)  # without the bound the read would wait for bytes that never come: fail, not hang
+    try:
+        theirs.sendall(_ANSWER.pack(1 << 31, 0))
+        with pytest.raises(DecoderDied, match="larger than the request allows"):
+            _Decoder.receive(SimpleNamespace(sock=ours), 4, 32)  # type: ignore[arg-type]  # only .sock is used
+        theirs.sendall(_ANSWER.pack(16, 4 * 32 * 32 * 3 + 1))  # one byte more than 4 frames can hold
+        with pytest.raises(DecoderDied, match="larger than the request allows"):
+            _Decoder.receive(SimpleNamespace(sock=ours), 4, 32)  # type: ignore[arg-type]
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_a_pool_needs_a_process() -> None:

@@ -56,7 +56,8 @@ from stream.adapters.memory_beliefs import InMemoryBeliefStore  # noqa: E402
 from stream.config import load_settings  # noqa: E402
 from stream.core.belief import ErrorFloor  # noqa: E402
 from stream.core.policy import load_policy  # noqa: E402
-from stream.pipeline.batching import BatchPolicy, MicroBatcher  # noqa: E402
+from stream.pipeline.assemble import batch_policy  # noqa: E402
+from stream.pipeline.batching import MicroBatcher  # noqa: E402
 from stream.pipeline.frames import FrameResolver, FrameStores  # noqa: E402
 from stream.pipeline.pipeline import InvalidShareGuard, Pipeline  # noqa: E402
 from stream.pipeline.ports import SourceRecord  # noqa: E402
@@ -157,9 +158,7 @@ async def pipeline_run(engine: InferenceEngine, records: list[SourceRecord]) -> 
     with the in-memory belief repository and sink in place of Redis and Kafka."""
     settings = load_settings(environ={})
     busy = BusyClock(engine.score)
-    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
-        busy, BatchPolicy(settings.batch_max_frames, settings.batch_max_wait_ms / 1000)
-    )
+    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(busy, batch_policy(settings))
     sink = MemorySink()
     store = InMemoryBeliefStore(
         half_life_s=settings.belief_half_life_days * DAY_S, ttl_s=settings.belief_ttl_days * DAY_S, clock=time.time

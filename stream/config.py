@@ -136,9 +136,19 @@ class Settings:
         "AGEGATE_DECODE_PROCESSES",
         "Processes decoding frames beside the event loop (0: in the inference thread). On a GPU, decode is the limit.",
     )
-    batch_max_frames: int = setting(64, "AGEGATE_BATCH_MAX_FRAMES", "A micro-batch closes at this many frames...")
+    batch_max_frames: int = setting(
+        64,
+        "AGEGATE_BATCH_MAX_FRAMES",
+        "A forward pass holds at most this many frames; the consumer takes at most this many events at once...",
+    )
     batch_max_wait_ms: float = setting(
-        25.0, "AGEGATE_BATCH_MAX_WAIT_MS", "...or when its oldest frame waited this long."
+        25.0, "AGEGATE_BATCH_MAX_WAIT_MS", "...or what arrived within this long after the first."
+    )
+    inference_max_wait_ms: float = setting(
+        0.0,
+        "AGEGATE_INFERENCE_MAX_WAIT_MS",
+        "Once the model is free, how long a forward pass may still wait for more frames (0: score what is "
+        "pending at once; the consumer's batch already waited).",
     )
     queue_max_events: int = setting(
         512, "AGEGATE_QUEUE_MAX_EVENTS", "Events in flight before consumption pauses (backpressure)."
@@ -329,6 +339,7 @@ _NON_NEGATIVE = (
     "promote_shadow_max_mean_abs_diff_years",
     "inference_threads",
     "decode_processes",
+    "inference_max_wait_ms",
 )
 _SHARES = ("promote_shadow_max_action_change_rate", "promote_shadow_max_new_allow_rate")
 

@@ -57,6 +57,16 @@ INFERENCE_SECONDS = Histogram(
 END_TO_END_SECONDS = Histogram(
     "agegate_event_to_decision_seconds", "Event to decision latency", buckets=_LATENCY_BUCKETS, registry=REGISTRY
 )
+# How long the interpreter stopped for each cyclic garbage collection, by generation (0-2). The
+# worker freezes its start-up heap (stream/runners/gc_pauses.py), so full collections stay short; a
+# growing generation-2 tail means something long-lived is accumulating objects.
+GC_PAUSE_SECONDS = Histogram(
+    "agegate_gc_pause_seconds",
+    "Cyclic garbage collection pause",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
 # One pipelined belief round trip to Redis for a micro-batch.
 BELIEF_UPDATE_SECONDS = Histogram(
     "agegate_belief_update_seconds", "Redis belief update per batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY

@@ -169,15 +169,22 @@ def consumer_batch(settings: Settings) -> tuple[int, float]:
     return max(1, min(settings.queue_max_events, settings.batch_max_frames)), settings.batch_max_wait_ms / 1000
 
 
+def batch_policy(settings: Settings, *, max_frames: int | None = None) -> BatchPolicy:
+    """When a forward pass starts: at `max_frames` frames, or once the model is free and the oldest
+    pending frame waited `inference_max_wait_ms`. The default 0 scores what is pending as soon as
+    the model is free: the frames come in consumer batches that already waited `batch_max_wait_ms`,
+    so a second wait here would only add to every decision's latency (while a pass runs, the next
+    batches' frames gather anyway, so a busy worker still scores full passes)."""
+    return BatchPolicy(max_frames or settings.batch_max_frames, settings.inference_max_wait_ms / 1000)
+
+
 def shadow_scorer(settings: Settings, *, policy: Policy, sink: Sink) -> ShadowScorer | None:
     """None when no shadow model is configured. Its own micro-batcher: the shadow scores the decided
     events' frames in batches of the same policy, off the event loop."""
     if not settings.shadow_model_checkpoint:
         return None
     engine = load_engine(settings, settings.shadow_model_checkpoint)
-    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
-        engine.score, BatchPolicy(settings.batch_max_frames, settings.batch_max_wait_ms / 1000)
-    )
+    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(engine.score, batch_policy(settings))
     return ShadowScorer(
         score=batcher.score,
         model_version=engine.model_version,
@@ -253,8 +260,9 @@ def assemble(
     """
     policy = policy or load_policy(settings.policy_file or None)
     max_frames = batch_max_frames or settings.batch_max_frames
-    wait_s = settings.batch_max_wait_ms / 1000
-    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(model.score, BatchPolicy(max_frames, wait_s))
+    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
+        model.score, batch_policy(settings, max_frames=max_frames)
+    )
     resolver = FrameResolver(
         FrameStores.parse(
             settings.frame_uri_roots, max_bytes=settings.frame_max_bytes, timeout_s=settings.frame_fetch_timeout_s
@@ -284,7 +292,7 @@ def assemble(
         retained_topic=topic_names(settings)["retained_frames"] if retain_frames else None,
     )
     in_flight = max_in_flight or settings.queue_max_events
-    events, _ = consumer_batch(settings)
+    events, wait_s = consumer_batch(settings)
     return Assembled(
         pipeline,
         policy,

@@ -38,6 +38,7 @@ from stream.config import Settings, load_settings
 from stream.log import get_logger
 from stream.pipeline.ports import SourceRecord, record_headers
 from stream.runners.driver import Done, Driver
+from stream.runners.gc_pauses import freeze_startup_heap, observe_pauses
 from stream.runners.preflight import preflight, topic_checks
 
 log = get_logger("agegate.worker")
@@ -111,12 +112,14 @@ class WorkerRuntime:
             on_error=self._failed,
         )
         self.driver.start()
+        frozen = freeze_startup_heap()  # everything long-lived exists now (see gc_pauses.py)
         self.model_loaded.set()
         log.info(
             "model loaded",
             model_version=self.engine.model_version,
             device=str(self.engine.device),
             policy_version=self.assembled.policy.version,
+            gc_frozen_objects=frozen,
         )
         metrics.set_build_info(model_version=self.engine.model_version, policy_version=self.assembled.policy.version)
 
@@ -384,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     preflight(settings)  # policy and settings checked before joining the group (ConfigError: exit code 2)
+    observe_pauses()  # agegate_gc_pause_seconds, for the life of the process
     # The loop stays current: faust (mode) runs on the event loop it finds, this one.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -24,8 +24,10 @@ class Recorder:
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.batches: list[list[int]] = []
         self.gate = gate
+        self.started = threading.Event()  # set when the first pass begins
 
     def __call__(self, items: Sequence[int]) -> list[int]:
+        self.started.set()
         if self.gate is not None:
             self.gate.wait(timeout=10)
         self.batches.append(list(items))
@@ -79,3 +81,21 @@ async def test_a_failing_scorer_fails_only_its_batch() -> None:
     assert all(isinstance(f, RuntimeError) for f in failed)
     assert await asyncio.gather(*second) == [3, 4]
     await batcher.stop()
+
+
+async def test_with_no_wait_a_free_model_scores_at_once_and_a_busy_one_gathers_the_next_batch() -> None:
+    """The worker's default (AGEGATE_INFERENCE_MAX_WAIT_MS=0): the consumer's batch already waited,
+    so a free model scores it at once; frames that arrive during a pass share the next one."""
+    gate = threading.Event()
+    scorer = Recorder(gate)
+    batcher: MicroBatcher[int, int] = MicroBatcher(scorer, BatchPolicy(max_frames=64, max_wait_s=0.0))
+    batcher.start()
+    first = asyncio.create_task(batcher.score_many([1, 2]))
+    assert await asyncio.to_thread(scorer.started.wait, 5)  # the pass began without waiting for more
+    second = asyncio.create_task(batcher.score_many([3]))
+    third = asyncio.create_task(batcher.score_many([4, 5]))
+    await asyncio.sleep(0)  # both enqueue while the model is busy
+    gate.set()
+    assert await asyncio.gather(first, second, third) == [[10, 20], [30], [40, 50]]
+    await batcher.stop()
+    assert scorer.batches == [[1, 2], [3, 4, 5]]

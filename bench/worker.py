@@ -7,6 +7,8 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
   worker       `agegate worker` draining a backlog, micro-batching on (default settings)
   worker-b1    the same with micro-batching off (AGEGATE_BATCH_MAX_FRAMES=1)
   latency      p50/p99 event-to-decision with the producer paced at half the worker's maximum
+  latency@half wait25  the same with each forward pass waiting up to 25 ms for more frames once the
+               model is free (AGEGATE_INFERENCE_MAX_WAIT_MS=25, the worker before 0 became the default)
   engine-noop  the engine with its forward pass replaced by a no-op (bench/noop_infer.py): a stand-in
                for a GPU, where inference is nearly free and the worker's own cost is what remains
   worker-noop  the worker with the same no-op forward pass (backlog)
@@ -14,9 +16,12 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
                processes (AGEGATE_DECODE_PROCESSES)
   soak         with --duration S: the worker paced at half its maximum for S seconds; resident memory
                (VmRSS) sampled at start, middle and end, to show it stays flat
-`p99 warm` leaves out events sent in the first 3 s of a row: after a start the first fetch and the
-first forward passes are slow and leave a backlog that takes seconds to drain (measured: the first
-decisions about 0.7 s after the first event at half load); `p99 ms` keeps them. Peak RSS of the
+Every row uses new topics, and a broker's first seconds on a new topic are slow: with no worker at
+all, a paced producer's acknowledgements took up to 200 ms in the first 8 s of a new topic and at
+most 30 ms on the same topic afterwards (measured here; a deployed worker's topics are long-lived).
+Paced rows therefore run at least 30 s, and `p99 warm` leaves out events sent in a row's first
+10 s; `p99 ms` keeps them. The load generator stands for a platform's long-running producers: it
+is warm before pacing starts and lingers 5 ms (stream/tools/produce.py). Peak RSS of the
 worker process (VmHWM) is reported too, and for each worker row the CPU each
 process spent per event while it ran (worker, Kafka broker, Redis, this benchmark): on a small
 machine they share the cores, and that budget bounds what any worker could reach. Outputs are read
@@ -59,8 +64,10 @@ from stream.tools.localrun import OutputReader, WorkerProcess, worker_env
 from stream.tools.produce import produce
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# `p99 warm`: events sent this long after the first one (see worker_run).
-WARM_AFTER_S = 3.0
+# `p99 warm`: events sent this long after the first one (see the docstring); paced rows last at least
+# PACED_ROW_S so that most of their events are warm.
+WARM_AFTER_S = 10.0
+PACED_ROW_S = 30.0
 
 
 def machine() -> dict[str, Any]:
@@ -106,7 +113,16 @@ def drop_topics(runs: list[Settings]) -> None:
 
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("engine", "engine-all", "worker", "worker-b1", "latency@half", "engine-noop", "worker-noop")
+VARIANTS = (
+    "engine",
+    "engine-all",
+    "worker",
+    "worker-b1",
+    "latency@half",
+    "latency@half wait25",
+    "engine-noop",
+    "worker-noop",
+)
 
 
 def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: int, *, noop: bool = False) -> float:
@@ -251,13 +267,17 @@ def worker_run(
     noop: bool = False,
     sample_rss: bool = False,
     decode_processes: int = 0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Backlog (rate 0: produced before the worker starts) or paced (rate > 0: while it runs).
-    `threads` 0 leaves the worker its own default (stream/pipeline/assemble.py inference_threads)."""
+    `threads` 0 leaves the worker its own default (stream/pipeline/assemble.py inference_threads);
+    `env` sets more of the worker's settings."""
     settings = fresh_settings(f"b{batch}")
+    if rate > 0:
+        n_events = max(n_events, int(rate * PACED_ROW_S))
     stream = list(synthetic_stream(n_events, seed=seed, bad_share=0.0, frames_per_event=2))
     noop_env = {"AGEGATE_BENCH_NOOP_INFER": "1", "PYTHONPATH": f"{REPO / 'bench' / 'noop'}:{REPO}"} if noop else {}
-    env = worker_env(
+    worker_environ = worker_env(
         settings,
         model=model,
         redis_url=settings.redis_url,
@@ -267,10 +287,11 @@ def worker_run(
         AGEGATE_BATCH_MAX_WAIT_MS="25",
         AGEGATE_DECODE_PROCESSES=str(decode_processes),
         **noop_env,
+        **(env or {}),
     )
     log = Path("/tmp") / f"agegate-bench-worker-{uuid.uuid4().hex[:6]}.log"
     produced = produce(settings, stream) if rate == 0 else []
-    worker = WorkerProcess(env, log).start()
+    worker = WorkerProcess(worker_environ, log).start()
     reader = OutputReader(settings)
     rss: dict[str, float] = {}
     try:
@@ -285,8 +306,8 @@ def worker_run(
         if sample_rss:
             rss = sampler.start_middle_end()
         peak_rss_mb = _rss_mb(worker.proc.pid, "VmHWM")
-        # Reading decodes every output in this process (53,290 in 300 s here): a 10-minute soak's
-        # 200,000 took longer than a fixed 300 s, and its latencies then covered only the first quarter.
+        # Reading decodes every output in this process: a 10-minute soak's 200,000 took longer than a
+        # fixed 300 s (reading was quadratic then), and its latencies covered only the first quarter.
         keys = {p.idempotency_key for p in produced}
         outputs = reader.poll_until(keys, timeout=max(300.0, len(produced) / 50))
         missing = len(keys - outputs.accounted())
@@ -331,12 +352,12 @@ def _p99(sorted_values: list[float]) -> float:
 def print_table(result: dict[str, Any]) -> None:
     print(f"machine: {result['machine']}")
     print(
-        f"{'variant':14} {'frames/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99 warm':>9} "
+        f"{'variant':20} {'frames/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99 warm':>9} "
         f"{'peak RSS MB':>12}"
     )
     for name, row in result["rows"].items():
         print(
-            f"{name:14} {row['frames_per_s']:>10.0f} {row.get('events_per_s', float('nan')):>10.1f} "
+            f"{name:20} {row['frames_per_s']:>10.0f} {row.get('events_per_s', float('nan')):>10.1f} "
             f"{row.get('p50_ms', float('nan')):>8.0f} {row.get('p99_ms', float('nan')):>8.0f} "
             f"{row.get('p99_warm_ms', float('nan')):>9.0f} "
             f"{row.get('peak_rss_mb', float('nan')):>12.0f}"
@@ -351,7 +372,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"CPU ms per event while the worker ran ({result['machine']['cores']} cores): " + ", ".join(owners))
         for name, row in cpu_rows.items():
             cells = " ".join(f"{owner}={row.get('cpu_ms_per_event_' + owner, float('nan')):.2f}" for owner in owners)
-            print(f"  {name:14} {cells}")
+            print(f"  {name:20} {cells}")
     for name, value in result["ratios"].items():
         print(f"{name.replace('_over_', ' / ')} frames/s: {value:.2f}")
     print(
@@ -407,13 +428,18 @@ def measure() -> int:
         rows["engine"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads)}
     if "engine-all" in variants:
         rows["engine-all"] = {"frames_per_s": engine_rate(model, frames, batch, threads)}
-    if variants & {"worker", "latency@half"} or args.duration:
+    if variants & {"worker", "latency@half", "latency@half wait25"} or args.duration:
         rows["worker"] = worker_run(model, n, batch=batch, rate=0, threads=worker_threads, seed=5)
     if "worker-b1" in variants:
         rows["worker-b1"] = worker_run(model, n, batch=1, rate=0, threads=worker_threads, seed=5)
     half = rows["worker"]["events_per_s"] / 2 if "worker" in rows else 0.0
     if "latency@half" in variants:
         rows["latency@half"] = worker_run(model, n, batch=batch, rate=half, threads=worker_threads, seed=6)
+    if "latency@half wait25" in variants:
+        wait25 = {"AGEGATE_INFERENCE_MAX_WAIT_MS": "25"}
+        rows["latency@half wait25"] = worker_run(
+            model, n, batch=batch, rate=half, threads=worker_threads, seed=6, env=wait25
+        )
     if "engine-noop" in variants:
         rows["engine-noop"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads, noop=True)}
     if "worker-noop" in variants:

@@ -177,21 +177,29 @@ class OutputReader:
         wanted = set(expected)
         target = len(wanted) if at_least is None else at_least
         deadline = time.monotonic() + timeout
-        while len(self.outputs.accounted() & wanted) < target and time.monotonic() < deadline:
+        found = self.outputs.accounted() & wanted  # kept up to date per message: reading stays linear
+        while len(found) < target and time.monotonic() < deadline:
             msg = self.consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            if msg.topic() == self.decisions_topic:
-                record = self.codec.decode(msg.value(), DECISION).record
-                self.outputs.decisions.setdefault(record["idempotency_key"], []).append(record)
-            else:
-                raw_headers: list[tuple[str, bytes]] = msg.headers() or []  # type: ignore[assignment]
-                headers = {k: v.decode() for k, v in raw_headers}
-                headers["_key"] = (msg.key() or b"").decode(errors="replace")
-                headers["_value_len"] = str(len(msg.value() or b""))
-                source = f"{headers['source_topic']}/{headers['source_partition']}/{headers['source_offset']}"
-                self.outputs.dead_letters.setdefault(source, []).append(headers)
+            source = self._keep(msg)
+            if source in wanted:
+                found.add(source)
         return self.outputs
+
+    def _keep(self, msg: Any) -> str:
+        """Store one output; returns the source record it answers (a decision's idempotency key)."""
+        if msg.topic() == self.decisions_topic:
+            record = self.codec.decode(msg.value(), DECISION).record
+            self.outputs.decisions.setdefault(record["idempotency_key"], []).append(record)
+            return str(record["idempotency_key"])
+        raw_headers: list[tuple[str, bytes]] = msg.headers() or []
+        headers = {k: v.decode() for k, v in raw_headers}
+        headers["_key"] = (msg.key() or b"").decode(errors="replace")
+        headers["_value_len"] = str(len(msg.value() or b""))
+        source = f"{headers['source_topic']}/{headers['source_partition']}/{headers['source_offset']}"
+        self.outputs.dead_letters.setdefault(source, []).append(headers)
+        return source
 
     def close(self) -> None:
         self.consumer.close()

@@ -194,7 +194,7 @@ def test_one_turn_of_the_improvement_loop(
         "--mix-max",
         "3000",
         "--epochs",
-        "2",
+        "3",
         "--lr",
         "2e-4",
         "--warmup-steps",

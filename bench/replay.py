@@ -50,7 +50,11 @@ async def worker_like(settings: Settings, engine: InferenceEngine) -> float:
     started = time.perf_counter()
     try:
         outcomes = await run_to_end(
-            reader.next, a.pipeline.process, max_in_flight=a.max_in_flight, batch_events=a.batch_events
+            reader.next,
+            a.pipeline.process,
+            max_in_flight=a.max_in_flight,
+            max_in_flight_bytes=a.max_in_flight_bytes,
+            batch_events=a.batch_events,
         )
         elapsed = time.perf_counter() - started
     finally:

@@ -151,7 +151,12 @@ class Settings:
         "pending at once; the consumer's batch already waited).",
     )
     queue_max_events: int = setting(
-        512, "AGEGATE_QUEUE_MAX_EVENTS", "Events in flight before consumption pauses (backpressure)."
+        2048, "AGEGATE_QUEUE_MAX_EVENTS", "Events in flight before consumption pauses (backpressure)..."
+    )
+    queue_max_bytes: int = setting(
+        256 * 1024 * 1024,
+        "AGEGATE_QUEUE_MAX_BYTES",
+        "...or this many bytes of their Kafka values (their frames), whichever comes first.",
     )
     fetch_min_bytes: int = setting(
         65536, "AGEGATE_FETCH_MIN_BYTES", "The worker's Kafka fetch waits for this many bytes..."
@@ -319,6 +324,7 @@ _POSITIVE = (
     "topic_replication_factor",
     "batch_max_frames",
     "queue_max_events",
+    "queue_max_bytes",
     "fetch_min_bytes",
     "fetch_max_wait_ms",
     "frame_max_bytes",

@@ -67,6 +67,17 @@ GC_PAUSE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+# How long a consumer batch spent in each step of the pipeline (stream/pipeline/pipeline.py), waits
+# included: "score" holds the wait for a free forward pass, "fuse" the wait for earlier batches'
+# belief steps, "emit" the wait for Kafka's acknowledgements. The step whose share grows is where
+# a worker that falls behind spends its time (docs/operations.md).
+STEP_SECONDS = Histogram(
+    "agegate_step_seconds",
+    "Time a consumer batch spent in a pipeline step, waits included",
+    ["step"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 # One pipelined belief round trip to Redis for a micro-batch.
 BELIEF_UPDATE_SECONDS = Histogram(
     "agegate_belief_update_seconds", "Redis belief update per batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY

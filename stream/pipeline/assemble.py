@@ -202,8 +202,9 @@ def shadow_scorer(settings: Settings, *, policy: Policy, sink: Sink) -> ShadowSc
 class Assembled:
     """A complete pipeline: `start()` inside the running loop, `await stop()` at the end.
 
-    `batch_events`, `batch_wait_s` and `max_in_flight` are how its driver should feed it: at most
-    that many events per batch, waiting that long to fill one, with that many events in flight.
+    `batch_events`, `batch_wait_s`, `max_in_flight` and `max_in_flight_bytes` are how its driver
+    should feed it: at most that many events per batch, waiting that long to fill one, with at most
+    that many events (and bytes of their records) in flight.
     """
 
     pipeline: Pipeline
@@ -211,6 +212,7 @@ class Assembled:
     batch_events: int
     batch_wait_s: float
     max_in_flight: int
+    max_in_flight_bytes: int
     _batcher: MicroBatcher[EncodedFrame, FrameResult]
     _resolver: FrameResolver
     _shadow: ShadowScorer | None = None
@@ -299,6 +301,7 @@ def assemble(
         batch_events=max(1, min(in_flight, events, max_frames)),
         batch_wait_s=wait_s,
         max_in_flight=in_flight,
+        max_in_flight_bytes=settings.queue_max_bytes,
         _batcher=batcher,
         _resolver=resolver,
         _shadow=shadow,

@@ -22,6 +22,9 @@ from stream import metrics
 F = TypeVar("F")
 R = TypeVar("R")
 
+# Passes handed to the model thread and not finished: the one running and one full pass behind it.
+_MAX_PASSES_HANDED = 2
+
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
@@ -59,7 +62,8 @@ class _Group(Generic[R]):
 class MicroBatcher(Generic[F, R]):
     """Batches items for `scorer` (a blocking function from a list of items to a list of results).
 
-    The scorer runs in one worker thread: one forward pass at a time, while the next batch forms.
+    The scorer runs in one worker thread: one forward pass at a time, while the next batch forms
+    (a full one waits queued behind the running pass, see `_may_start`).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class MicroBatcher(Generic[F, R]):
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()  # passes handed to the model thread
         self._on_batch = on_batch
         self.batches = 0
 
@@ -114,38 +119,77 @@ class MicroBatcher(Generic[F, R]):
             self._wakeup.set()
         return await group.future
 
+    def _may_start(self, running: int) -> bool:
+        """Whether to hand the model another pass now, with `running` passes handed and unfinished.
+
+        None running: the policy decides (size or wait). One running: only a full pass, queued
+        behind it, so the model thread goes from one pass to the next without waiting for the
+        event loop to see the first one finish; a partial pass waits and gathers the frames that
+        arrive meanwhile. Two: nothing until one finishes.
+        """
+        if running >= _MAX_PASSES_HANDED or not self._pending:
+            return False
+        if self._closing or len(self._pending) >= self.policy.max_frames:
+            return True
+        return running == 0 and self.policy.should_flush(len(self._pending), self._waited())
+
+    def _waited(self) -> float:
+        return self._clock() - self._pending[0][3]
+
+    @property
+    def handed(self) -> int:
+        """Passes handed to the model thread and not finished (at most two: one running, one queued)."""
+        return sum(not t.done() for t in self._running)
+
+    @property
+    def pending(self) -> int:
+        """Frames waiting for a pass."""
+        return len(self._pending)
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            self._running = {t for t in self._running if not t.done()}
+            if self._may_start(len(self._running)):
+                take = min(len(self._pending), self.policy.max_frames)
+                batch = [self._pending.popleft() for _ in range(take)]
+                loop = asyncio.get_running_loop()
+                # Handed to the thread now (not when a task first runs): it starts once the model is free.
+                scored = loop.run_in_executor(self._executor, self._timed, [item for item, _, _, _ in batch])
+                self._running.add(loop.create_task(self._finish(batch, scored)))
                 continue
-            waited = self._clock() - self._pending[0][3]
-            if not self._closing and not self.policy.should_flush(len(self._pending), waited):
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=self.policy.wait_left(waited))
-                continue
-            take = min(len(self._pending), self.policy.max_frames)
-            batch = [self._pending.popleft() for _ in range(take)]
-            items = [item for item, _, _, _ in batch]
-            started = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self._executor, self._scorer, items)
-                if len(results) != len(items):
-                    raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
-            except Exception as exc:  # the whole batch failed (a bug, or the device): fail its callers
-                for _, group, _, _ in batch:
-                    group.fail(exc)
-                continue
-            elapsed = time.perf_counter() - started
-            self.batches += 1
-            metrics.BATCH_SIZE.observe(len(items))
-            metrics.INFERENCE_SECONDS.observe(elapsed)
-            if self._on_batch:
-                self._on_batch(len(items), elapsed)
-            for (_, group, index, _), result in zip(batch, results, strict=True):
-                group.fill(index, result)
+            if self._closing and not self._pending:
+                await asyncio.gather(*self._running)
+                return
+            # Sleep until frames arrive, a pass finishes, or (the model free) the oldest frame's wait ends.
+            timeout = self.policy.wait_left(self._waited()) if self._pending and not self._running else None
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+
+    async def _finish(
+        self, batch: list[tuple[F, _Group[R], int, float]], scored: asyncio.Future[tuple[Sequence[R], float]]
+    ) -> None:
+        """Deliver a pass's results to its callers (or its failure), then wake the batcher."""
+        try:
+            results, elapsed = await scored
+            if len(results) != len(batch):
+                raise RuntimeError(f"scorer returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:  # the whole batch failed (a bug, or the device): fail its callers
+            for _, group, _, _ in batch:
+                group.fail(exc)
+            return
+        finally:
+            self._wakeup.set()
+        self.batches += 1
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.INFERENCE_SECONDS.observe(elapsed)
+        if self._on_batch:
+            self._on_batch(len(batch), elapsed)
+        for (_, group, index, _), result in zip(batch, results, strict=True):
+            group.fill(index, result)
+
+    def _timed(self, items: Sequence[F]) -> tuple[Sequence[R], float]:
+        """The scorer, timed in its own thread (a pass queued behind another does not count its wait)."""
+        started = time.perf_counter()
+        results = self._scorer(items)
+        return results, time.perf_counter() - started

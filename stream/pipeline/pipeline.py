@@ -76,6 +76,20 @@ class InvalidShareGuard:
         self.tripped = None
 
 
+class _StepTimer:
+    """Observes, per batch, the time since the previous step ended (agegate_step_seconds)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        metrics.STEP_SECONDS.labels(step).observe(now - self._last)
+        self._last = now
+
+
 class _BeliefTurn:
     """A batch's place in the belief step's order: its scored events once ready, its decisions once fused."""
 
@@ -148,17 +162,24 @@ class Pipeline:
         return self._process(records, turn)
 
     async def _process(self, records: Sequence[SourceRecord], turn: _BeliefTurn) -> list[Outcome]:
+        step = _StepTimer()
         try:
             for rec in records:
                 metrics.EVENTS_CONSUMED.labels(rec.topic).inc()
             decoded = await until_available(self._decode(records), dependency="schema_registry")
+            step.done("decode")
             turn.prepared = await self._score(decoded)
+            step.done("score")
         except BaseException:
             turn.skipped = True  # a bug (or cancellation): later batches must not wait for this one
             raise
         finally:
             self._kick_beliefs()
-        return await self._emit(records, await turn.done)
+        done = await turn.done
+        step.done("fuse")
+        outcomes = await self._emit(records, done)
+        step.done("emit")
+        return outcomes
 
     def _kick_beliefs(self) -> None:
         if self._belief_runner is None or self._belief_runner.done():

@@ -2,8 +2,10 @@
 
 Used by the worker (faust hands it batches), replay and the benchmarks (a confluent-kafka reader),
 and the tests. Its guarantees, whoever drives it:
-- bounded in flight: `submit` waits while `max_in_flight` events are unreleased (backpressure: the
-  caller stops taking input), and refuses while the driver is paused (input closed);
+- bounded in flight: `submit` waits while `max_in_flight` events, or `max_in_flight_bytes` of their
+  records' values, are unreleased (backpressure: the caller stops taking input), and refuses while
+  the driver is paused (input closed). The event bound keeps the stages fed; the byte bound keeps
+  memory bounded whatever the frames weigh;
 - completion in order: batches are released in the order they were submitted, so each partition's
   records are released in offset order (every source hands a partition's records in offset order);
 - commit only what is done: a record is released (acked, written, checkpointed) only once its
@@ -54,18 +56,21 @@ class Driver(Generic[T]):
         max_in_flight: int,
         release: Callable[[Sequence[Done[T]]], Awaitable[None]],
         on_error: Callable[[BaseException], None] | None = None,
+        max_in_flight_bytes: int | None = None,
     ) -> None:
         """`release` gets each completed batch's still-owned records, in order; `on_error` is told
         when a batch fails (a bug: nothing of it or after it is released). Without `on_error` the
-        failure is raised from the next `submit` or `drain`."""
+        failure is raised from the next `submit` or `drain`. `max_in_flight_bytes` None: no byte bound."""
         self._process = process
         self.max_in_flight = max(1, max_in_flight)
+        self.max_in_flight_bytes = max_in_flight_bytes
         self._release = release
         self._on_error = on_error
         self._tracker: OffsetTracker[_Slot[T]] = OffsetTracker()
         self._generation: dict[tuple[str, int], int] = {}
         self._batches: deque[tuple[list[_Slot[T]], asyncio.Task[Sequence[Outcome]]]] = deque()
         self._in_flight = 0
+        self._in_flight_bytes = 0
         self._changed = asyncio.Condition()
         self._open = asyncio.Event()
         self._open.set()
@@ -78,6 +83,11 @@ class Driver(Generic[T]):
     def in_flight(self) -> int:
         """Events submitted and not yet released."""
         return self._in_flight
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of the records' values submitted and not yet released."""
+        return self._in_flight_bytes
 
     @property
     def paused(self) -> bool:
@@ -111,24 +121,21 @@ class Driver(Generic[T]):
 
     async def submit(self, batch: Sequence[tuple[SourceRecord, T]]) -> bool:
         """Hand a batch to the pipeline once there is room; False (nothing taken) when the input is or
-        becomes paused meanwhile. A batch larger than `max_in_flight` waits until nothing is in flight."""
+        becomes paused meanwhile. A batch larger than either bound waits until nothing is in flight."""
         self._raise_error()
         if not batch:
             return True
         n = len(batch)
+        size = sum(len(rec.value or b"") for rec, _ in batch)
         async with self._changed:
             await self._changed.wait_for(
-                lambda: (
-                    self.paused
-                    or self._error is not None
-                    or self._in_flight == 0
-                    or self._in_flight + n <= self.max_in_flight
-                )
+                lambda: self.paused or self._error is not None or self._in_flight == 0 or self._has_room(n, size)
             )
             self._raise_error()
             if self.paused:
                 return False
             self._in_flight += n
+            self._in_flight_bytes += size
         slots = []
         for rec, payload in batch:
             generation = self._generation.get((rec.topic, rec.partition), 0)
@@ -142,6 +149,11 @@ class Driver(Generic[T]):
         async with self._changed:
             self._changed.notify_all()
         return True
+
+    def _has_room(self, events: int, size: int) -> bool:
+        if self._in_flight + events > self.max_in_flight:
+            return False
+        return self.max_in_flight_bytes is None or self._in_flight_bytes + size <= self.max_in_flight_bytes
 
     async def drain(self) -> None:
         """Wait until everything submitted is released."""
@@ -198,6 +210,7 @@ class Driver(Generic[T]):
                 await self._release(released)
             async with self._changed:
                 self._in_flight -= len(slots)
+                self._in_flight_bytes -= sum(len(slot.record.value or b"") for slot in slots)
                 self._changed.notify_all()
 
 
@@ -225,6 +238,7 @@ async def run_to_end(
     *,
     max_in_flight: int,
     batch_events: int,
+    max_in_flight_bytes: int | None = None,
 ) -> list[Outcome]:
     """Drive a finite reader (a replay window, a benchmark's backlog) through `process`; every
     outcome, in the reader's order."""
@@ -233,7 +247,9 @@ async def run_to_end(
     async def keep(done: Sequence[Done[None]]) -> None:
         outcomes.extend(d.outcome for d in done)
 
-    driver: Driver[None] = Driver(process, max_in_flight=max_in_flight, release=keep)
+    driver: Driver[None] = Driver(
+        process, max_in_flight=max_in_flight, release=keep, max_in_flight_bytes=max_in_flight_bytes
+    )
     driver.start()
     try:
         async for batch in batches(next_record, batch_events):

@@ -635,7 +635,10 @@ class _Run:
             stop_on_invalid_share=False,
         )
         self.driver: Driver[None] = Driver(
-            self.assembled.pipeline.process, max_in_flight=cfg.max_in_flight, release=self._release
+            self.assembled.pipeline.process,
+            max_in_flight=cfg.max_in_flight,
+            max_in_flight_bytes=self.assembled.max_in_flight_bytes,
+            release=self._release,
         )
         self.bar = _progress(cfg.progress, state)
 

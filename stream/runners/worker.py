@@ -108,6 +108,7 @@ class WorkerRuntime:
         self.driver = Driver(
             self.assembled.pipeline.process,
             max_in_flight=self.assembled.max_in_flight,
+            max_in_flight_bytes=self.assembled.max_in_flight_bytes,
             release=self._release,
             on_error=self._failed,
         )

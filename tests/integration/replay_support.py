@@ -94,6 +94,7 @@ async def run_live(
             reader.next,
             assembled.pipeline.process,
             max_in_flight=assembled.max_in_flight,
+            max_in_flight_bytes=assembled.max_in_flight_bytes,
             batch_events=assembled.batch_events,
         )
     finally:

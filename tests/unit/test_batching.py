@@ -99,3 +99,37 @@ async def test_with_no_wait_a_free_model_scores_at_once_and_a_busy_one_gathers_t
     assert await asyncio.gather(first, second, third) == [[10, 20], [30], [40, 50]]
     await batcher.stop()
     assert scorer.batches == [[1, 2], [3, 4, 5]]
+
+
+async def test_a_full_pass_waits_queued_behind_the_running_one_and_starts_without_the_event_loop() -> None:
+    """Under load the model thread must go from one pass to the next by itself: were the next pass
+    handed over only once the event loop saw the first finish, every pass would also wait for a
+    busy loop's turn. A partial pass is not queued: it gathers the frames that arrive meanwhile."""
+    gate, second_started = threading.Event(), threading.Event()
+    batches: list[list[int]] = []
+
+    def scorer(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            gate.wait(timeout=10)
+        else:
+            second_started.set()
+        return [i * 10 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(scorer, BatchPolicy(max_frames=2, max_wait_s=0.0))
+    batcher.start()
+    first = asyncio.create_task(batcher.score_many([1, 2]))
+    second = asyncio.create_task(batcher.score_many([3, 4]))
+    third = asyncio.create_task(batcher.score_many([5]))
+    for _ in range(1000):  # yield to the batcher until it has handed over the two full passes
+        if batcher.handed == 2:
+            break
+        await asyncio.sleep(0)
+    assert batcher.handed == 2
+    assert batcher.pending == 1  # the partial pass waits while the model is busy
+    gate.set()
+    # Block the event loop: the queued pass must start without it.
+    assert second_started.wait(timeout=10)
+    assert await asyncio.gather(first, second, third) == [[10, 20], [30, 40], [50]]
+    await batcher.stop()
+    assert batches == [[1, 2], [3, 4], [5]]

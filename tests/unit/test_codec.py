@@ -101,6 +101,9 @@ GOOD = codec.encode(SIGNUP, SAMPLES[SIGNUP])
             GOOD[:5] + b"\x48" + b"6a1f6f4e-7f0e-4a43-a2a4-111111111111" + b"\xfe\xff\xff\xff\xff\xff\xff\xff\x7f",
             "truncated_body",
         ),
+        # The same field declaring a negative length (zig-zag 0x01 is -1): a read of "everything
+        # left" must not pass for it.
+        (GOOD[:5] + b"\x01" + GOOD[6:], "truncated_body"),
     ],
 )
 def test_bad_input_is_a_typed_error_with_reason(data: bytes, reason: str) -> None:

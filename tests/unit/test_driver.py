@@ -79,6 +79,37 @@ async def test_a_full_driver_makes_submit_wait_and_a_paused_one_refuses() -> Non
     await driver.stop()
 
 
+async def test_the_byte_bound_holds_back_heavy_records_and_a_lone_oversized_batch_still_passes() -> None:
+    """Events with large frames fill memory long before the event bound: the byte bound stops them."""
+    process = Gated()
+
+    async def release(done: Sequence[Done[None]]) -> None:
+        return None
+
+    def heavy(offset: int, size: int) -> SourceRecord:
+        return SourceRecord("t", 0, offset, None, b"x" * size, 0)
+
+    driver: Driver[None] = Driver(process, max_in_flight=100, max_in_flight_bytes=1000, release=release)
+    driver.start()
+    assert await driver.submit([(heavy(0, 600), None)])
+    waiting = asyncio.ensure_future(driver.submit([(heavy(1, 600), None)]))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # 1,200 bytes would be in flight, though 2 events are far below 100
+    assert driver.in_flight_bytes == 600
+    process.gates[0].set()
+    assert await waiting
+    assert driver.in_flight_bytes == 600  # the first released, the second taken
+    process.gates[1].set()
+    await driver.drain()
+    assert driver.in_flight_bytes == 0
+    # A batch larger than the bound is taken once nothing is in flight (it would otherwise wait forever).
+    oversized = asyncio.ensure_future(driver.submit([(heavy(2, 5000), None)]))
+    assert await asyncio.wait_for(oversized, timeout=5)
+    process.gates[2].set()
+    await driver.drain()
+    await driver.stop()
+
+
 async def test_a_revoked_partition_releases_nothing_more() -> None:
     process = Gated()
     released: list[tuple[int, int]] = []

@@ -169,6 +169,18 @@ def consumer_batch(settings: Settings) -> tuple[int, float]:
     return max(1, min(settings.queue_max_events, settings.batch_max_frames)), settings.batch_max_wait_ms / 1000
 
 
+# Consumer batches faust may hold ahead of the driver (its stream buffer).
+_BATCHES_BUFFERED = 8
+
+
+def consumer_buffer_events(settings: Settings) -> int:
+    """How many fetched events faust may hold before the driver takes them: enough that the next
+    batch is ready whenever the driver has room, and few, because these records sit outside the
+    driver's byte bound (`queue_max_bytes`)."""
+    events, _ = consumer_batch(settings)
+    return min(settings.queue_max_events, _BATCHES_BUFFERED * events)
+
+
 def batch_policy(settings: Settings, *, max_frames: int | None = None) -> BatchPolicy:
     """When a forward pass starts: at `max_frames` frames, or once the model is free and the oldest
     pending frame waited `inference_max_wait_ms`. The default 0 scores what is pending as soon as

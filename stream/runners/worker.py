@@ -235,7 +235,7 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
     import faust
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from stream.pipeline.assemble import consumer_batch
+    from stream.pipeline.assemble import consumer_batch, consumer_buffer_events
     from stream.runners.faust_app import app_class
 
     broker = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(","))
@@ -252,7 +252,7 @@ def create_app(settings: Settings) -> tuple[Any, WorkerRuntime]:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=True,
-        stream_buffer_maxsize=settings.queue_max_events,
+        stream_buffer_maxsize=consumer_buffer_events(settings),
         broker_commit_every=200,
         broker_commit_interval=1.0,
         datadir=os.environ.get("AGEGATE_FAUST_DATADIR", tempfile.mkdtemp(prefix="agegate-faust-")),

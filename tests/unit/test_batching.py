@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Sequence
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream.config import Settings
+from stream.pipeline.assemble import consumer_batch, consumer_buffer_events
 from stream.pipeline.batching import BatchPolicy, MicroBatcher
 
 
@@ -133,3 +136,13 @@ async def test_a_full_pass_waits_queued_behind_the_running_one_and_starts_withou
     assert await asyncio.gather(first, second, third) == [[10, 20], [30, 40], [50]]
     await batcher.stop()
     assert batches == [[1, 2], [3, 4], [5]]
+
+
+def test_faust_holds_a_few_consumer_batches_ahead_not_the_whole_in_flight_bound() -> None:
+    """Records in faust's buffer sit outside the driver's byte bound, so the buffer stays a few
+    batches deep however many events may be in flight."""
+    settings = Settings()
+    events, _ = consumer_batch(settings)
+    assert consumer_buffer_events(settings) == 8 * events < settings.queue_max_events
+    small = dataclasses.replace(settings, queue_max_events=100)
+    assert consumer_buffer_events(small) == 100

@@ -49,7 +49,8 @@ DEAD_LETTERS = Counter("agegate_dead_letters_total", "Dead letters emitted", ["r
 FRAME_ERRORS = Counter("agegate_frame_errors_total", "Frames that could not be scored", ["reason"], registry=REGISTRY)
 # Frames per inference micro-batch.
 BATCH_SIZE = Histogram("agegate_batch_frames", "Frames per micro-batch", buckets=_BATCH_BUCKETS, registry=REGISTRY)
-# Wall time of one batch's forward pass (decode excluded).
+# Wall time of one micro-batch in the model thread: decoding (unless decoder processes do it) and
+# the forward pass. Timed in the thread, so a pass queued behind another does not count its wait.
 INFERENCE_SECONDS = Histogram(
     "agegate_inference_seconds", "Inference time per micro-batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from model.engine import EncodedFrame, FrameEstimate, FrameResult
+from stream import metrics
 from stream.adapters.codec import AvroCodec
 from stream.adapters.memory_beliefs import InMemoryBeliefStore
 from stream.core.belief import ErrorFloor, Evidence, p_at_least
@@ -139,6 +140,24 @@ async def test_a_batch_gives_one_outcome_per_record_in_order_with_frames_scored_
     assert sink.batches == [4]  # the batch's decisions and dead letters produced together, awaited once
     _, key, value, headers = sink.sent[1]
     assert (key, value, headers["reason"]) == (b"k", b"\x07not avro", outcomes[1].reason.encode())  # type: ignore[union-attr]
+
+
+def _step_counts() -> dict[str, float]:
+    return {
+        step: metrics.REGISTRY.get_sample_value("agegate_step_seconds_count", {"step": step}) or 0.0
+        for step in ("decode", "score", "fuse", "emit")
+    }
+
+
+async def test_each_batch_reports_the_time_it_spent_in_every_step_once() -> None:
+    """agegate_step_seconds (the dashboard's "Where a batch's time goes"): one observation per step
+    per batch, whatever the batch holds."""
+    pipeline, *_ = make()
+    before = _step_counts()
+    await pipeline.process([upload("a", 35), upload("b", 10, 12)])
+    await pipeline.process([upload("c", 40)])
+    after = _step_counts()
+    assert {step: after[step] - before[step] for step in after} == dict.fromkeys(after, 2.0)
 
 
 async def test_a_new_policy_version_judges_afresh_instead_of_holding_the_old_versions_allow(tmp_path: Path) -> None:

@@ -68,7 +68,8 @@ class Driver(Generic[T]):
         self._on_error = on_error
         self._tracker: OffsetTracker[_Slot[T]] = OffsetTracker()
         self._generation: dict[tuple[str, int], int] = {}
-        self._batches: deque[tuple[list[_Slot[T]], asyncio.Task[Sequence[Outcome]]]] = deque()
+        # Each batch in flight: its slots, its byte size (what it holds of the byte bound), its task.
+        self._batches: deque[tuple[list[_Slot[T]], int, asyncio.Task[Sequence[Outcome]]]] = deque()
         self._in_flight = 0
         self._in_flight_bytes = 0
         self._changed = asyncio.Condition()
@@ -145,7 +146,7 @@ class Driver(Generic[T]):
         # `process` is called here, in submission order (the pipeline takes the batch's place in its
         # belief step's order synchronously); the task only awaits it.
         task = asyncio.get_running_loop().create_task(_awaited(self._process([rec for rec, _ in batch])))
-        self._batches.append((slots, task))
+        self._batches.append((slots, size, task))
         async with self._changed:
             self._changed.notify_all()
         return True
@@ -169,7 +170,7 @@ class Driver(Generic[T]):
             self._completer.cancel()
             await asyncio.gather(self._completer, return_exceptions=True)
             self._completer = None
-        for _, task in self._batches:
+        for _, _, task in self._batches:
             task.cancel()
 
     def _raise_error(self) -> None:
@@ -182,7 +183,7 @@ class Driver(Generic[T]):
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: bool(self._batches))
-            slots, task = self._batches[0]
+            slots, size, task = self._batches[0]
             try:
                 outcomes = await task
                 if len(outcomes) != len(slots):
@@ -210,7 +211,7 @@ class Driver(Generic[T]):
                 await self._release(released)
             async with self._changed:
                 self._in_flight -= len(slots)
-                self._in_flight_bytes -= sum(len(slot.record.value or b"") for slot in slots)
+                self._in_flight_bytes -= size
                 self._changed.notify_all()
 
 

@@ -10,10 +10,18 @@ measured on the 2-core CI machine, a thread that decodes 4,000-6,000 frames/s al
 
 So each decoder is one process with one socket to its owner, and a batch costs the owner a handful
 of blocking system calls, not several lock handoffs per frame: the request (every frame's bytes in
-one message) goes out with `sendall`, and the answer (a small header, then every decoded frame in one
-contiguous block) comes back with `recv_into(..., MSG_WAITALL)`, which sleeps in the kernel until the
-whole block has arrived. `concurrent.futures.ProcessPoolExecutor` was measured worse than decoding in
-the thread: its two helper threads in the owner add lock handoffs rather than remove them.
+one message) goes out with `sendall`, and the answer comes back with one `recv_into(..., MSG_WAITALL)`,
+which sleeps in the kernel until all of it has arrived. For that one call the owner must know the
+answer's size before reading it, so the answer has a fixed size for a request of n frames: a small
+header, n frames' worth of pixels (the decoded ones first, the rest zeros) and a fixed allowance for
+the JSON saying which frames failed and why; only a JSON longer than that (many failed frames with
+long reasons) costs a second read. Every blocking call hands the interpreter lock to the event loop
+and waits to get it back, up to a switch interval (5 ms) beside a loop that never blocks: there, a
+second read of an answer that had already arrived took 5.3 ms per 64-frame batch. On the no-op
+worker with one decoder (bench/worker.py's `worker-noop dp1`), one read instead of two gave 1,894 to
+1,922 events/s against 1,786 to 1,858, in alternating runs.
+`concurrent.futures.ProcessPoolExecutor` was measured worse than decoding in the thread: its two
+helper threads in the owner add lock handoffs rather than remove them.
 
 A frame that kills its decoder (a bomb that escapes the limits, a crash in a codec) must fail alone:
 the broken chunk is decoded again one frame at a time by a fresh decoder, and a frame that kills that
@@ -44,8 +52,9 @@ from model.errors import ImageDecodeError
 Decoded = np.ndarray | tuple[str, str]
 ChunkDecoder = Callable[[Sequence[tuple[bytes, str]], int, DecodeLimits], list[Decoded]]
 
-# Requests are one length-prefixed pickle; answers a fixed header (two lengths), the JSON of which
-# frames decoded and why the others did not, then the decoded pixels' raw bytes.
+# Requests are one length-prefixed pickle. An answer to n frames is a header (frames decoded, length of
+# the JSON), n frames of pixels (the decoded ones in order, then zeros), then the JSON of which frames
+# decoded and why the others did not, padded with spaces to `_meta_allowance(n)` when shorter.
 _LENGTH = struct.Struct("!Q")
 _ANSWER = struct.Struct("!QQ")
 # Socket buffers large enough for a 64-frame batch in one go where the kernel allows (it caps them).
@@ -55,6 +64,12 @@ _MAX_META_BYTES = 1 << 20
 # How long `close` waits for a decoder to exit after its socket closed before killing it (seconds).
 _EXIT_WAIT_S = 5.0
 CRASHED = ("decoder_crashed", "the decoder process died on this frame")
+
+
+def _meta_allowance(n: int) -> int:
+    """Bytes of JSON an answer to n frames carries in its fixed size: all decoded is about 4 bytes a
+    frame, a failed frame's short reason about 40 (`{"ok": [...], "errors": [[i, reason, detail]]}`)."""
+    return 256 + 64 * n
 
 
 def decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeLimits) -> list[Decoded]:
@@ -119,19 +134,26 @@ def _serve(sock: socket.socket, decode: ChunkDecoder, size: int, limits: DecodeL
         except (DecoderDied, ConnectionError):
             return
         results = decode(frames, size, limits)
-        indices = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
-        errors = [[i, r[0], r[1]] for i, r in enumerate(results) if isinstance(r, tuple)]
-        pixels = np.stack([results[i] for i in indices]) if indices else np.zeros((0, size, size, 3), np.uint8)
-        meta = json.dumps({"ok": indices, "errors": errors}).encode()
-        data = np.ascontiguousarray(pixels, dtype=np.uint8).data
         try:
-            sock.sendall(_ANSWER.pack(len(meta), data.nbytes) + meta)
-            sock.sendall(data)
+            sock.sendall(_answer(results, size, len(frames)))
         except ConnectionError:
             return
 
 
-def _parse_answer(meta: bytes, pixel_len: int, n: int, size: int) -> tuple[list[int], dict[int, tuple[str, str]]]:
+def _answer(results: Sequence[Decoded], size: int, n: int) -> bytes:
+    """The answer to a request of `n` frames, whatever `results` holds: the owner reads the size the
+    request implies and checks the contents (a short answer must fail the chunk, not hang the owner)."""
+    indices = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+    errors = [[i, r[0], r[1]] for i, r in enumerate(results) if isinstance(r, tuple)]
+    pixels = np.zeros((n, size, size, 3), np.uint8)
+    for row, i in enumerate(indices):
+        pixels[row] = results[i]
+    meta = json.dumps({"ok": indices, "errors": errors}).encode()
+    padded = meta.ljust(_meta_allowance(n), b" ")
+    return b"".join((_ANSWER.pack(len(indices), len(meta)), pixels.data, padded))
+
+
+def _parse_answer(meta: bytes, decoded: int, n: int) -> tuple[list[int], dict[int, tuple[str, str]]]:
     """The answer's (indices, errors), checked: a decoder parses untrusted images, so a decoder that an
     image took over must not be able to do more than fail its chunk (hence JSON, never pickle, here)."""
     try:
@@ -140,7 +162,7 @@ def _parse_answer(meta: bytes, pixel_len: int, n: int, size: int) -> tuple[list[
         errors = {int(i): (str(reason)[:64], str(detail)[:300]) for i, reason, detail in parsed["errors"]}
     except (ValueError, TypeError, KeyError) as exc:
         raise DecoderDied(f"unreadable answer: {type(exc).__name__}") from None
-    if sorted([*indices, *errors]) != list(range(n)) or pixel_len != len(indices) * size * size * 3:
+    if sorted([*indices, *errors]) != list(range(n)) or len(indices) != decoded:
         raise DecoderDied("the answer does not match the request")
     return indices, errors
 
@@ -167,17 +189,23 @@ class _Decoder:
             raise DecoderDied(str(exc)) from None
 
     def receive(self, n: int, size: int) -> PooledBatch:
-        """The answer to a request of `n` frames."""
+        """The answer to a request of `n` frames: one read of its fixed size (see the module's docstring)."""
+        frame_bytes = size * size * 3
+        allowance = _meta_allowance(n)
+        meta_at = _ANSWER.size + n * frame_bytes
         try:
-            meta_len, pixel_len = _ANSWER.unpack(_recv_exactly(self.sock, _ANSWER.size))
-            if meta_len > _MAX_META_BYTES or pixel_len > n * size * size * 3:
+            answer = _recv_exactly(self.sock, meta_at + allowance)
+            decoded, meta_len = _ANSWER.unpack_from(answer)
+            if decoded > n or meta_len > _MAX_META_BYTES:
                 raise DecoderDied("the answer is larger than the request allows")
-            body = _recv_exactly(self.sock, meta_len + pixel_len)
+            meta = bytes(answer[meta_at : meta_at + min(meta_len, allowance)])
+            if meta_len > allowance:
+                meta += _recv_exactly(self.sock, meta_len - allowance)
         except ConnectionError as exc:
             raise DecoderDied(str(exc)) from None
-        indices, errors = _parse_answer(bytes(body[:meta_len]), pixel_len, n, size)
-        pixels = np.frombuffer(body, dtype=np.uint8, offset=meta_len).reshape(len(indices), size, size, 3)
-        return PooledBatch(pixels, tuple(indices), errors)
+        indices, errors = _parse_answer(meta, decoded, n)
+        pixels = np.frombuffer(answer, np.uint8, count=decoded * frame_bytes, offset=_ANSWER.size)
+        return PooledBatch(pixels.reshape(decoded, size, size, 3), tuple(indices), errors)
 
     def decode(self, frames: Sequence[tuple[bytes, str]], size: int) -> PooledBatch:
         self.send(frames)

@@ -17,7 +17,17 @@ import numpy as np
 import pytest
 
 from model.decode import DecodeLimits
-from model.decode_pool import _ANSWER, CRASHED, Decoded, DecodePool, DecoderDied, _Decoder, decode_chunk
+from model.decode_pool import (
+    _ANSWER,
+    CRASHED,
+    Decoded,
+    DecodePool,
+    DecoderDied,
+    _answer,
+    _Decoder,
+    _meta_allowance,
+    decode_chunk,
+)
 from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine
 from model.testing import synthetic_face_jpeg
 
@@ -131,20 +141,46 @@ def test_an_answer_that_does_not_match_the_request_fails_its_frames_not_the_work
 
 
 def test_an_answer_larger_than_its_request_is_refused_before_it_is_read() -> None:
-    """Sizes come from the decoder, which parses untrusted images: a header announcing gigabytes must
-    fail the chunk, not make the worker allocate them."""
+    """Counts come from the decoder, which parses untrusted images: an answer claiming more decoded
+    frames than were sent, or announcing gigabytes of JSON beyond its fixed size, must fail the chunk,
+    not make the worker read or allocate them."""
     ours, theirs = socket.socketpair()
     ours.settimeout(5)  # without the bound the read would wait for bytes that never come: fail, not hang
+    fixed = 4 * 32 * 32 * 3 + _meta_allowance(4)  # what follows the header in an answer to 4 frames
     try:
-        theirs.sendall(_ANSWER.pack(1 << 31, 0))
+        theirs.sendall(_ANSWER.pack(5, 0) + bytes(fixed))  # one frame more than was sent
         with pytest.raises(DecoderDied, match="larger than the request allows"):
             _Decoder.receive(SimpleNamespace(sock=ours), 4, 32)  # type: ignore[arg-type]  # only .sock is used
-        theirs.sendall(_ANSWER.pack(16, 4 * 32 * 32 * 3 + 1))  # one byte more than 4 frames can hold
+        theirs.sendall(_ANSWER.pack(4, 1 << 40) + bytes(fixed))
         with pytest.raises(DecoderDied, match="larger than the request allows"):
             _Decoder.receive(SimpleNamespace(sock=ours), 4, 32)  # type: ignore[arg-type]
     finally:
         ours.close()
         theirs.close()
+
+
+def test_an_answer_whose_reasons_outgrow_its_fixed_size_is_read_whole() -> None:
+    """Many failed frames with long reasons need more JSON than an answer's fixed size carries; the rest
+    is read after it, and every frame keeps its own reason."""
+    n, size = 6, 32
+    results: list[Decoded] = [("decode_failed", f"{i} " + "x" * 290) for i in range(n - 1)]
+    results.insert(2, np.full((size, size, 3), 7, np.uint8))
+    answer = _answer(results, size, n)
+    assert len(answer) > _ANSWER.size + n * size * size * 3 + _meta_allowance(n)  # the case under test
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    try:
+        theirs.sendall(answer + _answer(results[2:3], size, 1))  # and the next answer stays unread
+        got = _Decoder.receive(SimpleNamespace(sock=ours), n, size)  # type: ignore[arg-type]
+        following = _Decoder.receive(SimpleNamespace(sock=ours), 1, size)  # type: ignore[arg-type]
+    finally:
+        ours.close()
+        theirs.close()
+    assert got.indices == (2,)
+    assert np.array_equal(got.pixels[0], results[2])
+    assert got.errors == {i: results[i] for i in range(n) if i != 2}
+    assert following.indices == (0,)
+    assert following.errors == {}
 
 
 def test_a_pool_needs_a_process() -> None:

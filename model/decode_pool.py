@@ -25,7 +25,11 @@ helper threads in the owner add lock handoffs rather than remove them.
 
 A frame that kills its decoder (a bomb that escapes the limits, a crash in a codec) must fail alone:
 the broken chunk is decoded again one frame at a time by a fresh decoder, and a frame that kills that
-one too is reported as `decoder_crashed`. Only numpy and Pillow are imported in the children (this
+one too is reported as `decoder_crashed`. A frame that hangs its decoder (no known input does; a
+codec bug might) must not stop the worker either: a decoder that has not answered within
+`answer_timeout_s` is killed and treated as crashed, and the frame that hangs a fresh one too is
+reported as `decoder_timed_out`. The bound is the kernel's (`SO_RCVTIMEO`, `SO_SNDTIMEO`), so waiting
+for an answer is still one blocking call. Only numpy and Pillow are imported in the children (this
 module and model/decode.py), and they are started by a fork server, not forked from a process holding
 torch threads and an event loop. A decoder exits when its socket closes, which is also what happens
 when its owner is killed: no decoder outlives the process it decodes for.
@@ -64,6 +68,11 @@ _MAX_META_BYTES = 1 << 20
 # How long `close` waits for a decoder to exit after its socket closed before killing it (seconds).
 _EXIT_WAIT_S = 5.0
 CRASHED = ("decoder_crashed", "the decoder process died on this frame")
+TIMED_OUT = ("decoder_timed_out", "the decoder gave no answer in time on this frame")
+# How long a decoder may take to answer one request before it is taken as hung (seconds). Far above
+# any frame within DecodeLimits, so only a hang reaches it; a slow batch that did would be decoded
+# again frame by frame, each with the whole bound.
+ANSWER_TIMEOUT_S = 60.0
 
 
 def _meta_allowance(n: int) -> int:
@@ -104,7 +113,17 @@ class PooledBatch:
 
 
 class DecoderDied(Exception):
-    """The decoder process ended (crashed, killed) before answering."""
+    """The decoder process ended (crashed, killed) or hung before answering."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+def _died(exc: OSError) -> DecoderDied:
+    """A socket error as DecoderDied: the kernel's timeout (EAGAIN, as `SO_RCVTIMEO` and `SO_SNDTIMEO`
+    report it) means the decoder hung; anything else that it is gone."""
+    return DecoderDied(f"{type(exc).__name__}: {exc}", timed_out=isinstance(exc, BlockingIOError))
 
 
 def _send_message(sock: socket.socket, payload: bytes) -> None:
@@ -170,12 +189,17 @@ def _parse_answer(meta: bytes, decoded: int, n: int) -> tuple[list[int], dict[in
 class _Decoder:
     """One decoder process and the owner's end of its socket."""
 
-    def __init__(self, decode: ChunkDecoder, size: int, limits: DecodeLimits) -> None:
+    def __init__(self, decode: ChunkDecoder, size: int, limits: DecodeLimits, answer_timeout_s: float) -> None:
         ctx = multiprocessing.get_context("forkserver")
         self.sock, theirs = socket.socketpair()
         for s in (self.sock, theirs):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        # The owner's end only: a decoder waits for requests as long as its owner lives.
+        seconds = int(answer_timeout_s)
+        timeval = struct.pack("ll", seconds, int((answer_timeout_s - seconds) * 1_000_000))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self.process: BaseProcess = ctx.Process(
             target=_serve, args=(theirs, decode, size, limits), name="agegate-decoder", daemon=True
         )
@@ -185,8 +209,8 @@ class _Decoder:
     def send(self, frames: Sequence[tuple[bytes, str]]) -> None:
         try:
             _send_message(self.sock, pickle.dumps(list(frames), protocol=pickle.HIGHEST_PROTOCOL))
-        except ConnectionError as exc:
-            raise DecoderDied(str(exc)) from None
+        except OSError as exc:
+            raise _died(exc) from None
 
     def receive(self, n: int, size: int) -> PooledBatch:
         """The answer to a request of `n` frames: one read of its fixed size (see the module's docstring)."""
@@ -201,8 +225,8 @@ class _Decoder:
             meta = bytes(answer[meta_at : meta_at + min(meta_len, allowance)])
             if meta_len > allowance:
                 meta += _recv_exactly(self.sock, meta_len - allowance)
-        except ConnectionError as exc:
-            raise DecoderDied(str(exc)) from None
+        except OSError as exc:
+            raise _died(exc) from None
         indices, errors = _parse_answer(meta, decoded, n)
         pixels = np.frombuffer(answer, np.uint8, count=decoded * frame_bytes, offset=_ANSWER.size)
         return PooledBatch(pixels.reshape(decoded, size, size, 3), tuple(indices), errors)
@@ -211,9 +235,10 @@ class _Decoder:
         self.send(frames)
         return self.receive(len(frames), size)
 
-    def close(self) -> None:
+    def close(self, *, hung: bool = False) -> None:
+        """`hung`: the decoder is stuck in a frame and will not read the end-of-file; kill it at once."""
         self.sock.close()  # the decoder reads end-of-file and returns
-        self.process.join(_EXIT_WAIT_S)
+        self.process.join(0 if hung else _EXIT_WAIT_S)
         if self.process.exitcode is None:
             self.process.kill()
             self.process.join(_EXIT_WAIT_S)
@@ -223,16 +248,23 @@ class DecodePool:
     """`processes` decoders; `decode` is called from one thread at a time (the engine's)."""
 
     def __init__(
-        self, processes: int, size: int, limits: DecodeLimits, *, chunk_decoder: ChunkDecoder | None = None
+        self,
+        processes: int,
+        size: int,
+        limits: DecodeLimits,
+        *,
+        chunk_decoder: ChunkDecoder | None = None,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
     ) -> None:
         """`chunk_decoder` (a module-level function, run in the children): `decode_chunk` unless a
-        test needs a decoder that dies."""
+        test needs a decoder that dies or hangs."""
         if processes < 1:
             raise ValueError("a decode pool needs at least one process")
         self.processes = processes
         self.size = size
         self.limits = limits
         self.restarts = 0
+        self.answer_timeout_s = answer_timeout_s
         self._decode_chunk = chunk_decoder or decode_chunk
         self._decoders = [self._start() for _ in range(processes)]
         # Close before multiprocessing's exit hook joins the children: in a process that is itself a
@@ -244,10 +276,10 @@ class DecodePool:
         return [d.process.pid for d in self._decoders if d.process.pid is not None]
 
     def _start(self) -> _Decoder:
-        return _Decoder(self._decode_chunk, self.size, self.limits)
+        return _Decoder(self._decode_chunk, self.size, self.limits, self.answer_timeout_s)
 
-    def _restart(self, k: int) -> _Decoder:
-        self._decoders[k].close()
+    def _restart(self, k: int, *, hung: bool = False) -> _Decoder:
+        self._decoders[k].close(hung=hung)
         self._decoders[k] = self._start()
         self.restarts += 1
         return self._decoders[k]
@@ -275,10 +307,10 @@ class DecodePool:
     def _receive(self, k: int, chunk: Sequence[tuple[bytes, str]]) -> PooledBatch:
         try:
             return self._decoders[k].receive(len(chunk), self.size)
-        except DecoderDied:
-            pass
-        # The decoder died on this chunk: each frame again, alone, so the one that kills it fails alone.
-        self._restart(k)
+        except DecoderDied as exc:
+            hung = exc.timed_out
+        # The decoder died or hung on this chunk: each frame again, alone, so the one to blame fails alone.
+        self._restart(k, hung=hung)
         return self._one_by_one(k, chunk)
 
     def _one_by_one(self, k: int, chunk: Sequence[tuple[bytes, str]]) -> PooledBatch:
@@ -286,9 +318,10 @@ class DecodePool:
         for frame in chunk:
             try:
                 parts.append(self._decoders[k].decode([frame], self.size))
-            except DecoderDied:
-                self._restart(k)
-                parts.append(PooledBatch(np.zeros((0, self.size, self.size, 3), np.uint8), (), {0: CRASHED}))
+            except DecoderDied as exc:
+                self._restart(k, hung=exc.timed_out)
+                reason = TIMED_OUT if exc.timed_out else CRASHED
+                parts.append(PooledBatch(np.zeros((0, self.size, self.size, 3), np.uint8), (), {0: reason}))
         return _concatenated(parts, 1)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from model.decode import DecodeLimits
 from model.decode_pool import (
     _ANSWER,
     CRASHED,
+    TIMED_OUT,
     Decoded,
     DecodePool,
     DecoderDied,
@@ -32,12 +33,20 @@ from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngin
 from model.testing import synthetic_face_jpeg
 
 KILL = b"kill this decoder"
+HANG = b"hang this decoder"
 
 
 def dying_decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeLimits) -> list[Decoded]:
     """Runs in the pool's children: a frame holding KILL ends the process, as a codec crash would."""
     if any(data == KILL for data, _ in frames):
         os._exit(3)
+    return decode_chunk(frames, size, limits)
+
+
+def hanging_decode_chunk(frames: Sequence[tuple[bytes, str]], size: int, limits: DecodeLimits) -> list[Decoded]:
+    """Runs in the pool's children: a frame holding HANG never finishes, as a codec stuck in a loop."""
+    if any(data == HANG for data, _ in frames):
+        threading.Event().wait()
     return decode_chunk(frames, size, limits)
 
 
@@ -126,6 +135,26 @@ def test_a_decoder_killed_between_batches_is_replaced_and_nothing_is_lost() -> N
     assert first.indices == second.indices == tuple(range(64))
     assert np.array_equal(first.pixels, second.pixels)
     assert np.array_equal(second.pixels[5], decode_chunk([data[5]], 64, DecodeLimits())[0])
+
+
+def test_a_frame_that_hangs_its_decoder_fails_alone_and_the_pool_goes_on() -> None:
+    """No input may stop the worker: a decoder that gives no answer within the bound is killed, the
+    chunk decoded again frame by frame, and only the frame that hangs a fresh decoder too fails."""
+    good = [(synthetic_face_jpeg(30, seed=i), "image/jpeg") for i in range(3)]
+    # The bound must exceed a fresh decoder's first answer (it imports Pillow then), even on a busy machine.
+    pool = DecodePool(1, 32, DecodeLimits(), chunk_decoder=hanging_decode_chunk, answer_timeout_s=8)
+    try:
+        (first_pid,) = pool.pids
+        hung = pool.decode([good[0], (HANG, "image/jpeg"), good[1]]).frames()
+        after = pool.decode(good).frames()
+    finally:
+        pool.close()
+    assert hung[1] == TIMED_OUT
+    assert np.array_equal(hung[0], decode_chunk([good[0]], 32, DecodeLimits())[0])
+    assert np.array_equal(hung[2], decode_chunk([good[1]], 32, DecodeLimits())[0])
+    assert pool.restarts == 2  # the batch, then the frame alone
+    assert [type(r) for r in after] == [np.ndarray] * 3
+    assert not _alive(first_pid), "the hung decoder was left running"
 
 
 def test_an_answer_that_does_not_match_the_request_fails_its_frames_not_the_worker() -> None:

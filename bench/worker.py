@@ -282,12 +282,14 @@ def worker_run(
         model=model,
         redis_url=settings.redis_url,
         redis_prefix=f"bench{uuid.uuid4().hex[:6]}",
-        AGEGATE_BATCH_MAX_FRAMES=str(batch),
-        AGEGATE_INFERENCE_THREADS=str(threads),
-        AGEGATE_BATCH_MAX_WAIT_MS="25",
-        AGEGATE_DECODE_PROCESSES=str(decode_processes),
-        **noop_env,
-        **(env or {}),
+        **{
+            "AGEGATE_BATCH_MAX_FRAMES": str(batch),
+            "AGEGATE_INFERENCE_THREADS": str(threads),
+            "AGEGATE_BATCH_MAX_WAIT_MS": "25",
+            "AGEGATE_DECODE_PROCESSES": str(decode_processes),
+            **noop_env,
+            **(env or {}),  # last: a row's own settings override the defaults above
+        },
     )
     log = Path("/tmp") / f"agegate-bench-worker-{uuid.uuid4().hex[:6]}.log"
     produced = produce(settings, stream) if rate == 0 else []

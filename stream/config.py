@@ -223,6 +223,12 @@ class Settings:
     )
     # --- Process ---------------------------------------------------------------------------------
     web_port: int = setting(6066, "AGEGATE_WEB_PORT", "Port of /metrics, /healthz and /readyz.")
+    event_loop: str = setting(
+        "uvloop",
+        "AGEGATE_EVENT_LOOP",
+        "The worker's asyncio event loop: uvloop (libuv, less CPU per event) or asyncio (the standard one).",
+        choices=("uvloop", "asyncio"),
+    )
     shutdown_grace_s: float = setting(
         25.0, "AGEGATE_SHUTDOWN_GRACE_S", "SIGTERM: time to finish the in-flight batch, flush and commit."
     )

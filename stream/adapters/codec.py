@@ -107,10 +107,13 @@ class AvroCodec:
                 schema_id=schema_id,
             )
         reader = self._reader(writer.subject)
+        # The same schema on both sides (the usual case) needs no resolution: saying so spares
+        # fastavro a deep comparison of the two parsed schemas on every message.
+        resolve_to = None if writer.definition == reader.definition else reader.parsed
         buf = io.BytesIO(data)
         buf.seek(HEADER.size)
         try:
-            record = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)
+            record = fastavro.schemaless_reader(buf, writer.parsed, resolve_to)
         except EOFError as exc:  # fastavro's check of every read: fewer bytes left than declared
             raise DecodeError(
                 f"body is truncated: {exc or 'no bytes left'}", reason="truncated_body", raw=data, schema_id=schema_id

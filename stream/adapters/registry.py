@@ -47,7 +47,9 @@ class RegisteredSchema:
 
     @cached_property
     def parsed(self) -> Any:
-        return fastavro.parse_schema(json.loads(self.definition), _write_hint=False)
+        # Parsed with fastavro's hint (its default): a schema so marked is not parsed again by every
+        # schemaless_writer and schemaless_reader call, which was half of an encode's cost.
+        return fastavro.parse_schema(json.loads(self.definition))
 
 
 class SchemaRegistry(Protocol):

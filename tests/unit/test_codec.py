@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.adapters.codec import AvroCodec
-from stream.adapters.registry import LocalRegistry
+from stream.adapters.registry import LocalRegistry, RegisteredSchema
 from stream.core.subjects import DECISION, FEEDBACK, SIGNUP, UPLOAD
 from stream.errors import DecodeError
 from stream.tools import events
@@ -126,6 +128,55 @@ def test_another_schemas_body_under_this_schema_id_does_not_decode() -> None:
     with pytest.raises(DecodeError) as info:
         codec.decode(forged, FEEDBACK)
     assert info.value.reason in {"body_mismatch", "truncated_body", "trailing_bytes"}
+
+
+class ProducerRegistry:
+    """The packaged schemas, plus one a producer registered under its own id (a newer version)."""
+
+    def __init__(self, extra: RegisteredSchema) -> None:
+        self.local = LocalRegistry()
+        self.extra = extra
+
+    def by_id(self, schema_id: int) -> RegisteredSchema | None:
+        return self.extra if schema_id == self.extra.schema_id else self.local.by_id(schema_id)
+
+    def writer_for(self, subject: str) -> RegisteredSchema:
+        return self.extra if subject == self.extra.subject else self.local.writer_for(subject)
+
+
+def producer_schema(field: dict[str, Any], *, drop: str | None = None) -> RegisteredSchema:
+    """The packaged feedback schema with a field added (and optionally one removed), as id 900."""
+    ours = LocalRegistry().writer_for(FEEDBACK)
+    declared = json.loads(ours.definition)
+    declared["fields"] = [f for f in declared["fields"] if f["name"] != drop] + [field]
+    return RegisteredSchema(900, FEEDBACK, ours.version + 1, json.dumps(declared))
+
+
+def test_a_newer_producers_record_is_read_as_our_version_of_it() -> None:
+    # A writer schema that differs from ours goes through fastavro's resolution; one that is the
+    # same (every other test here) skips it, and both must give our version's record.
+    newer = producer_schema({"name": "channel", "type": "string", "default": "web"})
+    shared = AvroCodec(ProducerRegistry(newer))  # producer and worker see the same registry
+    record = {**SAMPLES[FEEDBACK], "channel": "app"}
+    decoded = shared.decode(shared.encode(FEEDBACK, record), FEEDBACK)
+    assert decoded.schema_id == 900
+    assert decoded.record == codec.decode(codec.encode(FEEDBACK, SAMPLES[FEEDBACK])).record
+    assert "channel" not in decoded.record
+
+
+def test_a_producers_schema_we_cannot_read_is_incompatible_schema() -> None:
+    # Our reader needs `verified_age` (no default); a writer without it cannot be read as ours.
+    ours = json.loads(LocalRegistry().writer_for(FEEDBACK).definition)
+    required = next(f for f in ours["fields"] if f["name"] == "verified_age")
+    assert "default" not in required
+    broken = producer_schema({"name": "age_years", "type": "double"}, drop="verified_age")
+    record = {k: v for k, v in SAMPLES[FEEDBACK].items() if k != "verified_age"} | {"age_years": 16.5}
+    shared = AvroCodec(ProducerRegistry(broken))
+    data = shared.encode(FEEDBACK, record)
+    with pytest.raises(DecodeError) as info:
+        shared.decode(data, FEEDBACK)
+    assert info.value.reason == "incompatible_schema"
+    assert info.value.raw == data
 
 
 def test_oversized_message_is_refused_before_parsing() -> None:

@@ -46,7 +46,7 @@ lint: install  ## ruff (lint, complexity and format), mypy, the Dockerfile
 	@if [ -x deploy/tools/lint-dockerfile.sh ]; then bash deploy/tools/lint-dockerfile.sh; fi
 
 bench: install  ## benchmarks (never part of `make test`); JSON lands in bench/results/
-	@set -e; for b in bench/inference.py bench/calibration.py bench/belief_safety.py bench/belief.py bench/worker.py bench/pipeline.py bench/replay.py; do \
+	@set -e; for b in bench/inference.py bench/codec.py bench/calibration.py bench/belief_safety.py bench/belief.py bench/worker.py bench/pipeline.py bench/replay.py; do \
 	  if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b $(BENCH_ARGS); fi; done
 
 clean:

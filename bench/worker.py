@@ -4,7 +4,8 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
   engine       InferenceEngine.score on the same frames in batches of batch_max_frames, with the
                worker's inference threads (median of 5 passes)
   engine-all   the same with every core (--threads): the engine given the whole machine
-  worker       `agegate worker` draining a backlog, micro-batching on (default settings)
+  worker       `agegate worker` draining a backlog, micro-batching on (default settings: one decoder
+               process)
   worker-b1    the same with micro-batching off (AGEGATE_BATCH_MAX_FRAMES=1)
   latency      p50/p99 event-to-decision with the producer paced at half the worker's maximum
   latency@half wait25  the same with each forward pass waiting up to 25 ms for more frames once the
@@ -13,7 +14,7 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
                for a GPU, where inference is nearly free and the worker's own cost is what remains
   worker-noop  the worker with the same no-op forward pass (backlog)
   worker dpN, worker-noop dpN  with --decode-processes N: those rows with frames decoded in N
-               processes (AGEGATE_DECODE_PROCESSES)
+               processes (AGEGATE_DECODE_PROCESSES; 0 decodes in the inference thread)
   soak         with --duration S: the worker paced at half its maximum for S seconds; resident memory
                (VmRSS) sampled at start, middle and end, to show it stays flat
 Every row uses new topics, and a broker's first seconds on a new topic are slow: with no worker at
@@ -266,12 +267,12 @@ def worker_run(
     seed: int,
     noop: bool = False,
     sample_rss: bool = False,
-    decode_processes: int = 0,
+    decode_processes: int | None = None,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Backlog (rate 0: produced before the worker starts) or paced (rate > 0: while it runs).
-    `threads` 0 leaves the worker its own default (stream/pipeline/assemble.py inference_threads);
-    `env` sets more of the worker's settings."""
+    `threads` 0 leaves the worker its own default (stream/pipeline/assemble.py inference_threads),
+    as `decode_processes` None does; `env` sets more of the worker's settings."""
     settings = fresh_settings(f"b{batch}")
     if rate > 0:
         n_events = max(n_events, int(rate * PACED_ROW_S))
@@ -286,7 +287,7 @@ def worker_run(
             "AGEGATE_BATCH_MAX_FRAMES": str(batch),
             "AGEGATE_INFERENCE_THREADS": str(threads),
             "AGEGATE_BATCH_MAX_WAIT_MS": "25",
-            "AGEGATE_DECODE_PROCESSES": str(decode_processes),
+            **({} if decode_processes is None else {"AGEGATE_DECODE_PROCESSES": str(decode_processes)}),
             **noop_env,
             **(env or {}),  # last: a row's own settings override the defaults above
         },
@@ -408,7 +409,10 @@ def measure() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--duration", type=float, default=0.0, help="paced soak run seconds (0: none)")
     parser.add_argument(
-        "--decode-processes", type=int, default=0, help="also the worker rows decoding in N processes (`... dpN`)"
+        "--decode-processes",
+        type=int,
+        default=None,
+        help="also the worker rows with N decoder processes (`... dpN`; 0: in the inference thread)",
     )
     args = parser.parse_args()
     variants = {v.strip() for v in args.variants.split(",") if v.strip()}
@@ -448,7 +452,7 @@ def measure() -> int:
         rows["worker-noop"] = worker_run(
             model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True
         )
-    if args.decode_processes:
+    if dp is not None:
         if "worker" in variants:
             rows[f"worker dp{dp}"] = worker_run(
                 model, n, batch=batch, rate=0, threads=worker_threads, seed=5, decode_processes=dp

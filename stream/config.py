@@ -132,9 +132,10 @@ class Settings:
     )
     inference_threads: int = setting(0, "AGEGATE_INFERENCE_THREADS", "CPU threads for inference (0: all cores).")
     decode_processes: int = setting(
-        0,
+        1,
         "AGEGATE_DECODE_PROCESSES",
-        "Processes decoding frames beside the event loop (0: in the inference thread). On a GPU, decode is the limit.",
+        "Processes decoding frames beside the event loop; a frame that crashes or hangs one fails alone. 0 decodes "
+        "in the inference thread, where such a frame stops the worker. On a GPU, decode is the limit: raise it.",
     )
     batch_max_frames: int = setting(
         64,

@@ -8,11 +8,11 @@ is what the first version did; these tests hold both.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
 import uvloop
+from mode.threads import ServiceThread
 
 from stream.config import load_settings
 from stream.errors import ConfigError
@@ -26,17 +26,18 @@ def restore_policy() -> Iterator[None]:
     asyncio.set_event_loop_policy(policy)
 
 
-def loop_made_in_a_thread() -> asyncio.AbstractEventLoop:
-    made: list[asyncio.AbstractEventLoop] = []
-    thread = threading.Thread(target=lambda: made.append(asyncio.new_event_loop()))
-    thread.start()
-    thread.join()
-    return made[0]
+def consumer_thread_loop(main: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+    """The loop faust's consumer thread would run on: mode's ServiceThread makes it, as it does there."""
+    asyncio.set_event_loop(main)
+    try:
+        return ServiceThread(loop=main).thread_loop
+    finally:
+        asyncio.set_event_loop(None)
 
 
-def test_uvloop_runs_the_main_loop_and_the_loops_threads_make_later() -> None:
+def test_uvloop_runs_the_main_loop_and_faust_s_consumer_thread() -> None:
     main = new_event_loop("uvloop")
-    other = loop_made_in_a_thread()
+    other = consumer_thread_loop(main)
     try:
         assert isinstance(main, uvloop.Loop)
         assert isinstance(other, uvloop.Loop)
@@ -48,7 +49,7 @@ def test_uvloop_runs_the_main_loop_and_the_loops_threads_make_later() -> None:
 
 def test_asyncio_keeps_the_standard_loop_everywhere() -> None:
     main = new_event_loop("asyncio")
-    other = loop_made_in_a_thread()
+    other = consumer_thread_loop(main)
     try:
         assert not isinstance(main, uvloop.Loop)
         assert not isinstance(other, uvloop.Loop)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,10 @@ import torch
 from tenacity import wait_none
 
 from model.checkpoint import save_checkpoint
+from model.engine import EncodedFrame, FrameEstimate
 from model.errors import CheckpointError
 from model.models import create_model
+from model.testing import synthetic_face_jpeg
 from stream.config import load_settings
 from stream.errors import ModelUnavailable
 from stream.pipeline.assemble import checkpoint_file, load_engine, load_engine_when_ready
@@ -32,6 +36,26 @@ def test_a_directory_means_its_best_checkpoint(run_dir: Path) -> None:
         assert engine.model_version.endswith("dir-test")
     finally:
         engine.close()
+
+
+def test_the_worker_s_engine_decodes_in_a_process_a_codec_crash_cannot_take_down(run_dir: Path) -> None:
+    """The default (AGEGATE_DECODE_PROCESSES=1): a frame that crashes the image codec ends a decoder
+    process, which is replaced, never the worker; in the thread it would end the worker."""
+    engine = load_engine(load_settings(environ={}, model_checkpoint=str(run_dir), inference_device="cpu"))
+    try:
+        pool = engine._pool
+        assert pool is not None
+        (pid,) = pool.pids
+        os.kill(pid, signal.SIGKILL)  # as a segfault in the codec would end it
+        pool._decoders[0].process.join(30)
+        (result,) = engine.score([EncodedFrame(synthetic_face_jpeg(30, seed=1), "image/jpeg")])
+        replaced = pool.pids
+    finally:
+        engine.close()
+    assert isinstance(result, FrameEstimate)
+    assert pool.restarts == 1
+    assert len(replaced) == 1
+    assert replaced != [pid]
 
 
 def test_a_file_is_used_as_is(run_dir: Path) -> None:

@@ -1,6 +1,6 @@
-"""Why a worker decodes frames in processes: decoding beside a busy event loop, in one run.
+"""Why a worker decodes in processes and traces its forward pass: both beside a busy event loop, in one run.
 
-    python bench/gil_convoy.py [--frames 2000] [--size 64] [--busy-share 1.0]
+    python bench/gil_convoy.py [--frames 2000] [--size 64] [--busy-share 1.0] [--batch 64]
 
 A decoding thread gives up the interpreter lock around each codec call and must take it back after;
 while another thread runs Python (the worker's event loop), taking it back waits until that thread
@@ -12,7 +12,14 @@ same synthetic JPEG faces (the load generator's, `--size` pixels square):
 - `process, busy loop`: the same frames through a one-process `DecodePool` (the worker's
   `AGEGATE_DECODE_PROCESSES=1`), beside the same busy thread: a batch costs a few lock handoffs, not
   several per frame.
-Ratios are against `thread alone` in the same run. Writes bench/results/gil-convoy-cpu.json.
+Ratios are against `thread alone` in the same run.
+
+The forward pass meets the same lock: eager, every operator of a pass gives it up and takes it back.
+Rows `forward eager|traced, alone|busy loop`: passes/s of one `--batch`-frame forward pass of the
+default model (`create_model("age_regressor")` at `--size`, one torch thread, fused as the engine
+fuses it), eager (module by module from Python) and as the engine runs it on the CPU (the graph
+`trace_forward` returns), each alone and beside the busy thread at the default switch interval.
+Their ratios are against `forward eager alone`. Writes bench/results/gil-convoy-cpu.json.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as 
 from model.data.synthetic import encode_jpeg, render_face, sample_attributes  # noqa: E402
 from model.decode import DecodeLimits, decode_rgb  # noqa: E402
 from model.decode_pool import DecodePool  # noqa: E402
+from model.engine import trace_forward  # noqa: E402
+from model.models import create_model, fuse_for_inference  # noqa: E402
 
 SWITCH_INTERVALS_S = (0.005, 0.001, 0.0002)
 POOL_BATCH = 64  # frames per DecodePool call: one forward pass's worth
@@ -84,11 +93,41 @@ def frames_per_s(run: Callable[[], int]) -> float:
     return n / (time.perf_counter() - started)
 
 
+def forward_rows(size: int, batch: int, busy_share: float, passes: int = 30) -> dict[str, float]:
+    """Passes/s of the eager and the traced forward pass, each alone and beside a busy thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = fuse_for_inference(create_model("age_regressor", input_size=size)).eval()
+    forwards: dict[str, Callable[[Any], Any]] = {"eager": model, "traced": trace_forward(model, size)}
+    pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
+
+    def run(forward: Callable[[Any], Any]) -> Callable[[], int]:
+        def go() -> int:
+            with torch.inference_mode():
+                for _ in range(passes):
+                    forward(pixels)
+            return passes
+
+        return go
+
+    rows: dict[str, float] = {}
+    for name, forward in forwards.items():
+        run(forward)()  # warm-up (and the graph executor's profiling calls)
+        rows[f"forward {name} alone"] = frames_per_s(run(forward))
+        with BusyLoop(busy_share):
+            rows[f"forward {name}, busy loop"] = frames_per_s(run(forward))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (the load generator's default)")
     parser.add_argument("--busy-share", type=float, default=1.0, help="share of time the busy thread runs Python")
+    parser.add_argument("--batch", type=int, default=64, help="frames per forward pass")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gil-convoy-cpu.json")
     args = parser.parse_args()
     data = faces(args.frames, args.size)
@@ -122,7 +161,8 @@ def main() -> int:
     finally:
         pool.close()
 
-    alone = rows["thread alone"]
+    forward = forward_rows(args.size, args.batch, args.busy_share)
+    alone, eager_alone = rows["thread alone"], forward["forward eager alone"]
     result: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "frames": args.frames,
@@ -130,11 +170,17 @@ def main() -> int:
         "busy_share": args.busy_share,
         "frames_per_s": rows,
         "ratio_to_thread_alone": {name: v / alone for name, v in rows.items()},
+        "forward_batch": args.batch,
+        "forward_passes_per_s": forward,
+        "ratio_to_forward_eager_alone": {name: v / eager_alone for name, v in forward.items()},
     }
     print(f"machine: {result['machine']}; {args.frames} frames of {args.size}px; busy share {args.busy_share:g}")
     print(f"{'decoding':36} {'frames/s':>10} {'/ alone':>8}")
     for name, v in rows.items():
         print(f"{name:36} {v:>10.0f} {v / alone:>8.2f}")
+    print(f"{f'forward pass of {args.batch} frames':36} {'passes/s':>10} {'/ eager':>8}")
+    for name, v in forward.items():
+        print(f"{name:36} {v:>10.1f} {v / eager_alone:>8.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -15,6 +15,8 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
   worker-noop  the worker with the same no-op forward pass (backlog)
   worker dpN, worker-noop dpN  with --decode-processes N: those rows with frames decoded in N
                processes (AGEGATE_DECODE_PROCESSES; 0 decodes in the inference thread)
+  worker switchS, worker-noop switchS  with --switch-ms S: those rows with the interpreter's switch
+               interval at S ms (AGEGATE_SWITCH_INTERVAL_MS; the default is 1, Python's own 5)
   soak         with --duration S: the worker paced at half its maximum for S seconds; resident memory
                (VmRSS) sampled at start, middle and end, to show it stays flat
 Every row uses new topics, and a broker's first seconds on a new topic are slow: with no worker at
@@ -31,7 +33,7 @@ no CPU from the run; latencies use the decisions' own `decided_at`. Writes
 bench/results/worker-<device>.json.
 
     python bench/worker.py [--quick] [--events N] [--variants engine,worker,...] [--duration S]
-                           [--threads N] [--worker-threads N]
+                           [--threads N] [--worker-threads N] [--decode-processes N] [--switch-ms S]
 
 Needs the local Kafka and Redis (deploy/local/infra.sh up).
 """
@@ -398,13 +400,13 @@ def main() -> int:
         drop_topics(RUN_SETTINGS)
 
 
-def measure() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
     parser.add_argument("--events", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="the engine-all row's threads (0: all cores)")
     parser.add_argument(
-        "--worker-threads", type=int, default=0, help="the worker's inference threads (0: its default, cores - 1)"
+        "--worker-threads", type=int, default=0, help="the worker's inference threads (0: its default, every core)"
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--duration", type=float, default=0.0, help="paced soak run seconds (0: none)")
@@ -414,7 +416,27 @@ def measure() -> int:
         default=None,
         help="also the worker rows with N decoder processes (`... dpN`; 0: in the inference thread)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--switch-ms",
+        type=float,
+        default=None,
+        help="also the worker rows with this interpreter switch interval (`... switchS`, AGEGATE_SWITCH_INTERVAL_MS)",
+    )
+    return parser
+
+
+def alternatives_of(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """Rows beside the defaults: the worker and worker-noop rows again with one setting changed."""
+    alternatives: list[tuple[str, dict[str, Any]]] = []
+    if args.decode_processes is not None:
+        alternatives.append((f"dp{args.decode_processes}", {"decode_processes": args.decode_processes}))
+    if args.switch_ms is not None:
+        alternatives.append((f"switch{args.switch_ms:g}", {"env": {"AGEGATE_SWITCH_INTERVAL_MS": str(args.switch_ms)}}))
+    return alternatives
+
+
+def measure() -> int:
+    args = _parser().parse_args()
     variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     n = args.events or (300 if args.quick else 1500)
     threads = args.threads or (os.cpu_count() or 1)
@@ -429,7 +451,6 @@ def measure() -> int:
     ]
     rows: dict[str, dict[str, Any]] = {}
     batch = settings.batch_max_frames
-    dp = args.decode_processes
     if "engine" in variants:
         rows["engine"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads)}
     if "engine-all" in variants:
@@ -452,30 +473,32 @@ def measure() -> int:
         rows["worker-noop"] = worker_run(
             model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True
         )
-    if dp is not None:
+    alternatives = alternatives_of(args)
+    for suffix, changed in alternatives:
         if "worker" in variants:
-            rows[f"worker dp{dp}"] = worker_run(
-                model, n, batch=batch, rate=0, threads=worker_threads, seed=5, decode_processes=dp
+            rows[f"worker {suffix}"] = worker_run(
+                model, n, batch=batch, rate=0, threads=worker_threads, seed=5, **changed
             )
         if "worker-noop" in variants:
-            rows[f"worker-noop dp{dp}"] = worker_run(
-                model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True, decode_processes=dp
+            rows[f"worker-noop {suffix}"] = worker_run(
+                model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True, **changed
             )
     if args.duration:
         rows["soak"] = worker_run(
             model, int(half * args.duration), batch=batch, rate=half, threads=worker_threads, seed=8, sample_rss=True
         )
     ratios: dict[str, float] = {}
-    dp_rows = [
-        (f"worker dp{args.decode_processes}", "engine"),
-        (f"worker-noop dp{args.decode_processes}", "engine-noop"),
+    alternative_rows = [
+        pair
+        for suffix, _ in alternatives
+        for pair in ((f"worker {suffix}", "engine"), (f"worker-noop {suffix}", "engine-noop"))
     ]
     for num, den in (
         ("worker", "engine"),
         ("worker", "engine-all"),
         ("worker", "worker-b1"),
         ("worker-noop", "engine-noop"),
-        *dp_rows,
+        *alternative_rows,
     ):
         if num in rows and den in rows:
             ratios[f"{num}_over_{den}"] = rows[num]["frames_per_s"] / rows[den]["frames_per_s"]

@@ -227,8 +227,15 @@ class Settings:
     event_loop: str = setting(
         "uvloop",
         "AGEGATE_EVENT_LOOP",
-        "The worker's asyncio event loop: uvloop (libuv, less CPU per event) or asyncio (the standard one).",
+        "The asyncio event loop of the worker and the replay tool: uvloop (libuv, less CPU per event) or "
+        "asyncio (the standard one).",
         choices=("uvloop", "asyncio"),
+    )
+    switch_interval_ms: float = setting(
+        1.0,
+        "AGEGATE_SWITCH_INTERVAL_MS",
+        "How long the event loop may hold the interpreter lock while the decode and inference threads wait "
+        "for it, in the worker and the replay tool (Python's sys.setswitchinterval; its own default is 5).",
     )
     shutdown_grace_s: float = setting(
         25.0, "AGEGATE_SHUTDOWN_GRACE_S", "SIGTERM: time to finish the in-flight batch, flush and commit."
@@ -346,6 +353,7 @@ _POSITIVE = (
     "shutdown_grace_s",
     "retained_frames_retention_days",
     "promote_shadow_window_hours",
+    "switch_interval_ms",
 )
 _NON_NEGATIVE = (
     "promote_shadow_min_events",

@@ -49,10 +49,16 @@ DEAD_LETTERS = Counter("agegate_dead_letters_total", "Dead letters emitted", ["r
 FRAME_ERRORS = Counter("agegate_frame_errors_total", "Frames that could not be scored", ["reason"], registry=REGISTRY)
 # Frames per inference micro-batch.
 BATCH_SIZE = Histogram("agegate_batch_frames", "Frames per micro-batch", buckets=_BATCH_BUCKETS, registry=REGISTRY)
-# Wall time of one micro-batch in the model thread: decoding (unless decoder processes do it) and
-# the forward pass. Timed in the thread, so a pass queued behind another does not count its wait.
+# Wall time of one micro-batch in the model thread: the forward pass (the engine decodes a pass in
+# its prepare thread first, see DECODE_SECONDS). Timed in the thread, so a pass queued behind
+# another does not count its wait.
 INFERENCE_SECONDS = Histogram(
     "agegate_inference_seconds", "Inference time per micro-batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+# Wall time of preparing one micro-batch in the thread ahead of the model's: decoding its frames
+# (in the decoder processes, or in that thread with AGEGATE_DECODE_PROCESSES=0).
+DECODE_SECONDS = Histogram(
+    "agegate_decode_seconds", "Frame decoding time per micro-batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY
 )
 # Event time (Kafka timestamp) to decision acknowledged.
 END_TO_END_SECONDS = Histogram(

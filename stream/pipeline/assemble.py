@@ -196,7 +196,9 @@ def shadow_scorer(settings: Settings, *, policy: Policy, sink: Sink) -> ShadowSc
     if not settings.shadow_model_checkpoint:
         return None
     engine = load_engine(settings, settings.shadow_model_checkpoint)
-    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(engine.score, batch_policy(settings))
+    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
+        engine.score_decoded, batch_policy(settings), prepare=engine.decode
+    )
     return ShadowScorer(
         score=batcher.score,
         model_version=engine.model_version,
@@ -275,7 +277,7 @@ def assemble(
     policy = policy or load_policy(settings.policy_file or None)
     max_frames = batch_max_frames or settings.batch_max_frames
     batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(
-        model.score, batch_policy(settings, max_frames=max_frames)
+        model.score_decoded, batch_policy(settings, max_frames=max_frames), prepare=model.decode
     )
     resolver = FrameResolver(
         FrameStores.parse(

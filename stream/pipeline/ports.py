@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from model.engine import EncodedFrame, FrameResult
+from model.engine import DecodedBatch, EncodedFrame, FrameResult
 
 if TYPE_CHECKING:
     from stream.core.belief import Belief, ClockSkewRule, Evidence
@@ -98,6 +98,11 @@ class FrameModel(Protocol):
     def floor_ratio(self) -> float: ...
 
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]: ...
+
+    def decode(self, frames: Sequence[EncodedFrame]) -> DecodedBatch:
+        """The first half of `score`: what `score_decoded` takes (the micro-batcher runs them apart)."""
+
+    def score_decoded(self, batch: DecodedBatch) -> list[FrameResult]: ...
 
 
 class Scorer(Protocol):

@@ -55,7 +55,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from model.engine import EncodedFrame, FrameError, FrameEstimate, FrameResult, InferenceEngine, fixed_shape
+from model.engine import (
+    DecodedBatch,
+    EncodedFrame,
+    FrameError,
+    FrameEstimate,
+    FrameResult,
+    InferenceEngine,
+    fixed_shape,
+)
 from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.adapters.kafka_sink import KafkaSink
 from stream.adapters.topics import topic_names
@@ -66,6 +74,7 @@ from stream.log import get_logger
 from stream.pipeline.assemble import DAY_S, Assembled, assemble, checkpoint_file, load_engine, redis_client
 from stream.pipeline.ports import Outcome, SourceRecord, record_headers
 from stream.runners.driver import Done, Driver
+from stream.runners.interpreter import run_async
 from stream.runners.preflight import probe_redis
 from stream.runners.replay_pins import differences, output_settings
 
@@ -346,11 +355,15 @@ class FixedShapeScorer:
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
         out: list[FrameResult] = []
         for i in range(0, len(frames), self.size):
-            out.extend(self._score_chunk(frames[i : i + self.size]))
+            out.extend(self.score_decoded(self.decode(frames[i : i + self.size])))
         return out
 
-    def _score_chunk(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
-        batch = self.engine.decode(frames)
+    def decode(self, frames: Sequence[EncodedFrame]) -> DecodedBatch:
+        if len(frames) > self.size:
+            raise ValueError(f"{len(frames)} frames do not fit a fixed shape of {self.size}")
+        return self.engine.decode(frames)
+
+    def score_decoded(self, batch: DecodedBatch) -> list[FrameResult]:
         n = batch.pixels.shape[0]
         results: list[FrameResult | None] = [None] * batch.total
         for i, err in batch.errors.items():
@@ -871,10 +884,11 @@ def config_from_args(args: argparse.Namespace, settings: Settings | None = None)
 
 
 def run(args: argparse.Namespace) -> int:
-    probe_redis(load_settings())  # Redis unreachable: one line and exit code 3 (stream/cli.py), not retries
+    settings = load_settings()
+    probe_redis(settings)  # Redis unreachable: one line and exit code 3 (stream/cli.py), not retries
     try:
         cfg = config_from_args(args)
-        summary = asyncio.run(replay(cfg))
+        summary = run_async(replay(cfg), settings)
     except AgegateError as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2

@@ -35,11 +35,11 @@ from typing import Any
 from stream import metrics
 from stream.adapters.topics import topic_name
 from stream.config import Settings, load_settings
-from stream.errors import ConfigError
 from stream.log import get_logger
 from stream.pipeline.ports import SourceRecord, record_headers
 from stream.runners.driver import Done, Driver
 from stream.runners.gc_pauses import freeze_startup_heap, observe_pauses
+from stream.runners.interpreter import new_event_loop, set_switch_interval
 from stream.runners.preflight import preflight, topic_checks
 
 log = get_logger("agegate.worker")
@@ -384,25 +384,13 @@ def _grace_exceeded(grace_s: float) -> None:
     os._exit(EXIT_GRACE_EXCEEDED)
 
 
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """The loop the worker runs on, and the kind every later loop of the process gets (faust's
-    consumer thread makes its own). uvloop's is libuv's: its callbacks, sockets and timers cost less
-    interpreter time per event, which is what the event loop's thread is short of (bench/worker.py)."""
-    if kind == "uvloop":
-        try:
-            import uvloop
-        except ImportError as exc:  # pragma: no cover - uvloop is a dependency wherever it builds (not Windows)
-            raise ConfigError(["event_loop: uvloop is not installed here; set AGEGATE_EVENT_LOOP=asyncio"]) from exc
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.new_event_loop()
-
-
 def run(args: argparse.Namespace) -> int:
     from stream.adapters.kafka_wait import wait_for_kafka
 
     settings = load_settings()
     preflight(settings)  # policy and settings checked before joining the group (ConfigError: exit code 2)
     observe_pauses()  # agegate_gc_pause_seconds, for the life of the process
+    set_switch_interval(settings.switch_interval_ms)
     # The loop stays current: faust (mode) runs on the event loop it finds, this one.
     loop = new_event_loop(settings.event_loop)
     asyncio.set_event_loop(loop)

@@ -138,6 +138,63 @@ async def test_a_full_pass_waits_queued_behind_the_running_one_and_starts_withou
     assert batches == [[1, 2], [3, 4], [5]]
 
 
+async def test_with_a_prepare_step_the_next_pass_is_prepared_while_one_is_scored() -> None:
+    """The engine's decode runs as the prepare step: decoding pass 2 must not wait for pass 1's forward
+    pass, and the model thread must take pass 2 from the prepare thread without the event loop."""
+    second_prepared, release_first = threading.Event(), threading.Event()
+    prepared: list[list[int]] = []
+    scored: list[list[int]] = []
+
+    def prepare(items: Sequence[int]) -> list[int]:
+        prepared.append(list(items))
+        if len(prepared) == 2:
+            second_prepared.set()
+        return [i + 1 for i in items]
+
+    def scorer(decoded: list[int]) -> list[int]:
+        scored.append(decoded)
+        if len(scored) == 1:  # pass 1 is scored only once pass 2 has been prepared beside it
+            assert second_prepared.wait(timeout=10)
+            assert release_first.wait(timeout=10)
+        return [d * 10 for d in decoded]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(scorer, BatchPolicy(max_frames=2, max_wait_s=0.0), prepare=prepare)
+    batcher.start()
+    first = asyncio.create_task(batcher.score_many([1, 2]))
+    second = asyncio.create_task(batcher.score_many([3, 4]))
+    third = asyncio.create_task(batcher.score_many([5, 6]))
+    assert await asyncio.to_thread(second_prepared.wait, 10)
+    for _ in range(1000):  # yield until the batcher has handed over all three full passes
+        if batcher.handed == 3:
+            break
+        await asyncio.sleep(0)
+    assert batcher.handed == 3  # one scored, one prepared, one queued to prepare
+    release_first.set()
+    assert await asyncio.gather(first, second, third) == [[20, 30], [40, 50], [60, 70]]
+    await batcher.stop()
+    assert prepared == [[1, 2], [3, 4], [5, 6]]
+    assert scored == [[2, 3], [4, 5], [6, 7]]
+
+
+async def test_a_failing_prepare_step_fails_only_its_pass() -> None:
+    def prepare(items: Sequence[int]) -> list[int]:
+        if 1 in items:
+            raise RuntimeError("decoder bug")
+        return list(items)
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        lambda xs: [x * 10 for x in xs], BatchPolicy(max_frames=2, max_wait_s=60), prepare=prepare
+    )
+    batcher.start()
+    first = [asyncio.create_task(batcher.score(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    second = [asyncio.create_task(batcher.score(i)) for i in (3, 4)]
+    failed = await asyncio.gather(*first, return_exceptions=True)
+    assert [str(f) for f in failed] == ["decoder bug", "decoder bug"]
+    assert await asyncio.gather(*second) == [30, 40]
+    await batcher.stop()
+
+
 def test_faust_holds_a_few_consumer_batches_ahead_not_the_whole_in_flight_bound() -> None:
     """Records in faust's buffer sit outside the driver's byte bound, so the buffer stays a few
     batches deep however many events may be in flight."""

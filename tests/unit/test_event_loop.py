@@ -1,4 +1,5 @@
-"""The worker's event loop: uvloop by default, for the main loop and for faust's consumer thread too.
+"""The worker's event loop (uvloop by default, for the main loop and for faust's consumer thread too)
+and the interpreter's switch interval it sets.
 
 faust's consumer thread (mode's ServiceThread) makes its own loop with `asyncio.new_event_loop()`.
 A worker that only handed its main loop to uvloop would leave fetching on the standard loop, which
@@ -8,6 +9,7 @@ is what the first version did; these tests hold both.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +18,7 @@ from mode.threads import ServiceThread
 
 from stream.config import load_settings
 from stream.errors import ConfigError
-from stream.runners.worker import new_event_loop
+from stream.runners.interpreter import new_event_loop, run_async, set_switch_interval
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +64,43 @@ def test_the_default_is_uvloop_and_an_unknown_loop_is_a_config_error() -> None:
     assert load_settings({}).event_loop == "uvloop"
     with pytest.raises(ConfigError, match=r"AGEGATE_EVENT_LOOP|event_loop"):
         load_settings({"AGEGATE_EVENT_LOOP": "tokio"})
+
+
+def test_without_uvloop_installed_the_error_says_which_setting_to_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what `import uvloop` meets where it is not installed
+    with pytest.raises(ConfigError, match="set AGEGATE_EVENT_LOOP=asyncio"):
+        new_event_loop("uvloop")
+    assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+
+
+@pytest.fixture
+def restore_switch_interval() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("restore_switch_interval")
+def test_the_switch_interval_is_set_in_milliseconds_and_defaults_below_python_s() -> None:
+    default = load_settings({}).switch_interval_ms
+    set_switch_interval(default)
+    assert sys.getswitchinterval() == pytest.approx(default / 1000)
+    assert default < 5.0  # Python's own 5 ms left the decoder idle half the time (worker.py)
+    set_switch_interval(0.25)
+    assert sys.getswitchinterval() == pytest.approx(0.00025)
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="switch_interval_ms: must be > 0"):
+            load_settings({"AGEGATE_SWITCH_INTERVAL_MS": bad})
+
+
+@pytest.mark.usefixtures("restore_switch_interval")
+def test_a_runner_s_coroutine_runs_on_the_configured_loop_and_switch_interval() -> None:
+    """The replay tool runs this way, so a backfill gets the worker's loop and interval."""
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    settings = load_settings({"AGEGATE_SWITCH_INTERVAL_MS": "2"})
+    assert issubclass(run_async(loop_type(), settings), uvloop.Loop)
+    assert sys.getswitchinterval() == pytest.approx(0.002)
+    assert not issubclass(run_async(loop_type(), load_settings({"AGEGATE_EVENT_LOOP": "asyncio"})), uvloop.Loop)

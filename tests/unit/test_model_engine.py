@@ -12,11 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.decode import DecodeLimits, decode_rgb
-from model.engine import EncodedFrame, FrameError, FrameEstimate, InferenceEngine, bucket_size, fixed_shape
+from model.engine import (
+    EncodedFrame,
+    FrameError,
+    FrameEstimate,
+    InferenceEngine,
+    bucket_size,
+    fixed_shape,
+    trace_forward,
+)
 from model.errors import ImageDecodeError
-from model.models import count_flops, create_model
+from model.models import count_flops, create_model, fuse_for_inference
 from model.testing import synthetic_face_jpeg, train_tiny_checkpoint
 
 
@@ -114,6 +122,43 @@ def test_reload_gives_bit_identical_outputs_on_cpu(checkpoint: Path) -> None:
     first = InferenceEngine.from_checkpoint(checkpoint, device="cpu").score(frames)
     second = InferenceEngine.from_checkpoint(checkpoint, device="cpu").score(frames)
     assert first == second  # exact float equality, not approx
+
+
+@pytest.mark.parametrize(
+    ("name", "head"), [("age_regressor", "dldl"), ("age_regressor", "gaussian"), ("bucket_classifier", "dldl")]
+)
+def test_the_traced_forward_pass_gives_the_eager_model_s_exact_bits(tmp_path: Path, name: str, head: str) -> None:
+    """The CPU engine runs a traced graph (it keeps the event loop's lock free); every estimate must be
+    the eager model's to the last bit, at every batch size and after the graph executor's first calls."""
+    torch.manual_seed(1)
+    model = create_model(name, input_size=32, width=4, depth=2, head=head, version="t")
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    traced = InferenceEngine.from_checkpoint(path, device="cpu")
+    eager = InferenceEngine(load_checkpoint(path).model, device="cpu", trace=False)
+    assert traced.traced
+    assert not eager.traced
+    frames = [_face(float(age), seed=i) for i, age in enumerate(range(5, 69))]
+    for _ in range(3):  # the executor profiles its first calls, then may optimise
+        for n in (1, 7, 64):
+            assert traced.score(frames[:n]) == eager.score(frames[:n])  # exact, not approx
+
+
+def test_a_forward_pass_that_cannot_be_traced_faithfully_runs_eager(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = fuse_for_inference(create_model("age_regressor", input_size=32, width=4, depth=1)).eval()
+
+    def fails(*_: object, **__: object) -> object:
+        raise RuntimeError("untraceable")
+
+    monkeypatch.setattr(torch.jit, "trace", fails)
+    assert trace_forward(model, 32) is model
+    monkeypatch.setattr(torch.jit, "trace", lambda m, *_, **__: lambda x: m(x) + 1e-3)  # any difference
+    assert trace_forward(model, 32) is model
+    assert [r.message for r in caplog.records] == [
+        "forward pass not traced, running eager: RuntimeError: untraceable",
+        "traced forward pass differs from the eager one; running eager",
+    ]
 
 
 def test_order_preserved_across_chunks_and_empty_input(checkpoint: Path) -> None:

@@ -20,10 +20,10 @@ tenacity and redis). Variants side by side, in one run:
                  a GPU that one event loop cannot. Ratios are against the one-process engine rows.
 With --decode-processes N, the engine and pipeline rows again as `... dpN`, frames decoded in N
 processes (AGEGATE_DECODE_PROCESSES, model/decode_pool.py). For the pipeline rows, `model busy` is
-the share of wall time the scorer (decode + forward pass) was running: below 1, the device waits
-for the pipeline. Frames are 64 px by default, the model's input and the cheapest decode there is;
-`--image-size 512` makes them photo-sized, where decoding costs more. Writes
-bench/results/pipeline-<device>.json (`-<size>px` added when not 64).
+the share of wall time the forward pass was running (each pass is decoded beside the one before it,
+as in the worker): below 1, the device waits for the pipeline. Frames are 64 px by default, the
+model's input and the cheapest decode there is; `--image-size 512` makes them photo-sized, where
+decoding costs more. Writes bench/results/pipeline-<device>.json (`-<size>px` added when not 64).
 """
 
 from __future__ import annotations
@@ -100,10 +100,10 @@ class BusyClock:
         self._score = score
         self.busy_s = 0.0
 
-    def __call__(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
+    def __call__(self, decoded: Any) -> list[FrameResult]:
         started = time.perf_counter()
         try:
-            return list(self._score(frames))
+            return list(self._score(decoded))
         finally:
             self.busy_s += time.perf_counter() - started
 
@@ -157,8 +157,8 @@ async def pipeline_run(engine: InferenceEngine, records: list[SourceRecord]) -> 
     """One pass of `records` through the pipeline as the worker wires it (stream/pipeline/assemble.py),
     with the in-memory belief repository and sink in place of Redis and Kafka."""
     settings = load_settings(environ={})
-    busy = BusyClock(engine.score)
-    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(busy, batch_policy(settings))
+    busy = BusyClock(engine.score_decoded)
+    batcher: MicroBatcher[EncodedFrame, FrameResult] = MicroBatcher(busy, batch_policy(settings), prepare=engine.decode)
     sink = MemorySink()
     store = InMemoryBeliefStore(
         half_life_s=settings.belief_half_life_days * DAY_S, ttl_s=settings.belief_ttl_days * DAY_S, clock=time.time

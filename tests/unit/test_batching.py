@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream import metrics
 from stream.config import Settings
 from stream.pipeline.assemble import consumer_batch, consumer_buffer_events
 from stream.pipeline.batching import BatchPolicy, MicroBatcher
@@ -158,6 +159,7 @@ async def test_with_a_prepare_step_the_next_pass_is_prepared_while_one_is_scored
             assert release_first.wait(timeout=10)
         return [d * 10 for d in decoded]
 
+    decode_count = metrics.REGISTRY.get_sample_value("agegate_decode_seconds_count") or 0.0
     batcher: MicroBatcher[int, int] = MicroBatcher(scorer, BatchPolicy(max_frames=2, max_wait_s=0.0), prepare=prepare)
     batcher.start()
     first = asyncio.create_task(batcher.score_many([1, 2]))
@@ -174,6 +176,8 @@ async def test_with_a_prepare_step_the_next_pass_is_prepared_while_one_is_scored
     await batcher.stop()
     assert prepared == [[1, 2], [3, 4], [5, 6]]
     assert scored == [[2, 3], [4, 5], [6, 7]]
+    # each pass's decode is timed apart from its forward pass (the dashboard shows both)
+    assert metrics.REGISTRY.get_sample_value("agegate_decode_seconds_count") == decode_count + 3
 
 
 async def test_a_failing_prepare_step_fails_only_its_pass() -> None:

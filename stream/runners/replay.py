@@ -887,7 +887,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     probe_redis(settings)  # Redis unreachable: one line and exit code 3 (stream/cli.py), not retries
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, settings)
         summary = run_async(replay(cfg), settings)
     except AgegateError as exc:
         print(f"replay: {exc}", file=sys.stderr)

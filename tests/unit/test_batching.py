@@ -152,11 +152,15 @@ async def test_with_a_prepare_step_the_next_pass_is_prepared_while_one_is_scored
             second_prepared.set()
         return [i + 1 for i in items]
 
+    third_scored = threading.Event()
+
     def scorer(decoded: list[int]) -> list[int]:
         scored.append(decoded)
         if len(scored) == 1:  # pass 1 is scored only once pass 2 has been prepared beside it
             assert second_prepared.wait(timeout=10)
             assert release_first.wait(timeout=10)
+        if len(scored) == 3:
+            third_scored.set()
         return [d * 10 for d in decoded]
 
     decode_count = metrics.REGISTRY.get_sample_value("agegate_decode_seconds_count") or 0.0
@@ -172,6 +176,8 @@ async def test_with_a_prepare_step_the_next_pass_is_prepared_while_one_is_scored
         await asyncio.sleep(0)
     assert batcher.handed == 3  # one scored, one prepared, one queued to prepare
     release_first.set()
+    # Block the event loop: passes 2 and 3 must go from the prepare thread to the model thread without it.
+    assert third_scored.wait(timeout=10)
     assert await asyncio.gather(first, second, third) == [[20, 30], [40, 50], [60, 70]]
     await batcher.stop()
     assert prepared == [[1, 2], [3, 4], [5, 6]]

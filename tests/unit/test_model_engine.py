@@ -161,6 +161,20 @@ def test_a_forward_pass_that_cannot_be_traced_faithfully_runs_eager(
     ]
 
 
+def test_replay_s_fixed_shape_scorer_decodes_and_scores_in_two_steps_and_refuses_an_oversize_pass(
+    checkpoint: Path,
+) -> None:
+    """The micro-batcher calls decode and score_decoded apart; together they are `score`, and a pass
+    larger than the fixed shape is refused (its frames would otherwise be scored in another shape)."""
+    from stream.runners.replay import FixedShapeScorer
+
+    scorer = FixedShapeScorer(InferenceEngine.from_checkpoint(checkpoint, device="cpu"), 4)
+    frames = [_face(float(age), seed=i) for i, age in enumerate((9, 16, 30))] + [EncodedFrame(b"", "image/jpeg")]
+    assert scorer.score_decoded(scorer.decode(frames)) == scorer.score(frames)
+    with pytest.raises(ValueError, match="5 frames do not fit a fixed shape of 4"):
+        scorer.decode([*frames, frames[0]])
+
+
 def test_order_preserved_across_chunks_and_empty_input(checkpoint: Path) -> None:
     engine = InferenceEngine.from_checkpoint(checkpoint, device="cpu")
     engine.max_batch = 3  # force several overlapped decode/infer chunks

@@ -130,6 +130,25 @@ def fixed_shape(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return pixels.contiguous(memory_format=torch.channels_last)
 
 
+def frame_results(batch: DecodedBatch, pred: Prediction) -> list[FrameResult]:
+    """One result per frame of `batch`, in input order: its decode error, or its estimate from the
+    prediction row that `batch.indices` gives it (rows past those, a fixed shape's padding, unused).
+
+    A frame that has neither is a FrameError, not a gap: a shorter list would hand the next frame's
+    estimate to the wrong event.
+    """
+    out: list[FrameResult | None] = [None] * batch.total
+    for i, err in batch.errors.items():
+        out[i] = err
+    means, stds = pred.mean.tolist(), pred.std.tolist()
+    probs = pred.probs.tolist() if pred.probs is not None else None
+    for row, i in enumerate(batch.indices):
+        out[i] = FrameEstimate(
+            mean=float(means[row]), std=float(stds[row]), bucket_probs=tuple(probs[row]) if probs else None
+        )
+    return [r if r is not None else FrameError("decode_failed", "no result") for r in out]
+
+
 class InferenceEngine:
     def __init__(
         self,
@@ -287,7 +306,7 @@ class InferenceEngine:
     def score_decoded(self, batch: DecodedBatch) -> list[FrameResult]:
         """One result per frame of a decoded batch, in input order: the second half of `score`, for a
         caller that decodes the next batch (in another thread) while this one is inferred."""
-        return self._assemble(batch, self.infer(batch.pixels))
+        return frame_results(batch, self.infer(batch.pixels))
 
     def score(self, frames: Sequence[EncodedFrame]) -> list[FrameResult]:
         """One result per frame, in input order; a bad frame is a FrameError, never an exception."""
@@ -300,17 +319,5 @@ class InferenceEngine:
             assert pending is not None
             batch = pending.result()
             pending = self._decoder.submit(self.decode, chunks[k + 1]) if k + 1 < len(chunks) else None
-            results.extend(self._assemble(batch, self.infer(batch.pixels)))
+            results.extend(frame_results(batch, self.infer(batch.pixels)))
         return results
-
-    def _assemble(self, batch: DecodedBatch, pred: Prediction) -> list[FrameResult]:
-        out: list[FrameResult | None] = [None] * batch.total
-        for i, err in batch.errors.items():
-            out[i] = err
-        means, stds = pred.mean.tolist(), pred.std.tolist()
-        probs = pred.probs.tolist() if pred.probs is not None else None
-        for row, i in enumerate(batch.indices):
-            out[i] = FrameEstimate(
-                mean=float(means[row]), std=float(stds[row]), bucket_probs=tuple(probs[row]) if probs else None
-            )
-        return [r for r in out if r is not None]

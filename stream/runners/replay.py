@@ -58,11 +58,10 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from model.engine import (
     DecodedBatch,
     EncodedFrame,
-    FrameError,
-    FrameEstimate,
     FrameResult,
     InferenceEngine,
     fixed_shape,
+    frame_results,
 )
 from stream.adapters.journaled_store import JournaledBeliefStore
 from stream.adapters.kafka_sink import KafkaSink
@@ -364,16 +363,8 @@ class FixedShapeScorer:
         return self.engine.decode(frames)
 
     def score_decoded(self, batch: DecodedBatch) -> list[FrameResult]:
-        n = batch.pixels.shape[0]
-        results: list[FrameResult | None] = [None] * batch.total
-        for i, err in batch.errors.items():
-            results[i] = err
-        if n:
-            pred = self.engine.infer(fixed_shape(batch.pixels, self.size))
-            means, stds = pred.mean[:n].tolist(), pred.std[:n].tolist()
-            for row, i in enumerate(batch.indices):
-                results[i] = FrameEstimate(mean=float(means[row]), std=float(stds[row]))
-        return [r if r is not None else FrameError("decode_failed", "no result") for r in results]
+        pixels = fixed_shape(batch.pixels, self.size) if batch.indices else batch.pixels  # none decoded: no pass
+        return frame_results(batch, self.engine.infer(pixels))
 
 
 # --- output ---------------------------------------------------------------------------------------

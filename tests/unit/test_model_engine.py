@@ -15,16 +15,18 @@ from PIL import Image
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.decode import DecodeLimits, decode_rgb
 from model.engine import (
+    DecodedBatch,
     EncodedFrame,
     FrameError,
     FrameEstimate,
     InferenceEngine,
     bucket_size,
     fixed_shape,
+    frame_results,
     trace_forward,
 )
 from model.errors import ImageDecodeError
-from model.models import count_flops, create_model, fuse_for_inference
+from model.models import Prediction, count_flops, create_model, fuse_for_inference
 from model.testing import synthetic_face_jpeg, train_tiny_checkpoint
 
 
@@ -173,6 +175,20 @@ def test_replay_s_fixed_shape_scorer_decodes_and_scores_in_two_steps_and_refuses
     assert scorer.score_decoded(scorer.decode(frames)) == scorer.score(frames)
     with pytest.raises(ValueError, match="5 frames do not fit a fixed shape of 4"):
         scorer.decode([*frames, frames[0]])
+
+
+def test_frame_results_place_each_row_by_index_ignore_padding_and_never_leave_a_gap() -> None:
+    """Rows go to the frames `indices` names; padded rows are dropped; a frame with neither an error
+    nor a row is an error (a shorter list would shift later estimates onto other events)."""
+    err = FrameError("empty", "no bytes")
+    batch = DecodedBatch(pixels=torch.zeros(2, 3, 4, 4, dtype=torch.uint8), indices=(3, 0), errors={1: err}, total=4)
+    padded = Prediction(mean=torch.tensor([30.0, 12.0, 99.0]), std=torch.tensor([2.0, 3.0, 9.0]), probs=None)
+    assert frame_results(batch, padded) == [
+        FrameEstimate(mean=12.0, std=3.0),
+        err,
+        FrameError("decode_failed", "no result"),
+        FrameEstimate(mean=30.0, std=2.0),
+    ]
 
 
 def test_order_preserved_across_chunks_and_empty_input(checkpoint: Path) -> None:

@@ -17,6 +17,9 @@ Variants side by side (ratios matter more than absolutes on a shared machine):
                processes (AGEGATE_DECODE_PROCESSES; 0 decodes in the inference thread)
   worker switchS, worker-noop switchS  with --switch-ms S: those rows with the interpreter's switch
                interval at S ms (AGEGATE_SWITCH_INTERVAL_MS; the default is 1, Python's own 5)
+  worker spin, worker-noop spin  with --omp-spin: those rows with torch's OpenMP threads spinning
+               after each parallel region as libgomp does by default (GOMP_SPINCOUNT=300000); the
+               worker's default is OMP_WAIT_POLICY=PASSIVE (stream/runners/interpreter.py)
   soak         with --duration S: the worker paced at half its maximum for S seconds; resident memory
                (VmRSS) sampled at start, middle and end, to show it stays flat
 Every row uses new topics, and a broker's first seconds on a new topic are slow: with no worker at
@@ -34,6 +37,7 @@ bench/results/worker-<device>.json.
 
     python bench/worker.py [--quick] [--events N] [--variants engine,worker,...] [--duration S]
                            [--threads N] [--worker-threads N] [--decode-processes N] [--switch-ms S]
+                           [--omp-spin]
 
 Needs the local Kafka and Redis (deploy/local/infra.sh up).
 """
@@ -422,6 +426,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="also the worker rows with this interpreter switch interval (`... switchS`, AGEGATE_SWITCH_INTERVAL_MS)",
     )
+    parser.add_argument(
+        "--omp-spin",
+        action="store_true",
+        help="also the worker rows with OpenMP threads spinning as libgomp's default does (`... spin`)",
+    )
     return parser
 
 
@@ -432,6 +441,8 @@ def alternatives_of(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]
         alternatives.append((f"dp{args.decode_processes}", {"decode_processes": args.decode_processes}))
     if args.switch_ms is not None:
         alternatives.append((f"switch{args.switch_ms:g}", {"env": {"AGEGATE_SWITCH_INTERVAL_MS": str(args.switch_ms)}}))
+    if args.omp_spin:  # libgomp's own spin when OMP_WAIT_POLICY is unset; it overrides PASSIVE
+        alternatives.append(("spin", {"env": {"GOMP_SPINCOUNT": "300000"}}))
     return alternatives
 
 

@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = chosen_command(args_list)
     debug = "--debug" in args_list or os.environ.get("AGEGATE_DEBUG", "").lower() in {"1", "true", "yes", "on"}
+    if command in {"worker", "replay"}:  # before the command's module imports torch
+        from stream.runners.interpreter import let_idle_openmp_threads_sleep
+
+        let_idle_openmp_threads_sleep()
     try:
         parser = build_parser(only=command)
     except Exception as exc:  # the command's module failed to import (a missing optional dependency, ...)

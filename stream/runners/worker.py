@@ -39,7 +39,7 @@ from stream.log import get_logger
 from stream.pipeline.ports import SourceRecord, record_headers
 from stream.runners.driver import Done, Driver
 from stream.runners.gc_pauses import freeze_startup_heap, observe_pauses
-from stream.runners.interpreter import new_event_loop, set_switch_interval
+from stream.runners.interpreter import enter_runtime
 from stream.runners.preflight import preflight, topic_checks
 
 log = get_logger("agegate.worker")
@@ -390,10 +390,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     preflight(settings)  # policy and settings checked before joining the group (ConfigError: exit code 2)
     observe_pauses()  # agegate_gc_pause_seconds, for the life of the process
-    set_switch_interval(settings.switch_interval_ms)
-    # The loop stays current: faust (mode) runs on the event loop it finds, this one.
-    loop = new_event_loop(settings.event_loop)
-    asyncio.set_event_loop(loop)
+    loop = enter_runtime(settings)  # stays current: faust (mode) runs on the event loop it finds
     loop.run_until_complete(wait_for_kafka(settings))
     app, _ = create_app(settings)
     worker_class = _worker_class()

@@ -1,5 +1,5 @@
-"""The worker's event loop (uvloop by default, for the main loop and for faust's consumer thread too)
-and the interpreter's switch interval it sets.
+"""What a runner sets for its process: the event loop (uvloop by default, for the main loop and for
+faust's consumer thread too), the interpreter's switch interval, and OpenMP's wait policy.
 
 faust's consumer thread (mode's ServiceThread) makes its own loop with `asyncio.new_event_loop()`.
 A worker that only handed its main loop to uvloop would leave fetching on the standard loop, which
@@ -9,6 +9,8 @@ is what the first version did; these tests hold both.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -18,7 +20,7 @@ from mode.threads import ServiceThread
 
 from stream.config import load_settings
 from stream.errors import ConfigError
-from stream.runners.interpreter import new_event_loop, run_async, set_switch_interval
+from stream.runners.interpreter import enter_runtime, new_event_loop, run_async, set_switch_interval
 
 
 @pytest.fixture(autouse=True)
@@ -104,3 +106,59 @@ def test_a_runner_s_coroutine_runs_on_the_configured_loop_and_switch_interval() 
     assert issubclass(run_async(loop_type(), settings), uvloop.Loop)
     assert sys.getswitchinterval() == pytest.approx(0.002)
     assert not issubclass(run_async(loop_type(), load_settings({"AGEGATE_EVENT_LOOP": "asyncio"})), uvloop.Loop)
+
+
+@pytest.mark.usefixtures("restore_switch_interval")
+def test_the_worker_enters_its_runtime_with_the_configured_interval_and_a_current_loop() -> None:
+    loop = enter_runtime(load_settings({"AGEGATE_SWITCH_INTERVAL_MS": "3"}))
+    try:
+        assert sys.getswitchinterval() == pytest.approx(0.003)
+        assert isinstance(loop, uvloop.Loop)
+        assert asyncio.get_event_loop_policy().get_event_loop() is loop
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+# Run as `python -c`: records OMP_WAIT_POLICY at the moment torch is first imported, then runs the
+# command's `--help` (which imports the command's module, and with it torch for worker and replay).
+_OPENMP_PROBE = """
+import os, sys
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return None
+sys.meta_path.insert(0, Spy())
+from stream import cli
+try:
+    cli.main([sys.argv[1], "--help"])
+except SystemExit:
+    pass
+import torch
+print(seen)
+"""
+
+
+def _policy_when_torch_loads(command: str, environ: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _OPENMP_PROBE, command], env=environ, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["worker", "replay"])
+def test_pipeline_commands_let_idle_openmp_threads_sleep_before_torch_loads_unless_the_operator_chose(
+    command: str,
+) -> None:
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads it: set any later, it changes nothing."""
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _policy_when_torch_loads(command, environ) == "['PASSIVE']"
+    assert _policy_when_torch_loads(command, {**environ, "OMP_WAIT_POLICY": "ACTIVE"}) == "['ACTIVE']"
+
+
+def test_other_commands_leave_openmp_s_wait_policy_alone() -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _policy_when_torch_loads("eval", environ) == "[None]"

@@ -19,7 +19,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 from stream import __version__
 from stream.errors import (
@@ -55,6 +55,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("stream.tools.policy_check", "validate a policy file and print its thresholds"),
     "completion": ("stream.tools.completion", "print the shell completion script (bash, zsh, fish)"),
 }
+
+# The commands that run the pipeline: their torch threads share the cores with an event loop.
+PIPELINE_COMMANDS = frozenset({"worker", "replay"})
+
+
+def let_idle_openmp_threads_sleep(environ: MutableMapping[str, str] = os.environ) -> None:
+    """OMP_WAIT_POLICY=PASSIVE, unless the operator set it; call before torch is imported.
+
+    libgomp (torch's CPU thread pool here) reads the variable once, when it loads. Unset, a pool
+    thread spins about 3 ms after every parallel region before it sleeps: free on a machine that
+    does nothing else, but in the worker it burns the cores the event loop, the decoder process and
+    often the broker need between forward passes. Passive threads sleep at once: beside a thread
+    running Python, the forward pass made 35% more passes and that thread 38% more progress
+    (`python bench/omp_wait.py`); the backlogged worker with the CPU model, a median 5% more
+    events/s (docs/architecture.md). `python bench/worker.py --omp-spin` puts both side by side.
+    """
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 EXIT_CODES_HELP = """exit codes:
   0    success
@@ -150,9 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = chosen_command(args_list)
     debug = "--debug" in args_list or os.environ.get("AGEGATE_DEBUG", "").lower() in {"1", "true", "yes", "on"}
-    if command in {"worker", "replay"}:  # before the command's module imports torch
-        from stream.runners.interpreter import let_idle_openmp_threads_sleep
-
+    if command in PIPELINE_COMMANDS:  # before the command's module imports torch
         let_idle_openmp_threads_sleep()
     try:
         parser = build_parser(only=command)

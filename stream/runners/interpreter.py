@@ -1,33 +1,19 @@
-"""What a runner sets for its whole process before its event loop starts: which loop, how long a
-thread may keep the interpreter lock, and whether idle OpenMP threads spin. The worker and the replay
-tool run the same pipeline, so both take them from the same settings (AGEGATE_EVENT_LOOP,
-AGEGATE_SWITCH_INTERVAL_MS) and the same OpenMP default."""
+"""What a runner sets for its whole process before its event loop starts: which loop and how long a
+thread may keep the interpreter lock. The worker and the replay tool run the same pipeline, so both
+take them from the same settings (AGEGATE_EVENT_LOOP, AGEGATE_SWITCH_INTERVAL_MS). Whether idle
+OpenMP threads spin is set earlier still, before torch loads: `stream.cli.let_idle_openmp_threads_sleep`."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from stream.config import Settings
 from stream.errors import ConfigError
 
 T = TypeVar("T")
-
-
-def let_idle_openmp_threads_sleep(environ: MutableMapping[str, str] = os.environ) -> None:
-    """OMP_WAIT_POLICY=PASSIVE, unless the operator set it; call before torch is imported.
-
-    libgomp (torch's CPU thread pool here) reads the variable once, when it loads. Unset, a pool
-    thread spins about 3 ms after every parallel region before it sleeps: free on a machine that
-    does nothing else, but in the worker it burns the cores the event loop, the decoder process and
-    often the broker need between forward passes. Passive threads sleep at once. The backlogged
-    worker with the CPU model made 5-10% more events/s passive than with the default spin in
-    alternating runs; `python bench/worker.py --omp-spin` puts both side by side (`worker spin`).
-    """
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:

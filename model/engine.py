@@ -193,7 +193,10 @@ class InferenceEngine:
             self.model if self._cuda or not trace else trace_forward(self.model, self.config.input_size)
         )
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="agegate-decode")
-        self._pool = DecodePool(decode_processes, self.config.input_size, self.limits) if decode_processes else None
+        # Public so that its processes can be seen (pids, restarts); None when decoding in this one.
+        self.decode_pool = (
+            DecodePool(decode_processes, self.config.input_size, self.limits) if decode_processes else None
+        )
 
     @classmethod
     def from_checkpoint(
@@ -236,14 +239,14 @@ class InferenceEngine:
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
-        if self._pool is not None:
-            self._pool.close()
+        if self.decode_pool is not None:
+            self.decode_pool.close()
 
     # -- steps -------------------------------------------------------------------------------------
 
     def decode(self, frames: Sequence[EncodedFrame]) -> DecodedBatch:
-        if self._pool is not None:
-            pooled = self._pool.decode([(f.data, f.content_type) for f in frames])
+        if self.decode_pool is not None:
+            pooled = self.decode_pool.decode([(f.data, f.content_type) for f in frames])
             # NHWC -> NCHW view: the memory stays NHWC, i.e. channels_last, with no copy.
             pixels = torch.from_numpy(pooled.pixels).permute(0, 3, 1, 2)
             pool_errors = {i: FrameError(*e) for i, e in pooled.errors.items()}

@@ -43,11 +43,12 @@ def test_the_worker_s_engine_decodes_in_a_process_a_codec_crash_cannot_take_down
     process, which is replaced, never the worker; in the thread it would end the worker."""
     engine = load_engine(load_settings(environ={}, model_checkpoint=str(run_dir), inference_device="cpu"))
     try:
-        pool = engine._pool
+        pool = engine.decode_pool
         assert pool is not None
         (pid,) = pool.pids
-        os.kill(pid, signal.SIGKILL)  # as a segfault in the codec would end it
-        pool._decoders[0].process.join(30)
+        # As a segfault in the codec would end it. Delivered before the decoder can run again, so it
+        # never answers the request below, whenever it is actually gone.
+        os.kill(pid, signal.SIGKILL)
         (result,) = engine.score([EncodedFrame(synthetic_face_jpeg(30, seed=1), "image/jpeg")])
         replaced = pool.pids
     finally:

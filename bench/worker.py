@@ -45,6 +45,7 @@ Needs the local Kafka and Redis (deploy/local/infra.sh up).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -132,23 +133,56 @@ VARIANTS = (
 )
 
 
-def engine_rate(model: Path, frames: list[EncodedFrame], batch: int, threads: int, *, noop: bool = False) -> float:
-    """Frames/s of the engine alone: the median of 5 passes (one pass is noisy on a shared machine)."""
-    engine = InferenceEngine.from_checkpoint(model, device="auto", threads=threads)
+def engine_rate(
+    model: Path, frames: list[EncodedFrame], batch: int, threads: int, *, noop: bool = False
+) -> dict[str, float]:
+    """Frames/s of the engine alone (the median of 5 passes: one pass is noisy on a shared machine),
+    and the CPU it spent per frame over those passes (this process and its decoders)."""
+    with contextlib.closing(InferenceEngine.from_checkpoint(model, device="auto", threads=threads)) as engine:
+        return _engine_passes(engine, frames, batch, noop=noop)
+
+
+def _engine_passes(engine: InferenceEngine, frames: list[EncodedFrame], batch: int, *, noop: bool) -> dict[str, float]:
     if noop:
         if str(REPO) not in sys.path:  # run as a plain script: the checkout is not on the path
             sys.path.insert(0, str(REPO))
         from bench.noop_infer import _noop_infer
 
         engine.infer = _noop_infer.__get__(engine)  # type: ignore[method-assign]
-    engine.score(frames[:batch])  # warm-up
+    engine.score(frames[:batch])  # warm-up (it also starts the decode processes, counted below)
     rates = []
+    cpu_before = _tree_cpu_s(os.getpid())
     for _ in range(5):
         started = time.perf_counter()
         for i in range(0, len(frames), batch):
             engine.score(frames[i : i + batch])
         rates.append(len(frames) / (time.perf_counter() - started))
-    return statistics.median(rates)
+    cpu_ms_per_frame = (_tree_cpu_s(os.getpid()) - cpu_before) * 1000 / (5 * len(frames))
+    return {"frames_per_s": statistics.median(rates), "cpu_ms_per_frame": cpu_ms_per_frame}
+
+
+def cpu_ceilings(rows: dict[str, dict[str, Any]], cores: int) -> dict[str, float]:
+    """The most the worker rows could reach on this machine at the CPU cost per frame measured.
+
+    All the cores busy, nothing idle, no cost of sharing them: `cores` seconds of CPU a second over
+    the CPU one frame costs end to end. The no-op worker's frame costs what the worker, broker and
+    Redis spent per frame in its row (decode included); the model worker's adds the engine's
+    inference cost per frame (engine minus engine-noop, both decoding the same frames). Sharing
+    the cores only adds cost (a forward pass beside the event loop is slower than alone), so a
+    ceiling is an upper bound: a target above it needs less work per event, not better overlap.
+    Returned as ratios over the rows' engines, next to the measured ratios.
+    """
+    noop, engine_noop, engine = rows.get("worker-noop"), rows.get("engine-noop"), rows.get("engine")
+    if not noop or not engine_noop or "cpu_ms_per_frame" not in engine_noop:
+        return {}
+    per_event = sum(noop.get(f"cpu_ms_per_event_{owner}", 0.0) for owner in ("worker", "kafka", "redis"))
+    worker_ms = per_event * noop["events"] / noop["frames"]
+    budget_ms = cores * 1000.0
+    out = {"worker-noop_ceiling_over_engine-noop": budget_ms / worker_ms / engine_noop["frames_per_s"]}
+    if engine and "cpu_ms_per_frame" in engine:
+        inference_ms = max(0.0, engine["cpu_ms_per_frame"] - engine_noop["cpu_ms_per_frame"])
+        out["worker_ceiling_over_engine"] = budget_ms / (worker_ms + inference_ms) / engine["frames_per_s"]
+    return out
 
 
 def _cpu_s(pid: int) -> float:
@@ -382,8 +416,13 @@ def print_table(result: dict[str, Any]) -> None:
         for name, row in cpu_rows.items():
             cells = " ".join(f"{owner}={row.get('cpu_ms_per_event_' + owner, float('nan')):.2f}" for owner in owners)
             print(f"  {name:20} {cells}")
+    for name, row in result["rows"].items():
+        if "cpu_ms_per_frame" in row:
+            print(f"  {name:20} CPU ms per frame (this process and its decoders): {row['cpu_ms_per_frame']:.3f}")
     for name, value in result["ratios"].items():
         print(f"{name.replace('_over_', ' / ')} frames/s: {value:.2f}")
+    if any("_ceiling_" in name for name in result["ratios"]):
+        print("ceiling: every core busy at the CPU per frame measured above, nothing lost to sharing (cpu_ceilings)")
     print(
         f"engine, engine-noop and the worker rows: {result['worker_threads']} inference thread(s); "
         f"engine-all: {result['threads']}"
@@ -463,9 +502,9 @@ def measure() -> int:
     rows: dict[str, dict[str, Any]] = {}
     batch = settings.batch_max_frames
     if "engine" in variants:
-        rows["engine"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads)}
+        rows["engine"] = engine_rate(model, frames, batch, worker_threads)
     if "engine-all" in variants:
-        rows["engine-all"] = {"frames_per_s": engine_rate(model, frames, batch, threads)}
+        rows["engine-all"] = engine_rate(model, frames, batch, threads)
     if variants & {"worker", "latency@half", "latency@half wait25"} or args.duration:
         rows["worker"] = worker_run(model, n, batch=batch, rate=0, threads=worker_threads, seed=5)
     if "worker-b1" in variants:
@@ -479,7 +518,7 @@ def measure() -> int:
             model, n, batch=batch, rate=half, threads=worker_threads, seed=6, env=wait25
         )
     if "engine-noop" in variants:
-        rows["engine-noop"] = {"frames_per_s": engine_rate(model, frames, batch, worker_threads, noop=True)}
+        rows["engine-noop"] = engine_rate(model, frames, batch, worker_threads, noop=True)
     if "worker-noop" in variants:
         rows["worker-noop"] = worker_run(
             model, max(n, 1000), batch=batch, rate=0, threads=worker_threads, seed=7, noop=True
@@ -514,6 +553,7 @@ def measure() -> int:
         if num in rows and den in rows:
             ratios[f"{num}_over_{den}"] = rows[num]["frames_per_s"] / rows[den]["frames_per_s"]
     host = machine()
+    ratios |= cpu_ceilings(rows, host["cores"])
     result: dict[str, Any] = {
         "machine": host,
         "events": n,

@@ -19,25 +19,29 @@ T = TypeVar("T")
 
 @dataclass
 class _PartitionState(Generic[T]):
-    in_flight: set[int] = field(default_factory=set)
-    done: list[tuple[int, int]] = field(default_factory=list)  # heap of (offset, seq)
-    payloads: dict[int, T] = field(default_factory=dict)
+    started: list[int] = field(default_factory=list)  # heap of the offsets not yet released
+    done: set[int] = field(default_factory=set)  # finished, waiting for a gap below them to close
+    payloads: dict[int, T] = field(default_factory=dict)  # every offset not yet released
     committable: int | None = None  # next offset to consume, as Kafka commits it
 
 
 class OffsetTracker(Generic[T]):
     """Tracks in-flight offsets per (topic, partition). `T` is what the caller wants back per offset
-    when it becomes releasable (for faust: the Event to ack)."""
+    when it becomes releasable (for faust: the Event to ack).
+
+    Costs O(log n) per offset in flight on its partition: a backlogged worker holds thousands of
+    events in flight, and finding the lowest by scanning them on every finish cost it about 2% of
+    its event loop's time.
+    """
 
     def __init__(self) -> None:
         self._partitions: dict[tuple[str, int], _PartitionState[T]] = {}
-        self._seq = 0
 
     def start(self, topic: str, partition: int, offset: int, payload: T) -> None:
         state = self._partitions.setdefault((topic, partition), _PartitionState())
-        if offset in state.in_flight:
+        if offset in state.payloads:
             raise ValueError(f"offset {offset} of {topic}[{partition}] is already in flight")
-        state.in_flight.add(offset)
+        heapq.heappush(state.started, offset)
         state.payloads[offset] = payload
 
     def finish(self, topic: str, partition: int, offset: int) -> list[T]:
@@ -48,18 +52,15 @@ class OffsetTracker(Generic[T]):
         state = self._partitions.get((topic, partition))
         if state is None:
             return []
-        if offset not in state.in_flight:
+        if offset not in state.payloads or offset in state.done:
             raise ValueError(f"offset {offset} of {topic}[{partition}] is not in flight")
-        self._seq += 1
-        heapq.heappush(state.done, (offset, self._seq))
-        lowest_in_flight = min(state.in_flight)
+        state.done.add(offset)
         released: list[T] = []
-        while state.done and state.done[0][0] == lowest_in_flight:
-            done_offset, _ = heapq.heappop(state.done)
-            state.in_flight.discard(done_offset)
-            released.append(state.payloads.pop(done_offset))
-            state.committable = done_offset + 1
-            lowest_in_flight = min(state.in_flight) if state.in_flight else -1
+        while state.started and state.started[0] in state.done:
+            lowest = heapq.heappop(state.started)
+            state.done.remove(lowest)
+            released.append(state.payloads.pop(lowest))
+            state.committable = lowest + 1
         return released
 
     def committable(self, topic: str, partition: int) -> int | None:
@@ -68,7 +69,7 @@ class OffsetTracker(Generic[T]):
         return None if state is None else state.committable
 
     def in_flight(self) -> int:
-        return sum(len(s.in_flight) for s in self._partitions.values())
+        return sum(len(s.payloads) for s in self._partitions.values())
 
     def forget(self, topic: str, partition: int) -> None:
         """A revoked partition: its in-flight events will be redelivered to the new owner."""

@@ -66,3 +66,18 @@ def test_double_start_and_unknown_finish_are_bugs() -> None:
         tracker.start("t", 0, 1, "a")
     with pytest.raises(ValueError, match="not in flight"):
         tracker.finish("t", 0, 2)
+
+
+def test_an_offset_finished_twice_is_a_bug_and_held_offsets_count_as_in_flight() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.start("t", 0, 1, "a")
+    tracker.start("t", 0, 2, "b")
+    assert tracker.finish("t", 0, 2) == []  # held back behind 1
+    assert tracker.in_flight() == 2
+    with pytest.raises(ValueError, match="not in flight"):
+        tracker.finish("t", 0, 2)
+    assert tracker.finish("t", 0, 1) == ["a", "b"]
+    assert tracker.in_flight() == 0
+    tracker.start("t", 0, 3, "c")  # the partition goes on after a release
+    assert tracker.finish("t", 0, 3) == ["c"]
+    assert tracker.committable("t", 0) == 4

@@ -5,6 +5,11 @@ the numbers can be read against what this Redis and this machine can do at all.
 
     REDIS_URL=redis://127.0.0.1:36379/0 python bench/belief.py [--quick]
 
+Then what the client costs: CPU of this process per user, pipelined batches of 64 users (the
+worker's batch), for the belief update, the hysteresis write (one script call per user) beside the
+two commands it replaced (HSET + PEXPIRE NX per surface), and a PING per user as the client's floor:
+redis-py's cost is mostly per command and per argument, and it is the worker's event loop that pays.
+
 Prints a table and writes bench/results/belief.json. Keys use a throwaway prefix, deleted at the end.
 """
 
@@ -17,6 +22,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import time
 import uuid
@@ -29,6 +35,8 @@ from machine import cpu_model  # bench/ is on sys.path when run as a script
 
 from stream.adapters.belief_store import BeliefStore
 from stream.core.belief import Evidence
+from stream.core.belief_updates import SurfaceKey
+from stream.core.policy import Action
 
 RESULTS = Path(__file__).resolve().parent / "results" / "belief.json"
 NOW = 1_750_000_000.0
@@ -66,6 +74,55 @@ async def run_per_user(store: BeliefStore, work: list[dict[str, list[Evidence]]]
         for user, evs in batch.items():
             await store.apply({user: evs}, now=NOW + 3600, model_version="bench", floor=2.0)
     return time.perf_counter() - t0
+
+
+CPU_BATCH = 64
+
+
+async def _two_commands(client: aioredis.Redis, store: BeliefStore, actions: dict[SurfaceKey, Action]) -> None:
+    """The hysteresis write before it went through the script: HSET and PEXPIRE NX per surface."""
+    async with client.pipeline(transaction=False) as pipe:
+        for key, action in actions.items():
+            pipe.hset(store.belief_key(key.user_id), key.field, action.value)
+            pipe.pexpire(store.belief_key(key.user_id), 3_600_000, nx=True)
+        await pipe.execute()
+
+
+async def _pings(client: aioredis.Redis, n: int) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        for _ in range(n):
+            pipe.execute_command("PING")
+        await pipe.execute()
+
+
+async def client_cpu(client: aioredis.Redis, store: BeliefStore, users: int, repeats: int) -> dict[str, float]:
+    """Microseconds of this process's CPU per user, by row: the median of `repeats`, rows alternating."""
+    batches = [[f"c{i}" for i in range(s, min(s + CPU_BATCH, users))] for s in range(0, users, CPU_BATCH)]
+    surface = "adult_content"
+
+    def acts(batch: list[str], action: Action) -> dict[SurfaceKey, Action]:
+        return {SurfaceKey(u, "GB", surface, "bench"): action for u in batch}
+
+    rows: dict[str, Any] = {
+        "apply: one script call per user": lambda b, r: store.apply(
+            {u: [Evidence(f"{u}-{r}", NOW + r, 20.0, 2.5)] for u in b}, now=NOW + 3600, model_version="bench", floor=2.0
+        ),
+        "record_actions: one script call per user": lambda b, r: store.record_actions(
+            acts(b, Action.ALLOW if r % 2 else Action.RESTRICT)
+        ),
+        "HSET + PEXPIRE NX per user (before)": lambda b, r: _two_commands(
+            client, store, acts(b, Action.ALLOW if r % 2 else Action.RESTRICT)
+        ),
+        "PING per user (the client's floor)": lambda b, r: _pings(client, len(b)),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in rows}
+    for r in range(repeats):
+        for name, run in rows.items():
+            started = time.process_time()
+            for batch in batches:
+                await run(batch, r)
+            samples[name].append((time.process_time() - started) * 1e6 / users)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def redis_benchmark(url: str, requests: int) -> dict[str, Any]:
@@ -108,6 +165,7 @@ async def main() -> None:
         t_pipe = await run_pipelined(store_p, work)
         t_single = await run_per_user(store_s, work)
         rb = redis_benchmark(url, 20000 if args.quick else 100000)
+        cpu = await client_cpu(client, store, users=1280 if args.quick else 6400, repeats=3 if args.quick else 5)
     finally:
         async for key in client.scan_iter(match=f"{prefix}*", count=1000):
             await client.delete(key)
@@ -139,12 +197,20 @@ async def main() -> None:
                 "pipelined_updates_per_s": updates / t_pipe,
                 "per_user_updates_per_s": updates / t_single,
                 "redis_benchmark_eval_trivial_ops_per_s": rb,
+                "client_cpu_us_per_user": cpu,
+                "client_cpu_batch": CPU_BATCH,
                 "note": "one evidence per user update; redis-benchmark ran against the same server in the same run",
             },
             indent=2,
         )
         + "\n"
     )
+    cpu_width = max(len(k) for k in cpu)
+    print(f"\nclient CPU per user, pipelined batches of {CPU_BATCH} users (median of rows alternating)")
+    print(f"{'what':<{cpu_width}}  {'us/user':>8}  {'/ PING':>7}")
+    ping = cpu["PING per user (the client's floor)"]
+    for name, us in cpu.items():
+        print(f"{name:<{cpu_width}}  {us:>8.1f}  {us / ping:>7.2f}")
     print(f"wrote {RESULTS}")
 
 

@@ -6,11 +6,14 @@
 --                                          floor of the model versions before the current one)
 -- KEYS[2] event-id zset {prefix}:{user}:e  member event id, score its observed_at (processing time
 --                                          for verified ages); trimmed to the max_past window
--- ARGV: mode ("e" estimates | "v" verified), now, half_life_s, ttl_ms, future_tol_s, max_past_s,
+-- ARGV: mode ("e" estimates | "v" verified | "a" actions), now, half_life_s, ttl_ms, future_tol_s, max_past_s,
 --       model_version, floor (the model version's least error floor in years: no evidence counts with less), then
 --   mode e: (event_id, observed_at, mean_age, std_age, floor) repeated; the belief's floor f is the rms of
 --           its events' floors weighted like its mean (the decayed precisions)
 --   mode v: event_id, verified_at, verified_age
+--   mode a (ARGV is only: "a", ttl_ms, then field/value pairs): the last action per surface (hysteresis
+--           state), in one call instead of an HSET and a PEXPIRE; a TTL is set only where the key has
+--           none (a user with no belief yet), so it never extends the belief's retention. Returns {}.
 -- Returns (all strings; Redis would truncate Lua numbers to integers):
 --   codes (one char per input: A applied, D duplicate, I ignored, X invalid, F future, O too old),
 --   exists, B, P, t, n, v, mv, f, fr, fv, then action field/value pairs.
@@ -25,6 +28,13 @@ local MAX_EVENT_IDS = 5000
 
 local bkey, ekey = KEYS[1], KEYS[2]
 local mode = ARGV[1]
+if mode == 'a' then
+  for k = 3, #ARGV, 2 do
+    redis.call('HSET', bkey, ARGV[k], ARGV[k + 1])
+  end
+  redis.call('PEXPIRE', bkey, ARGV[2], 'NX')
+  return {}
+end
 local now = tonumber(ARGV[2])
 local half_life = tonumber(ARGV[3])
 local ttl_ms = ARGV[4]

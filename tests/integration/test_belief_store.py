@@ -124,6 +124,11 @@ async def test_noscript_after_script_flush_is_recovered(store: BeliefStore, clie
     await client.script_flush()
     b = await store.apply_verified("erin", event_id="v", verified_age=18.0, verified_at=NOW, now=NOW)
     assert b.verified
+    # Hysteresis state goes through the same script: every surface of a user in one call.
+    await client.script_flush()
+    keys = [SurfaceKey("erin", "GB", "adult_content"), SurfaceKey("erin", "GB", "messaging_unknown_adults")]
+    await store.record_actions({keys[0]: Action.ALLOW, keys[1]: Action.RESTRICT})
+    assert await store.get_previous_actions(keys) == {keys[0]: Action.ALLOW, keys[1]: Action.RESTRICT}
 
 
 async def test_a_batch_of_1000_users_in_one_round_trip(
@@ -131,13 +136,22 @@ async def test_a_batch_of_1000_users_in_one_round_trip(
 ) -> None:
     # loads the script
     await store.apply({"warmup": [Evidence("w", NOW, 20.0, 2.0)]}, now=NOW, model_version="m", floor=FLOOR)
-    pipelines = 0
+    pipelines = commands = 0
     real_pipeline = client.pipeline
 
     def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
         nonlocal pipelines
         pipelines += 1
-        return real_pipeline(*args, **kwargs)
+        pipe = real_pipeline(*args, **kwargs)
+        real_command = pipe.execute_command
+
+        def counting_command(*a: Any, **k: Any) -> Any:
+            nonlocal commands
+            commands += 1
+            return real_command(*a, **k)
+
+        pipe.execute_command = counting_command  # type: ignore[method-assign]
+        return pipe
 
     monkeypatch.setattr(client, "pipeline", counting_pipeline)
     batch = {
@@ -145,13 +159,17 @@ async def test_a_batch_of_1000_users_in_one_round_trip(
         for i in range(1000)
     }
     result = await store.apply(batch, now=NOW, model_version="m", floor=FLOOR)
-    assert pipelines == 1
+    assert (pipelines, commands) == (1, 1000)  # one script call per user
     assert len(result) == 1000
     for i in (0, 499, 999):
         expected = fuse(None, batch[f"user{i}"], now=NOW, half_life_s=HALF_LIFE, model_version="m", floor=FLOOR).belief
         same(result[f"user{i}"], expected)
     read = await store.get_many(list(batch), now=NOW)
     assert all(b is not None and b.observations == 2 for b in read.values())
+    pipelines = commands = 0
+    surfaces = ("adult_content", "messaging_unknown_adults")
+    await store.record_actions({SurfaceKey(u, "GB", s): Action.RESTRICT for u in batch for s in surfaces})
+    assert (pipelines, commands) == (1, 1000)  # hysteresis state: one call per user, whatever its surfaces
 
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])

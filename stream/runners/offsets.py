@@ -30,8 +30,8 @@ class OffsetTracker(Generic[T]):
     when it becomes releasable (for faust: the Event to ack).
 
     Costs O(log n) per offset in flight on its partition: a backlogged worker holds thousands of
-    events in flight, and finding the lowest by scanning them on every finish cost it about 2% of
-    its event loop's time.
+    events in flight, all on one partition for a pod that owns one, and finding the lowest by
+    scanning them on every finish cost 63 us an event at the default 2,048 (bench/offset_tracker.py).
     """
 
     def __init__(self) -> None:
